@@ -1,0 +1,79 @@
+"""The `hpcffn` command: a thin Typer app that parses arguments and calls the modules.
+
+Commands are grouped by area in hpcffn/commands/ (planning, jobs, data stages, model
+stages); each module registers its own commands here. Heavy imports (TensorFlow, h5py)
+happen inside the command bodies so `hpcffn --help` and planning stay fast on a login node.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hpcffn import __version__
+from hpcffn.errors import HpcffnError
+
+app = typer.Typer(
+    name="hpcffn",
+    help="Run Flood-Filling Networks on a SLURM cluster from one YAML experiment spec.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+stage_app = typer.Typer(
+    help="Run one FFN stage: from a plan (--plan plan.json --tile/--group/--volume) or standalone with explicit paths.",
+    no_args_is_help=True,
+)
+app.add_typer(stage_app, name="stage")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hpcffn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Plan, submit and watch an FFN experiment on SLURM."""
+
+
+def _register_all() -> None:
+    from hpcffn.commands import data_stages, jobs, model_stages, planning
+
+    for module in (planning, jobs, data_stages, model_stages):
+        module.register(app, stage_app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and a non-zero exit code."""
+    try:
+        app(standalone_mode=False)
+    except HpcffnError as exc:
+        print(f"hpcffn: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("hpcffn: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("hpcffn: aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

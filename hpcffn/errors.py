@@ -1,0 +1,15 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (spec, files, datasets, plan) is raised as
+HpcffnError with a one-line message naming the file/field/dataset and the fix. The CLI
+prints it as one line and exits non-zero, with no traceback.
+"""
+
+
+class HpcffnError(Exception):
+    """A user-facing error: one line, says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))

@@ -1,0 +1,1 @@
+"""The FFN network and its training/inference internals (TensorFlow)."""

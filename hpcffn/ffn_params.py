@@ -1,0 +1,125 @@
+"""FFN stage parameters with FFN's usual defaults (the `ffn:` section of the spec).
+
+Shared by the spec (validation), plan.json (resolved values) and the stage code. Axis order
+is stated per field: FFN's own flags give radii/sizes as x,y,z; volumes are indexed z,y,x.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+XYZ = tuple[int, int, int]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionParams(_Strict):
+    """Stage 1 (FFN compute_partitions)."""
+
+    thresholds: tuple[float, ...] = (
+        0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+    )
+    lom_radius: XYZ = Field((24, 24, 24), description="x,y,z radius of the local-object-mask box")
+    min_size: int = Field(10000, ge=0, description="objects smaller than this (voxels) are removed")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or list(v) != sorted(v) or not all(0.0 < t <= 1.0 for t in v):
+            raise ValueError("must be a non-empty increasing list of fractions in (0, 1]")
+        if len(v) > 253:
+            raise ValueError("at most 253 thresholds fit the uint8 partition map")
+        return v
+
+    @field_validator("lom_radius")
+    @classmethod
+    def _nonneg(cls, v: XYZ) -> XYZ:
+        if any(r < 0 for r in v):
+            raise ValueError("radii must be >= 0")
+        return v
+
+
+class CoordinateParams(_Strict):
+    """Stage 2 (FFN build_coordinates)."""
+
+    margin: XYZ = Field(
+        (24, 24, 24),
+        description="z,y,x voxels excluded at every border (at least FOV/2 + deltas)",
+    )
+    max_records: int | None = Field(None, ge=1, description="cap per group file, split evenly over classes")
+    seed: int = Field(0, description="random seed for resampling and shuffling")
+
+
+class ModelParams(_Strict):
+    """The convstack_3d network."""
+
+    name: Literal["convstack_3d"] = "convstack_3d"
+    depth: int = Field(12, ge=1)
+    features: int = Field(32, ge=1)
+    fov_size: XYZ = Field((33, 33, 33), description="x,y,z field of view (odd sizes)")
+    deltas: XYZ = Field((8, 8, 8), description="x,y,z FOV move step")
+    image_mean: float = 128.0
+    image_stddev: float = Field(33.0, gt=0)
+
+    @field_validator("fov_size")
+    @classmethod
+    def _odd(cls, v: XYZ) -> XYZ:
+        if any(s < 1 or s % 2 == 0 for s in v):
+            raise ValueError("every FOV size must be odd and >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _deltas_fit(self) -> "ModelParams":
+        for axis, d, f in zip("xyz", self.deltas, self.fov_size):
+            if d < 0 or (f > 1 and d > f // 2):
+                raise ValueError(f"delta {axis}={d} must be between 0 and fov_size//2={f // 2}")
+        return self
+
+
+class TrainingParams(_Strict):
+    """Stage 3."""
+
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(0.001, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0)
+    clip_gradient_norm: float | None = Field(1.0, gt=0)
+    max_steps: int = Field(1_000_000, ge=1, description="total budget across requeues")
+    checkpoint_minutes: float = Field(30.0, gt=0)
+    move_threshold: float = Field(0.9, gt=0, lt=1)
+    mixed_precision: bool = False
+    xla: bool = False
+    init_checkpoint: str | None = Field(
+        None, description="ours or a TF1 FFN convstack_3d checkpoint to start from"
+    )
+    seed: int = 0
+
+
+class InferenceParams(_Strict):
+    """Stage 4 (flood-filling inference)."""
+
+    checkpoint: str | None = Field(
+        None, description="checkpoint to segment with; default: the tile's group's latest"
+    )
+    move_threshold: float = Field(0.9, gt=0, lt=1)
+    segment_threshold: float = Field(0.6, gt=0, lt=1)
+    min_segment_size: int = Field(1000, ge=1)
+    min_boundary_dist: XYZ = Field((1, 1, 1), description="x,y,z: a seed this close to a segment is skipped")
+    seed_threshold: float = Field(0.5, description="image threshold of the peaks seed policy (0..1 of range)")
+    seed_min_distance: int = Field(5, ge=1, description="minimum distance between peak seeds (voxels)")
+    checkpoint_minutes: float = Field(10.0, gt=0)
+    batch_size: int = Field(1, ge=1, description="FOVs evaluated per model call where possible")
+
+
+class FFNParams(_Strict):
+    """Everything under `ffn:` in the spec."""
+
+    partitions: PartitionParams = PartitionParams()
+    coordinates: CoordinateParams = CoordinateParams()
+    model: ModelParams = ModelParams()
+    training: TrainingParams = TrainingParams()
+    inference: InferenceParams = InferenceParams()

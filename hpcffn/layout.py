@@ -1,0 +1,89 @@
+"""Where every file of an experiment lives inside its workdir.
+
+One place for paths so the renderer, the stages, `submit` and `status` agree. All paths
+are relative to the workdir the spec names (plan.json records it).
+
+    workdir/
+      plan.json                     what was planned (see plan_model.py)
+      spec.resolved.yaml            the spec with every default filled in
+      state.json                    what was submitted (submit.py)
+      jobs/<stage>/<job>.sbatch     rendered batch scripts (hand-editable)
+      logs/<stage>/%x_%A_%a.out     SLURM logs
+      data/<volume>.h5              converted volumes: datasets `raw` (uint8), `stack` (uint64)
+      partitions/<tile>.h5          stage 1: dataset `af` (uint8), attrs offset (z,y,x)
+      coordinates/<group>.tfrecord.gz   stage 2: GZIP TFRecord of tf.train.Example
+      train/<group>/                stage 3: checkpoints + TensorBoard events
+      infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x)
+      evaluate/report.json          evaluation of infer against groundtruth
+      markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("convert", "partitions", "coordinates", "train", "infer", "evaluate")
+
+# What one unit of work of each stage is: a volume, a tile, a group, or the whole experiment.
+STAGE_UNIT = {
+    "convert": "volume",
+    "partitions": "tile",
+    "coordinates": "group",
+    "train": "group",
+    "infer": "tile",
+    "evaluate": "experiment",
+}
+
+PLAN_FILE = "plan.json"
+RESOLVED_SPEC_FILE = "spec.resolved.yaml"
+STATE_FILE = "state.json"
+
+# Exit code a stage uses to say "I saved a checkpoint, requeue me" (EX_TEMPFAIL).
+EXIT_REQUEUE = 75
+
+
+class Layout:
+    """Paths of one experiment's workdir."""
+
+    def __init__(self, workdir: str | Path):
+        self.root = Path(workdir)
+
+    @property
+    def plan(self) -> Path:
+        return self.root / PLAN_FILE
+
+    @property
+    def resolved_spec(self) -> Path:
+        return self.root / RESOLVED_SPEC_FILE
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+    def jobs_dir(self, stage: str) -> Path:
+        return self.root / "jobs" / stage
+
+    def logs_dir(self, stage: str) -> Path:
+        return self.root / "logs" / stage
+
+    def converted_volume(self, volume: str) -> Path:
+        return self.root / "data" / f"{volume}.h5"
+
+    def partitions(self, tile: str) -> Path:
+        return self.root / "partitions" / f"{tile}.h5"
+
+    def coordinates(self, group: str) -> Path:
+        return self.root / "coordinates" / f"{group}.tfrecord.gz"
+
+    def train_dir(self, group: str) -> Path:
+        return self.root / "train" / group
+
+    def segmentation(self, tile: str) -> Path:
+        return self.root / "infer" / f"{tile}.h5"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.root / "evaluate" / "report.json"
+
+    def marker(self, stage: str, unit: str) -> Path:
+        return self.root / "markers" / stage / f"{unit}.done"

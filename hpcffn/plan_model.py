@@ -1,0 +1,190 @@
+"""The plan.json manifest: what `hpcffn plan` decided, read by submit, status and stages.
+
+plan.json is the single source of truth for tiles, groups, resolved parameters and the
+scripts that were rendered. Stage commands run with `--plan plan.json --tile T` (or
+`--group G`, `--volume V`) and read everything else from here, so a hand-edited script
+stays short and a re-plan changes parameters in one place.
+
+All boxes and shapes are z,y,x in voxels of the volume's full coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpcffn import PLAN_FORMAT
+from hpcffn.errors import HpcffnError
+from hpcffn.ffn_params import FFNParams
+from hpcffn.layout import Layout
+
+ZYX = tuple[int, int, int]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Box(_Model):
+    """A box of voxels: start (inclusive) and size, both z,y,x."""
+
+    start: ZYX
+    size: ZYX
+
+    @property
+    def stop(self) -> ZYX:
+        return tuple(s + n for s, n in zip(self.start, self.size))  # type: ignore[return-value]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(s, s + n) for s, n in zip(self.start, self.size))  # type: ignore[return-value]
+
+    @property
+    def voxels(self) -> int:
+        z, y, x = self.size
+        return z * y * x
+
+
+class VolumePlan(_Model):
+    """One input volume, with the HDF5 locations the stages read after conversion."""
+
+    name: str
+    shape: ZYX
+    # Where stages read the grayscale and the labelled groundtruth: "path.h5:dataset"
+    # (absolute path). Either the user's own HDF5 or workdir/data/<volume>.h5 after convert.
+    raw: str
+    groundtruth: str | None = None
+    # What the user gave (HDF5 location, multi-page TIF or a directory of TIF slices).
+    raw_source: str
+    groundtruth_source: str | None = None
+    # white: white background, black objects (objects = connected components);
+    # black: zero background, non-zero objects (connected components);
+    # labels: ids already assigned, kept as they are.
+    polarity: Literal["white", "black", "labels"] = "labels"
+    # True when the convert stage must produce `raw`/`groundtruth` before other stages run.
+    needs_convert: bool = False
+
+
+class TilePlan(_Model):
+    """One sub-volume. `box` tiles the volume exactly once; `infer_box` adds the overlap."""
+
+    name: str
+    volume: str
+    index: ZYX
+    box: Box
+    infer_box: Box
+    group: str
+
+
+class GroupPlan(_Model):
+    """A GPU group: the tiles one training job learns from."""
+
+    name: str
+    tiles: list[str]
+    voxels: int
+
+
+class Dependency(_Model):
+    job: str
+    type: Literal["afterok", "aftercorr", "afterany"] = "afterok"
+
+
+class JobPlan(_Model):
+    """One rendered batch script. Array jobs run one task per unit (task id = index)."""
+
+    name: str
+    stage: str
+    script: str  # relative to the workdir
+    sha256: str
+    array: bool
+    units: list[str]  # volumes, tiles or groups; array task i works on units[i]
+    throttle: int | None = None  # the %N of --array
+    group: str | None = None
+    depends_on: list[Dependency] = Field(default_factory=list)
+
+
+class Plan(_Model):
+    format: int = PLAN_FORMAT
+    hpcffn_version: str
+    name: str
+    workdir: str
+    spec_file: str
+    spec: dict  # the resolved spec (every default filled in), as JSON
+    ffn: FFNParams
+    volumes: list[VolumePlan]
+    tiles: list[TilePlan]
+    groups: list[GroupPlan]
+    jobs: list[JobPlan]
+
+    # ----- lookups used by stages and submit -----
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.workdir)
+
+    def volume(self, key: str | int) -> VolumePlan:
+        return _find(self.volumes, key, "volume", self.spec_file)
+
+    def tile(self, key: str | int) -> TilePlan:
+        return _find(self.tiles, key, "tile", self.spec_file)
+
+    def group(self, key: str | int) -> GroupPlan:
+        return _find(self.groups, key, "group", self.spec_file)
+
+    def job(self, name: str) -> JobPlan:
+        return _find(self.jobs, name, "job", self.spec_file)
+
+    def group_tiles(self, group: str) -> list[TilePlan]:
+        names = set(self.group(group).tiles)
+        return [t for t in self.tiles if t.name in names]
+
+
+def _find(items, key, what: str, spec_file: str):
+    """Look up by name, or by position when `key` is an int or a decimal string (array task id)."""
+    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+        i = int(key)
+        if 0 <= i < len(items):
+            return items[i]
+        raise HpcffnError(
+            f"{what} index {i} is out of range: the plan of {spec_file} has {len(items)} {what}s "
+            f"(0..{len(items) - 1}); re-run `hpcffn plan` if the spec changed"
+        )
+    for item in items:
+        if item.name == key:
+            return item
+    known = ", ".join(i.name for i in items[:10]) + (" ..." if len(items) > 10 else "")
+    raise HpcffnError(f"no {what} named {key!r} in the plan of {spec_file}; known: {known}")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read plan.json (or the plan.json inside a directory) with one-line errors."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "plan.json"
+    if not p.is_file():
+        raise HpcffnError(f"no plan at {p}: run `hpcffn plan SPEC.yaml` first, or pass the workdir")
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HpcffnError(f"{p} is not readable JSON ({exc}); re-run `hpcffn plan`") from None
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if fmt != PLAN_FORMAT:
+        raise HpcffnError(
+            f"{p} has plan format {fmt!r} but this hpcffn reads format {PLAN_FORMAT}: "
+            "re-run `hpcffn plan SPEC.yaml` with this version"
+        )
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise HpcffnError(f"{p}: field {where}: {err['msg']}; re-run `hpcffn plan`") from None
+
+
+def write_plan(plan: Plan, path: str | Path) -> None:
+    """Write plan.json atomically (temp file + rename)."""
+    from hpcffn.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), plan.model_dump_json(indent=1))

@@ -1,0 +1,101 @@
+"""HDF5 volume locations ("path.h5:dataset"), shapes and box reads, with one-line errors.
+
+Shared by every stage. A location is a file path and a dataset name separated by the
+last ':' (so Windows-like or URL-like paths are not split wrongly); the dataset defaults to
+the caller's default (`raw` for grayscale, `stack` for groundtruth, FFN's names).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+TIF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A dataset inside an HDF5 file."""
+
+    path: Path
+    dataset: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.dataset}"
+
+
+def parse_location(text: str, default_dataset: str | None = None, base: Path | None = None) -> Location:
+    """Split "path.h5:dataset" (dataset optional when a default is given)."""
+    text = str(text)
+    path_part, dataset = text, None
+    head, sep, tail = text.rpartition(":")
+    if sep and tail and not tail.startswith(("/", "\\")) and head.lower().endswith(HDF5_SUFFIXES):
+        path_part, dataset = head, tail
+    if dataset is None:
+        if default_dataset is None:
+            raise HpcffnError(f"{text!r} has no dataset: write it as path.h5:dataset")
+        dataset = default_dataset
+    path = Path(path_part).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return Location(path=path, dataset=dataset)
+
+
+def list_datasets(h5file) -> list[str]:
+    """Names of every dataset in an open h5py file (nested ones as a/b)."""
+    import h5py
+
+    names: list[str] = []
+    h5file.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+@contextmanager
+def open_dataset(loc: Location | str, default_dataset: str | None = None) -> Iterator["h5py.Dataset"]:  # noqa: F821
+    """Open a dataset read-only; missing file or dataset -> one line listing what exists."""
+    import h5py
+
+    if not isinstance(loc, Location):
+        loc = parse_location(loc, default_dataset)
+    if not loc.path.is_file():
+        raise HpcffnError(f"HDF5 file {loc.path} does not exist: check the path (dataset {loc.dataset!r})")
+    try:
+        fh = h5py.File(loc.path, "r")
+    except OSError as exc:
+        raise HpcffnError(f"{loc.path} is not a readable HDF5 file ({exc})") from None
+    try:
+        if loc.dataset not in fh or not isinstance(fh[loc.dataset], h5py.Dataset):
+            present = ", ".join(list_datasets(fh)) or "none"
+            raise HpcffnError(
+                f"{loc.path} has no dataset {loc.dataset!r} (datasets present: {present}); "
+                f"write it as {loc.path}:<dataset>"
+            )
+        yield fh[loc.dataset]
+    finally:
+        fh.close()
+
+
+def dataset_shape(loc: Location | str, default_dataset: str | None = None) -> tuple[int, ...]:
+    with open_dataset(loc, default_dataset) as ds:
+        return tuple(int(s) for s in ds.shape)
+
+
+def read_box(loc: Location | str, start, size, default_dataset: str | None = None) -> np.ndarray:
+    """Read a z,y,x box; parts outside the volume are an error (boxes come from the plan)."""
+    with open_dataset(loc, default_dataset) as ds:
+        if ds.ndim != 3:
+            raise HpcffnError(f"{loc}: dataset has {ds.ndim} dimensions, expected 3 (z,y,x)")
+        stop = [s + n for s, n in zip(start, size)]
+        if any(s < 0 for s in start) or any(e > d for e, d in zip(stop, ds.shape)):
+            raise HpcffnError(
+                f"{loc}: box start {tuple(start)} size {tuple(size)} lies outside the dataset "
+                f"shape {tuple(ds.shape)}; re-plan with the right volume shape"
+            )
+        return ds[tuple(slice(s, e) for s, e in zip(start, stop))]

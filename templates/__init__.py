@@ -1,0 +1,1 @@
+"""Jinja templates of the batch scripts (shipped as package data)."""

@@ -1,0 +1,1 @@
+"""Cluster profiles (shipped as package data)."""
