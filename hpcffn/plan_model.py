@@ -76,7 +76,9 @@ class TilePlan(_Model):
     index: ZYX
     box: Box
     infer_box: Box
-    group: str
+    # The GPU group that trains on this tile; None for tiles of volumes without groundtruth
+    # (they are only segmented).
+    group: str | None = None
 
 
 class GroupPlan(_Model):
