@@ -1,7 +1,122 @@
-"""CLI commands: jobs (placeholder module, filled by its owner)."""
+"""CLI commands for the job machinery: submit, run (local), status, cancel, logs.
+
+Thin: parse options, find the plan, call submit.py / local_runner.py / status.py / jobs_admin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from hpcffn.errors import HpcffnError
+
+PLAN_DIR = typer.Argument(None, help="The experiment's workdir (holding plan.json); default: the current directory.")
+SPEC = typer.Option(None, "--spec", help="Find the workdir from this experiment spec instead of PLAN_DIR.")
+STAGE = typer.Option(None, "--stage", help="Only this stage (repeatable).")
+PLAN_DIR_OPT = typer.Option(None, "--plan-dir", help="The workdir; default: the current directory.")
+GROUP = typer.Option(None, "--group", help="Only this group's jobs and tasks (repeatable).")
+
+
+def find_plan(plan_dir: Path | None, spec: Path | None):
+    """Load plan.json from PLAN_DIR, the workdir of --spec, or the current directory."""
+    from hpcffn.plan_model import load_plan
+
+    if plan_dir is not None and spec is not None:
+        raise HpcffnError("give either PLAN_DIR or --spec, not both")
+    if spec is not None:
+        from hpcffn.spec import load_spec
+
+        workdir = Path(load_spec(spec).workdir).expanduser()
+        if not workdir.is_absolute():
+            candidates = [spec.resolve().parent / workdir, Path.cwd() / workdir]
+            workdir = next((c for c in candidates if (c / "plan.json").is_file()), candidates[0])
+        return load_plan(workdir)
+    return load_plan(plan_dir if plan_dir is not None else Path.cwd())
+
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
-    """Attach this area's commands to the root app and the `stage` sub-app."""
+    """Attach submit, run, status, cancel and logs to the root app."""
+
+    @app.command()
+    def submit(
+        plan_dir: Path = PLAN_DIR,
+        spec: Path = SPEC,
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the sbatch calls as a bash script; submit nothing."),
+        stage: list[str] = STAGE,
+        group: list[str] = GROUP,
+        resume: bool = typer.Option(False, "--resume", help="Also resubmit what failed, was cancelled or timed out, and what depends on it."),
+        local: bool = typer.Option(False, "--local", help="Run the scripts here, without SLURM (same as `hpcffn run`)."),
+    ) -> None:
+        """Submit the rendered scripts (as they are on disk) to SLURM in dependency order."""
+        plan = find_plan(plan_dir, spec)
+        if local:
+            if dry_run:
+                raise HpcffnError("--dry-run prints sbatch calls; it does not combine with --local")
+            _run_local(plan, resume, stage, group)
+            return
+        from hpcffn.submit import submit as do_submit
+
+        do_submit(plan, resume=resume, stages=stage or None, groups=group or None, dry_run=dry_run, echo=typer.echo)
+
+    @app.command()
+    def run(
+        plan_dir: Path = PLAN_DIR,
+        spec: Path = SPEC,
+        stage: list[str] = STAGE,
+        group: list[str] = GROUP,
+        resume: bool = typer.Option(False, "--resume", help="Also rerun what failed or was cancelled, and what depends on it."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    ) -> None:
+        """Run the rendered scripts on this machine without SLURM, in dependency order."""
+        _run_local(find_plan(plan_dir, spec), resume, stage, group, progress)
+
+    def _run_local(plan, resume, stage, group, progress=True):
+        from hpcffn.local_runner import run_local
+
+        if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo, progress=progress):
+            typer.echo("some tasks failed: see `hpcffn status`, fix the cause, then `hpcffn run --resume`", err=True)
+            raise typer.Exit(1)
+
+    @app.command()
+    def status(
+        plan_dir: Path = PLAN_DIR,
+        spec: Path = SPEC,
+        as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
+        watch: bool = typer.Option(False, "--watch", help="Refresh until nothing is pending or running."),
+        interval: float = typer.Option(10.0, "--interval", min=1.0, help="Seconds between refreshes with --watch (backs off while idle)."),
+    ) -> None:
+        """Show every job (stage x group) with its SLURM states, task counts and outputs."""
+        from hpcffn.status import show
+
+        show(find_plan(plan_dir, spec), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
+
+    @app.command()
+    def cancel(
+        plan_dir: Path = PLAN_DIR,
+        spec: Path = SPEC,
+        stage: list[str] = STAGE,
+        group: list[str] = GROUP,
+    ) -> None:
+        """Cancel the experiment's pending and running jobs (all, or by stage/group)."""
+        from hpcffn.jobs_admin import cancel as do_cancel
+
+        do_cancel(find_plan(plan_dir, spec), stages=stage or None, groups=group or None, echo=typer.echo)
+
+    @app.command()
+    def logs(
+        stage_name: str = typer.Argument(..., metavar="STAGE", help="The stage whose log to show."),
+        which: str = typer.Argument(None, metavar="[GROUP|TILE]", help="A group, tile or volume name (or array index)."),
+        plan_dir: Path = PLAN_DIR_OPT,
+        spec: Path = SPEC,
+        tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
+    ) -> None:
+        """Print the log of a stage's job (the newest run of the given group/tile)."""
+        from hpcffn.jobs_admin import log_paths
+
+        paths = log_paths(find_plan(plan_dir, spec), stage_name, which)
+        for p in paths:
+            lines = p.read_text(errors="replace").splitlines()
+            if len(paths) > 1:
+                typer.echo(f"==> {p} <==")
+            typer.echo("\n".join(lines[-tail:] if tail else lines))

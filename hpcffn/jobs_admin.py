@@ -1,0 +1,107 @@
+"""`hpcffn cancel` and `hpcffn logs`: act on what state.json says was submitted.
+
+Cancel only touches this experiment's own job ids (never a user's other jobs); logs are
+found from SLURM's record, the local runner's record, or the script's `#SBATCH --output`
+pattern expanded with the job id, in that order.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+from pathlib import Path
+
+from hpcffn import slurm
+from hpcffn.errors import HpcffnError
+from hpcffn.plan_model import Plan
+from hpcffn.slurm import expand_pattern, sbatch_options
+from hpcffn.state import load_state
+from hpcffn.submit import TaskView, check_filters, observe, selected_tasks
+
+
+def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None = None, echo=print) -> list[str]:
+    """scancel the alive tasks of the selected jobs; stop a local runner working on them."""
+    check_filters(plan, stages, groups)
+    state = load_state(plan.layout.state)
+    views = observe(plan, state)
+    ids: list[str] = []
+    runners: set[int] = set()
+    for job in plan.jobs:
+        keep = set(selected_tasks(plan, job, stages, groups))
+        for v in views[job.name]:
+            if v.task in keep and v.category == "alive" and v.sub is not None:
+                if v.sub.local:
+                    if v.sub.runner_pid:
+                        runners.add(v.sub.runner_pid)
+                else:
+                    ids.append(v.slurm_id)
+    if ids:
+        slurm.scancel(ids)
+        echo(f"cancelled {len(ids)} task(s): {' '.join(ids)}")
+    for pid in runners:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            echo(f"stopped the local runner (pid {pid})")
+        except ProcessLookupError:
+            pass
+    if not ids and not runners:
+        echo("nothing to cancel: no selected job is pending or running")
+    return ids
+
+
+def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | None]]:
+    jobs = [j for j in plan.jobs if j.stage == stage]
+    if not jobs:
+        known = ", ".join(sorted({j.stage for j in plan.jobs}))
+        raise HpcffnError(f"no {stage!r} job in {plan.layout.plan}; stages planned: {known}")
+    out = []
+    for job in jobs:
+        tasks = list(range(len(job.units))) if job.array else [None]
+        for t in tasks:
+            unit = job.units[t if t is not None else 0]
+            tile_group = next((x.group for x in plan.tiles if x.name == unit), None)
+            if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)):
+                out.append((job.name, t))
+    if not out:
+        raise HpcffnError(f"no {stage} task for {which!r}: give a group, tile or volume name of the plan (see `hpcffn status --json`)")
+    return out
+
+
+def _log_of(plan: Plan, v: TaskView) -> list[Path]:
+    if v.info is not None and v.info.log and "%" not in v.info.log and Path(v.info.log).is_file():
+        return [Path(v.info.log)]
+    job = plan.job(v.job)
+    script = plan.layout.root / job.script
+    pattern = sbatch_options(script).get("output", "slurm-%j.out") if script.is_file() else "slurm-%j.out"
+    name = sbatch_options(script).get("job-name", job.name) if script.is_file() else job.name
+    base = v.sub.job_id
+    if "%j" in pattern and v.task is not None:
+        pattern = pattern.replace("%j", "*")
+    path = expand_pattern(pattern, name, base, v.task)
+    if not os.path.isabs(path):
+        path = str(plan.layout.root / path)
+    return [Path(p) for p in sorted(glob.glob(path))]
+
+
+def log_paths(plan: Plan, stage: str, which: str | None) -> list[Path]:
+    """Log files of the newest run of the matching tasks (one clear line when there are none)."""
+    wanted = _match(plan, stage, which)
+    views = observe(plan, load_state(plan.layout.state), query=_quiet_query)
+    paths: list[Path] = []
+    for job_name, task in wanted:
+        for v in views[job_name]:
+            if v.task == task and v.sub is not None:
+                paths += [p for p in _log_of(plan, v) if p not in paths]
+    if not paths:
+        raise HpcffnError(
+            f"no log yet for {stage}{' ' + which if which else ''}: it has not started (see `hpcffn status`)"
+        )
+    return paths
+
+
+def _quiet_query(ids):
+    try:
+        return slurm.query(ids)
+    except HpcffnError:
+        return {}

@@ -1,0 +1,194 @@
+"""Run a plan's rendered scripts on this machine, without SLURM, in dependency order.
+
+For trying a whole pipeline on a workstation before going to the cluster: the very same
+scripts run with bash, one task at a time, with the SLURM_* variables they read set as
+SLURM would set them and HPCFFN_LOCAL=1 (so a train/infer script exits 75 after a
+checkpoint instead of calling `scontrol requeue`; it is then started again here). Outcomes
+go to the same state.json with SLURM-like state names, so `hpcffn status` reads them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from hpcffn.errors import HpcffnError
+from hpcffn.layout import EXIT_REQUEUE
+from hpcffn.plan_model import JobPlan, Plan
+from hpcffn.slurm import expand_pattern, sbatch_options
+from hpcffn.state import LocalTask, Submission, load_state, locked, now, updating
+from hpcffn.submit import Step, check_scripts, observe, plan_steps, sha256_file
+
+MAX_REQUEUES = 100
+
+
+class _Stopped(Exception):
+    """SIGTERM (e.g. `hpcffn cancel`) reached the runner."""
+
+
+def task_env(plan: Plan, job: JobPlan, opts: dict[str, str], num_id: str, task: int | None, restarts: int) -> dict[str, str]:
+    """The environment SLURM would give this task, plus HPCFFN_LOCAL=1."""
+    env = dict(os.environ)
+    env.update({
+        "HPCFFN_LOCAL": "1",
+        "SLURM_JOB_ID": num_id,
+        "SLURM_JOBID": num_id,
+        "SLURM_JOB_NAME": opts.get("job-name") or job.name,
+        "SLURM_SUBMIT_DIR": str(plan.layout.root),
+        "SLURM_CPUS_PER_TASK": opts.get("cpus-per-task") or "1",
+        "SLURM_CPUS_ON_NODE": str(os.cpu_count() or 1),
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_RESTART_COUNT": str(restarts),
+        "SLURM_CLUSTER_NAME": "local",
+        "SLURMD_NODENAME": socket.gethostname().split(".")[0],
+        "SLURM_JOB_PARTITION": opts.get("partition") or "local",
+    })
+    for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+              "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX"):
+        env.pop(k, None)
+    if job.array:
+        env.update({
+            "SLURM_ARRAY_JOB_ID": num_id,
+            "SLURM_ARRAY_TASK_ID": str(task),
+            "SLURM_ARRAY_TASK_COUNT": str(len(job.units)),
+            "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_MAX": str(len(job.units) - 1),
+        })
+    return env
+
+
+def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int) -> LocalTask:
+    """Run one task to the end, restarting it while it exits 75 (checkpoint saved, work left)."""
+    script = plan.layout.root / job.script
+    opts = sbatch_options(script)
+    pattern = opts.get("output") or f"logs/{job.stage}/%x_%A_%a.out"
+    log = Path(expand_pattern(pattern, opts.get("job-name") or job.name, num_id, task))
+    if not log.is_absolute():
+        log = plan.layout.root / log
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rec = LocalTask(state="RUNNING", start=now(), log=str(log))
+    while True:
+        _save_task(plan, sub, task, rec)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(["bash", str(script)], cwd=plan.layout.root, stdout=out, stderr=subprocess.STDOUT,
+                                    env=task_env(plan, job, opts, num_id, task, rec.restarts), start_new_session=True)
+            try:
+                rc = proc.wait()
+            except (KeyboardInterrupt, _Stopped):
+                _stop(proc)
+                rec.state, rec.reason, rec.exit_code, rec.end = "CANCELLED", "CancelledByUser", proc.returncode, now()
+                _save_task(plan, sub, task, rec)
+                raise
+        rec.exit_code = rc
+        if rc == EXIT_REQUEUE and rec.restarts < max_requeues:
+            rec.restarts += 1
+            continue
+        rec.end = now()
+        if rc == 0:
+            rec.state, rec.reason = "COMPLETED", "None"
+        else:
+            rec.state = "FAILED"
+            rec.reason = "RequeueLimit" if rc == EXIT_REQUEUE else "NonZeroExitCode"
+        return rec
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the task's process group (scripts checkpoint on TERM), then SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _save_task(plan: Plan, sub: Submission, task: int | None, rec: LocalTask) -> None:
+    key = str(task if task is not None else 0)
+    sub.local_tasks[key] = rec.model_copy()
+    with updating(plan.layout.state) as st:
+        for s in st.submissions:
+            if s.local and s.job_id == sub.job_id:
+                s.local_tasks[key] = rec.model_copy()
+
+
+def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
+              echo=print, progress: bool = True, max_requeues: int = MAX_REQUEUES) -> bool:
+    """Run what needs running here; return True when every task that ran completed."""
+    state_path = plan.layout.state
+    with locked(state_path):
+        state = load_state(state_path)
+        views = observe(plan, state)
+        steps = plan_steps(plan, views, resume, stages, groups)
+        check_scripts(plan, steps, views)
+        for step in steps:
+            if step.old_deps:
+                raise HpcffnError(
+                    f"job {step.job.name} would wait for SLURM jobs still in the queue ({', '.join(step.old_deps)}): "
+                    "let them finish or `hpcffn cancel` them before running locally"
+                )
+        if not steps:
+            echo("nothing to run: every selected job already ran (see `hpcffn status`; `--resume` reruns failed work)")
+            return True
+        old = signal.signal(signal.SIGTERM, _raise_stopped)
+        try:
+            return _run_steps(plan, steps, echo, progress, max_requeues)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped()
+
+
+def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int) -> bool:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    state_path = plan.layout.state
+    failed_jobs: set[str] = set()
+    total = sum(len(s.tasks) for s in steps)
+    all_ok = True
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress) as bar:
+        overall = bar.add_task("hpcffn run", total=total)
+        for step in steps:
+            job = step.job
+            with updating(state_path) as st:
+                lid = st.next_local_id()
+                num_id = str(900000 + len([s for s in st.submissions if s.local]) + 1)
+                sub = Submission(job=job.name, job_id=lid, submitted=now(),
+                                 sha256=sha256_file(plan.layout.root / job.script),
+                                 tasks=[t for t in step.tasks if t is not None] if job.array else None,
+                                 command=["bash", job.script], local=True, runner_pid=os.getpid(),
+                                 local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks})
+                st.submissions.append(sub)
+            blocked = [name for _, name in step.deps if name in failed_jobs]
+            for task in step.tasks:
+                if blocked:
+                    rec = LocalTask(state="CANCELLED", reason="DependencyNeverSatisfied", end=now())
+                    _save_task(plan, sub, task, rec)
+                else:
+                    bar.update(overall, description=f"{job.name}" + (f"[{task}]" if task is not None else ""))
+                    rec = _run_task(plan, job, sub, task, num_id, max_requeues)
+                    _save_task(plan, sub, task, rec)
+                    if rec.state != "COMPLETED":
+                        echo(f"{job.name}" + (f" task {task}" if task is not None else "")
+                             + f" {rec.state} (exit {rec.exit_code}); log: {rec.log}")
+                if rec.state != "COMPLETED":
+                    failed_jobs.add(job.name)
+                    all_ok = False
+                bar.advance(overall)
+    return all_ok

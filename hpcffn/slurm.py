@@ -1,0 +1,356 @@
+"""Calls to the SLURM client tools (sbatch, squeue, sacct, scontrol, scancel) and their parsing.
+
+The only module that runs SLURM commands, so the rest of hpcffn deals in plain records
+(`TaskInfo`) and one-line errors. Job ids are strings: "123" for a plain job, "123_4" for
+task 4 of array job 123 (SLURM's own notation, accepted by scancel/scontrol/--dependency).
+Status reads three sources because each one misses something: squeue (live, and recently
+finished jobs with --json), sacct (long history, needs slurmdbd) and `scontrol show job`
+(works where squeue has no JSON plugin). One unreadable record never breaks the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcffn.errors import HpcffnError
+
+# States after which a job never runs again by itself.
+DONE_STATES = {"COMPLETED"}
+BAD_STATES = {
+    "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+    "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
+}
+# Pending with one of these reasons never starts: treated like a failure by resume and status.
+DEAD_PENDING_REASONS = {"DependencyNeverSatisfied"}
+
+
+@dataclass
+class TaskInfo:
+    """What SLURM says about one job or array task."""
+
+    id: str
+    state: str
+    reason: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    source: str = ""
+    log: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        """True while the task may still run (pending, running, requeued, ...)."""
+        if self.state in DONE_STATES or self.state in BAD_STATES:
+            return False
+        return not (self.state == "PENDING" and self.reason in DEAD_PENDING_REASONS)
+
+    @property
+    def failed(self) -> bool:
+        return not self.alive and self.state not in DONE_STATES
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise HpcffnError(
+            f"`{name}` is not on PATH: run this on a SLURM login node (or load the slurm module), "
+            "or run the pipeline here with `hpcffn submit --local`"
+        )
+    return path
+
+
+def _run(args: list[str], cwd: str | Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [_tool(args[0]), *args[1:]]
+    try:
+        proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise HpcffnError(f"`{args[0]}` did not answer within 120 s: is slurmctld reachable? (`scontrol ping`)") from None
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().replace("\n", " ") or f"exit code {proc.returncode}"
+        raise HpcffnError(f"`{' '.join(args[:3])} ...` failed: {msg}")
+    return proc
+
+
+def available() -> bool:
+    """True when the SLURM client tools are installed here."""
+    return shutil.which("sbatch") is not None
+
+
+# ----------------------------------------------------------------------------------- sbatch
+def parse_parsable(out: str) -> str:
+    """Job id from `sbatch --parsable` output, which may be `jobid` or `jobid;cluster`."""
+    line = out.strip().splitlines()[-1] if out.strip() else ""
+    jid = line.split(";", 1)[0].strip()
+    if not jid.isdigit():
+        raise HpcffnError(f"sbatch printed {out.strip()!r} instead of a job id; check the sbatch output above")
+    return jid
+
+
+def sbatch_command(script: str | Path, array: str | None = None, dependency: str | None = None,
+                   extra: list[str] | None = None) -> list[str]:
+    """The exact sbatch command line hpcffn runs for one script (also what --dry-run prints)."""
+    cmd = ["sbatch", "--parsable"]
+    if array is not None:
+        cmd.append(f"--array={array}")
+    if dependency:
+        cmd.append(f"--dependency={dependency}")
+        cmd.append("--kill-on-invalid-dep=yes")
+    cmd += list(extra or [])
+    cmd.append(str(script))
+    return cmd
+
+
+def sbatch(cmd: list[str], cwd: str | Path) -> str:
+    """Run an sbatch command line from `sbatch_command`; return the new job id."""
+    proc = _run(cmd, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().replace("\n", " ")
+        raise HpcffnError(f"sbatch refused {cmd[-1]}: {msg}; fix the script or the spec and re-run `hpcffn submit --resume`")
+    return parse_parsable(proc.stdout)
+
+
+def test_only(cmd: list[str], cwd: str | Path) -> tuple[bool, str]:
+    """Ask sbatch whether it would accept a command line (`--test-only`); nothing is queued."""
+    args = [a for a in cmd if a != "--parsable"]
+    args.insert(1, "--test-only")
+    proc = _run(args, cwd=cwd, check=False)
+    return proc.returncode == 0, (proc.stderr + proc.stdout).strip()
+
+
+def array_spec(ids: list[int], throttle: int | None = None) -> str:
+    """Compact `--array` value: [0,1,2,5] -> "0-2,5", with an optional %throttle."""
+    ids = sorted(set(ids))
+    parts: list[str] = []
+    start = prev = None
+    for i in ids:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = prev = i
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    spec = ",".join(parts)
+    if throttle:
+        spec += f"%{throttle}"
+    return spec
+
+
+def expand_array(spec: str) -> list[int]:
+    """Task ids of an array string such as "2-5%2", "1,3,7-9" or "0-10:2"."""
+    spec = spec.split("%", 1)[0].strip()
+    out: list[int] = []
+    for part in filter(None, spec.split(",")):
+        step = 1
+        if ":" in part:
+            part, s = part.split(":", 1)
+            step = int(s)
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1, step))
+        else:
+            out.append(int(part))
+    return out
+
+
+# ------------------------------------------------------------------------- batch scripts
+def sbatch_options(script: Path) -> dict[str, str]:
+    """The `#SBATCH` options at the top of a script (long names; -J/-o/-e/-c mapped)."""
+    short = {"-J": "job-name", "-o": "output", "-e": "error", "-c": "cpus-per-task", "-a": "array"}
+    opts: dict[str, str] = {}
+    for line in script.read_text(errors="replace").splitlines():
+        s = line.strip()
+        if not s or (s.startswith("#") and not s.startswith("#SBATCH")):
+            continue
+        if not s.startswith("#SBATCH"):
+            break  # sbatch stops reading options at the first command
+        try:
+            words = shlex.split(s[len("#SBATCH"):], comments=True)
+        except ValueError:
+            continue
+        for i, w in enumerate(words):
+            if w.startswith("--"):
+                key, _, val = w[2:].partition("=")
+                opts[key] = val
+            elif w in short and i + 1 < len(words):
+                opts[short[w]] = words[i + 1]
+    return opts
+
+
+def expand_pattern(pattern: str, job_name: str, job_id: str, task: int | None) -> str:
+    """SLURM's filename pattern (%x %A %a %j %u %N %%) as sbatch would expand it."""
+    vals = {"x": job_name, "A": job_id, "a": str(task if task is not None else 4294967294),
+            "j": job_id, "u": os.environ.get("USER", "user"), "N": socket.gethostname().split(".")[0], "%": "%"}
+    return re.sub(r"%(\d*)([xAajuN%])", lambda m: vals[m.group(2)].zfill(int(m.group(1) or 0)), pattern)
+
+
+def make_log_dirs(script: Path, workdir: Path) -> None:
+    """Create the directories of the script's --output/--error files: SLURM does not, and fails the job."""
+    opts = sbatch_options(script)
+    for key in ("output", "error"):
+        pattern = opts.get(key)
+        if not pattern:
+            continue
+        parent = Path(pattern).parent
+        if "%" in str(parent):
+            continue
+        (parent if parent.is_absolute() else workdir / parent).mkdir(parents=True, exist_ok=True)
+
+
+# ------------------------------------------------------------------------------ queries
+def _state_str(value) -> str:
+    if isinstance(value, list):  # newer SLURM: ["COMPLETED"] or flags
+        value = value[0] if value else "UNKNOWN"
+    return str(value or "UNKNOWN").split()[0].rstrip("+")
+
+
+def _exit_int(value) -> int | None:
+    """Exit status from squeue's exit_code (22.05: raw wait status; newer: a dict)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        rc = value.get("return_code")
+        if isinstance(rc, dict):
+            rc = rc.get("number")
+        return int(rc) if rc is not None else None
+    v = int(value)
+    return v >> 8 if v > 255 else v
+
+
+def _num(value):
+    """squeue --json numbers may be plain ints or {"set": bool, "number": n} (newer SLURM)."""
+    if isinstance(value, dict):
+        return value.get("number") if value.get("set", True) else None
+    return value
+
+
+def parse_squeue_json(text: str) -> dict[str, TaskInfo]:
+    """Parse `squeue --json`; skip (not fail on) records that cannot be read."""
+    out: dict[str, TaskInfo] = {}
+    try:
+        jobs = json.loads(text).get("jobs", [])
+    except (json.JSONDecodeError, AttributeError):
+        return out
+    for rec in jobs:
+        try:
+            state = _state_str(rec.get("job_state"))
+            common = {
+                "state": state, "reason": str(rec.get("state_reason") or ""),
+                "exit_code": _exit_int(rec.get("exit_code")), "restarts": int(_num(rec.get("restart_cnt")) or 0),
+                "source": "squeue", "log": str(rec.get("standard_output") or ""),
+                "extra": {"dependency": rec.get("dependency") or "", "name": rec.get("name") or ""},
+            }
+            jid = _num(rec.get("job_id"))
+            array_job = _num(rec.get("array_job_id")) or 0
+            task = _num(rec.get("array_task_id"))
+            if array_job:
+                if task is not None and task != 4294967294:
+                    out[f"{array_job}_{task}"] = TaskInfo(id=f"{array_job}_{task}", **common)
+                pending = str(rec.get("array_task_string") or "")
+                if pending:
+                    for t in expand_array(pending):
+                        out[f"{array_job}_{t}"] = TaskInfo(id=f"{array_job}_{t}", **common)
+            else:
+                out[str(jid)] = TaskInfo(id=str(jid), **common)
+        except (TypeError, ValueError, KeyError):
+            continue
+    return out
+
+
+def parse_scontrol(text: str) -> dict[str, TaskInfo]:
+    """Parse `scontrol show job -o` (one job per line, Key=Value fields)."""
+    out: dict[str, TaskInfo] = {}
+    for line in text.splitlines():
+        try:
+            fields = dict(kv.split("=", 1) for kv in re.findall(r"(\S+?=\S*)", line))
+            if "JobId" not in fields:
+                continue
+            state = _state_str(fields.get("JobState"))
+            rc = fields.get("ExitCode", "")
+            exit_code = int(rc.split(":")[0]) if rc and rc.split(":")[0].isdigit() else None
+            common = {"state": state, "reason": fields.get("Reason", ""), "exit_code": exit_code,
+                          "restarts": int(fields.get("Restarts", "0") or 0), "source": "scontrol",
+                          "log": fields.get("StdOut", ""), "extra": {"dependency": fields.get("Dependency", "")}}
+            if "ArrayJobId" in fields:
+                tasks = fields.get("ArrayTaskId", "")
+                for t in expand_array(tasks):
+                    key = f"{fields['ArrayJobId']}_{t}"
+                    out[key] = TaskInfo(id=key, **common)
+            else:
+                out[fields["JobId"]] = TaskInfo(id=fields["JobId"], **common)
+        except (ValueError, KeyError):
+            continue
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, TaskInfo]:
+    """Parse `sacct -n -P -X -o JobID,State,ExitCode,Reason`."""
+    out: dict[str, TaskInfo] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 3:
+            continue
+        try:
+            jid, state, rc = parts[0], _state_str(parts[1]), parts[2]
+            reason = parts[3] if len(parts) > 3 else ""
+            exit_code = int(rc.split(":")[0]) if rc.split(":")[0].isdigit() else None
+            if "_[" in jid:  # pending array tasks: 12_[3-5%2]
+                base, rng = jid.split("_[", 1)
+                for t in expand_array(rng.rstrip("]")):
+                    out[f"{base}_{t}"] = TaskInfo(id=f"{base}_{t}", state=state, reason=reason,
+                                                  exit_code=exit_code, source="sacct")
+            else:
+                out[jid] = TaskInfo(id=jid, state=state, reason=reason, exit_code=exit_code, source="sacct")
+        except ValueError:
+            continue
+    return out
+
+
+def _base_ids(ids: list[str]) -> list[str]:
+    return sorted({i.split("_", 1)[0] for i in ids}, key=int)
+
+
+def query(ids: list[str]) -> dict[str, TaskInfo]:
+    """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
+
+    Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
+    """
+    ids = [i for i in ids if i]
+    if not ids:
+        return {}
+    want = set(ids)
+    found: dict[str, TaskInfo] = {}
+    bases = _base_ids(ids)
+    proc = _run(["squeue", "--json"], check=False)
+    if proc.returncode == 0:
+        found.update({k: v for k, v in parse_squeue_json(proc.stdout).items() if k in want or k.split("_")[0] in bases})
+    missing = [i for i in ids if i not in found]
+    if missing and shutil.which("sacct"):
+        proc = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
+                     "-j", ",".join(_base_ids(missing))], check=False)
+        if proc.returncode == 0:
+            for k, v in parse_sacct(proc.stdout).items():
+                found.setdefault(k, v)
+    missing = [i for i in ids if i not in found]
+    for base in _base_ids(missing):
+        proc = _run(["scontrol", "show", "job", "-o", base], check=False)
+        if proc.returncode == 0:
+            for k, v in parse_scontrol(proc.stdout).items():
+                found.setdefault(k, v)
+    return found
+
+
+def scancel(ids: list[str]) -> None:
+    """Cancel jobs/array tasks (unknown ids are ignored by scancel itself)."""
+    if ids:
+        _run(["scancel", *ids])

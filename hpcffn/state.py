@@ -1,0 +1,138 @@
+"""state.json: what was submitted for an experiment, so status, resume and cancel know job ids.
+
+One record per submission (one sbatch call, or one local-runner run of a job), newest last,
+with the script's sha256 at submission time, the array task ids it covers, the command line
+and (for local runs) each task's outcome. The file is rewritten atomically (temp + rename);
+writers take an fcntl lock on a side file so two `hpcffn submit` runs cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpcffn.atomic import atomic_write_text
+from hpcffn.errors import HpcffnError
+
+STATE_FORMAT = 1
+
+
+class LocalTask(BaseModel):
+    """Outcome of one task run by the local runner (SLURM-like state names)."""
+
+    model_config = ConfigDict(extra="ignore")
+    state: str = "PENDING"
+    reason: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    start: str | None = None
+    end: str | None = None
+    log: str = ""
+
+
+class Submission(BaseModel):
+    """One sbatch call (or one local run) of one job of the plan."""
+
+    model_config = ConfigDict(extra="ignore")
+    job: str
+    job_id: str  # SLURM id, or "L<n>" for local runs
+    submitted: str
+    sha256: str
+    tasks: list[int] | None = None  # array task ids covered; None for a plain job
+    command: list[str] = Field(default_factory=list)
+    local: bool = False
+    runner_pid: int | None = None
+    local_tasks: dict[str, LocalTask] = Field(default_factory=dict)
+
+    def task_id(self, task: int | None) -> str:
+        """SLURM id of one task of this submission ("123_4", or "123" for a plain job)."""
+        return self.job_id if task is None or self.tasks is None else f"{self.job_id}_{task}"
+
+
+class State(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    format: int = STATE_FORMAT
+    submissions: list[Submission] = Field(default_factory=list)
+
+    def of_job(self, job: str) -> list[Submission]:
+        return [s for s in self.submissions if s.job == job]
+
+    def latest_per_task(self, job: str, tasks: list[int] | None) -> dict[int | None, Submission]:
+        """For each task (None for a plain job), the newest submission that covers it."""
+        out: dict[int | None, Submission] = {}
+        for sub in self.of_job(job):
+            if tasks is None or sub.tasks is None:
+                out[None] = sub
+            else:
+                for t in sub.tasks:
+                    out[t] = sub
+        return out
+
+    def next_local_id(self) -> str:
+        n = sum(1 for s in self.submissions if s.local)
+        return f"L{n + 1}"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def load_state(path: Path) -> State:
+    """Read state.json; a missing file is an empty state."""
+    if not path.exists():
+        return State()
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != STATE_FORMAT:
+            raise HpcffnError(
+                f"{path} has state format {raw.get('format')!r}, this hpcffn reads {STATE_FORMAT}: "
+                "move it aside and check the queue with squeue"
+            )
+        return State.model_validate(raw)
+    except (OSError, json.JSONDecodeError, AttributeError, ValidationError) as exc:
+        raise HpcffnError(
+            f"{path} is not a readable hpcffn state file ({type(exc).__name__}); "
+            "move it aside (job ids in it are lost) and re-run"
+        ) from None
+
+
+def save_state(path: Path, state: State) -> None:
+    atomic_write_text(path, state.model_dump_json(indent=1) + "\n")
+
+
+@contextmanager
+def locked(path: Path, wait: bool = False):
+    """Hold an exclusive lock on `<state>.lock` so two submits cannot run at once."""
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise HpcffnError(
+                f"another hpcffn submit/run holds {lock_path}: wait for it to finish (or, if none is running, retry)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def updating(path: Path):
+    """Load, let the block change, and save the state under the lock (for short updates)."""
+    lock_path = path.with_name(path.name + ".update.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        state = load_state(path)
+        yield state
+        save_state(path, state)
+    finally:
+        os.close(fd)

@@ -1,0 +1,139 @@
+"""`hpcffn status`: one row per job (stage x group) with SLURM states, task counts and outputs.
+
+Combines state.json (which ids were submitted), SLURM (squeue, then sacct, then scontrol:
+see slurm.query), the success markers the stages write and the expected output files, so
+the table stays right when accounting is missing or SLURM has forgotten old jobs. A SLURM
+that does not answer degrades the table to markers and outputs with a warning, never a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hpcffn import slurm
+from hpcffn.errors import HpcffnError
+from hpcffn.plan_model import Plan
+from hpcffn.state import load_state
+from hpcffn.submit import TaskView, observe
+
+
+def expected_output(plan: Plan, stage: str, unit: str):
+    """The file (or directory) a stage unit produces, per hpcffn/layout.py."""
+    lay = plan.layout
+    return {
+        "convert": lay.converted_volume,
+        "partitions": lay.partitions,
+        "coordinates": lay.coordinates,
+        "train": lay.train_dir,
+        "infer": lay.segmentation,
+        "evaluate": lambda _u: lay.evaluation_report,
+    }.get(stage, lambda _u: None)(unit)
+
+
+@dataclass
+class Report:
+    rows: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing alive: every task is done, failed or not submitted."""
+        return all(r["counts"].get("alive", 0) == 0 for r in self.rows)
+
+    @property
+    def all_done(self) -> bool:
+        return all(r["counts"].get("done", 0) == r["tasks"] for r in self.rows)
+
+
+def _label(v: TaskView) -> str:
+    if v.category == "never":
+        return "NOT SUBMITTED"
+    if v.info is None:
+        return "COMPLETED (marker)" if v.category == "done" else "UNKNOWN (no marker)"
+    if v.info.state == "PENDING" and v.info.reason not in ("", "None"):
+        return f"PENDING ({v.info.reason})"
+    if v.info.state == "CANCELLED" and v.info.reason == "DependencyNeverSatisfied":
+        return "CANCELLED (DependencyNeverSatisfied)"
+    return v.info.state
+
+
+def collect(plan: Plan) -> Report:
+    """Build the status report; SLURM errors become warnings."""
+    report = Report()
+    state = load_state(plan.layout.state)
+
+    def query(ids):
+        try:
+            return slurm.query(ids)
+        except HpcffnError as exc:
+            report.warnings.append(f"SLURM did not answer ({exc}); states come from markers only")
+            return {}
+
+    views = observe(plan, state, query=query)
+    for job in plan.jobs:
+        vs = views[job.name]
+        labels = Counter(_label(v) for v in vs)
+        cats = Counter(v.category for v in vs)
+        outputs = 0
+        tasks = []
+        for v in vs:
+            out = expected_output(plan, job.stage, v.unit)
+            exists = bool(out is not None and out.exists())
+            outputs += exists
+            tasks.append({
+                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": _label(v),
+                "exit_code": v.info.exit_code if v.info else None, "restarts": v.info.restarts if v.info else 0,
+                "source": v.info.source if v.info else ("marker" if v.category == "done" else ""),
+                "output": str(out) if out is not None else None, "output_exists": exists,
+            })
+        ids = sorted({v.sub.job_id for v in vs if v.sub is not None})
+        report.rows.append({
+            "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(vs),
+            "counts": dict(cats), "states": dict(labels), "job_ids": ids, "outputs": outputs, "detail": tasks,
+        })
+    return report
+
+
+def render_table(plan: Plan, report: Report):
+    """A rich Table of the report (one row per job)."""
+    from rich.table import Table
+
+    table = Table(title=f"hpcffn status: {plan.name} ({plan.workdir})")
+    for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs"):
+        table.add_column(col)
+    for r in report.rows:
+        states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
+        table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
+                      " ".join(r["job_ids"]) or "-", f"{r['outputs']}/{r['tasks']}")
+    return table
+
+
+def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
+         max_interval: float = 120.0, echo=print) -> Report:
+    """Print the status once, or until nothing is alive with --watch (backing off while idle)."""
+    import json
+
+    from rich.console import Console
+
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    delay = interval
+    last = None
+    while True:
+        report = collect(plan)
+        if as_json:
+            echo(json.dumps({"plan": str(plan.layout.plan), "rows": report.rows, "warnings": report.warnings,
+                             "finished": report.finished, "all_done": report.all_done}, indent=1))
+        else:
+            console.print(render_table(plan, report))
+            for w in report.warnings:
+                console.print(f"[yellow]warning:[/yellow] {w}")
+        if not watch or report.finished:
+            return report
+        snapshot = [r["states"] for r in report.rows]
+        delay = interval if snapshot != last else min(delay * 1.5, max_interval)
+        last = snapshot
+        time.sleep(delay)

@@ -1,0 +1,329 @@
+"""Submit a plan's scripts to SLURM in dependency order; resume only what did not finish.
+
+The scripts are submitted as they are on disk (hand edits honoured). Every job/array task
+is put in one of five categories from state.json + SLURM (+ markers when SLURM has forgotten
+it): done, alive, failed, lost (SLURM forgot it and no marker says it finished: resubmitted
+like a failure) or never (not submitted). `submit` sends what was never submitted;
+`submit --resume` also what failed, was cancelled or timed out (array: only those task ids),
+chaining each job with `--dependency=afterok:...` on its upstream jobs' alive or new
+submissions and `--kill-on-invalid-dep=yes`. Running, pending and completed work is never
+resubmitted, so running `submit` twice submits nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcffn import slurm
+from hpcffn.errors import HpcffnError
+from hpcffn.layout import STAGES
+from hpcffn.plan_model import JobPlan, Plan
+from hpcffn.stages.markers import is_done
+from hpcffn.state import State, Submission, load_state, locked, now, updating
+
+Task = int | None  # array task id, or None for a plain job
+
+
+@dataclass
+class TaskView:
+    """One unit of work of one job, with what is known about it."""
+
+    job: str
+    task: Task
+    unit: str
+    sub: Submission | None
+    info: slurm.TaskInfo | None
+    category: str  # done | alive | failed | lost | never
+
+    @property
+    def slurm_id(self) -> str | None:
+        return self.sub.task_id(self.task) if self.sub else None
+
+
+def job_tasks(job: JobPlan) -> list[Task]:
+    return list(range(len(job.units))) if job.array else [None]
+
+
+def unit_of(job: JobPlan, task: Task) -> str:
+    return job.units[task if task is not None else 0]
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def topo_order(plan: Plan) -> list[JobPlan]:
+    """Jobs ordered so that every job comes after the jobs it depends on (plan order otherwise)."""
+    names = {j.name for j in plan.jobs}
+    done: list[JobPlan] = []
+    placed: set[str] = set()
+    pending = list(plan.jobs)
+    while pending:
+        progress = False
+        for job in list(pending):
+            if all(d.job in placed or d.job not in names for d in job.depends_on):
+                done.append(job)
+                placed.add(job.name)
+                pending.remove(job)
+                progress = True
+        if not progress:
+            cycle = ", ".join(j.name for j in pending)
+            raise HpcffnError(f"plan.json: jobs {cycle} depend on each other in a cycle; re-run `hpcffn plan`")
+    return done
+
+
+def _local_info(sub: Submission, task: Task) -> slurm.TaskInfo | None:
+    rec = sub.local_tasks.get(str(task if task is not None else 0))
+    if rec is None:
+        return None
+    state = rec.state
+    if state in ("RUNNING", "PENDING") and not _pid_alive(sub.runner_pid):
+        state, reason = "CANCELLED", "LocalRunnerGone"
+    else:
+        reason = rec.reason
+    return slurm.TaskInfo(id=sub.task_id(task), state=state, reason=reason, exit_code=rec.exit_code,
+                          restarts=rec.restarts, source="local", log=rec.log)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
+    """Categorise every task of every job of the plan from state.json, SLURM and markers."""
+    latest = {j.name: state.latest_per_task(j.name, job_tasks(j) if j.array else None) for j in plan.jobs}
+    ids = [s.task_id(t) for per in latest.values() for t, s in per.items() if not s.local]
+    infos: dict[str, slurm.TaskInfo] = {}
+    if ids:
+        infos = (query or slurm.query)(ids)
+    views: dict[str, list[TaskView]] = {}
+    for job in plan.jobs:
+        per = latest[job.name]
+        out = []
+        for task in job_tasks(job):
+            sub = per.get(task if job.array else None)
+            unit = unit_of(job, task)
+            info = None
+            if sub is None:
+                cat = "never"
+            else:
+                info = _local_info(sub, task) if sub.local else infos.get(sub.task_id(task))
+                if info is None:
+                    cat = "done" if is_done(plan, job.stage, unit) else "lost"
+                elif info.state in slurm.DONE_STATES:
+                    cat = "done"
+                elif info.alive:
+                    cat = "alive"
+                else:
+                    cat = "failed"
+            out.append(TaskView(job.name, task, unit, sub, info, cat))
+        views[job.name] = out
+    return views
+
+
+def _unit_groups(plan: Plan, unit: str) -> set[str]:
+    """Groups a unit belongs to (a group, a tile's group, a volume's groups)."""
+    if unit in {g.name for g in plan.groups}:
+        return {unit}
+    for t in plan.tiles:
+        if t.name == unit:
+            return {t.group} if t.group else set()
+    return {t.group for t in plan.tiles if t.volume == unit and t.group}
+
+
+def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: list[str] | None) -> list[Task]:
+    """Tasks of `job` kept by the --stage/--group filters."""
+    if stages and job.stage not in stages:
+        return []
+    tasks = job_tasks(job)
+    if not groups:
+        return tasks
+    if job.group is not None:
+        return tasks if job.group in groups else []
+    return [t for t in tasks if _unit_groups(plan, unit_of(job, t)) & set(groups)]
+
+
+def check_filters(plan: Plan, stages: list[str] | None, groups: list[str] | None) -> None:
+    for s in stages or []:
+        if s not in STAGES:
+            raise HpcffnError(f"--stage {s!r} is not a stage; use one of {', '.join(STAGES)}")
+        if not any(j.stage == s for j in plan.jobs):
+            raise HpcffnError(f"--stage {s!r} has no job in {plan.layout.plan} (not in the spec's stages:)")
+    names = {g.name for g in plan.groups}
+    for g in groups or []:
+        if g not in names:
+            raise HpcffnError(f"--group {g!r} is not a group of {plan.layout.plan}; known: {', '.join(sorted(names))}")
+
+
+@dataclass
+class Step:
+    """One sbatch call to make (or one local run): a job and the tasks it covers."""
+
+    job: JobPlan
+    tasks: list[Task]
+    deps: list[tuple[str, str]]  # (dependency type, upstream job name) of upstream jobs in this run
+    old_deps: list[str]  # "type:id" of alive upstream work already in the queue
+
+    @property
+    def array(self) -> str | None:
+        if not self.job.array:
+            return None
+        return slurm.array_spec([t for t in self.tasks if t is not None], self.job.throttle)
+
+
+def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
+               stages: list[str] | None = None, groups: list[str] | None = None) -> list[Step]:
+    """What to submit, in dependency order, and what each step waits for."""
+    check_filters(plan, stages, groups)
+    redo = {"never", "failed", "lost"} if resume else {"never"}
+    todo: dict[str, list[Task]] = {}
+    for job in topo_order(plan):
+        keep = set(selected_tasks(plan, job, stages, groups))
+        tasks = [v.task for v in views[job.name] if v.task in keep and v.category in redo]
+        if tasks:
+            todo[job.name] = tasks
+    by_name = {j.name: j for j in plan.jobs}
+    steps = []
+    for job in topo_order(plan):
+        if job.name not in todo:
+            continue
+        deps, old = [], []
+        for dep in job.depends_on:
+            if dep.job not in by_name:
+                continue
+            if dep.job in todo:
+                deps.append((dep.type, dep.job))
+            upstream = [v for v in views[dep.job] if v.task not in set(todo.get(dep.job, []))]
+            blocked = [v for v in upstream if v.category in ("never", "failed", "lost")]
+            if blocked:
+                v = blocked[0]
+                what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",
+                        "lost": "is unknown to SLURM and has no success marker"}[v.category]
+                hint = "use --resume" if v.category != "never" else "drop the --stage/--group filter"
+                raise HpcffnError(
+                    f"job {job.name} depends on {dep.job} ({v.unit}), which {what}: {hint} so it is submitted too, "
+                    f"or check `hpcffn status`"
+                )
+            old += [f"{dep.type}:{i}" for i in _alive_ids(upstream)]
+        steps.append(Step(job, todo[job.name], deps, old))
+    return steps
+
+
+def _alive_ids(views: list[TaskView]) -> list[str]:
+    """Queue ids of alive tasks: a whole submission's id when all its tasks are alive."""
+    alive = [v for v in views if v.category == "alive" and v.sub is not None]
+    by_sub: dict[str, list[TaskView]] = {}
+    for v in alive:
+        by_sub.setdefault(v.sub.job_id, []).append(v)
+    ids = []
+    for jid, vs in by_sub.items():
+        sub = vs[0].sub
+        if sub.tasks is None or len(vs) == len(sub.tasks):
+            ids.append(jid)
+        else:
+            ids += [v.slurm_id for v in vs]
+    return ids
+
+
+def dependency_string(step: Step, new_ids: dict[str, str]) -> str | None:
+    """`--dependency` value, always with the type written out (sbatch's default is afterany)."""
+    by_type: dict[str, list[str]] = {}
+    for typ, name in step.deps:
+        by_type.setdefault(typ, []).append(new_ids[name])
+    for item in step.old_deps:
+        typ, jid = item.split(":", 1)
+        by_type.setdefault(typ, []).append(jid)
+    if not by_type:
+        return None
+    return ",".join(f"{t}:{':'.join(dict.fromkeys(ids))}" for t, ids in by_type.items())
+
+
+def check_scripts(plan: Plan, steps: list[Step], views: dict[str, list[TaskView]]) -> None:
+    """Refuse scripts that are missing, fail `bash -n`, or changed under a submission still alive."""
+    root = plan.layout.root
+    for step in steps:
+        path = root / step.job.script
+        if not path.is_file():
+            raise HpcffnError(f"{path} (job {step.job.name}) is missing: re-run `hpcffn plan` to render it")
+        proc = subprocess.run(["bash", "-n", str(path)], check=False, capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["syntax error"])[0]
+            raise HpcffnError(f"{path} is not valid bash ({first}); fix the edit or re-render it with `hpcffn plan`")
+    for job in plan.jobs:
+        path = root / job.script
+        alive = [v for v in views[job.name] if v.category == "alive" and v.sub is not None]
+        if alive and path.is_file():
+            digest = sha256_file(path)
+            changed = [v for v in alive if v.sub.sha256 != digest]
+            if changed:
+                v = changed[0]
+                raise HpcffnError(
+                    f"{path} changed after it was submitted as job {v.slurm_id}, which is still "
+                    f"{v.info.state if v.info else 'queued'}: revert the edit, or `hpcffn cancel --stage {job.stage}` first"
+                )
+
+
+def _var(name: str) -> str:
+    return "JOB_" + re.sub(r"\W", "_", name)
+
+
+def dry_run_script(plan: Plan, steps: list[Step]) -> str:
+    """The sbatch calls as a bash script a user can read, or run by hand, as they are."""
+    lines = ["#!/usr/bin/env bash", "# hpcffn submit --dry-run: the sbatch calls `hpcffn submit` would make.",
+             "set -euo pipefail", f"cd {shlex.quote(str(plan.layout.root))}"]
+    for step in steps:
+        dep = dependency_string(step, {s.job.name: f"${{{_var(s.job.name)}}}" for s in steps})
+        cmd = slurm.sbatch_command(step.job.script, step.array, dep)
+        quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
+        lines.append(f"{_var(step.job.name)}=$({quoted} | cut -d';' -f1)")
+        lines.append(f'echo "{step.job.name}: ${_var(step.job.name)}"')
+    return "\n".join(lines) + "\n"
+
+
+def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
+           dry_run: bool = False, echo=print) -> list[Submission]:
+    """Submit what needs submitting; return the new submissions (none on a dry run)."""
+    state_path = plan.layout.state
+    if not dry_run and not slurm.available():
+        slurm._tool("sbatch")  # raises the one-line "not on PATH" error
+    with locked(state_path):
+        state = load_state(state_path)
+        views = observe(plan, state)
+        steps = plan_steps(plan, views, resume, stages, groups)
+        check_scripts(plan, steps, views)
+        if dry_run:
+            echo(dry_run_script(plan, steps).rstrip("\n"))
+            return []
+        new_ids: dict[str, str] = {}
+        made: list[Submission] = []
+        for step in steps:
+            script = plan.layout.root / step.job.script
+            digest = sha256_file(script)
+            slurm.make_log_dirs(script, plan.layout.root)
+            cmd = slurm.sbatch_command(step.job.script, step.array, dependency_string(step, new_ids))
+            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+            new_ids[step.job.name] = jid
+            sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
+                             tasks=[t for t in step.tasks if t is not None] if step.job.array else None,
+                             command=cmd)
+            with updating(state_path) as st:
+                st.submissions.append(sub)
+            made.append(sub)
+            echo(f"{step.job.name}: submitted job {jid}" + (f" (array {step.array})" if step.array else ""))
+        if not steps:
+            echo("nothing to submit: every selected job is submitted (see `hpcffn status`; `--resume` resubmits failed work)")
+        return made
