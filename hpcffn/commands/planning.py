@@ -1,7 +1,57 @@
-"""CLI commands: planning (placeholder module, filled by its owner)."""
+"""CLI commands: plan, init, validate (thin: parse, call planner/render, print)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     """Attach this area's commands to the root app and the `stage` sub-app."""
+    app.command("plan")(plan)
+    app.command("init")(init)
+    app.command("validate")(validate)
+
+
+def plan(
+    spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")],
+    templates: Annotated[Path | None, typer.Option("--templates", help="Your template directory (searched before the shipped one).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite hand-edited scripts (and re-plan a workdir of another experiment).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be written; write nothing.")] = False,
+) -> None:
+    """Tile the volumes, deal GPU groups and render every batch script into the workdir."""
+    from hpcffn.planner import check_workdir_owner, make_plan
+    from hpcffn.render import write_workdir
+    from hpcffn.summary import print_plan_summary
+
+    planned = make_plan(spec, templates)
+    check_workdir_owner(planned, force)
+    report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
+    print_plan_summary(planned, report, dry_run=dry_run)
+
+
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starter spec.")] = Path("experiment.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter spec to edit."""
+    from hpcffn.starter import write_starter
+
+    write_starter(path, force=force)
+    typer.echo(f"wrote {path}: edit it, then run `hpcffn validate {path}` and `hpcffn plan {path}`")
+
+
+def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")]) -> None:
+    """Check a spec and its inputs (files, datasets, shapes, templates); write nothing."""
+    from hpcffn.planner import make_plan
+
+    planned = make_plan(spec)
+    p = planned.plan
+    for w in planned.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(
+        f"{spec}: ok ({len(p.volumes)} volumes, {len(p.tiles)} tiles, {len(p.groups)} groups, {len(p.jobs)} jobs "
+        f"into {p.workdir})"
+    )

@@ -1,0 +1,401 @@
+"""spec -> Plan: resolve inputs and shapes, tile, group, choose jobs, render their scripts.
+
+The steps stay visible: `load_spec` (spec.py) -> `resolve_volumes` -> `grid.tile_volume` /
+`grid.deal_groups` -> `plan_jobs` -> `render_scripts` (render.py templates). `make_plan`
+returns everything `hpcffn plan` writes, without writing it, so `--dry-run` and `validate`
+share the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcffn import __version__, grid
+from hpcffn import container as containers
+from hpcffn.errors import HpcffnError
+from hpcffn.layout import STAGE_UNIT, STAGES, Layout
+from hpcffn.plan_model import Dependency, JobPlan, Plan, VolumePlan
+from hpcffn.resources import profiles_dir
+from hpcffn.sources import Source, classify, read_shape
+from hpcffn.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
+
+LONG_STAGES = ("train", "infer")  # checkpoint on USR1/TERM and requeue
+
+
+@dataclass
+class Planned:
+    """Everything a plan run produces, before anything is written."""
+
+    plan: Plan
+    scripts: dict[str, str]  # relative script path -> content
+    resolved_yaml: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _abs(base: Path, text: str) -> str:
+    p = Path(text).expanduser()
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def _fail(spec_path: Path, where: str, problem: str) -> HpcffnError:
+    return HpcffnError(f"{spec_path}: field {where}: {problem}")
+
+
+# ---------------------------------------------------------------- volumes
+
+
+def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
+                    warnings: list[str]) -> tuple[list[VolumePlan], list[dict], list[str]]:
+    """VolumePlans (needs_convert first), the resolved volume entries and the input folders."""
+    plans, resolved, folders = [], [], []
+    for i, vol in enumerate(spec.volumes):
+        where = f"volumes.{i}"
+        raw = _source(vol.raw, "raw", base, spec_path, f"{where}.raw")
+        gt = _source(vol.groundtruth, "stack", base, spec_path, f"{where}.groundtruth") if vol.groundtruth else None
+        polarity = vol.polarity or ("labels" if gt is not None and gt.kind == "hdf5" else "white")
+        shape = _shape(raw, vol.shape, spec_path, f"{where}.raw", warnings)
+        if gt is not None:
+            gt_shape = _shape(gt, vol.shape or shape, spec_path, f"{where}.groundtruth", warnings)
+            if gt_shape != shape:
+                raise _fail(spec_path, f"{where}.groundtruth", f"shape {gt_shape} differs from the raw shape {shape}; "
+                            "groundtruth must cover the same voxels as raw")
+        converted = str(layout.converted_volume(vol.name))
+        raw_loc = raw.location if raw.kind == "hdf5" else f"{converted}:raw"
+        gt_loc = None
+        if gt is not None:
+            gt_loc = gt.location if (gt.kind == "hdf5" and polarity == "labels") else f"{converted}:stack"
+        needs_convert = raw_loc.startswith(converted + ":") or bool(gt_loc and gt_loc.startswith(converted + ":"))
+        plans.append(VolumePlan(
+            name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
+            groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,
+        ))
+        folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt) if s is not None]
+        resolved.append({"name": vol.name, "raw": raw.location, "groundtruth": gt.location if gt else None,
+                         "polarity": polarity, "shape": list(shape)})
+    # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
+    order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
+    return [plans[i] for i in order], resolved, folders
+
+
+def _source(text: str, default_dataset: str, base: Path, spec_path: Path, where: str) -> Source:
+    try:
+        return classify(text, default_dataset, base)
+    except (ValueError, HpcffnError) as exc:
+        raise _fail(spec_path, where, f"{exc}; fix the path") from None
+
+
+def _shape(src: Source, declared, spec_path: Path, where: str, warnings: list[str]) -> tuple[int, int, int]:
+    if src.exists:
+        try:
+            shape = read_shape(src)
+        except HpcffnError as exc:
+            raise _fail(spec_path, where, str(exc)) from None
+        if declared is not None and tuple(declared) != tuple(shape):
+            raise _fail(spec_path, where.rsplit(".", 1)[0] + ".shape",
+                        f"declared {tuple(declared)} but {src.location} has shape {shape} (z,y,x); fix or remove shape")
+        return shape
+    if declared is None:
+        what = "directory" if src.kind == "tifdir" else "file"
+        raise _fail(spec_path, where, f"{what} {src.path} does not exist; fix the path, or declare "
+                    f"{where.rsplit('.', 1)[0]}.shape (z,y,x) to plan before the data is copied")
+    warnings.append(f"{where}: {src.path} does not exist yet; planned with the declared shape {tuple(declared)}")
+    return tuple(declared)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def required_tile(spec: Spec) -> tuple[int, int, int]:
+    """z,y,x: the smallest tile that holds the FOV plus the coordinate margin on both sides."""
+    fov = tuple(reversed(spec.ffn.model.fov_size))  # fov_size is x,y,z
+    margin = spec.ffn.coordinates.margin  # z,y,x
+    return tuple(f + 2 * m for f, m in zip(fov, margin))  # type: ignore[return-value]
+
+
+def check_model_fits(spec: Spec, spec_path: Path) -> None:
+    fov = tuple(reversed(spec.ffn.model.fov_size))
+    deltas = tuple(reversed(spec.ffn.model.deltas))
+    margin = spec.ffn.coordinates.margin
+    need_margin = tuple(f // 2 + d for f, d in zip(fov, deltas))
+    if any(m < n for m, n in zip(margin, need_margin)):
+        raise _fail(spec_path, "ffn.coordinates.margin", f"{margin} (z,y,x) is smaller than the FOV radius plus deltas "
+                    f"{need_margin} (z,y,x, from ffn.model.fov_size and deltas, which are x,y,z); raise the margin")
+    need = required_tile(spec)
+    size = spec.subvolume.size
+    if any(s < n for s, n in zip(size, need)):
+        raise _fail(spec_path, "subvolume.size", f"{size} (z,y,x) cannot hold the FOV plus 2 x margin = {need} (z,y,x, "
+                    "from ffn.model.fov_size and ffn.coordinates.margin); make the sub-volume larger or the FOV/margin smaller")
+
+
+def check_tiles(tiles, need, trained: set[str], spec_path: Path) -> None:
+    for t in tiles:
+        if t.volume in trained and any(s < n for s, n in zip(t.box.size, need)):
+            raise _fail(spec_path, "subvolume.min_edge", f"tile {t.name} is {t.box.size} (z,y,x), smaller than FOV plus 2 x margin "
+                        f"{need}; raise min_edge so edge remainders merge, or check the volume's shape")
+
+
+# ---------------------------------------------------------------- jobs
+
+# The dependency table of docs/CONTRACTS.md (group jobs: per group).
+_DEPENDS = {
+    "convert": [],
+    "partitions": ["convert"],
+    "coordinates": ["partitions"],
+    "train": ["coordinates"],
+    "infer": ["train", "convert"],
+    "evaluate": ["infer"],
+}
+
+
+def applicable_stages(volumes: list[VolumePlan]) -> list[str]:
+    has_gt = any(v.groundtruth for v in volumes)
+    out = []
+    for s in STAGES:
+        if s == "convert" and not any(v.needs_convert for v in volumes):
+            continue
+        if s in ("partitions", "coordinates", "train", "evaluate") and not has_gt:
+            continue
+        out.append(s)
+    return out
+
+
+def choose_stages(spec: Spec, volumes: list[VolumePlan], spec_path: Path, warnings: list[str]) -> list[str]:
+    possible = applicable_stages(volumes)
+    if spec.stages is None:
+        return possible
+    for s in spec.stages:
+        if s not in possible:
+            why = "no volume needs converting (HDF5 inputs with polarity labels)" if s == "convert" \
+                else "no volume has groundtruth"
+            raise _fail(spec_path, "stages", f"{s!r} does not apply: {why}; remove it from stages")
+    return [s for s in STAGES if s in spec.stages]
+
+
+def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
+    """Jobs (without script hashes yet) in submission order, with afterok dependencies."""
+    names_by_stage: dict[str, list[str]] = {}
+    jobs: list[JobPlan] = []
+
+    def add(name, stage, array, units, group=None):
+        jobs.append(JobPlan(name=name, stage=stage, script=f"jobs/{stage}/{name}.sbatch", sha256="", array=array,
+                            units=units, group=group))
+        names_by_stage.setdefault(stage, []).append(name)
+
+    for stage in stages:
+        if stage == "convert":
+            add("convert", stage, True, [v.name for v in volumes if v.needs_convert])
+        elif stage == "partitions":
+            add("partitions", stage, True, [t.name for t in tiles if t.group])
+        elif stage in ("coordinates", "train"):
+            for g in groups:
+                add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
+        elif stage == "infer":
+            add("infer", stage, True, [t.name for t in tiles])
+        elif stage == "evaluate":
+            add("evaluate", stage, False, ["experiment"])
+
+    def deps_of(stage: str) -> list[str]:
+        out: list[str] = []
+        for d in _DEPENDS[stage]:
+            out += [d] if d in names_by_stage else deps_of(d)  # skip stages not planned
+        return list(dict.fromkeys(out))
+
+    for job in jobs:
+        targets: list[str] = []
+        for d in deps_of(job.stage):
+            names = names_by_stage[d]
+            if job.group and d in ("coordinates", "train"):
+                names = [n for n in names if n.endswith(f"_{job.group}")]
+            targets += names
+        job.depends_on = [Dependency(job=n) for n in targets]
+    return jobs
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def sbatch_lines(spec: Spec, job: JobPlan, res: dict, layout: Layout, throttle: int | None) -> list[str]:
+    """The #SBATCH options of one job, in a fixed order."""
+    log = "%x_%A_%a.out" if job.array else "%x_%j.out"
+    lines = [f"--job-name={spec.name}-{job.name}", f"--output={layout.logs_dir(job.stage)}/{log}", "--open-mode=append"]
+    for key, opt in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("constraint", "constraint")):
+        if res[key]:
+            lines.append(f"--{opt}={res[key]}")
+    if res["gpus"]:
+        lines.append(f"--gres=gpu:{res['gpus']}")
+    if res["cpus"]:
+        lines.append(f"--cpus-per-task={res['cpus']}")
+    if res["memory"]:
+        lines.append(f"--mem={res['memory']}")
+    if res["time"]:
+        lines.append(f"--time={res['time']}")
+    if res["mail_user"]:
+        lines.append(f"--mail-user={res['mail_user']}")
+    if res["mail_type"]:
+        lines.append(f"--mail-type={res['mail_type']}")
+    if job.array:
+        lines.append(f"--array=0-{len(job.units) - 1}" + (f"%{throttle}" if throttle else ""))
+    if job.stage in LONG_STAGES:
+        lines.append(f"--signal=B:USR1@{res['signal_grace'] or 300}")
+        lines.append("--requeue")
+    lines += res["extra_sbatch"] or []
+    return lines
+
+
+def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], layout: Layout,
+                   binds: list[str], template_dir: Path | None) -> dict[str, str]:
+    """Render every job's script and record its sha256 in the job."""
+    from hpcffn.render import environment, render, sha256
+
+    env = environment(template_dir)
+    scripts: dict[str, str] = {}
+    for job in jobs:
+        res = resources[job.stage]
+        gpu = bool(res["gpus"])
+        throttle = spec.subvolume.array_throttle if job.array else None
+        job.throttle = throttle
+        context = {
+            "version": __version__,
+            "experiment": spec.name,
+            "job": job.name,
+            "stage": job.stage,
+            "unit_kind": STAGE_UNIT[job.stage],
+            "template": f"{job.stage}.sbatch.j2",
+            "script_name": Path(job.script).name,
+            "array": job.array,
+            "units": job.units,
+            "group": job.group,
+            "sbatch": sbatch_lines(spec, job, res, layout, throttle),
+            "workdir": str(layout.root),
+            "runtime": spec.container.runtime,
+            "image": spec.container.image or "",
+            "binds": ",".join(binds),
+            "hpcffn": containers.shell_array(spec.container, binds, gpu),
+            "modules": res["modules"] or [],
+            "setup": res["setup"] or [],
+            "requeue": job.stage in LONG_STAGES,
+            "signal_grace": res["signal_grace"] or 300,
+            "depends_on": [d.job for d in job.depends_on],
+        }
+        text = render(env, f"{job.stage}.sbatch.j2", context)
+        job.sha256 = sha256(text)
+        scripts[job.script] = text
+    return scripts
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> Planned:
+    """Everything `hpcffn plan` would write, computed without writing."""
+    import yaml
+
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    base = spec_path.resolve().parent
+    warnings: list[str] = []
+    workdir = _abs(base, spec.workdir)
+    try:
+        _safe_path(workdir)
+    except ValueError as exc:
+        raise _fail(spec_path, "workdir", f"{workdir} {exc}") from None
+    layout = Layout(workdir)
+
+    profile, profile_path = load_profile(spec.cluster.profile, base, spec_path)
+    volumes, resolved_volumes, folders = resolve_volumes(spec, spec_path, base, layout, warnings)
+    check_model_fits(spec, spec_path)
+
+    # grid
+    need = required_tile(spec)
+    min_edge = spec.subvolume.min_edge or need
+    trained = {v.name for v in volumes if v.groundtruth}
+    by_gt = sorted(volumes, key=lambda v: v.name not in trained)  # grouped tiles first (see CONTRACTS.md)
+    tiles = []
+    for v in by_gt:
+        tiles += grid.tile_volume(v.name, v.shape, spec.subvolume.size, min_edge, spec.subvolume.overlap)
+    check_tiles(tiles, need, trained, spec_path)
+    training_tiles = [t for t in tiles if t.volume in trained]
+    groups = []
+    if training_tiles:
+        if spec.subvolume.groups > len(training_tiles):
+            raise _fail(spec_path, "subvolume.groups", f"{spec.subvolume.groups} groups but only {len(training_tiles)} "
+                        "training tiles; use at most that many groups")
+        groups = grid.deal_groups(training_tiles, spec.subvolume.groups)
+
+    stages = choose_stages(spec, volumes, spec_path, warnings)
+    if "convert" not in stages and any(v.needs_convert for v in volumes):
+        warnings.append("stages: convert is not planned, so WORKDIR/data/<volume>.h5 must already exist")
+    ffn = _resolve_ffn(spec, base)
+    if "infer" in stages and "train" not in stages and not ffn.inference.checkpoint:
+        raise _fail(spec_path, "ffn.inference.checkpoint", "infer is planned without train, so it needs a checkpoint; "
+                    "set ffn.inference.checkpoint to a trained model")
+    resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
+    jobs = plan_jobs(stages, volumes, tiles, groups)
+
+    # container binds: the workdir and the folders of the inputs (src == dst)
+    auto = [workdir, *folders]
+    if spec.container.runtime != "none" and spec.container.auto_bind:
+        for p in auto:
+            try:
+                _safe_path(p)
+            except ValueError as exc:
+                raise _fail(spec_path, "container.auto_bind", f"cannot bind {p}: {exc}; set auto_bind: false and list "
+                            "container.binds yourself") from None
+    binds = containers.bind_list(spec.container, auto) if spec.container.runtime != "none" else []
+    if spec.container.runtime != "none" and not spec.container.image:
+        raise _fail(spec_path, "container.image", f"required with runtime {spec.container.runtime}; give the .sif path "
+                    "(build it from containers/hpcffn.def) or set container.runtime: none")
+    image = _abs(base, spec.container.image) if spec.container.image else None
+    tdir = template_dir or (spec.templates and _abs(base, spec.templates))
+    if tdir and not Path(tdir).is_dir():
+        raise _fail(spec_path, "templates", f"template directory {tdir} does not exist; fix the path")
+    spec_for_render = spec.model_copy(update={"container": spec.container.model_copy(update={"image": image})})
+    scripts = render_scripts(spec_for_render, jobs, resources, layout, binds, Path(tdir) if tdir else None)
+
+    resolved = spec.model_dump(mode="json")
+    resolved.update(
+        workdir=workdir, volumes=resolved_volumes, stages=stages, ffn=ffn.model_dump(mode="json"),
+        templates=str(tdir) if tdir else None,
+    )
+    resolved["subvolume"]["min_edge"] = list(min_edge)
+    resolved["container"].update(image=image, binds=binds)
+    resolved["cluster"] = {"profile": spec.cluster.profile if profile_path.parent == profiles_dir() else str(profile_path), **{s: _cluster_view(resources[s]) for s in STAGES}}
+    plan = Plan(
+        hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
+        spec=resolved, ffn=ffn, volumes=volumes, tiles=tiles, groups=groups, jobs=jobs,
+    )
+    text = "# Written by `hpcffn plan`: the spec with every default filled in (for reference).\n"
+    text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
+    return Planned(plan=plan, scripts=scripts, resolved_yaml=text, warnings=warnings)
+
+
+def _cluster_view(res: dict) -> dict:
+    return {k: v for k, v in res.items() if v not in (None, [])}
+
+
+def _resolve_ffn(spec: Spec, base: Path):
+    ffn = spec.ffn
+    train, infer = ffn.training, ffn.inference
+    if train.init_checkpoint:
+        train = train.model_copy(update={"init_checkpoint": _abs(base, train.init_checkpoint)})
+    if infer.checkpoint:
+        infer = infer.model_copy(update={"checkpoint": _abs(base, infer.checkpoint)})
+    return ffn.model_copy(update={"training": train, "inference": infer})
+
+
+def check_workdir_owner(planned: Planned, force: bool) -> None:
+    """Refuse to re-plan a workdir that belongs to another experiment (unless --force)."""
+    import json
+
+    path = planned.plan.layout.plan
+    if force or not path.is_file():
+        return
+    try:
+        other = json.loads(path.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return
+    if other and other != planned.plan.name:
+        raise HpcffnError(f"{path} belongs to experiment {other!r}, not {planned.plan.name!r}; choose another workdir "
+                          "in the spec or pass --force")

@@ -1,0 +1,117 @@
+"""Rendering batch scripts from Jinja templates and writing the workdir without losing edits.
+
+Templates are looked up in the user's template directory first, then the shipped ones, with
+StrictUndefined so a typo in a template is an error, not an empty string. A script whose
+content no longer matches the hash recorded in the previous plan.json was edited by hand:
+it is kept and the new render goes beside it as `<script>.new` (unless force).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcffn.atomic import atomic_write_text
+from hpcffn.errors import HpcffnError
+from hpcffn.layout import STAGES, Layout
+from hpcffn.plan_model import Plan, write_plan
+from hpcffn.resources import templates_dir
+
+
+def environment(user_dir: Path | None = None):
+    """Jinja environment: user templates first, StrictUndefined, `q` = shell quoting."""
+    import jinja2
+
+    dirs = [str(user_dir)] if user_dir else []
+    dirs.append(str(templates_dir()))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(dirs),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda v: shlex.quote(str(v))
+    return env
+
+
+def render(env, template: str, context: dict) -> str:
+    """Render one template with one-line errors that name the template."""
+    import jinja2
+
+    try:
+        return env.get_template(template).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise HpcffnError(f"template {exc.name} not found in {env.loader.searchpath}; restore it or fix the templates directory") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise HpcffnError(f"template {exc.filename or exc.name}: line {exc.lineno}: {exc.message}; fix the template") from None
+    except jinja2.UndefinedError as exc:
+        raise HpcffnError(f"template {template}: {exc.message}; use only the variables documented in docs/spec.md") from None
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class WriteReport:
+    """What a (dry) run did to each file, for the summary."""
+
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    kept_edited: list[str] = field(default_factory=list)  # the .new went beside them
+    overwritten_edited: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+
+
+def previous_hashes(layout: Layout) -> dict[str, str]:
+    """script -> sha256 recorded by the previous plan (empty when there is none or it is unreadable)."""
+    try:
+        old = json.loads(layout.plan.read_text())
+        return {j["script"]: j["sha256"] for j in old.get("jobs", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
+    """Write scripts (edit-safe), log dirs, spec.resolved.yaml and plan.json (last)."""
+    layout = plan.layout
+    report = WriteReport()
+    recorded = previous_hashes(layout)
+    for stage in STAGES:
+        d = layout.logs_dir(stage)
+        if not d.is_dir():
+            report.dirs.append(str(d))
+            if not dry_run:
+                d.mkdir(parents=True, exist_ok=True)
+    for rel, text in scripts.items():
+        path = layout.root / rel
+        new_path = path.with_name(path.name + ".new")
+        if path.exists():
+            current = path.read_text(encoding="utf-8", errors="replace")
+            if current == text:
+                report.unchanged.append(rel)
+                if force and new_path.exists() and not dry_run:
+                    new_path.unlink()
+                continue
+            edited = recorded.get(rel) != sha256(current)
+            if edited and not force:
+                report.kept_edited.append(rel)
+                if not dry_run:
+                    atomic_write_text(new_path, text, mode=0o755)
+                continue
+            if edited:
+                report.overwritten_edited.append(rel)
+        report.written.append(rel)
+        if not dry_run:
+            atomic_write_text(path, text, mode=0o755)
+            if new_path.exists():
+                new_path.unlink()
+    if not dry_run:
+        atomic_write_text(layout.resolved_spec, resolved_yaml)
+        write_plan(plan, layout.plan)
+    return report

@@ -1,0 +1,120 @@
+"""What a volume input is (HDF5 dataset, multi-page TIF, directory of TIF slices) and its shape.
+
+Planning needs only shapes, so nothing here reads pixels: HDF5 shapes come from the dataset
+header, TIF shapes from the page headers (a slice directory is number of slices x the first
+slice's shape). The convert stage must order slices the same way: use `tif_slices`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hpcffn.errors import HpcffnError
+from hpcffn.volumes import HDF5_SUFFIXES, TIF_SUFFIXES, Location, parse_location
+
+Kind = Literal["hdf5", "tif", "tifdir"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as the user gave it, resolved to an absolute path."""
+
+    kind: Kind
+    path: Path
+    dataset: str | None = None  # HDF5 only
+
+    @property
+    def location(self) -> str:
+        """The "path.h5:dataset" string (HDF5) or the plain path (TIF inputs)."""
+        return f"{self.path}:{self.dataset}" if self.kind == "hdf5" else str(self.path)
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_dir() if self.kind == "tifdir" else self.path.is_file()
+
+
+def classify(text: str, default_dataset: str, base: Path) -> Source:
+    """Decide what kind of input `text` names; relative paths resolve against `base`."""
+    loc: Location = parse_location(text, default_dataset, base)
+    path = Path(_abspath(loc.path))
+    name = path.name.lower()
+    if name.endswith(HDF5_SUFFIXES):
+        return Source("hdf5", path, loc.dataset)
+    if name.endswith(TIF_SUFFIXES):
+        return Source("tif", path)
+    if path.suffix and not path.is_dir():
+        raise ValueError(
+            f"{text!r} is neither an HDF5 file (.h5/.hdf5, optionally path.h5:dataset), "
+            "a .tif/.tiff stack nor a directory of .tif slices"
+        )
+    return Source("tifdir", path)
+
+
+def _abspath(path: Path) -> str:
+    import os
+
+    return os.path.normpath(os.path.abspath(path))
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(name)]
+
+
+def tif_slices(directory: Path) -> list[Path]:
+    """The .tif/.tiff files of a slice directory in z order (natural sort: 2 before 10)."""
+    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.lower().endswith(TIF_SUFFIXES)
+             and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def read_shape(src: Source) -> tuple[int, int, int]:
+    """The z,y,x shape of an existing input, from headers only. Raises HpcffnError."""
+    if src.kind == "hdf5":
+        from hpcffn.volumes import dataset_shape
+
+        shape = dataset_shape(Location(src.path, src.dataset or "raw"))
+        if len(shape) != 3:
+            raise HpcffnError(
+                f"{src.location}: dataset has shape {shape}, expected 3 dimensions (z,y,x); "
+                "point at a 3-D grayscale or label dataset"
+            )
+        return shape  # type: ignore[return-value]
+    if src.kind == "tif":
+        return _tif_stack_shape(src.path)
+    files = tif_slices(src.path)
+    if not files:
+        raise HpcffnError(f"{src.path} contains no .tif/.tiff slices; point at the directory holding the slices")
+    first = _tif_stack_shape(files[0])
+    if first[0] != 1:
+        raise HpcffnError(
+            f"{files[0]} holds {first[0]} pages but the files of a slice directory must be single 2-D "
+            "slices; give the multi-page file itself as the input instead"
+        )
+    return (len(files), first[1], first[2])
+
+
+def _tif_stack_shape(path: Path) -> tuple[int, int, int]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            axes = series.axes
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+        raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
+    # Drop singleton axes other than the spatial ones (e.g. ImageJ's T/C of size 1).
+    dims = [(a, s) for a, s in zip(axes, shape) if not (s == 1 and a not in "YX")]
+    if any(a in "SC" for a, _ in dims):
+        raise HpcffnError(f"{path} has colour channels (axes {axes}, shape {shape}); save it as grayscale")
+    if len(dims) == 2:
+        return (1, dims[0][1], dims[1][1])
+    if len(dims) == 3:
+        return (dims[0][1], dims[1][1], dims[2][1])
+    raise HpcffnError(f"{path} has shape {shape} (axes {axes}); expected a 2-D slice or a 3-D z,y,x stack")

@@ -1,0 +1,55 @@
+"""The table `hpcffn plan` prints: volumes, tiles, groups, jobs per stage and what was written."""
+
+from __future__ import annotations
+
+
+def print_plan_summary(planned, report, dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False, highlight=False)
+    plan = planned.plan
+    for w in planned.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+    vt = Table(title=f"{plan.name}: volumes", title_justify="left")
+    for col in ("volume", "shape z,y,x", "tiles", "groundtruth", "convert"):
+        vt.add_column(col)
+    counts: dict[str, int] = {}
+    for t in plan.tiles:
+        counts[t.volume] = counts.get(t.volume, 0) + 1
+    for v in plan.volumes:
+        vt.add_row(v.name, "x".join(map(str, v.shape)), str(counts.get(v.name, 0)),
+                   v.polarity if v.groundtruth else "-", "yes" if v.needs_convert else "no")
+    console.print(vt)
+    if plan.groups:
+        sizes = sorted({len(g.tiles) for g in plan.groups})
+        console.print(f"{len(plan.groups)} GPU groups of {'/'.join(map(str, sizes))} tiles")
+
+    jt = Table(title="jobs", title_justify="left")
+    for col in ("stage", "jobs", "tasks", "waits for"):
+        jt.add_column(col)
+    by_stage: dict[str, list] = {}
+    for j in plan.jobs:
+        by_stage.setdefault(j.stage, []).append(j)
+    for stage, jobs in by_stage.items():
+        tasks = sum(len(j.units) for j in jobs) if jobs[0].array else len(jobs)
+        deps = sorted({d.job.split("_g")[0] for j in jobs for d in j.depends_on})
+        jt.add_row(stage, str(len(jobs)), str(tasks), ", ".join(deps) or "-")
+    console.print(jt)
+
+    verb = "would write" if dry_run else "wrote"
+    console.print(f"{verb} {len(report.written)} scripts ({len(report.unchanged)} unchanged) into {plan.workdir}/jobs, "
+                  f"plan.json and spec.resolved.yaml")
+    for rel in report.kept_edited:
+        console.print(f"[yellow]warning:[/] {rel} was edited by hand: kept it; the new render "
+                      f"{'would go' if dry_run else 'went'} to {rel}.new (use --force to overwrite)")
+    for rel in report.overwritten_edited:
+        console.print(f"[yellow]warning:[/] {rel} was edited by hand and is {'to be ' if dry_run else ''}overwritten (--force)")
+    if dry_run:
+        for rel in report.written:
+            console.print(f"  would write {rel}")
+        for d in report.dirs:
+            console.print(f"  would create {d}/")
+    else:
+        console.print(f"next: hpcffn submit {plan.workdir}")
