@@ -54,7 +54,9 @@ _register_all()
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)  # click returns (not raises) the code of typer.Exit(n) here
     except HpcffnError as exc:
         print(f"hpcffn: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
