@@ -69,9 +69,8 @@ def main() -> None:
         print("hpcffn: aborted", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer may vendor its own click (typer._click): recognise its exceptions by shape.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
