@@ -1,0 +1,300 @@
+"""Stage 1: FFN's partition map (what Google's compute_partitions.py computes), per object.
+
+Definition (Google's, matched exactly): objects smaller than `min_size` voxels become
+background (0). For every voxel of an object whose whole (2r+1)-box lies inside the array,
+the fraction f of the box's voxels carrying the same id is quantized: value i+1 for the first
+threshold with f < threshold, len(thresholds)+1 when f >= the last one. Background is 0.
+Voxels closer than the radius to the array border cannot be computed and are 255 (the
+output keeps the input's shape; Google fills them with 255 too), as are excluded voxels.
+
+FFN loops over every id with full-volume passes (cost: volume x objects). Here each object is
+processed inside its bounding box grown by the radius, with separable running sums in
+modular small integers, and the count -> class mapping is a lookup table computed with the
+very same float64 division Google uses, so the values are identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+
+EXCLUDED = 255
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def class_table(thresholds: Sequence[float], fov_volume: int) -> np.ndarray:
+    """Partition value for every possible same-id count 0..fov_volume (uint8)."""
+    th = np.asarray([float(t) for t in thresholds], dtype=np.float64)
+    fraction = np.arange(fov_volume + 1, dtype=np.int64) / np.int64(fov_volume)
+    return (np.searchsorted(th, fraction, side="right") + 1).astype(np.uint8)
+
+
+def _dense_objects(seg: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Relabel to 1..K (0 = background or dust), dropping objects below min_size (FFN clear_dust)."""
+    flat = seg.reshape(-1)
+    top = int(flat.max()) if flat.size else 0
+    if top < (1 << 26) and top <= 4 * flat.size:
+        counts = np.bincount(flat, minlength=top + 1)
+        ids = np.flatnonzero(counts)
+        counts = counts[ids]
+        inverse = None
+    else:  # sparse, huge ids: sort once
+        ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    keep = (counts >= min_size) & (ids != 0)
+    k = int(keep.sum())
+    dtype = np.uint16 if k < (1 << 16) else np.uint32
+    new = np.zeros(len(ids), dtype=dtype)
+    new[keep] = np.arange(1, k + 1, dtype=dtype)
+    if inverse is None:
+        lut = np.zeros(top + 1, dtype=dtype)
+        lut[ids] = new
+        dense = lut[seg]
+    else:
+        dense = new[inverse].reshape(seg.shape)
+    return dense, k
+
+
+def _window_sum(a: np.ndarray, axis: int, diam: int, dtype) -> np.ndarray:
+    """Sums over a centered window of `diam` along `axis`, VALID mode, modulo 2**bits.
+
+    Exact as long as every true sum fits `dtype` (unsigned wrap-around cancels out).
+    """
+    if diam == 1:
+        return a.astype(dtype, copy=False)
+    c = np.cumsum(a, axis=axis, dtype=dtype)
+    n = a.shape[axis]
+    head = [slice(None)] * a.ndim
+    head[axis] = slice(diam - 1, None)
+    out = c[tuple(head)].copy()
+    lo = [slice(None)] * a.ndim
+    lo[axis] = slice(0, n - diam)
+    rest = [slice(None)] * a.ndim
+    rest[axis] = slice(1, None)
+    out[tuple(rest)] -= c[tuple(lo)]
+    return out
+
+
+def _uint_for(limit: int):
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if limit <= np.iinfo(dt).max:
+            return dt
+    raise ValueError("window too large")
+
+
+def exclusion_mask(shape, regions: Iterable[Sequence[float]]) -> np.ndarray | None:
+    """Voxels inside any sphere (x, y, z, r) given in the array's own coordinates."""
+    regions = list(regions or [])
+    if not regions:
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    zz, yy, xx = (np.arange(n) for n in shape)
+    for x, y, z, r in regions:
+        d2 = (
+            (zz[:, None, None] - z) ** 2 + (yy[None, :, None] - y) ** 2 + (xx[None, None, :] - x) ** 2
+        )
+        mask |= d2 <= r * r
+    return mask
+
+
+def compute_partitions(
+    seg: np.ndarray,
+    thresholds: Sequence[float],
+    lom_radius_xyz: Sequence[int],
+    min_size: int,
+    exclusion_regions: Iterable[Sequence[float]] | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Partition map of a labelled z,y,x array: uint8, same shape, 255 border of the radius."""
+    if seg.ndim != 3:
+        raise HpcffnError(f"groundtruth has {seg.ndim} dimensions, expected 3 (z,y,x)")
+    if not np.issubdtype(seg.dtype, np.integer):
+        raise HpcffnError(f"groundtruth has dtype {seg.dtype}; it must hold integer object ids")
+    if np.issubdtype(seg.dtype, np.signedinteger):
+        if seg.size and seg.min() < 0:
+            raise HpcffnError("groundtruth holds negative ids; ids must be >= 0 (0 = background)")
+        seg = seg.astype(np.uint64)
+    rad = np.array([int(r) for r in lom_radius_xyz][::-1])  # z,y,x
+    diam = 2 * rad + 1
+    fov = int(np.prod(diam))
+    lut = class_table(thresholds, fov)
+    shape = np.array(seg.shape)
+
+    out = np.full(seg.shape, EXCLUDED, dtype=np.uint8)
+    if np.any(shape - 2 * rad <= 0):
+        return out
+    inner = tuple(slice(r, n - r) for r, n in zip(rad, shape))
+    out[inner] = 0
+    excl = exclusion_mask(seg.shape, exclusion_regions)
+    if excl is not None:
+        out[excl] = EXCLUDED
+
+    dense, k = _dense_objects(seg, min_size)
+    if k == 0:
+        return out
+    from scipy.ndimage import find_objects
+
+    boxes = find_objects(dense)
+    dts = (_uint_for(diam[0]), _uint_for(diam[0] * diam[1]), _uint_for(fov))
+
+    def one(label: int) -> None:
+        box = boxes[label - 1]
+        if box is None:
+            return
+        lo = [max(0, s.start - r) for s, r in zip(box, rad)]
+        hi = [min(n, s.stop + r) for s, n, r in zip(box, shape, rad)]
+        # Centers computed: the grown box shrunk by the radius, i.e. the object's box
+        # clipped to the computable interior.
+        if any(h - low - 2 * r <= 0 for low, h, r in zip(lo, hi, rad)):
+            return
+        grown = tuple(slice(a, b) for a, b in zip(lo, hi))
+        obj = dense[grown] == label
+        counts = obj
+        for axis in range(3):
+            counts = _window_sum(counts, axis, int(diam[axis]), dts[axis])
+        centre = tuple(slice(r, h - low - r) for r, low, h in zip(rad, lo, hi))
+        target = out[tuple(slice(a + r, b - r) for a, b, r in zip(lo, hi, rad))]
+        sel = obj[centre] & (target == 0)
+        target[sel] = lut[counts[sel]]
+
+    labels = range(1, k + 1)
+    workers = threads or _cpu_count()
+    if workers > 1 and k > 1:
+        # Objects own disjoint voxels, so threads never write the same output element.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(one, labels, chunksize=8):
+                pass
+    else:
+        for label in labels:
+            one(label)
+    return out
+
+
+def write_partitions(
+    path: Path,
+    dataset: str,
+    af: np.ndarray,
+    *,
+    offset=(0, 0, 0),
+    lom_radius_xyz=(0, 0, 0),
+    thresholds=(),
+    min_size: int = 0,
+    bounding_boxes=None,
+) -> None:
+    """Write `af` with FFN's attributes (bounding_boxes, partition_counts) plus ours, atomically."""
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+
+    path = Path(path)
+    if path.exists():
+        try:
+            with h5py.File(path, "r") as fh:
+                from hpcffn.volumes import list_datasets
+
+                others = [d for d in list_datasets(fh) if d != dataset]
+        except OSError:
+            raise HpcffnError(f"{path} exists and is not an HDF5 file; choose another --output") from None
+        if others:
+            raise HpcffnError(
+                f"{path} already holds other datasets ({', '.join(others[:5])}); "
+                "write the partitions to a file of their own"
+            )
+    rad = np.array([int(r) for r in lom_radius_xyz])
+    shape_xyz = np.array(af.shape[::-1])
+    boxes = bounding_boxes if bounding_boxes is not None else [((0, 0, 0), tuple(shape_xyz))]
+    adjusted = []
+    for start, size in boxes:
+        start = np.asarray(start) + rad
+        size = np.asarray(size) - 2 * rad
+        if np.all(size > 0):
+            adjusted.append((start, size))
+    rad_zyx = rad[::-1]
+    interior = af[tuple(slice(r, n - r) for r, n in zip(rad_zyx, af.shape))]
+    values, counts = np.unique(interior, return_counts=True)
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+        chunks = tuple(min(64, max(1, n)) for n in af.shape)
+        ds = fh.create_dataset(dataset, data=af, chunks=chunks, compression="gzip", compression_opts=1)
+        ds.attrs["offset"] = np.asarray(offset, dtype=np.int64)
+        ds.attrs["bounding_boxes"] = np.asarray(adjusted, dtype=np.int64).reshape(-1, 2, 3)
+        ds.attrs["partition_counts"] = np.array([values.astype(np.int64), counts])
+        ds.attrs["lom_radius"] = rad
+        ds.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+        ds.attrs["min_size"] = int(min_size)
+
+
+def input_bounding_boxes(ds) -> list | None:
+    """FFN's `bounding_boxes*` attributes of an input dataset (x,y,z start, size), if any."""
+    boxes = []
+    for name, value in ds.attrs.items():
+        if name.startswith("bounding_boxes"):
+            for b in np.asarray(value).reshape(-1, 2, 3):
+                boxes.append((tuple(int(v) for v in b[0]), tuple(int(v) for v in b[1])))
+    return boxes or None
+
+
+def partitions_standalone(
+    input_loc: str,
+    output_loc: str,
+    thresholds,
+    lom_radius_xyz,
+    min_size: int,
+    exclusion_regions=None,
+) -> dict:
+    """`hpcffn stage partitions --input gt.h5:stack --output af.h5:af` (FFN's flags)."""
+    from hpcffn.volumes import open_dataset, parse_location
+
+    src = parse_location(input_loc, "stack")
+    dst = parse_location(output_loc, "af")
+    with open_dataset(src) as ds:
+        if ds.ndim != 3:
+            raise HpcffnError(f"{src}: dataset has {ds.ndim} dimensions, expected 3 (z,y,x)")
+        seg = ds[...]
+        offset = tuple(int(v) for v in ds.attrs.get("offset", (0, 0, 0)))
+        boxes = input_bounding_boxes(ds)
+    af = compute_partitions(seg, thresholds, lom_radius_xyz, min_size, exclusion_regions)
+    write_partitions(
+        dst.path, dst.dataset, af, offset=offset, lom_radius_xyz=lom_radius_xyz,
+        thresholds=thresholds, min_size=min_size, bounding_boxes=boxes,
+    )
+    return summarize(af)
+
+
+def summarize(af: np.ndarray) -> dict:
+    values, counts = np.unique(af, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def run_from_plan(plan, tile_key) -> dict:
+    """Partitions of one tile: its box of the volume's groundtruth -> workdir/partitions/<tile>.h5."""
+    from hpcffn.stages.markers import mark_done
+    from hpcffn.volumes import read_box
+
+    tile = plan.tile(tile_key)
+    vol = plan.volume(tile.volume)
+    if vol.groundtruth is None:
+        raise HpcffnError(
+            f"tile {tile.name}: volume {vol.name} has no groundtruth, so it has no partitions; "
+            "only tiles with a group are partitioned"
+        )
+    p = plan.ffn.partitions
+    seg = read_box(vol.groundtruth, tile.box.start, tile.box.size, "stack")
+    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size)
+    write_partitions(
+        plan.layout.partitions(tile.name), "af", af, offset=tile.box.start,
+        lom_radius_xyz=p.lom_radius, thresholds=p.thresholds, min_size=p.min_size,
+    )
+    counts = summarize(af)
+    mark_done(plan, "partitions", tile.name, counts={str(k): v for k, v in counts.items()})
+    return counts

@@ -1,0 +1,112 @@
+"""Partitions equal a textbook per-voxel implementation of FFN's definition."""
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcffn.errors import HpcffnError
+from hpcffn.stages.partitions import compute_partitions, partitions_standalone
+
+THRESHOLDS = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def reference(seg, thresholds, radius_xyz, min_size, exclusion=()):
+    """Straight from the definition: loop over voxels, count same-id voxels in the box."""
+    seg = seg.copy()
+    ids, sizes = np.unique(seg, return_counts=True)
+    for i, n in zip(ids, sizes):
+        if n < min_size:
+            seg[seg == i] = 0
+    rz, ry, rx = radius_xyz[::-1]
+    fov = (2 * rz + 1) * (2 * ry + 1) * (2 * rx + 1)
+    out = np.full(seg.shape, 255, np.uint8)
+    Z, Y, X = seg.shape
+    for z in range(rz, Z - rz):
+        for y in range(ry, Y - ry):
+            for x in range(rx, X - rx):
+                if any((x - ex) ** 2 + (y - ey) ** 2 + (z - ez) ** 2 <= er**2 for ex, ey, ez, er in exclusion):
+                    continue
+                v = seg[z, y, x]
+                if v == 0:
+                    out[z, y, x] = 0
+                    continue
+                box = seg[z - rz:z + rz + 1, y - ry:y + ry + 1, x - rx:x + rx + 1]
+                frac = np.count_nonzero(box == v) / fov
+                value = len(thresholds) + 1
+                for i, t in enumerate(thresholds):
+                    if frac < t:
+                        value = i + 1
+                        break
+                out[z, y, x] = value
+    return out
+
+
+def blobs(shape, n, seed):
+    """Touching random objects of varied sizes (Voronoi cells) with some background."""
+    rng = np.random.default_rng(seed)
+    pts = rng.integers(0, shape, size=(n, 3))
+    zz, yy, xx = np.indices(shape)
+    d = (zz[..., None] - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2 * 3 + (xx[..., None] - pts[:, 2]) ** 2
+    seg = (np.argmin(d, axis=-1) + 1).astype(np.uint64) * 7  # sparse ids
+    seg[rng.random(shape) < 0.1] = 0
+    return seg
+
+
+@pytest.mark.parametrize(
+    "shape,radius,min_size,seed",
+    [
+        ((14, 16, 18), (2, 2, 2), 0, 0),
+        ((12, 17, 15), (3, 1, 2), 20, 1),  # anisotropic, dust removed
+        ((10, 13, 11), (0, 2, 1), 50, 2),  # radius 0 on one axis
+        ((9, 9, 9), (1, 1, 1), 10**6, 3),  # everything is dust
+    ],
+)
+def test_matches_reference(shape, radius, min_size, seed):
+    seg = blobs(shape, 12, seed)
+    got = compute_partitions(seg, THRESHOLDS, radius, min_size, threads=1)
+    want = reference(seg, THRESHOLDS, radius, min_size)
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == seg.shape
+
+
+def test_threads_and_exclusions_match_reference():
+    seg = blobs((13, 14, 15), 10, 5)
+    excl = [(7, 6, 6, 3.0), (0, 0, 0, 2.0)]
+    got = compute_partitions(seg, (0.3, 0.6, 0.9), (2, 1, 2), 5, exclusion_regions=excl, threads=2)
+    want = reference(seg, (0.3, 0.6, 0.9), (2, 1, 2), 5, exclusion=excl)
+    np.testing.assert_array_equal(got, want)
+    assert (got == 255).any() and (got == 0).any() and (got == 4).any()
+
+
+def test_radius_larger_than_volume_is_all_excluded():
+    seg = np.ones((4, 20, 20), np.uint32)
+    assert (compute_partitions(seg, THRESHOLDS, (1, 1, 2), 0) == 255).all()
+
+
+def test_uniform_object_is_top_class_and_large_ids():
+    seg = np.full((7, 7, 7), 2**60, np.uint64)
+    af = compute_partitions(seg, THRESHOLDS, (1, 1, 1), 0)
+    assert af[1:-1, 1:-1, 1:-1].min() == len(THRESHOLDS) + 1
+
+
+def test_rejects_float_and_negative_ids():
+    with pytest.raises(HpcffnError, match="integer"):
+        compute_partitions(np.zeros((5, 5, 5), np.float32), THRESHOLDS, (1, 1, 1), 0)
+    with pytest.raises(HpcffnError, match="negative"):
+        compute_partitions(-np.ones((5, 5, 5), np.int32), THRESHOLDS, (1, 1, 1), 0)
+
+
+def test_standalone_writes_ffn_attributes(tmp_path):
+    seg = blobs((12, 12, 12), 6, 7)
+    with h5py.File(tmp_path / "gt.h5", "w") as fh:
+        fh["stack"] = seg
+    counts = partitions_standalone(f"{tmp_path}/gt.h5:stack", f"{tmp_path}/af.h5:af", THRESHOLDS, (2, 2, 1), 5)
+    with h5py.File(tmp_path / "af.h5") as fh:
+        ds = fh["af"]
+        np.testing.assert_array_equal(ds[...], reference(seg, THRESHOLDS, (2, 2, 1), 5))
+        assert tuple(ds.attrs["offset"]) == (0, 0, 0)
+        # FFN's bounding box (x,y,z start, size) shrunk by the radius.
+        np.testing.assert_array_equal(ds.attrs["bounding_boxes"], [[[2, 2, 1], [8, 8, 10]]])
+        values, n = ds.attrs["partition_counts"]
+        assert sum(n) == 8 * 8 * 10 and 255 not in values
+    assert sum(counts.values()) == 12**3
