@@ -57,7 +57,7 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
         polarity = vol.polarity or ("labels" if gt is not None and gt.kind == "hdf5" else "white")
         shape = _shape(raw, vol.shape, spec_path, f"{where}.raw", warnings)
         if gt is not None:
-            gt_shape = _shape(gt, vol.shape or shape, spec_path, f"{where}.groundtruth", warnings)
+            gt_shape = _shape(gt, vol.shape, spec_path, f"{where}.groundtruth", warnings)
             if gt_shape != shape:
                 raise _fail(spec_path, f"{where}.groundtruth", f"shape {gt_shape} differs from the raw shape {shape}; "
                             "groundtruth must cover the same voxels as raw")

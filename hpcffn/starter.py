@@ -1,0 +1,84 @@
+"""`hpcffn init`: a commented starter spec that names every section a user usually edits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcffn.atomic import atomic_write_text
+from hpcffn.errors import HpcffnError
+
+STARTER = """\
+# hpcffn experiment spec. Check it with `hpcffn validate THIS.yaml`, then `hpcffn plan THIS.yaml`.
+# Relative paths resolve against this file's folder. Sizes and boxes are z,y,x unless a
+# comment says x,y,z (FFN's own model flags). Full reference: docs/spec.md.
+
+name: my-experiment            # letters, digits, _ . - ; used in job names
+workdir: work                  # plan.json, scripts, logs, checkpoints and outputs go here
+
+volumes:
+  - name: vol1
+    # HDF5 as path.h5:dataset (default dataset raw), a multi-page .tif, or a folder of .tif slices
+    raw: data/vol1_raw.h5:raw
+    # groundtruth for training and evaluation (default HDF5 dataset: stack); leave out to only segment
+    groundtruth: data/vol1_gt.h5:stack
+    # white: white background, black objects (lab TIFs); black: zero background; labels: ids
+    polarity: labels
+    # shape: [1500, 4000, 4000]  # z,y,x: declare it to plan before the data is copied here
+
+subvolume:
+  size: [500, 500, 500]        # z,y,x tile size
+  overlap: [32, 32, 32]        # extra context around each tile for inference
+  groups: 1                    # GPU training groups; tiles are dealt out balanced by voxels
+  # array_throttle: 32         # at most N array tasks at once
+  # min_edge: [65, 65, 65]     # edge remainders shorter than this merge into the previous tile
+
+ffn:                           # everything here has FFN's usual default; a few common ones:
+  partitions:
+    lom_radius: [24, 24, 24]   # x,y,z
+    min_size: 10000
+  coordinates:
+    margin: [24, 24, 24]       # z,y,x; at least FOV radius + deltas
+  model:
+    depth: 12
+    fov_size: [33, 33, 33]     # x,y,z
+    deltas: [8, 8, 8]          # x,y,z
+  training:
+    batch_size: 4
+    learning_rate: 0.001
+    max_steps: 1000000
+  inference:
+    segment_threshold: 0.6
+    min_segment_size: 1000
+
+cluster:
+  profile: generic             # generic, local, ibex, or the path of your own profile .yaml
+  defaults:                    # applies to every stage; per stage below wins
+    # account: my-account
+    # mail_user: me@example.org
+    # mail_type: END,FAIL
+    time: "12:00:00"
+  train:
+    time: "2-00:00:00"
+    # partition: gpu
+    # gpus: 1
+    # constraint: "[v100]"
+  # partitions: {partition: cpu, cpus: 8, memory: 64G}   # stages 1-2 need no GPU
+  # modules: [cuda/11.8]  setup: ["source ~/miniconda3/bin/activate ffn"]  extra_sbatch: [--exclusive]
+
+container:
+  runtime: apptainer           # apptainer, singularity, or none (module load / conda via setup)
+  image: hpcffn.sif            # apptainer build hpcffn.sif containers/hpcffn.def
+  # binds: [/scratch/shared:/data:ro]   # the workdir and input folders are bound automatically
+
+# stages: [convert, partitions, coordinates, train, infer, evaluate]   # default: all that apply
+# templates: my-templates      # your own *.sbatch.j2, searched before the shipped ones
+"""
+
+
+def write_starter(path: Path, force: bool = False) -> None:
+    """Write the starter spec; an existing file is only replaced with force."""
+    if path.exists() and not force:
+        raise HpcffnError(f"{path} already exists; choose another path or pass --force to overwrite it")
+    if path.is_dir():
+        raise HpcffnError(f"{path} is a directory; give a file name such as {path / 'experiment.yaml'}")
+    atomic_write_text(path, STARTER)
