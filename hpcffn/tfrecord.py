@@ -6,9 +6,11 @@ batch of records is laid out as rows of a uint8 matrix (fixed slots, unused vari
 masked out), the CRC32C of every row is computed column by column across the whole batch,
 and the valid bytes are compacted with one boolean index. No TensorFlow is needed to write.
 
-Wire format (protobuf), byte-identical to `tf.train.Example(...).SerializeToString()` for
+Wire format (protobuf), byte-identical to
+`tf.train.Example(...).SerializeToString(deterministic=True)` for
 Example{features{feature{"center": int64_list[x,y,z]}, {"label_volume_name": bytes}}}
-(upb writes the two map entries in this order). TFRecord framing per record:
+(map entries sorted by key; plain SerializeToString() may write them in either order,
+which every parser accepts). TFRecord framing per record:
 uint64 length, masked crc32c(length), data, masked crc32c(data). GZIP: one zlib stream with
 a gzip header (what TFRecordOptions(compression_type="GZIP") reads).
 """

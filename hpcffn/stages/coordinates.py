@@ -1,0 +1,325 @@
+"""Stage 2: FFN's class-balanced training coordinates (what build_coordinates.py writes).
+
+Semantics, as Google's tool: voxels within `margin` (z,y,x) of each partition volume's
+border and voxels with value 255 are never sampled; every other value, background 0
+included, is a class; every class is resampled to the size of the largest (each voxel of a
+class appears max//n or max//n + 1 times, the extra copies going to a uniformly random
+subset, which is what np.resize of a random permutation gives); then all records are
+shuffled and written as GZIP TFRecord of Example{center: [x,y,z], label_volume_name}.
+
+Bounded memory instead of FFN's Python tuple per voxel: pass 1 counts classes per slab;
+pass 2 streams slabs again, expands each class's voxels into their copies (extra copies
+chosen with sequential hypergeometric draws, so no global index list exists) and deals the
+packed records (volume << 40 | flat index) into temporary shards at random; pass 3 shuffles
+each shard in memory and writes it. A random shard per record + a uniform shuffle inside each
+shard is a uniform shuffle of the whole stream.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+from hpcffn.volumes import Location, open_dataset, parse_location
+
+IGNORE = 255
+_VOL_SHIFT = 40
+_INDEX_MASK = (1 << _VOL_SHIFT) - 1
+_HYPERGEOMETRIC_LIMIT = 10**9 - 1
+
+
+@dataclass
+class PartitionVolume:
+    """One partition map: the name records carry and where its voxels sit in that volume."""
+
+    name: str
+    location: Location
+    shape: tuple[int, int, int] = (0, 0, 0)
+    offset: tuple[int, int, int] = (0, 0, 0)  # z,y,x of the file's [0,0,0] in the volume
+
+
+def parse_input(text: str) -> PartitionVolume:
+    """FFN's `name:path.h5:dataset` (dataset defaults to `af`)."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name or not rest:
+        raise HpcffnError(f"--input {text!r}: write it as name:path.h5:dataset (FFN's partition_volumes)")
+    return PartitionVolume(name=name, location=parse_location(rest, "af"))
+
+
+def _slabs(shape_zyx, lo, hi, slab_voxels: int):
+    plane = max(1, (hi[1] - lo[1]) * (hi[2] - lo[2]))
+    step = max(1, slab_voxels // plane)
+    for z in range(lo[0], hi[0], step):
+        yield z, min(hi[0], z + step)
+
+
+def _region(shape, margin):
+    """FFN crops `margin` voxels per side; a margin of 0 keeps the axis (FFN's [0:-0] would empty it)."""
+    lo = tuple(int(m) for m in margin)
+    hi = tuple(n - m for n, m in zip(shape, margin))
+    return lo, hi
+
+
+def _hypergeometric(rng, good: int, bad: int, draws: int) -> int:
+    """Number of `good` among `draws` drawn without replacement from good+bad."""
+    if draws == 0 or good == 0:
+        return 0
+    if bad == 0:
+        return draws
+    if good <= _HYPERGEOMETRIC_LIMIT and bad <= _HYPERGEOMETRIC_LIMIT:
+        return int(rng.hypergeometric(good, bad, draws))
+    # numpy's exact sampler stops at 1e9 items; beyond that a binomial is indistinguishable.
+    k = int(rng.binomial(draws, good / (good + bad)))
+    return max(draws - bad, min(good, k))
+
+
+class _Shards:
+    """Temporary shard files of packed uint64 records (in memory when there is only one)."""
+
+    def __init__(self, count: int, directory: Path | None):
+        self.count = count
+        self._mem: list[np.ndarray] = []
+        self._tmp = None
+        self._files = []
+        if count > 1:
+            self._tmp = tempfile.TemporaryDirectory(prefix=".hpcffn-coords-", dir=directory)
+            self._paths = [Path(self._tmp.name) / f"shard{i:05d}.u64" for i in range(count)]
+            self._files = [open(p, "wb") for p in self._paths]  # noqa: SIM115 - closed in close()
+
+    def add(self, records: np.ndarray, rng) -> None:
+        if self.count == 1:
+            self._mem.append(records)
+            return
+        shard = rng.integers(0, self.count, size=len(records), dtype=np.uint16 if self.count < 65536 else np.uint32)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=self.count))])
+        rec = records[order]
+        for i in range(self.count):
+            if bounds[i + 1] > bounds[i]:
+                self._files[i].write(rec[bounds[i]:bounds[i + 1]].tobytes())
+
+    def __iter__(self):
+        if self.count == 1:
+            yield np.concatenate(self._mem) if self._mem else np.zeros(0, np.uint64)
+            self._mem = []
+            return
+        for f in self._files:
+            f.close()
+        for p in self._paths:
+            data = np.fromfile(p, dtype=np.uint64)
+            p.unlink()
+            yield data
+
+    def close(self) -> None:
+        for f in self._files:
+            if not f.closed:
+                f.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def build_coordinates(
+    volumes: Sequence[PartitionVolume],
+    output: str | Path,
+    margin_zyx: Sequence[int],
+    max_records: int | None = None,
+    seed: int = 0,
+    tmpdir: str | Path | None = None,
+    slab_voxels: int = 4 << 20,
+    block_records: int = 1 << 20,
+    shard_records: int = 8 << 20,
+    progress: bool = False,
+) -> dict:
+    """Write the coordinates TFRecord for `volumes`; returns a summary (counts per class)."""
+    from hpcffn.atomic import atomic_path
+    from hpcffn.tfrecord import GzipRecordWriter
+
+    if not volumes:
+        raise HpcffnError("no partition volumes given: pass --input name:af.h5:af at least once")
+    if len(volumes) >= (1 << 23):
+        raise HpcffnError("too many partition volumes in one coordinates file (at most 8 million)")
+    margin = tuple(int(m) for m in margin_zyx)
+    if len(margin) != 3 or any(m < 0 for m in margin):
+        raise HpcffnError(f"margin {margin_zyx!r} must be three non-negative integers z,y,x")
+    rng = np.random.default_rng(seed)
+
+    # Pass 1: shapes, offsets, counts per class.
+    per_volume = []
+    totals = np.zeros(256, dtype=np.int64)
+    for v in volumes:
+        with open_dataset(v.location) as ds:
+            if ds.ndim != 3 or ds.dtype != np.uint8:
+                raise HpcffnError(
+                    f"{v.location}: expected a 3-D uint8 partition map (stage partitions output), "
+                    f"found {ds.ndim}-D {ds.dtype}"
+                )
+            v.shape = tuple(int(n) for n in ds.shape)
+            if int(np.prod(v.shape, dtype=np.int64)) > _INDEX_MASK:
+                raise HpcffnError(f"{v.location}: volume too large for one partition file (>2**40 voxels)")
+            v.offset = tuple(int(o) for o in ds.attrs.get("offset", (0, 0, 0)))
+            lo, hi = _region(v.shape, margin)
+            counts = np.zeros(256, dtype=np.int64)
+            if all(h > low for low, h in zip(lo, hi)):
+                for z0, z1 in _slabs(v.shape, lo, hi, slab_voxels):
+                    slab = ds[z0:z1, lo[1]:hi[1], lo[2]:hi[2]]
+                    counts += np.bincount(slab.reshape(-1), minlength=256)
+            per_volume.append(counts)
+            totals += counts
+    totals[IGNORE] = 0
+    classes = np.flatnonzero(totals)
+    if len(classes) == 0:
+        raise HpcffnError(
+            f"nothing to sample: every voxel of the {len(volumes)} partition volume(s) is 255 or "
+            f"within the margin {margin} (z,y,x); lower the margin or check the partitions"
+        )
+    largest = int(totals[classes].max())
+    if max_records is not None:
+        per_class = int(max_records) // len(classes)
+        if per_class < 1:
+            raise HpcffnError(
+                f"--max-records {max_records} is smaller than the number of classes ({len(classes)}); "
+                "raise it so every class gets at least one record"
+            )
+        per_class = min(per_class, largest)
+    else:
+        per_class = largest
+    copies = np.zeros(256, dtype=np.int64)
+    extra_left = np.zeros(256, dtype=np.int64)
+    members_left = totals.copy()
+    copies[classes] = per_class // totals[classes]
+    extra_left[classes] = per_class % totals[classes]
+    total_records = per_class * len(classes)
+    n_shards = max(1, -(-total_records // shard_records))
+    shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent)
+
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("coordinates", total=2 * total_records) if bar else None
+            # Pass 2: expand each class's voxels into their copies, deal into shards.
+            for vid, v in enumerate(volumes):
+                lo, hi = _region(v.shape, margin)
+                if not all(h > low for low, h in zip(lo, hi)) or per_volume[vid][classes].sum() == 0:
+                    continue
+                plane = v.shape[1] * v.shape[2]
+                with open_dataset(v.location) as ds:
+                    for z0, z1 in _slabs(v.shape, lo, hi, slab_voxels):
+                        slab = ds[z0:z1, lo[1]:hi[1], lo[2]:hi[2]].reshape(-1)
+                        order = np.argsort(slab, kind="stable")
+                        bounds = np.concatenate([[0], np.cumsum(np.bincount(slab, minlength=256))])
+                        sy, sx = hi[1] - lo[1], hi[2] - lo[2]
+                        for c in classes:
+                            m = int(bounds[c + 1] - bounds[c])
+                            if m == 0:
+                                continue
+                            local = order[bounds[c]:bounds[c + 1]]
+                            zz, rem = np.divmod(local, sy * sx)
+                            yy, xx = np.divmod(rem, sx)
+                            flat = ((zz + z0) * plane + (yy + lo[1]) * v.shape[2] + (xx + lo[2])).astype(np.uint64)
+                            packed = flat | np.uint64(vid << _VOL_SHIFT)
+                            e = _hypergeometric(rng, int(extra_left[c]), int(members_left[c] - extra_left[c]), m)
+                            extra_left[c] -= e
+                            members_left[c] -= m
+                            for block in _expand(packed, int(copies[c]), e, rng, block_records):
+                                shards.add(block, rng)
+                                if bar:
+                                    bar.advance(task, len(block))
+            # Pass 3: shuffle each shard and write it.
+            names = [v.name.encode("utf-8") for v in volumes]
+            shapes = np.array([v.shape for v in volumes], dtype=np.int64)
+            offsets = np.array([v.offset for v in volumes], dtype=np.int64)
+            written = 0
+            with atomic_path(output, suffix=".tfrecord.gz") as tmp, GzipRecordWriter(tmp) as writer:
+                for shard in shards:
+                    rng.shuffle(shard)
+                    for i in range(0, len(shard), block_records):
+                        part = shard[i:i + block_records]
+                        vid = (part >> np.uint64(_VOL_SHIFT)).astype(np.int64)
+                        flat = (part & np.uint64(_INDEX_MASK)).astype(np.int64)
+                        sx = shapes[vid, 2]
+                        sy = shapes[vid, 1]
+                        rest, x = np.divmod(flat, sx)
+                        z, y = np.divmod(rest, sy)
+                        centers = np.stack([x + offsets[vid, 2], y + offsets[vid, 1], z + offsets[vid, 0]], axis=1)
+                        writer.write(centers, vid, names)
+                        written += len(part)
+                        if bar:
+                            bar.advance(task, len(part))
+    finally:
+        shards.close()
+    if written != total_records:  # pragma: no cover - internal consistency
+        raise RuntimeError(f"wrote {written} records, expected {total_records}")
+    return {
+        "records": int(written),
+        "classes": {int(c): {"voxels": int(totals[c]), "records": int(per_class)} for c in classes},
+        "volumes": len(volumes),
+        "records_per_class": int(per_class),
+    }
+
+
+def _expand(members: np.ndarray, k: int, extra: int, rng, block: int):
+    """Yield `members` k times plus `extra` random ones once more, in blocks of <= ~block."""
+    m = len(members)
+    if extra:
+        yield members[rng.choice(m, size=extra, replace=False)]
+    if k == 0:
+        return
+    reps = max(1, block // m)
+    full, rest = divmod(k, reps)
+    if full:
+        tiled = np.tile(members, reps) if reps > 1 else members
+        for _ in range(full):
+            yield tiled
+    if rest:
+        yield np.tile(members, rest)
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def run_from_plan(plan, group_key, progress: bool = False) -> dict:
+    """All partition maps of a group's tiles -> workdir/coordinates/<group>.tfrecord.gz."""
+    from hpcffn.stages.markers import mark_done
+
+    group = plan.group(group_key)
+    tiles = plan.group_tiles(group.name)
+    if not tiles:
+        raise HpcffnError(f"group {group.name} has no tiles in the plan; re-run `hpcffn plan`")
+    vols = []
+    for t in tiles:
+        path = plan.layout.partitions(t.name)
+        if not path.is_file():
+            raise HpcffnError(
+                f"group {group.name}: partitions of tile {t.name} are missing ({path}); "
+                f"run `hpcffn stage partitions --plan {plan.layout.plan} --tile {t.name}` first"
+            )
+        vols.append(PartitionVolume(name=t.volume, location=Location(path, "af")))
+    c = plan.ffn.coordinates
+    summary = build_coordinates(
+        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, progress=progress
+    )
+    mark_done(plan, "coordinates", group.name, records=summary["records"])
+    return summary
