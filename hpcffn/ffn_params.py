@@ -73,7 +73,7 @@ class ModelParams(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _deltas_fit(self) -> "ModelParams":
+    def _deltas_fit(self) -> ModelParams:
         for axis, d, f in zip("xyz", self.deltas, self.fov_size):
             if d < 0 or (f > 1 and d > f // 2):
                 raise ValueError(f"delta {axis}={d} must be between 0 and fov_size//2={f // 2}")
@@ -109,7 +109,10 @@ class InferenceParams(_Strict):
     segment_threshold: float = Field(0.6, gt=0, lt=1)
     min_segment_size: int = Field(1000, ge=1)
     min_boundary_dist: XYZ = Field((1, 1, 1), description="x,y,z: a seed this close to a segment is skipped")
-    seed_threshold: float = Field(0.5, description="image threshold of the peaks seed policy (0..1 of range)")
+    seed_threshold: float = Field(
+        0.5, ge=0, le=1,
+        description="peaks seed policy: edges weaker than this fraction of the 99th-percentile edge strength are not boundaries",
+    )
     seed_min_distance: int = Field(5, ge=1, description="minimum distance between peak seeds (voxels)")
     checkpoint_minutes: float = Field(10.0, gt=0)
     batch_size: int = Field(1, ge=1, description="FOVs evaluated per model call where possible")

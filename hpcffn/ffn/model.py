@@ -18,6 +18,11 @@ from hpcffn.ffn_params import ModelParams
 
 LOGIT_095 = math.log(0.95 / 0.05)
 LOGIT_005 = -LOGIT_095
+# Logits written back into a canvas (training and inference) are clipped to +-logit(0.999):
+# a model early in training adds a positive update on every visit, and hundreds of visits in
+# inference would otherwise push the seed far outside anything it saw in training, where its
+# updates stop meaning anything (and masks leak into the background).
+CANVAS_LOGIT_LIMIT = math.log(0.999 / 0.001)
 
 
 def logit(p: float) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 
 from hpcffn.errors import HpcffnError
 from hpcffn.ffn.examples import TrainingVolume
+from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
 from hpcffn.ffn_params import ModelParams, TrainingParams
 from hpcffn.layout import EXIT_REQUEUE
 
@@ -174,7 +175,8 @@ class Trainer:
             logits, grads, loss_sum = self._grad_fn(tf.concat([img, seed], axis=-1), lab, active, n_global)
             self.optimizer.apply_gradients(zip(grads, self.variables))
             a = active[:, None, None, None, None]
-            canvas = canvas + tf.pad((logits - seed) * a, pads)
+            written = tf.clip_by_value(logits, -CANVAS_LOGIT_LIMIT, CANVAS_LOGIT_LIMIT)
+            canvas = canvas + tf.pad((written - seed) * a, pads)
             pred = tf.cast(logits > 0, tf.float32) * a
             true = tf.cast(lab > 0.5, tf.float32) * a
             stats = tf.stack([

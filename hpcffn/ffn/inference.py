@@ -1,0 +1,251 @@
+"""Flood-filling inference on one sub-volume: peak seeds, FOV move queue, segment acceptance.
+
+For each seed (FFN's PolicyPeaks) not in or near an existing segment, a canvas of logits starts
+at logit(0.05) with logit(0.95) at the seed; the model runs at the seed, and the FOV moves by
++-deltas wherever the probability at the centre of the next FOV's face reaches the move
+threshold, until the queue is empty. Voxels >= segment_threshold (connected to the seed, not
+already taken) become a segment when it has >= min_segment_size voxels. Moves that do not
+overlap are evaluated in one batch. Progress (segmentation, next seed, next id) is saved
+between segments so a requeued job continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
+from hpcffn.ffn_params import InferenceParams, ModelParams
+
+STATE_FORMAT = 1
+
+
+def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, rng_seed: int = 0) -> np.ndarray:
+    """FFN's PolicyPeaks: peaks of the distance transform of the thresholded edge image.
+
+    Boundary voxels are those whose Sobel gradient magnitude exceeds their Gaussian-smoothed
+    neighbourhood (FFN's adaptive threshold) and `seed_threshold` times the 99th percentile of
+    the edge strength (so flat, noisy regions do not count as boundaries). Peaks are shuffled
+    with a fixed seed, as FFN does, and only those where the whole FOV fits are kept.
+    """
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+
+    img = image.astype(np.float32)
+    edges = ndimage.generic_gradient_magnitude(img, ndimage.sobel)
+    smoothed = ndimage.gaussian_filter(edges, sigma=49.0 / 6.0, mode="reflect")
+    floor = params.seed_threshold * float(np.percentile(edges, 99)) if edges.size else 0.0
+    boundary = (edges > smoothed) & (edges >= floor)
+    dt = ndimage.distance_transform_edt(~boundary).astype(np.float32)
+    # Only positions where the FOV fits can be segmented from: mask the others out first.
+    valid = np.zeros(image.shape, bool)
+    r = [f // 2 for f in fov_zyx]
+    valid[tuple(slice(ri, s - ri) for ri, s in zip(r, image.shape))] = True
+    dt[~valid] = 0
+    peaks = peak_local_max(dt, min_distance=params.seed_min_distance, threshold_abs=0.5, exclude_border=False)
+    peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
+    np.random.default_rng(rng_seed).shuffle(peaks)
+    return peaks
+
+
+@dataclass
+class SegmentResult:
+    segmentation: np.ndarray
+    finished: bool
+    segments: int
+    seeds_tried: int
+    fov_evaluations: int
+
+
+class Canvas:
+    """The state of one sub-volume's segmentation and the logits of the object being filled."""
+
+    def __init__(self, image: np.ndarray, predict, model_params: ModelParams, params: InferenceParams):
+        from hpcffn.ffn.model import (
+            LOGIT_005,
+            deltas_zyx,
+            fov_zyx,
+            logit,
+            normalize_image,
+        )
+
+        self.image = normalize_image(image, model_params)
+        self.shape = self.image.shape
+        self.fov = fov_zyx(model_params)
+        self.radius = tuple(f // 2 for f in self.fov)
+        self.deltas = deltas_zyx(model_params)
+        self.params = params
+        self.predict = predict
+        self.logits = np.full(self.shape, LOGIT_005, np.float32)
+        self.seg = np.zeros(self.shape, np.uint64)
+        self.move_logit = logit(params.move_threshold)
+        self.segment_logit = logit(params.segment_threshold)
+        self.evaluations = 0
+        self._faces = []
+        for axis in range(3):
+            if self.deltas[axis]:
+                for sign in (-1, 1):
+                    off = [0, 0, 0]
+                    off[axis] = sign * self.deltas[axis]
+                    self._faces.append(tuple(off))
+
+    def fov_fits(self, pos) -> bool:
+        return all(r <= p < s - r for p, r, s in zip(pos, self.radius, self.shape))
+
+    def near_segment(self, pos) -> bool:
+        """A seed in, or within min_boundary_dist of, an existing segment is skipped."""
+        mbd = tuple(reversed(self.params.min_boundary_dist))  # x,y,z -> z,y,x
+        sel = tuple(slice(max(0, p - m), p + m + 1) for p, m in zip(pos, mbd))
+        return bool(np.any(self.seg[sel]))
+
+    def _fov(self, pos):
+        return tuple(slice(p - r, p + r + 1) for p, r in zip(pos, self.radius))
+
+    def _pick_batch(self, queue: deque, limit: int) -> list:
+        """Up to `limit` queued positions whose FOVs do not overlap (their updates are independent)."""
+        batch = [queue.popleft()]
+        if limit > 1:
+            keep = deque()
+            while queue and len(batch) < limit:
+                cand = queue.popleft()
+                if all(any(abs(a - b) >= f for a, b, f in zip(cand, other, self.fov)) for other in batch):
+                    batch.append(cand)
+                else:
+                    keep.append(cand)
+            queue.extendleft(reversed(keep))
+        return batch
+
+    def segment_at(self, start) -> tuple[np.ndarray | None, tuple]:
+        """Flood-fill from `start`; returns the accepted mask (in the bounding box) or None, and the box."""
+        from hpcffn.ffn.model import LOGIT_005, LOGIT_095
+
+        start = tuple(int(v) for v in start)
+        self.logits[start] = LOGIT_095
+        lo = list(start)
+        hi = [p + 1 for p in start]
+        queue: deque = deque([start])
+        queued = {start}
+        while queue:
+            batch = self._pick_batch(queue, self.params.batch_size)
+            inputs = np.empty((len(batch),) + self.fov + (2,), np.float32)
+            for i, pos in enumerate(batch):
+                sl = self._fov(pos)
+                inputs[i, ..., 0] = self.image[sl]
+                inputs[i, ..., 1] = self.logits[sl]
+            out = self.predict(inputs)
+            self.evaluations += len(batch)
+            for i, pos in enumerate(batch):
+                sl = self._fov(pos)
+                np.clip(out[i, ..., 0], -CANVAS_LOGIT_LIMIT, CANVAS_LOGIT_LIMIT, out=self.logits[sl])
+                lo = [min(a, s.start) for a, s in zip(lo, sl)]
+                hi = [max(b, s.stop) for b, s in zip(hi, sl)]
+                moves = []
+                for off in self._faces:
+                    target = tuple(p + o for p, o in zip(pos, off))
+                    if target in queued or not self.fov_fits(target):
+                        continue
+                    score = self.logits[target]
+                    if score >= self.move_logit:
+                        moves.append((score, target))
+                for _, target in sorted(moves, reverse=True):
+                    queued.add(target)
+                    queue.append(target)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        mask = (self.logits[box] >= self.segment_logit) & (self.seg[box] == 0)
+        self.logits[box] = LOGIT_005
+        local = tuple(p - a for p, a in zip(start, lo))
+        if not mask[local]:
+            return None, box
+        from scipy import ndimage
+
+        comp, _ = ndimage.label(mask)
+        mask = comp == comp[local]
+        if int(mask.sum()) < self.params.min_segment_size:
+            return None, box
+        return mask, box
+
+
+def fingerprint(**inputs) -> str:
+    """A short hash of what a resumed run must share with the run that saved the state."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_state(path: Path, seg: np.ndarray, seeds: np.ndarray, next_seed: int, next_id: int, fp: str) -> None:
+    """Resumable progress, written atomically (HDF5)."""
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("seg", data=seg, compression="gzip", compression_opts=1)
+        f.create_dataset("seeds", data=seeds)
+        f.attrs.update({"format": STATE_FORMAT, "next_seed": next_seed, "next_id": next_id, "fingerprint": fp})
+
+
+def load_state(path: Path, fp: str, shape):
+    """(seg, seeds, next_seed, next_id) from a matching saved state, else None."""
+    import h5py
+
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != STATE_FORMAT or f.attrs.get("fingerprint") != fp:
+                return None
+            seg = f["seg"][...]
+            if seg.shape != tuple(shape):
+                return None
+            return seg, f["seeds"][...], int(f.attrs["next_seed"]), int(f.attrs["next_id"])
+    except OSError:
+        return None
+
+
+def make_predict(model, xla: bool = False):
+    """A batched forward pass: numpy [n, z, y, x, 2] -> numpy logits [n, z, y, x, 1]."""
+    import tensorflow as tf
+
+    fn = tf.function(model.__call__, jit_compile=xla, reduce_retracing=True)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return fn(tf.constant(batch)).numpy()
+
+    return predict
+
+
+def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params: InferenceParams,
+                   state_path: Path | None = None, fp: str = "", stop=None, log=print) -> SegmentResult:
+    """Segment a whole sub-volume; stops early (finished=False) after saving state when `stop` is set."""
+    canvas = Canvas(image, predict, model_params, params)
+    resumed = load_state(state_path, fp, image.shape) if state_path else None
+    if resumed is not None:
+        canvas.seg, seeds, next_seed, next_id = resumed
+        log(f"hpcffn infer: resumed at seed {next_seed}/{len(seeds)} with {next_id - 1} segments")
+    else:
+        seeds = peak_seeds(image, canvas.fov, params)
+        next_seed, next_id = 0, 1
+    last_save = time.monotonic()
+    t0 = time.monotonic()
+    while next_seed < len(seeds):
+        if stop:
+            save_state(state_path, canvas.seg, seeds, next_seed, next_id, fp)
+            return SegmentResult(canvas.seg, False, next_id - 1, next_seed, canvas.evaluations)
+        pos = tuple(int(v) for v in seeds[next_seed])
+        next_seed += 1
+        if canvas.seg[pos] or not canvas.fov_fits(pos) or canvas.near_segment(pos):
+            continue
+        mask, box = canvas.segment_at(pos)
+        if mask is not None:
+            canvas.seg[box][mask] = next_id
+            next_id += 1
+        if state_path is not None and time.monotonic() - last_save >= params.checkpoint_minutes * 60:
+            save_state(state_path, canvas.seg, seeds, next_seed, next_id, fp)
+            last_save = time.monotonic()
+            log(f"hpcffn infer: seed {next_seed}/{len(seeds)}, {next_id - 1} segments, "
+                f"{canvas.evaluations / max(time.monotonic() - t0, 1e-9):.1f} FOV/s; state saved")
+    return SegmentResult(canvas.seg, True, next_id - 1, next_seed, canvas.evaluations)
