@@ -9,6 +9,7 @@ share the same checks.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class Planned:
     scripts: dict[str, str]  # relative script path -> content
     resolved_yaml: str
     warnings: list[str] = field(default_factory=list)
+    # Renders more jobs with this plan's settings (used by benchmarks to compare layouts).
+    render_jobs: Callable[[list[JobPlan]], dict[str, str]] | None = None
 
 
 def _abs(base: Path, text: str) -> str:
@@ -352,7 +355,10 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     if tdir and not Path(tdir).is_dir():
         raise _fail(spec_path, "templates", f"template directory {tdir} does not exist; fix the path")
     spec_for_render = spec.model_copy(update={"container": spec.container.model_copy(update={"image": image})})
-    scripts = render_scripts(spec_for_render, jobs, resources, layout, binds, Path(tdir) if tdir else None)
+    def render_jobs(some: list[JobPlan]) -> dict[str, str]:
+        return render_scripts(spec_for_render, some, resources, layout, binds, Path(tdir) if tdir else None)
+
+    scripts = render_jobs(jobs)
 
     resolved = spec.model_dump(mode="json")
     resolved.update(
@@ -368,7 +374,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     )
     text = "# Written by `hpcffn plan`: the spec with every default filled in (for reference).\n"
     text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    return Planned(plan=plan, scripts=scripts, resolved_yaml=text, warnings=warnings)
+    return Planned(plan=plan, scripts=scripts, resolved_yaml=text, warnings=warnings, render_jobs=render_jobs)
 
 
 def _cluster_view(res: dict) -> dict:
