@@ -127,11 +127,16 @@ def _varint_len(v: np.ndarray) -> np.ndarray:
     return n
 
 
+def _field_view(rows: np.ndarray, offset: int, fmt: str) -> np.ndarray:
+    """A strided view of one multi-byte little-endian field at `offset` of every row."""
+    dt = np.dtype({"names": ["f"], "formats": [fmt], "offsets": [offset], "itemsize": rows.shape[1]})
+    return rows.view(dt).reshape(-1)["f"]
+
+
 def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[bytes]) -> bytes:
     """Framed TFRecord bytes for records (centers[i] = x,y,z, names[volume_ids[i]]), in order.
 
-    Built column-major (one contiguous column per byte slot) so the CRC runs over contiguous
-    columns; the final boolean compaction reads it back record by record.
+    Call with batches of ~64K records: the row matrix then stays in the CPU cache.
     """
     centers = np.asarray(centers, dtype=np.int64)
     vol = np.asarray(volume_ids, dtype=np.int64)
@@ -145,6 +150,10 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     ne_max = int(ne_len.max())
     if ne_max > 16000:
         raise ValueError("volume names must be shorter than 16000 bytes")
+    used = np.unique(vol)
+    uniform_names = bool((ne_len[used] == ne_len[used[0]]).all())
+    if uniform_names:
+        ne_max = int(ne_len[used[0]])
 
     xyz = np.ascontiguousarray(centers.T)
     lens = _varint_len(xyz)  # 3 x n
@@ -154,77 +163,75 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     fl2 = fl >= 128
     rec_len = 1 + 1 + fl2 + fl
     width = _C_NAME + ne_max + 4
-    cols = np.zeros((width, n), dtype=np.uint8)
-    valid = np.ones((width, n), dtype=bool)
 
-    cols[_C_LEN:_C_LEN + 8] = rec_len.astype("<u8").view(np.uint8).reshape(n, 8).T
+    template = np.zeros(width, dtype=np.uint8)
+    template[_C_DATA] = 0x0A
+    template[_C_CENTER_KEY] = 0x0A
+    template[_C_CENTER_KEY + 2:_C_CENTER_KEY + 10] = np.frombuffer(_CENTER_KEY, dtype=np.uint8)
+    template[[25, 27, 29]] = (0x12, 0x1A, 0x0A)
+    single = len(used) == 1
+    if single:
+        e = entries[int(used[0])]
+        template[_C_NAME:_C_NAME + len(e)] = np.frombuffer(e, dtype=np.uint8)
+    rows = np.empty((n, width), dtype=np.uint8)
+    rows[:] = template
+    valid = np.empty((n, width), dtype=bool)
+    valid[:] = True
+
+    _field_view(rows, _C_LEN, "<u8")[:] = rec_len
+    lencrc = _field_view(rows, _C_LENCRC, "<u4")
     for value in np.unique(rec_len):
-        sel = rec_len == value
-        hdr = int(value).to_bytes(8, "little")
-        crc_hdr = np.frombuffer(masked_crc(crc32c(hdr)).to_bytes(4, "little"), dtype=np.uint8)
-        for k in range(4):
-            cols[_C_LENCRC + k, sel] = crc_hdr[k]
-    cols[_C_DATA] = 0x0A
-    cols[_C_FL] = np.where(fl2, (fl & 0x7F) | 0x80, fl)
-    cols[_C_FL + 1] = fl >> 7
-    valid[_C_FL + 1] = fl2
-    cols[_C_CENTER_KEY] = 0x0A
-    cols[_C_CENTER_KEY + 1] = 14 + p
-    cols[_C_CENTER_KEY + 2:_C_CENTER_KEY + 10] = np.frombuffer(_CENTER_KEY, dtype=np.uint8)[:, None]
-    cols[25] = 0x12
-    cols[26] = 4 + p
-    cols[27] = 0x1A
-    cols[28] = 2 + p
-    cols[29] = 0x0A
-    cols[30] = p
+        lencrc[rec_len == value] = masked_crc(crc32c(int(value).to_bytes(8, "little")))
+    rows[:, _C_FL] = np.where(fl2, (fl & 0x7F) | 0x80, fl)
+    rows[:, _C_FL + 1] = fl >> 7
+    valid[:, _C_FL + 1] = fl2
+    rows[:, _C_CENTER_KEY + 1] = 14 + p
+    rows[:, 26] = 4 + p
+    rows[:, 28] = 2 + p
+    rows[:, 30] = p
     for axis in range(3):
         v = xyz[axis]
         ln = lens[axis]
         base = _C_X + 5 * axis
         for k in range(5):
-            more = (ln > k + 1).view(np.uint8) << 7
-            cols[base + k] = ((v >> (7 * k)) & 0x7F).astype(np.uint8) | more
-            valid[base + k] = ln > k
-    ent = np.zeros((ne_max, len(entries)), dtype=np.uint8)
-    for i, e in enumerate(entries):
-        ent[: len(e), i] = np.frombuffer(e, dtype=np.uint8)
-    cols[_C_NAME:_C_NAME + ne_max] = ent[:, vol]
-    valid[_C_NAME:] = False
-    uniform_names = bool((ne_len == ne_max).all())
-    if uniform_names:
-        valid[_C_NAME:_C_NAME + ne_max] = True
-    else:
-        valid[_C_NAME:_C_NAME + ne_max] = np.arange(ne_max)[:, None] < nel[None, :]
+            if k == 0:
+                rows[:, base] = (v & 0x7F) | ((ln > 1).view(np.uint8) << 7)
+            else:
+                rows[:, base + k] = ((v >> (7 * k)) & 0x7F) | ((ln > k + 1).view(np.uint8) << 7)
+                valid[:, base + k] = ln > k
+    if not single:
+        ent = np.zeros((len(entries), ne_max), dtype=np.uint8)
+        for i in used:
+            e = entries[int(i)][:ne_max]
+            ent[i, : len(e)] = np.frombuffer(e, dtype=np.uint8)
+        rows[:, _C_NAME:_C_NAME + ne_max] = ent[vol]
 
     # CRC32C of the data bytes: columns up to the name entry one by one (holes keep the
     # register), then the per-volume constant name entry as "shift + constant".
     state = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
     for c in range(_C_DATA, _C_NAME):
-        col = cols[c]
+        col = rows[:, c]
         if c == _C_FL + 1 or (_C_X <= c < _C_NAME and (c - _C_X) % 5 != 0):
-            state = np.where(valid[c], _process(state, col), state)
+            state = np.where(valid[:, c], _process(state, col), state)
         else:
             state = _process(state, col)
-    regs = np.array([_register_after(e) for e in entries], dtype=np.uint32)
-    for length in np.unique(ne_len):
-        if uniform_names:
-            state = _shift(state, int(length)) ^ regs[vol]
-        else:
-            sel = nel == length
-            state[sel] = _shift(state[sel], int(length)) ^ regs[vol[sel]]
+    regs = np.zeros(len(entries), dtype=np.uint32)
+    for i in used:
+        regs[i] = _register_after(entries[int(i)])
     crc = masked_crc(state ^ np.uint32(0xFFFFFFFF))
-    crc_bytes = crc.astype("<u4").view(np.uint8).reshape(n, 4).T
-    # The data CRC follows the name entry, whose length varies by volume.
     if uniform_names:
-        cols[_C_NAME + ne_max:] = crc_bytes
-        valid[_C_NAME + ne_max:] = True
+        state = _shift(state, ne_max) ^ regs[vol]
+        crc = masked_crc(state ^ np.uint32(0xFFFFFFFF))
+        _field_view(rows, _C_NAME + ne_max, "<u4")[:] = crc
     else:
-        r = np.arange(n)[None, :]
-        where = _C_NAME + nel[None, :] + np.arange(4)[:, None]
-        cols[where, r] = crc_bytes
-        valid[where, r] = True
-    rows = np.ascontiguousarray(cols.T)
-    return rows[np.ascontiguousarray(valid.T)].tobytes()
+        # The data CRC follows the name entry, whose length varies by volume.
+        valid[:, _C_NAME:] = False
+        for length in np.unique(nel):
+            sel = nel == length
+            st = _shift(state[sel], int(length)) ^ regs[vol[sel]]
+            _field_view(rows, _C_NAME + int(length), "<u4")[sel] = masked_crc(st ^ np.uint32(0xFFFFFFFF))
+            valid[sel, _C_NAME:_C_NAME + int(length) + 4] = True
+    return np.compress(valid.reshape(-1), rows.reshape(-1)).tobytes()
 
 
 def serialize_example(center, name: bytes) -> bytes:
@@ -234,14 +241,22 @@ def serialize_example(center, name: bytes) -> bytes:
 
 
 class GzipRecordWriter:
-    """Writes framed records into one GZIP stream (TFRecordOptions compression_type="GZIP")."""
+    """Writes framed records into one GZIP stream (TFRecordOptions compression_type="GZIP").
+
+    Compression runs in one background thread (zlib releases the GIL) while the caller
+    serializes the next batch; at most two blocks are in flight, so memory stays bounded.
+    """
 
     def __init__(self, path: str | Path, level: int = 1, block_bytes: int = 8 << 20):
+        from concurrent.futures import ThreadPoolExecutor
+
         self._fh = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._block = block_bytes
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._inflight = None
         self.records = 0
 
     def write_framed(self, data: bytes, count: int) -> None:
@@ -251,19 +266,35 @@ class GzipRecordWriter:
         if self._pending_bytes >= self._block:
             self._flush_pending()
 
-    def write(self, centers: np.ndarray, volume_ids: np.ndarray, names: list[bytes]) -> None:
-        self.write_framed(serialize_batch(centers, volume_ids, names), len(centers))
+    def write(self, centers: np.ndarray, volume_ids: np.ndarray, names: list[bytes], batch: int = 1 << 16) -> None:
+        for i in range(0, len(centers), batch):
+            part = centers[i:i + batch]
+            self.write_framed(serialize_batch(part, volume_ids[i:i + batch], names), len(part))
+
+    def _compress(self, block: bytes) -> None:
+        self._fh.write(self._z.compress(block))
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            self._inflight.result()
+            self._inflight = None
 
     def _flush_pending(self) -> None:
         if self._pending:
-            self._fh.write(self._z.compress(b"".join(self._pending)))
+            block = b"".join(self._pending)
             self._pending, self._pending_bytes = [], 0
+            self._wait()
+            self._inflight = self._pool.submit(self._compress, block)
 
     def close(self) -> None:
-        self._flush_pending()
-        self._fh.write(self._z.flush())
-        self._fh.flush()
-        self._fh.close()
+        try:
+            self._flush_pending()
+            self._wait()
+            self._fh.write(self._z.flush())
+            self._fh.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._fh.close()
 
     def __enter__(self):
         return self
@@ -272,4 +303,5 @@ class GzipRecordWriter:
         if exc[0] is None:
             self.close()
         else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._fh.close()
