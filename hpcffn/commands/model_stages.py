@@ -1,7 +1,204 @@
-"""CLI commands: model_stages (placeholder module, filled by its owner)."""
+"""CLI commands: `hpcffn stage train|infer|evaluate`, from a plan or standalone with explicit paths.
+
+Thin: parse options, build parameter objects (plan values overridden by any flag given), call
+the stage module, exit with its code (0 done, 75 requeue me, 2 user error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from hpcffn.errors import HpcffnError
+
+_MODEL = "Model (override the plan's ffn.model)"
+_TRAIN = "Training (override the plan's ffn.training)"
+_INFER = "Inference (override the plan's ffn.inference)"
+
+
+def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise HpcffnError(f"{flag} {text!r}: write three integers separated by commas, e.g. 33,33,33")
+    return vals  # type: ignore[return-value]
+
+
+def _bbox(text: str | None):
+    """`z0,y0,x0:dz,dy,dx` -> (start, size)."""
+    if text is None:
+        return None, None
+    start, sep, size = text.partition(":")
+    if not sep:
+        raise HpcffnError(f"--bbox {text!r}: write it as z0,y0,x0:dz,dy,dx (start and size, z,y,x)")
+    s, n = _triple(start, "--bbox start"), _triple(size, "--bbox size")
+    if any(v < 0 for v in s) or any(v < 1 for v in n):
+        raise HpcffnError(f"--bbox {text!r}: start must be >= 0 and sizes >= 1")
+    return s, n
+
+
+def _params(cls, base, overrides: dict, section: str):
+    """`base` (or cls defaults) with every non-None override, validated with one-line errors."""
+    from pydantic import ValidationError
+
+    values = base.model_dump() if base is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or section
+        raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
+
+
+def _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev) -> dict:
+    return {"depth": depth, "features": features, "fov_size": _triple(fov_size, "--fov-size"),
+            "deltas": _triple(deltas, "--deltas"), "image_mean": image_mean, "image_stddev": image_stddev}
+
+
+def _load_plan(plan: Path):
+    from hpcffn.plan_model import load_plan
+
+    return load_plan(plan)
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     """Attach this area's commands to the root app and the `stage` sub-app."""
+
+    @stage_app.command("train")
+    def train(
+        plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
+        group: Annotated[str | None, typer.Option("--group", help="Group name (g0) or index, with --plan.")] = None,
+        coordinates: Annotated[list[Path] | None, typer.Option("--coordinates", help="Standalone: coordinate TFRecord(s) (GZIP); repeatable.")] = None,
+        volume: Annotated[list[str] | None, typer.Option("--volume", help="Standalone: NAME:raw.h5:raw:labels.h5:stack, NAME as in the records; repeatable.")] = None,
+        train_dir: Annotated[Path | None, typer.Option("--train-dir", help="Standalone: where checkpoints and TensorBoard events go.")] = None,
+        depth: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        features: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        fov_size: Annotated[str | None, typer.Option(help="x,y,z (odd).", rich_help_panel=_MODEL)] = None,
+        deltas: Annotated[str | None, typer.Option(help="x,y,z FOV move step.", rich_help_panel=_MODEL)] = None,
+        image_mean: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        image_stddev: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        batch_size: Annotated[int | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        learning_rate: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        optimizer: Annotated[str | None, typer.Option(help="sgd or adam.", rich_help_panel=_TRAIN)] = None,
+        momentum: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        clip_gradient_norm: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        max_steps: Annotated[int | None, typer.Option(help="Total optimizer steps across requeues.", rich_help_panel=_TRAIN)] = None,
+        checkpoint_minutes: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        move_threshold: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision", rich_help_panel=_TRAIN)] = None,
+        xla: Annotated[bool | None, typer.Option("--xla/--no-xla", rich_help_panel=_TRAIN)] = None,
+        init_checkpoint: Annotated[str | None, typer.Option(help="Ours or a TF1 FFN checkpoint to start from.", rich_help_panel=_TRAIN)] = None,
+        seed: Annotated[int | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+    ) -> None:
+        """Stage 3: train an FFN model (exit 0 at max_steps; 75 after a checkpoint on SIGUSR1/SIGTERM)."""
+        from hpcffn.ffn_params import ModelParams, TrainingParams
+
+        mo = _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev)
+        to = {"batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer, "momentum": momentum,
+              "clip_gradient_norm": clip_gradient_norm, "max_steps": max_steps, "checkpoint_minutes": checkpoint_minutes,
+              "move_threshold": move_threshold, "mixed_precision": mixed_precision, "xla": xla,
+              "init_checkpoint": init_checkpoint, "seed": seed}
+        if plan is not None:
+            if group is None or coordinates or volume or train_dir:
+                raise HpcffnError("with --plan give --group G only (coordinates, volumes and train dir come from the plan)")
+            from hpcffn.stages.train import run_from_plan
+
+            p = _load_plan(plan)
+            mp = _params(ModelParams, p.ffn.model, mo, "ffn.model")
+            tp = _params(TrainingParams, p.ffn.training, to, "ffn.training")
+            _exit(run_from_plan(p, group, mp, tp))
+            return
+        if not coordinates or not volume or train_dir is None:
+            raise HpcffnError("give --plan P --group G, or standalone --coordinates F --volume NAME:raw.h5:raw:labels.h5:stack --train-dir D")
+        from hpcffn.ffn.examples import parse_volume_arg
+        from hpcffn.stages.train import train_model
+
+        mp = _params(ModelParams, None, mo, "ffn.model")
+        tp = _params(TrainingParams, None, to, "ffn.training")
+        _exit(train_model(coordinates, [parse_volume_arg(v) for v in volume], mp, tp, train_dir))
+
+    @stage_app.command("infer")
+    def infer(
+        plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
+        tile: Annotated[str | None, typer.Option("--tile", help="Tile name or array index, with --plan.")] = None,
+        image: Annotated[str | None, typer.Option("--image", help="Standalone: path.h5:raw to segment.")] = None,
+        checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint prefix or train dir (ours or TF1 FFN).")] = None,
+        output: Annotated[Path | None, typer.Option("--output", help="Standalone: segmentation HDF5 to write (dataset seg).")] = None,
+        bbox: Annotated[str | None, typer.Option("--bbox", help="Standalone: z0,y0,x0:dz,dy,dx box to segment (default: all).")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+        depth: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        features: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        fov_size: Annotated[str | None, typer.Option(help="x,y,z (odd).", rich_help_panel=_MODEL)] = None,
+        deltas: Annotated[str | None, typer.Option(help="x,y,z FOV move step.", rich_help_panel=_MODEL)] = None,
+        image_mean: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        image_stddev: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        move_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
+        segment_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
+        min_segment_size: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
+        min_boundary_dist: Annotated[str | None, typer.Option(help="x,y,z.", rich_help_panel=_INFER)] = None,
+        seed_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
+        seed_min_distance: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
+        checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between saved progress.", rich_help_panel=_INFER)] = None,
+        batch_size: Annotated[int | None, typer.Option(help="FOVs per model call.", rich_help_panel=_INFER)] = None,
+        xla: Annotated[bool, typer.Option("--xla", help="Compile the model with XLA.", rich_help_panel=_INFER)] = False,
+    ) -> None:
+        """Stage 4: flood-filling segmentation (exit 0 done; 75 after saving progress on SIGUSR1/SIGTERM)."""
+        from hpcffn.ffn_params import InferenceParams, ModelParams
+
+        mo = _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev)
+        io = {"move_threshold": move_threshold, "segment_threshold": segment_threshold,
+              "min_segment_size": min_segment_size, "min_boundary_dist": _triple(min_boundary_dist, "--min-boundary-dist"),
+              "seed_threshold": seed_threshold, "seed_min_distance": seed_min_distance,
+              "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "checkpoint": checkpoint}
+        if plan is not None:
+            if tile is None or image or output or bbox:
+                raise HpcffnError("with --plan give --tile T only (image, box and output come from the plan)")
+            from hpcffn.stages.infer import run_from_plan
+
+            p = _load_plan(plan)
+            mp = _params(ModelParams, p.ffn.model, mo, "ffn.model")
+            ip = _params(InferenceParams, p.ffn.inference, io, "ffn.inference")
+            tp = p.ffn.training.model_copy(update={"xla": True}) if xla else None
+            _exit(run_from_plan(p, tile, mp, ip, tp))
+            return
+        if image is None or checkpoint is None or output is None:
+            raise HpcffnError("give --plan P --tile T, or standalone --image path.h5:raw --checkpoint CKPT --output seg.h5")
+        from hpcffn.stages.infer import segment_location
+
+        mp = _params(ModelParams, None, mo, "ffn.model")
+        ip = _params(InferenceParams, None, io, "ffn.inference")
+        start, size = _bbox(bbox)
+        _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite))
+
+    @stage_app.command("evaluate")
+    def evaluate(
+        plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
+        seg: Annotated[str | None, typer.Option("--seg", help="Standalone: segmentation path.h5:seg.")] = None,
+        groundtruth: Annotated[str | None, typer.Option("--groundtruth", help="Standalone: groundtruth path.h5:stack.")] = None,
+        output: Annotated[Path | None, typer.Option("--output", help="Standalone: also write the JSON report here.")] = None,
+    ) -> None:
+        """Evaluate segmentations against groundtruth: VI split/merge and adapted Rand error (table + JSON)."""
+        if plan is not None:
+            if seg or groundtruth or output:
+                raise HpcffnError("with --plan give nothing else (the report goes to the workdir's evaluate/report.json)")
+            from hpcffn.stages.evaluate import run_from_plan
+
+            run_from_plan(_load_plan(plan))
+            return
+        if seg is None or groundtruth is None:
+            raise HpcffnError("give --plan P, or standalone --seg seg.h5:seg --groundtruth gt.h5:stack [--output report.json]")
+        from hpcffn.stages.evaluate import evaluate_files
+
+        evaluate_files(seg, groundtruth, output)

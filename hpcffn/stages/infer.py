@@ -1,0 +1,109 @@
+"""Stage 4: flood-filling segmentation of one sub-volume.
+
+`segment_location` is the standalone entry (explicit image, checkpoint and output); the plan
+entry segments a tile's `infer_box` with the tile's group's latest checkpoint (or the spec's
+`ffn.inference.checkpoint`). Progress is saved beside the output as `<output>.state` every
+few minutes and on SIGUSR1/SIGTERM (exit layout.EXIT_REQUEUE), and picked up by the next run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+from hpcffn.ffn_params import InferenceParams, ModelParams, TrainingParams
+from hpcffn.layout import EXIT_REQUEUE
+from hpcffn.plan_model import Plan
+from hpcffn.volumes import dataset_shape, parse_location, read_box
+
+
+def state_path(output: Path) -> Path:
+    return output.with_name(output.name + ".state")
+
+
+def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
+    """`seg` (uint64) with attr `offset` (z,y,x start in the volume), written atomically."""
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+
+    with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        ds = f.create_dataset("seg", data=seg.astype(np.uint64), compression="gzip", compression_opts=1)
+        # The contract names an `offset` attribute; it is on the file and on the dataset so
+        # readers looking at either find it.
+        f.attrs["offset"] = ds.attrs["offset"] = np.asarray(offset, np.int64)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+
+def segment_location(image: str, checkpoint: str | Path, output: str | Path, model_params: ModelParams,
+                     params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
+                     overwrite: bool = False, log=print) -> int:
+    """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
+    from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
+    from hpcffn.ffn.model import build_model, fov_zyx
+    from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
+    from hpcffn.ffn.training import StopFlag
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise HpcffnError(f"output {output} already exists: remove it, choose another --output, or pass --overwrite")
+    loc = parse_location(image, "raw")
+    shape = dataset_shape(loc)
+    if len(shape) != 3:
+        raise HpcffnError(f"{loc}: dataset has {len(shape)} dimensions, expected 3 (z,y,x)")
+    start = tuple(box_start) if box_start is not None else (0, 0, 0)
+    size = tuple(box_size) if box_size is not None else tuple(s - a for s, a in zip(shape, start))
+    fov = fov_zyx(model_params)
+    if any(n < f for n, f in zip(size, fov)):
+        raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
+    prefix = resolve_checkpoint(checkpoint)
+    data = read_box(loc, start, size)
+    model = build_model(model_params)
+    step = load_weights(model, prefix)
+    fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
+                     model=model_params.model_dump(), inference=params.model_dump())
+    log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
+    with StopFlag() as stop:
+        result = segment_volume(data, make_predict(model, xla=xla), model_params, params,
+                                state_path=state_path(output), fp=fp, stop=stop, log=log)
+    if not result.finished:
+        log(f"hpcffn infer: stopped by signal after {result.seeds_tried} seeds; state saved to "
+            f"{state_path(output)}; requeue to continue")
+        return EXIT_REQUEUE
+    write_segmentation(output, result.segmentation, start, checkpoint=str(prefix), segments=result.segments)
+    state_path(output).unlink(missing_ok=True)
+    log(f"hpcffn infer: {result.segments} segments from {result.seeds_tried} seeds, "
+        f"{result.fov_evaluations} FOV evaluations -> {output}")
+    return 0
+
+
+def plan_checkpoint(plan: Plan, tile) -> Path | str:
+    """The spec's inference checkpoint, else the tile's group's (or the first group's) train dir."""
+    if plan.ffn.inference.checkpoint:
+        return plan.ffn.inference.checkpoint
+    group = tile.group or (plan.groups[0].name if plan.groups else None)
+    if group is None:
+        raise HpcffnError(
+            f"tile {tile.name} has no group and the plan has no training groups: set ffn.inference.checkpoint in {plan.spec_file}"
+        )
+    return plan.layout.train_dir(group)
+
+
+def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = None,
+                  params: InferenceParams | None = None, training: TrainingParams | None = None,
+                  log=print) -> int:
+    """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
+    from hpcffn.stages.markers import mark_done
+
+    tile = plan.tile(tile_key)
+    volume = plan.volume(tile.volume)
+    output = plan.layout.segmentation(tile.name)
+    code = segment_location(volume.raw, plan_checkpoint(plan, tile), output, model_params or plan.ffn.model,
+                            params or plan.ffn.inference, tile.infer_box.start, tile.infer_box.size,
+                            xla=(training or plan.ffn.training).xla, overwrite=True, log=log)
+    if code == 0:
+        mark_done(plan, "infer", tile.name)
+    return code
