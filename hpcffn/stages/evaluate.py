@@ -1,6 +1,6 @@
 """Evaluation: variation of information (split/merge) and adapted Rand error against groundtruth.
 
-Metrics come from scikit-image; groundtruth voxels labelled 0 are ignored (unlabelled), while
+Metrics come from scikit-image (VI in bits); groundtruth voxels labelled 0 are ignored (unlabelled), while
 voxels a segmentation left at 0 count as one more segment (missed voxels are penalised).
 In plan mode each tile's segmentation is cropped to the tile's `box` (the part it owns);
 volume and overall figures are voxel-weighted means over tiles, since tiles are segmented
@@ -34,9 +34,13 @@ def compare(seg: np.ndarray, groundtruth: np.ndarray) -> dict:
         return {**out, **{m: None for m in METRICS}}
     gt = groundtruth.astype(np.uint64, copy=False)
     sg = seg.astype(np.uint64, copy=False)
-    are, prec, rec = adapted_rand_error(gt, sg, ignore_labels=(0,))
-    # skimage returns [H(gt|seg), H(seg|gt)]: the first grows with merges, the second with splits.
-    h_gt_given_seg, h_seg_given_gt = variation_of_information(gt, sg, ignore_labels=(0,))
+    # scikit-image divides its "precision" by the pairs joined in the groundtruth (its table's
+    # rows are the true labels), which is recall in the usual sense; swap them so that
+    # precision drops with merges and recall with splits.
+    are, rec, prec = adapted_rand_error(gt, sg, ignore_labels=(0,))
+    # skimage returns [H(seg|gt), H(gt|seg)] in bits: the first grows when objects are split,
+    # the second when they are merged.
+    h_seg_given_gt, h_gt_given_seg = variation_of_information(gt, sg, ignore_labels=(0,))
     return {**out, "adapted_rand_error": float(are), "rand_precision": float(prec), "rand_recall": float(rec),
             "vi_split": float(h_seg_given_gt), "vi_merge": float(h_gt_given_seg)}
 
