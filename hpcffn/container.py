@@ -16,24 +16,23 @@ from hpcffn.spec import ContainerSpec
 
 def bind_list(container: ContainerSpec, auto_paths: list[str]) -> list[str]:
     """User binds plus (when auto_bind) src==dst binds of the given paths, without duplicates."""
-    out: list[str] = []
-    seen: set[str] = set()
-    user_srcs = {b.split(":")[0] for b in container.binds}
-    for b in container.binds:
-        if b not in seen:
-            out.append(b)
-            seen.add(b)
+    out = list(dict.fromkeys(container.binds))
+    # Folders the user already binds at the same path inside; a bind to another path inside
+    # (src:/elsewhere) does not make src/... visible under its own name.
+    same_path = {parts[0] for parts in (b.split(":") for b in out) if len(parts) == 1 or parts[1] == parts[0]}
     if container.auto_bind:
-        for p in sorted(set(auto_paths)):
-            if p not in user_srcs and p not in seen and not _inside_any(p, user_srcs | seen):
+        wanted = sorted(set(auto_paths))
+        for p in wanted:
+            covered = same_path | {q for q in wanted if q != p}
+            if not _inside_any(p, covered) and p not in same_path:
                 out.append(p)
-                seen.add(p)
     return out
 
 
 def _inside_any(path: str, parents: set[str]) -> bool:
+    """True when `path` lies strictly inside one of `parents`."""
     pp = Path(path)
-    return any(pp != Path(q) and Path(q) in pp.parents for q in parents if ":" not in q)
+    return any(Path(q) in pp.parents for q in parents)
 
 
 def exec_words(container: ContainerSpec, image: str, binds: str, gpu: bool) -> list[str]:

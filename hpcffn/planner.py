@@ -346,7 +346,9 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
             except ValueError as exc:
                 raise _fail(spec_path, "container.auto_bind", f"cannot bind {p}: {exc}; set auto_bind: false and list "
                             "container.binds yourself") from None
-    binds = containers.bind_list(spec.container, auto) if spec.container.runtime != "none" else []
+    user_binds = [_abs_bind(base, b) for b in spec.container.binds]
+    container_spec = spec.container.model_copy(update={"binds": user_binds})
+    binds = containers.bind_list(container_spec, auto) if spec.container.runtime != "none" else []
     if spec.container.runtime != "none" and not spec.container.image:
         raise _fail(spec_path, "container.image", f"required with runtime {spec.container.runtime}; give the .sif path "
                     "(build it from containers/hpcffn.def) or set container.runtime: none")
@@ -375,6 +377,12 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     text = "# Written by `hpcffn plan`: the spec with every default filled in (for reference).\n"
     text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
     return Planned(plan=plan, scripts=scripts, resolved_yaml=text, warnings=warnings, render_jobs=render_jobs)
+
+
+def _abs_bind(base: Path, bind: str) -> str:
+    """A bind with its host side made absolute against the spec's folder."""
+    src, sep, rest = bind.partition(":")
+    return _abs(base, src) + sep + rest
 
 
 def _cluster_view(res: dict) -> dict:

@@ -79,6 +79,14 @@ def previous_hashes(layout: Layout) -> dict[str, str]:
 
 def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
     """Write scripts (edit-safe), log dirs, spec.resolved.yaml and plan.json (last)."""
+    try:
+        return _write(plan, scripts, resolved_yaml, force=force, dry_run=dry_run)
+    except OSError as exc:
+        raise HpcffnError(f"cannot write into the workdir {plan.workdir} ({exc.strerror}: {exc.filename}); "
+                          "choose a workdir you can write to") from None
+
+
+def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
     layout = plan.layout
     report = WriteReport()
     recorded = previous_hashes(layout)
@@ -112,6 +120,6 @@ def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, fo
             if new_path.exists():
                 new_path.unlink()
     if not dry_run:
-        atomic_write_text(layout.resolved_spec, resolved_yaml)
+        atomic_write_text(layout.resolved_spec, resolved_yaml, mode=0o644)
         write_plan(plan, layout.plan)
     return report

@@ -45,7 +45,7 @@ def classify(text: str, default_dataset: str, base: Path) -> Source:
         return Source("hdf5", path, loc.dataset)
     if name.endswith(TIF_SUFFIXES):
         return Source("tif", path)
-    if path.suffix and not path.is_dir():
+    if path.is_file() or (path.suffix and not path.is_dir()):
         raise ValueError(
             f"{text!r} is neither an HDF5 file (.h5/.hdf5, optionally path.h5:dataset), "
             "a .tif/.tiff stack nor a directory of .tif slices"

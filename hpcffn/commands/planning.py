@@ -45,9 +45,10 @@ def init(
 
 def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")]) -> None:
     """Check a spec and its inputs (files, datasets, shapes, templates); write nothing."""
-    from hpcffn.planner import make_plan
+    from hpcffn.planner import check_workdir_owner, make_plan
 
     planned = make_plan(spec)
+    check_workdir_owner(planned, force=False)
     p = planned.plan
     for w in planned.warnings:
         typer.echo(f"warning: {w}", err=True)

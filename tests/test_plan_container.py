@@ -1,0 +1,46 @@
+"""The container prefix: binds, --nv only for GPU stages, runtime none, quoting."""
+
+from __future__ import annotations
+
+import pytest
+from plan_helpers import spec_dict, write_spec
+
+from hpcffn.container import argv, bind_list, shell_array
+from hpcffn.errors import HpcffnError
+from hpcffn.planner import make_plan
+from hpcffn.render import write_workdir
+from hpcffn.spec import ContainerSpec
+
+
+def test_auto_binds_skip_what_a_same_path_bind_covers():
+    c = ContainerSpec(image="x.sif", binds=["/scratch", "/data:/in:ro"])
+    binds = bind_list(c, ["/scratch/me/work", "/data/raw", "/data/raw/sub", "/home/me/gt"])
+    # /scratch/me/work is visible through /scratch; /data is mounted elsewhere (/in), so
+    # /data/raw still needs its own bind; /data/raw/sub lies inside /data/raw.
+    assert binds == ["/scratch", "/data:/in:ro", "/data/raw", "/home/me/gt"]
+    assert bind_list(ContainerSpec(image="x.sif", auto_bind=False, binds=["/a"]), ["/b"]) == ["/a"]
+
+
+def test_exec_prefix_per_runtime():
+    c = ContainerSpec(runtime="singularity", image="/img/h.sif", nv=True)
+    assert argv(c, ["/a", "/b"], gpu=True) == ["singularity", "exec", "--nv", "--bind", "/a,/b", "/img/h.sif", "hpcffn"]
+    assert argv(c, [], gpu=False) == ["singularity", "exec", "/img/h.sif", "hpcffn"]
+    assert shell_array(c, ["/a"], gpu=True) == 'singularity exec --nv --bind "$BINDS" "$IMAGE" hpcffn'
+    assert shell_array(ContainerSpec(runtime="apptainer", image="i", nv=False), [], gpu=True) == 'apptainer exec "$IMAGE" hpcffn'
+    assert shell_array(ContainerSpec(runtime="none", command="/opt/my env/bin/hpcffn".replace(" ", "_")), [], gpu=True) == "/opt/my_env/bin/hpcffn"
+
+
+def test_relative_binds_and_image_resolve_against_the_spec(tmp_path):
+    spec = spec_dict(container={"runtime": "apptainer", "image": "img/h.sif", "binds": ["ref:/ref:ro"]})
+    planned = make_plan(write_spec(tmp_path, spec))
+    text = planned.scripts["jobs/train/train_g0.sbatch"]
+    assert f"IMAGE={tmp_path}/img/h.sif\n" in text
+    assert f"BINDS={tmp_path}/ref:/ref:ro,{tmp_path}/data,{tmp_path}/work\n" in text
+    assert planned.plan.spec["container"]["image"] == f"{tmp_path}/img/h.sif"
+
+
+def test_unwritable_workdir_is_one_line_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    planned = make_plan(write_spec(tmp_path, spec_dict(workdir="afile/work")))
+    with pytest.raises(HpcffnError, match="cannot write into the workdir"):
+        write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
