@@ -1,0 +1,225 @@
+"""Convert grayscale and groundtruth (TIF stacks, slice directories or HDF5) to FFN's HDF5.
+
+Writes `raw` (uint8) and/or `stack` (uint64 ids, 0 = background) into one HDF5 file,
+streaming z slabs so stacks larger than memory convert, into a temp file renamed at the end.
+Grayscale that is not uint8 needs an explicit rescale (no silent guessing of intensity
+ranges):
+  dtype   map the dtype's full range to 0..255 (uint16: v * 255 // 65535; floats: 0..1)
+  minmax  map the stack's own min..max to 0..255 (one extra streaming pass for min/max)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+
+RESCALES = ("none", "dtype", "minmax")
+_CHUNK = (64, 64, 64)
+
+
+def _chunks(shape) -> tuple[int, int, int]:
+    return tuple(max(1, min(c, n)) for c, n in zip(_CHUNK, shape))  # type: ignore[return-value]
+
+
+def _to_uint8(block: np.ndarray, rescale: str, lo: float, hi: float) -> np.ndarray:
+    if block.dtype == np.uint8:
+        return block
+    if rescale == "dtype":
+        if block.dtype == bool:
+            return block.astype(np.uint8) * np.uint8(255)
+        if np.issubdtype(block.dtype, np.integer):
+            info = np.iinfo(block.dtype)
+            lo, hi = float(info.min), float(info.max)
+        else:
+            lo, hi = 0.0, 1.0
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = (block.astype(np.float64) - lo) * scale
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _min_max(reader, slab: int) -> tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    for z0 in range(0, reader.shape[0], slab):
+        block = reader.read(z0, min(reader.shape[0], z0 + slab))
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi
+
+
+class _Progress:
+    """A rich progress bar over slices when stderr is a terminal; silent otherwise."""
+
+    def __init__(self, total: float, label: str, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bar = None
+        if self.enabled:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=False)
+            self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self):
+        if self._bar:
+            self._bar.start()
+        return self
+
+    def advance(self, n: float) -> None:
+        if self._bar:
+            self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc):
+        if self._bar:
+            self._bar.stop()
+
+
+def convert(
+    output: str | Path,
+    raw: str | None = None,
+    groundtruth: str | None = None,
+    polarity: str = "labels",
+    rescale: str = "none",
+    raw_dataset: str = "raw",
+    gt_dataset: str = "stack",
+    connectivity: int = 6,
+    slab: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    expected_shape=None,
+) -> dict:
+    """Write `raw` and/or `stack` into `output`; returns shape and object count."""
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+    from hpcffn.labeling import default_slab, label_volume
+    from hpcffn.tif import open_volume
+
+    if raw is None and groundtruth is None:
+        raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
+    if rescale not in RESCALES:
+        raise HpcffnError(f"rescale {rescale!r} is not one of {', '.join(RESCALES)}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise HpcffnError(f"{output} already exists; remove it or choose another --output (pass --overwrite to replace it)")
+    readers = []
+    try:
+        raw_r = open_volume(raw, "raw") if raw is not None else None
+        if raw_r:
+            readers.append(raw_r)
+        gt_r = open_volume(groundtruth, "stack") if groundtruth is not None else None
+        if gt_r:
+            readers.append(gt_r)
+        if raw_r and gt_r and raw_r.shape != gt_r.shape:
+            raise HpcffnError(
+                f"raw {raw_r.name} has shape {raw_r.shape} (z,y,x) but groundtruth {gt_r.name} has "
+                f"{gt_r.shape}; both must cover the same voxels"
+            )
+        shape = (raw_r or gt_r).shape
+        if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+            raise HpcffnError(
+                f"{(raw_r or gt_r).name} is {tuple(shape)} (z,y,x) but the plan says {tuple(expected_shape)}; "
+                "re-run `hpcffn plan` after changing the data"
+            )
+        if raw_r and raw_r.dtype != np.uint8 and rescale == "none":
+            raise HpcffnError(
+                f"raw {raw_r.name} is {raw_r.dtype}, not uint8: choose how to map it to 0..255 with "
+                "--rescale dtype (full dtype range) or --rescale minmax (the stack's min..max), "
+                "or `rescale:` on the volume in the spec"
+            )
+        step = slab or default_slab(shape)
+        total = (shape[0] if raw_r else 0) + (shape[0] if gt_r else 0) + (
+            shape[0] if raw_r and rescale == "minmax" and raw_r.dtype != np.uint8 else 0
+        )
+        info: dict = {"shape": list(shape)}
+        with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh, _Progress(
+            total, f"convert {output.name}", progress
+        ) as bar:
+            if raw_r:
+                lo = hi = 0.0
+                if rescale == "minmax" and raw_r.dtype != np.uint8:
+                    lo, hi = _min_max(raw_r, step)
+                    bar.advance(shape[0])
+                    info["raw_range"] = [lo, hi]
+                ds = fh.create_dataset(
+                    raw_dataset, shape=shape, dtype=np.uint8, chunks=_chunks(shape), compression="gzip",
+                    compression_opts=1,
+                )
+                for z0 in range(0, shape[0], step):
+                    block = raw_r.read(z0, min(shape[0], z0 + step))
+                    ds[z0:z0 + len(block)] = _to_uint8(block, rescale, lo, hi)
+                    bar.advance(len(block))
+                ds.attrs["source"] = raw_r.name
+                ds.attrs["rescale"] = rescale if raw_r.dtype != np.uint8 else "none"
+            if gt_r:
+                ds = fh.create_dataset(
+                    gt_dataset, shape=shape, dtype=np.uint64, chunks=_chunks(shape), compression="gzip",
+                    compression_opts=1, shuffle=True,
+                )
+
+                def write(z0, ids, ds=ds):
+                    ds[z0:z0 + len(ids)] = ids
+
+                def read_back(z0, z1, ds=ds):
+                    return ds[z0:z1]
+
+                info["objects"] = label_volume(
+                    gt_r, write, read_back, polarity, connectivity, step, bar.advance
+                )
+                ds.attrs["source"] = gt_r.name
+                ds.attrs["polarity"] = polarity
+                if polarity != "labels":
+                    ds.attrs["connectivity"] = connectivity
+        return info
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _volume_option(plan, volume_name: str, key: str, default):
+    """A per-volume option from the resolved spec (e.g. `rescale`), if the spec has one."""
+    for entry in (plan.spec or {}).get("volumes", []) or []:
+        if isinstance(entry, dict) and entry.get("name") == volume_name and entry.get(key) is not None:
+            return entry[key]
+    return default
+
+
+def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
+                  progress: bool | None = None) -> dict:
+    """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
+    from hpcffn.stages.markers import mark_done
+    from hpcffn.volumes import parse_location
+
+    vol = plan.volume(volume_key)
+    target = plan.layout.converted_volume(vol.name)
+    raw_loc = parse_location(vol.raw, "raw")
+    gt_loc = parse_location(vol.groundtruth, "stack") if vol.groundtruth else None
+
+    def planned_here(loc) -> bool:
+        return loc is not None and Path(loc.path).resolve() == target.resolve()
+
+    want_raw, want_gt = planned_here(raw_loc), planned_here(gt_loc)
+    if not (want_raw or want_gt):
+        raise HpcffnError(
+            f"volume {vol.name} needs no conversion: its raw and groundtruth are read from "
+            f"{vol.raw} and {vol.groundtruth}"
+        )
+    rescale = rescale or _volume_option(plan, vol.name, "rescale", "none")
+    connectivity = connectivity or int(_volume_option(plan, vol.name, "connectivity", 6))
+    info = convert(
+        target,
+        raw=vol.raw_source if want_raw else None,
+        groundtruth=vol.groundtruth_source if want_gt else None,
+        polarity=vol.polarity,
+        rescale=rescale,
+        raw_dataset=raw_loc.dataset,
+        gt_dataset=gt_loc.dataset if gt_loc else "stack",
+        connectivity=connectivity,
+        overwrite=True,  # our own output of an earlier run
+        progress=progress,
+        expected_shape=vol.shape,
+    )
+    mark_done(plan, "convert", vol.name, **info)
+    return info
