@@ -1,0 +1,123 @@
+"""Flood-filling inference with an oracle model (no TensorFlow): seeds, moves, acceptance, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcffn.ffn import synthetic
+from hpcffn.ffn.inference import Canvas, load_state, peak_seeds, segment_volume
+from hpcffn.ffn_params import InferenceParams, ModelParams
+
+pytest.importorskip("skimage")
+
+MP = ModelParams(depth=2, fov_size=(9, 9, 9), deltas=(2, 2, 2))
+
+
+class Oracle:
+    """A 'model' that predicts object wherever the normalised image is bright, counting calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.batches = []
+
+    def __call__(self, batch):
+        self.calls += 1
+        self.batches.append(len(batch))
+        return np.where(batch[..., :1] > 0, 4.0, -4.0).astype(np.float32)
+
+
+def _scene(seed=2, shape=(40, 40, 40)):
+    return synthetic.balls_volume(shape, radius=(4, 7), seed=seed)
+
+
+def _score(seg, labels):
+    from hpcffn.stages.evaluate import compare
+
+    return compare(seg, labels)
+
+
+def test_peak_seeds_fall_inside_every_object_and_fit_the_fov():
+    raw, labels = _scene()
+    seeds = peak_seeds(raw, (9, 9, 9), InferenceParams(seed_min_distance=3))
+    assert len(seeds) > 0
+    assert all(all(4 <= p < s - 4 for p, s in zip(pt, raw.shape)) for pt in seeds)
+    hit = {int(labels[tuple(p)]) for p in seeds}
+    # Every object whose centre region lies where the FOV fits gets at least one seed.
+    reachable = {int(v) for v in np.unique(labels[4:-4, 4:-4, 4:-4]) if v}
+    assert reachable <= hit
+
+
+def test_oracle_segmentation_is_perfect_and_ids_are_unique():
+    raw, labels = _scene()
+    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    res = segment_volume(raw, Oracle(), MP, params)
+    assert res.finished
+    m = _score(res.segmentation, labels)
+    assert m["adapted_rand_error"] < 0.01, m
+    assert res.segments == len(np.unique(res.segmentation[res.segmentation > 0]))
+    assert not np.any(res.segmentation[labels == 0])
+
+
+def test_moves_follow_the_object_beyond_one_fov():
+    """A long bright rod needs many FOV moves; it becomes one segment, the dark gap stops the fill."""
+    raw = np.full((15, 15, 60), 60, np.uint8)
+    raw[5:10, 5:10, 3:30] = 200
+    raw[5:10, 5:10, 33:57] = 200  # a second rod after a 3-voxel dark gap
+    canvas = Canvas(raw, Oracle(), MP, InferenceParams(min_segment_size=10))
+    mask, box = canvas.segment_at((7, 7, 10))
+    seg = np.zeros(raw.shape, bool)
+    seg[box] = mask
+    assert seg[7, 7, 3:30].all() and not seg[:, :, 30:].any()
+    assert canvas.evaluations > 5
+
+
+def test_min_segment_size_and_boundary_distance():
+    raw, labels = _scene()
+    sizes = np.bincount(labels.ravel().astype(np.int64))[1:]
+    limit = int(np.median(sizes)) + 1
+    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=limit, seed_min_distance=3))
+    kept = [np.count_nonzero(res.segmentation == i) for i in range(1, res.segments + 1)]
+    assert kept and min(kept) >= limit
+    assert res.segments < len(sizes)
+    # A seed next to an existing segment is skipped.
+    canvas = Canvas(raw, Oracle(), MP, InferenceParams(min_boundary_dist=(2, 2, 2)))
+    canvas.seg[10, 10, 10] = 1
+    assert canvas.near_segment((10, 10, 12)) and not canvas.near_segment((10, 10, 13))
+
+
+def test_batched_fovs_give_the_same_segmentation():
+    raw, _ = _scene(seed=4)
+    one, many = Oracle(), Oracle()
+    a = segment_volume(raw, one, MP, InferenceParams(min_segment_size=50, batch_size=1))
+    b = segment_volume(raw, many, MP, InferenceParams(min_segment_size=50, batch_size=8))
+    np.testing.assert_array_equal(a.segmentation, b.segmentation)
+    assert max(many.batches) > 1 and many.calls < one.calls
+
+
+class StopAfter:
+    """A stop flag that turns on after `n` checks (as a signal would, mid-run)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __bool__(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path):
+    raw, _labels = _scene(seed=5)
+    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    full = segment_volume(raw, Oracle(), MP, params)
+    state = tmp_path / "seg.h5.state"
+    first = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc", stop=StopAfter(6))
+    assert not first.finished and state.is_file()
+    seg, seeds, next_seed, _next_id = load_state(state, "abc", raw.shape)
+    assert next_seed == 6 and np.array_equal(seg, first.segmentation)
+    assert load_state(state, "other inputs", raw.shape) is None  # a different run does not resume it
+    second_oracle = Oracle()
+    second = segment_volume(raw, second_oracle, MP, params, state_path=state, fp="abc")
+    assert second.finished
+    np.testing.assert_array_equal(second.segmentation, full.segmentation)
+    assert second.seeds_tried == len(seeds)
