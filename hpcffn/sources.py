@@ -100,21 +100,16 @@ def read_shape(src: Source) -> tuple[int, int, int]:
 
 
 def _tif_stack_shape(path: Path) -> tuple[int, int, int]:
+    """(pages, y, x) of a TIF whose pages are 2-D grayscale slices (what convert reads)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
-            axes = series.axes
+            page = tif.pages[0]
+            shape = tuple(int(s) for s in page.shape)
+            pages = len(tif.pages)
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
         raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
-    # Drop singleton axes other than the spatial ones (e.g. ImageJ's T/C of size 1).
-    dims = [(a, s) for a, s in zip(axes, shape) if not (s == 1 and a not in "YX")]
-    if any(a in "SC" for a, _ in dims):
-        raise HpcffnError(f"{path} has colour channels (axes {axes}, shape {shape}); save it as grayscale")
-    if len(dims) == 2:
-        return (1, dims[0][1], dims[1][1])
-    if len(dims) == 3:
-        return (dims[0][1], dims[1][1], dims[2][1])
-    raise HpcffnError(f"{path} has shape {shape} (axes {axes}); expected a 2-D slice or a 3-D z,y,x stack")
+    if len(shape) != 2:
+        raise HpcffnError(f"{path} has pages of shape {shape}; expected grayscale 2-D slices (save it as grayscale)")
+    return (pages, shape[0], shape[1])

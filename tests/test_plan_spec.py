@@ -195,3 +195,34 @@ def test_hdf5_groundtruth_with_white_polarity_is_converted(tmp_path):
     vol = make_plan(write_spec(tmp_path, spec)).plan.volumes[0]
     assert vol.raw == f"{tmp_path}/data/v1.h5:raw"  # grayscale HDF5 is read in place
     assert vol.groundtruth.endswith("work/data/v1.h5:stack") and vol.needs_convert
+
+
+def test_tif_shapes_from_headers(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from hpcffn.sources import Source, read_shape, tif_slices
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((7, 20, 30), np.uint8))
+    tifffile.imwrite(tmp_path / "hyper.tif", np.zeros((7, 20, 30), np.uint16), imagej=True)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 30, 3), np.uint8), photometric="rgb")
+    assert read_shape(Source("tif", tmp_path / "stack.tif")) == (7, 20, 30)
+    assert read_shape(Source("tif", tmp_path / "hyper.tif")) == (7, 20, 30)
+    with pytest.raises(HpcffnError, match="grayscale"):
+        read_shape(Source("tif", tmp_path / "rgb.tif"))
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z in (10, 2, 1):
+        tifffile.imwrite(slices / f"s{z}.tif", np.zeros((20, 30), np.uint8))
+    assert [p.name for p in tif_slices(slices)] == ["s1.tif", "s2.tif", "s10.tif"]
+    assert read_shape(Source("tifdir", slices)) == (3, 20, 30)
+    tifffile.imwrite(slices / "s0.tif", np.zeros((2, 20, 30), np.uint8))
+    with pytest.raises(HpcffnError, match="single 2-D slices"):
+        read_shape(Source("tifdir", slices))
+
+
+def test_unknown_input_kind(tmp_path):
+    (tmp_path / "raw.npy").write_text("x")
+    spec = spec_dict(volumes=[{"name": "v1", "raw": "raw.npy"}])
+    msg = plan_error(tmp_path, spec, data=False)
+    assert "volumes.0.raw" in msg and "neither an HDF5" in msg
