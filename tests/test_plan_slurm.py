@@ -15,10 +15,10 @@ from hpcffn.render import write_workdir
 @pytest.mark.parametrize("profile", ["local", "ibex", "generic"])
 def test_sbatch_test_only_accepts_rendered_scripts(tmp_path, slurm, profile):
     spec = spec_dict(cluster={"profile": profile, "defaults": {"mail_type": "END,FAIL"},
-                              "train": {"extra_sbatch": ["--exclusive"]}},
+                              "train": {"extra_sbatch": ["--nice=10", "--comment=hpcffn-test"]}},
                      subvolume={"size": [64, 64, 64], "groups": 2, "array_throttle": 2})
-    if profile == "generic":  # the generic profile names no partition: use the test SLURM's default
-        spec["cluster"]["defaults"]["memory"] = "1G"
+    if profile == "generic":  # no partition in the profile; the test SLURM's default caps CPUs at 2
+        spec["cluster"]["defaults"]["partition"] = "batch"
     planned = make_plan(write_spec(tmp_path, spec))
     write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
     for job in planned.plan.jobs:
