@@ -1,0 +1,162 @@
+"""Training and the whole model path on small synthetic volumes (CPU, depth 2, FOV 9^3).
+
+Loss goes down; SIGUSR1 saves a checkpoint and exits 75, a second run continues from that step
+and trains only what is left; a model trained here segments an unseen volume of well-separated
+objects with adapted Rand error < 0.1; plan mode runs train -> infer -> evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from hpcffn.ffn import synthetic
+from hpcffn.ffn.examples import TrainingVolume
+from hpcffn.ffn_params import FFNParams, InferenceParams, ModelParams, TrainingParams
+from hpcffn.layout import EXIT_REQUEUE
+from hpcffn.volumes import parse_location
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+MP = ModelParams(depth=2, features=32, fov_size=(9, 9, 9), deltas=(2, 2, 2))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    raw, labels = synthetic.balls_volume((48, 48, 48), seed=1)
+    synthetic.write_volume(d / "train.h5", raw, labels)
+    synthetic.write_coordinates(d / "c.tfrecord.gz", synthetic.sample_centers(labels, 2000, (6, 6, 6), seed=1), "v")
+    vol = TrainingVolume("v", parse_location(f"{d}/train.h5:raw"), parse_location(f"{d}/train.h5:stack"))
+    return d, vol
+
+
+def _train(data, train_dir, **tp):
+    from hpcffn.ffn.training import train
+
+    d, vol = data
+    return train([str(d / "c.tfrecord.gz")], [vol], MP, TrainingParams(**tp), train_dir, log=lambda s: None)
+
+
+def test_training_with_ffn_defaults_lowers_the_loss(data, tmp_path):
+    res = _train(data, tmp_path / "t", max_steps=300)  # SGD, lr 0.001, momentum 0.9, batch 4
+    assert res.exit_code == 0 and res.step == 300
+    first, last = res.mean_losses[0], res.mean_losses[-1]
+    assert last < 0.7 * first, res.mean_losses
+    assert (tmp_path / "t" / "checkpoint").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "t").iterdir())
+    again = _train(data, tmp_path / "t", max_steps=300)  # budget already spent: nothing to do
+    assert again.exit_code == 0 and again.step == 300 and again.mean_losses == []
+
+
+def test_model_trained_here_segments_an_unseen_volume(data, tmp_path):
+    from hpcffn.ffn.inference import make_predict, segment_volume
+    from hpcffn.ffn.model import build_model
+    from hpcffn.ffn.tf1_import import load_weights
+    from hpcffn.stages.evaluate import compare
+
+    res = _train(data, tmp_path / "t", max_steps=300, optimizer="adam")
+    assert res.exit_code == 0
+    model = build_model(MP)
+    assert load_weights(model, tmp_path / "t") == 300
+    raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)  # not the training volume
+    out = segment_volume(raw, make_predict(model), MP, InferenceParams(min_segment_size=100, batch_size=4))
+    m = compare(out.segmentation, labels)
+    assert m["adapted_rand_error"] < 0.1, m
+    assert out.segments >= m["objects"] - 2
+
+
+def _cli_train(data, train_dir, max_steps):
+    d, _ = data
+    return [sys.executable, "-m", "hpcffn.cli", "stage", "train", "--coordinates", str(d / "c.tfrecord.gz"),
+            "--volume", f"v:{d}/train.h5:raw:{d}/train.h5:stack", "--train-dir", str(train_dir),
+            "--depth", "2", "--features", "8", "--fov-size", "9,9,9", "--deltas", "2,2,2",
+            "--max-steps", str(max_steps), "--checkpoint-minutes", "60"]
+
+
+def test_sigusr1_checkpoints_and_a_second_run_continues(data, tmp_path):
+    train_dir = tmp_path / "t"
+    proc = subprocess.Popen(_cli_train(data, train_dir, 100000), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    lines = []
+    deadline = time.monotonic() + 180
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "hpcffn train: step 50 " in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGUSR1)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + rest
+    assert proc.returncode == EXIT_REQUEUE, log
+    assert "requeue to continue" in log
+    step = int(tf.train.latest_checkpoint(str(train_dir)).rsplit("-", 1)[1])
+    assert step >= 50
+    second = subprocess.run(_cli_train(data, train_dir, step + 10), capture_output=True, text=True, env=ENV,
+                            timeout=180, check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"at step {step}" in second.stdout
+    assert tf.train.latest_checkpoint(str(train_dir)).endswith(f"ckpt-{step + 10}")
+
+
+def test_plan_mode_train_infer_evaluate(tmp_path):
+    from hpcffn.plan_model import (
+        Box,
+        GroupPlan,
+        Plan,
+        TilePlan,
+        VolumePlan,
+        load_plan,
+        write_plan,
+    )
+    from hpcffn.stages import evaluate, infer, markers, train
+
+    raw, labels = synthetic.balls_volume((40, 40, 64), seed=7)
+    synthetic.write_volume(tmp_path / "v.h5", raw, labels)
+    vol = VolumePlan(name="v", shape=(40, 40, 64), raw=f"{tmp_path}/v.h5:raw", groundtruth=f"{tmp_path}/v.h5:stack",
+                     raw_source=f"{tmp_path}/v.h5:raw")
+    tiles = [
+        TilePlan(name="v_z0_y0_x0", volume="v", index=(0, 0, 0), box=Box(start=(0, 0, 0), size=(40, 40, 32)),
+                 infer_box=Box(start=(0, 0, 0), size=(40, 40, 40)), group="g0"),
+        TilePlan(name="v_z0_y0_x1", volume="v", index=(0, 0, 1), box=Box(start=(0, 0, 32), size=(40, 40, 32)),
+                 infer_box=Box(start=(0, 0, 24), size=(40, 40, 40)), group="g0"),
+    ]
+    ffn = FFNParams(model=MP, training=TrainingParams(max_steps=300, optimizer="adam"),
+                    inference=InferenceParams(min_segment_size=100, batch_size=4))
+    plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / "work"), spec_file="t.yaml", spec={},
+                ffn=ffn, volumes=[vol], tiles=tiles, groups=[GroupPlan(name="g0", tiles=[t.name for t in tiles],
+                                                                       voxels=40 * 40 * 64)], jobs=[])
+    write_plan(plan, plan.layout.plan)
+    plan = load_plan(plan.layout.plan)
+    centers = synthetic.sample_centers(labels, 1500, (6, 6, 6), seed=2)
+    synthetic.write_coordinates(plan.layout.coordinates("g0"), centers, "v")
+
+    assert train.run_from_plan(plan, "0", log=lambda s: None) == 0
+    assert markers.is_done(plan, "train", "g0")
+    assert infer.run_from_plan(plan, "v_z0_y0_x0", log=lambda s: None) == 0
+    cli = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", "infer", "--plan", str(plan.layout.plan),
+                          "--tile", "1"], capture_output=True, text=True, env=ENV, timeout=180, check=False)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    import h5py
+
+    with h5py.File(plan.layout.segmentation("v_z0_y0_x1"), "r") as f:
+        assert f["seg"].dtype == np.uint64 and f["seg"].shape == (40, 40, 40)
+        assert tuple(f.attrs["offset"]) == (0, 0, 24)
+    report = evaluate.run_from_plan(plan, log=lambda s: None)
+    saved = json.loads(plan.layout.evaluation_report.read_text())
+    assert saved["overall"] == report["overall"] and len(saved["tiles"]) == 2
+    assert saved["overall"]["adapted_rand_error"] < 0.1, saved["overall"]
+    assert markers.is_done(plan, "evaluate", "experiment") and markers.is_done(plan, "infer", "v_z0_y0_x1")
