@@ -1,7 +1,192 @@
-"""CLI commands: data_stages (placeholder module, filled by its owner)."""
+"""CLI commands: `hpcffn convert` and `hpcffn stage convert|partitions|coordinates`.
+
+Thin: parse options, build parameters (the plan's values, overridden by any flag given, or
+the spec defaults when standalone), call the stage module, print a short summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from hpcffn.errors import HpcffnError
+
+
+def _ints(text: str | None, flag: str, n: int = 3) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise HpcffnError(f"{flag} {text!r}: write {n} integers separated by commas, e.g. {','.join(['24'] * n)}")
+    return vals
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise HpcffnError(f"{flag} {text!r}: write numbers separated by commas, e.g. 0.1,0.5,0.9") from None
+
+
+def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, float]]:
+    out = []
+    for text in items or []:
+        try:
+            vals = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != 4 or vals[3] < 0:
+            raise HpcffnError(f"--exclusion-region {text!r}: write x,y,z,r (sphere centre and radius, voxels)")
+        out.append(vals)
+    return out
+
+
+def _params(cls, base, overrides: dict, section: str):
+    from pydantic import ValidationError
+
+    values = base.model_dump() if base is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or section
+        raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
+
+
+def _load_plan(plan: Path):
+    from hpcffn.plan_model import load_plan
+
+    return load_plan(plan)
+
+
+def _echo_partitions(counts: dict, where: str) -> None:
+    total = sum(counts.values())
+    parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    typer.echo(f"partitions -> {where}: {total} voxels ({parts})")
+
+
+def _echo_coordinates(summary: dict, where: str) -> None:
+    typer.echo(
+        f"coordinates -> {where}: {summary['records']} records from {summary['volumes']} volume(s), "
+        f"{summary['records_per_class']} per class"
+    )
+    for c, row in summary["classes"].items():
+        typer.echo(f"  class {c:>3}: {row['voxels']:>12} voxels -> {row['records']} records")
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     """Attach this area's commands to the root app and the `stage` sub-app."""
+
+    def convert_cmd(
+        raw: Annotated[str | None, typer.Option(help="Grayscale: path.h5[:dataset], a .tif stack or a directory of .tif slices.")] = None,
+        groundtruth: Annotated[str | None, typer.Option(help="Groundtruth, same forms as --raw.")] = None,
+        output: Annotated[Path | None, typer.Option(help="HDF5 file to write (datasets raw and stack).")] = None,
+        polarity: Annotated[str, typer.Option(help="white: white background, black objects; black: zero background; labels: ids as they are.")] = "labels",
+        rescale: Annotated[str | None, typer.Option(help="Non-uint8 grayscale: dtype (full dtype range -> 0..255) or minmax (stack min..max -> 0..255).")] = None,
+        connectivity: Annotated[int | None, typer.Option(help="Connected components for white/black: 6, 18 or 26.")] = None,
+        slab: Annotated[int | None, typer.Option(help="Slices per streamed slab (default: from a 512 MB budget).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace an existing --output.")] = False,
+        plan: Annotated[Path | None, typer.Option(help="plan.json (or workdir): convert a planned volume.")] = None,
+        volume: Annotated[str | None, typer.Option(help="With --plan: volume name or index.")] = None,
+    ) -> None:
+        """TIF (or HDF5) grayscale/groundtruth -> FFN's HDF5 (raw uint8, stack uint64)."""
+        from hpcffn.stages import convert as stage
+
+        if plan is not None:
+            if volume is None:
+                raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")
+            if raw or groundtruth or output:
+                raise HpcffnError("--plan reads the sources from the plan: drop --raw/--groundtruth/--output")
+            info = stage.run_from_plan(_load_plan(plan), volume, rescale=rescale, connectivity=connectivity)
+            typer.echo(f"convert: volume {volume} -> {info}")
+            return
+        if output is None:
+            raise HpcffnError("give --output out.h5 (or --plan plan.json --volume V)")
+        info = stage.convert(
+            output, raw=raw, groundtruth=groundtruth, polarity=polarity, rescale=rescale or "none",
+            connectivity=connectivity or 6, slab=slab, overwrite=overwrite,
+        )
+        typer.echo(f"convert -> {output}: {info}")
+
+    app.command("convert")(convert_cmd)
+    stage_app.command("convert")(convert_cmd)
+
+    @stage_app.command("partitions")
+    def partitions(
+        plan: Annotated[Path | None, typer.Option(help="plan.json (or workdir).")] = None,
+        tile: Annotated[str | None, typer.Option(help="With --plan: tile name or index.")] = None,
+        input: Annotated[str | None, typer.Option("--input", help="Standalone: groundtruth path.h5:dataset (default dataset stack).")] = None,
+        output: Annotated[str | None, typer.Option(help="Standalone: partition map path.h5:dataset (default dataset af).")] = None,
+        thresholds: Annotated[str | None, typer.Option(help="Comma-separated increasing fractions (FFN --thresholds).")] = None,
+        lom_radius: Annotated[str | None, typer.Option(help="x,y,z radius of the local object mask (FFN --lom_radius).")] = None,
+        min_size: Annotated[int | None, typer.Option(help="Objects below this many voxels become background.")] = None,
+        exclusion_region: Annotated[list[str] | None, typer.Option(help="Standalone: x,y,z,r sphere marked 255 (repeatable).")] = None,
+    ) -> None:
+        """Stage 1: FFN partition map (compute_partitions) of a tile or an HDF5 volume."""
+        from hpcffn.ffn_params import PartitionParams
+        from hpcffn.stages import partitions as stage
+
+        overrides = {"thresholds": _floats(thresholds, "--thresholds"),
+                     "lom_radius": _ints(lom_radius, "--lom-radius"), "min_size": min_size}
+        if plan is not None:
+            if tile is None:
+                raise HpcffnError("--plan needs --tile NAME|INDEX (the array task id in the rendered script)")
+            if input or output or exclusion_region:
+                raise HpcffnError("--plan reads the tile's box from the plan: drop --input/--output/--exclusion-region")
+            p = _load_plan(plan)
+            params = _params(PartitionParams, p.ffn.partitions, overrides, "ffn.partitions")
+            counts = stage.run_from_plan(p, tile, params)
+            _echo_partitions(counts, str(p.layout.partitions(p.tile(tile).name)))
+            return
+        if not input or not output:
+            raise HpcffnError("give --input gt.h5:stack and --output af.h5:af (or --plan plan.json --tile T)")
+        params = _params(PartitionParams, None, overrides, "partitions")
+        counts = stage.partitions_standalone(
+            input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region)
+        )
+        _echo_partitions(counts, output)
+
+    @stage_app.command("coordinates")
+    def coordinates(
+        plan: Annotated[Path | None, typer.Option(help="plan.json (or workdir).")] = None,
+        group: Annotated[str | None, typer.Option(help="With --plan: group name or index.")] = None,
+        input: Annotated[list[str] | None, typer.Option("--input", help="Standalone: name:af.h5:dataset (repeatable; FFN --partition_volumes).")] = None,
+        output: Annotated[Path | None, typer.Option(help="Standalone: coordinates .tfrecord.gz (GZIP TFRecord).")] = None,
+        margin: Annotated[str | None, typer.Option(help="z,y,x voxels excluded at every border (FFN --margin).")] = None,
+        max_records: Annotated[int | None, typer.Option(help="Cap on records, split evenly over classes.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Random seed (resampling and shuffling).")] = None,
+        tmpdir: Annotated[Path | None, typer.Option(help="Folder for temporary shards (default: beside the output).")] = None,
+    ) -> None:
+        """Stage 2: class-balanced training coordinates (build_coordinates) -> GZIP TFRecord."""
+        from hpcffn.ffn_params import CoordinateParams
+        from hpcffn.stages import coordinates as stage
+
+        overrides = {"margin": _ints(margin, "--margin"), "max_records": max_records, "seed": seed}
+        if plan is not None:
+            if group is None:
+                raise HpcffnError("--plan needs --group NAME|INDEX")
+            if input or output:
+                raise HpcffnError("--plan reads the group's partition files from the plan: drop --input/--output")
+            p = _load_plan(plan)
+            params = _params(CoordinateParams, p.ffn.coordinates, overrides, "ffn.coordinates")
+            summary = stage.run_from_plan(p, group, params, tmpdir=tmpdir)
+            _echo_coordinates(summary, str(p.layout.coordinates(p.group(group).name)))
+            return
+        if not input or output is None:
+            raise HpcffnError("give --input name:af.h5:af (repeatable) and --output coords.tfrecord.gz (or --plan P --group G)")
+        params = _params(CoordinateParams, None, overrides, "coordinates")
+        vols = [stage.parse_input(t) for t in input]
+        import sys
+
+        summary = stage.build_coordinates(
+            vols, output, params.margin, params.max_records, params.seed, tmpdir=tmpdir, progress=sys.stderr.isatty()
+        )
+        _echo_coordinates(summary, str(output))

@@ -300,7 +300,7 @@ def _progress(enabled: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
-def run_from_plan(plan, group_key, progress: bool = False) -> dict:
+def run_from_plan(plan, group_key, params=None, tmpdir=None, progress: bool | None = None) -> dict:
     """All partition maps of a group's tiles -> workdir/coordinates/<group>.tfrecord.gz."""
     from hpcffn.stages.markers import mark_done
 
@@ -317,9 +317,13 @@ def run_from_plan(plan, group_key, progress: bool = False) -> dict:
                 f"run `hpcffn stage partitions --plan {plan.layout.plan} --tile {t.name}` first"
             )
         vols.append(PartitionVolume(name=t.volume, location=Location(path, "af")))
-    c = plan.ffn.coordinates
+    c = params or plan.ffn.coordinates
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
     summary = build_coordinates(
-        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, progress=progress
+        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, tmpdir=tmpdir, progress=progress
     )
     mark_done(plan, "coordinates", group.name, records=summary["records"])
     return summary

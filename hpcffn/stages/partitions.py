@@ -276,7 +276,7 @@ def summarize(af: np.ndarray) -> dict:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def run_from_plan(plan, tile_key) -> dict:
+def run_from_plan(plan, tile_key, params=None) -> dict:
     """Partitions of one tile: its box of the volume's groundtruth -> workdir/partitions/<tile>.h5."""
     from hpcffn.stages.markers import mark_done
     from hpcffn.volumes import read_box
@@ -288,7 +288,7 @@ def run_from_plan(plan, tile_key) -> dict:
             f"tile {tile.name}: volume {vol.name} has no groundtruth, so it has no partitions; "
             "only tiles with a group are partitioned"
         )
-    p = plan.ffn.partitions
+    p = params or plan.ffn.partitions
     seg = read_box(vol.groundtruth, tile.box.start, tile.box.size, "stack")
     af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size)
     write_partitions(
