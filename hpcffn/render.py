@@ -65,6 +65,7 @@ class WriteReport:
     unchanged: list[str] = field(default_factory=list)
     kept_edited: list[str] = field(default_factory=list)  # the .new went beside them
     overwritten_edited: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # scripts of the previous plan no longer planned
     dirs: list[str] = field(default_factory=list)
 
 
@@ -90,6 +91,7 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
     layout = plan.layout
     report = WriteReport()
     recorded = previous_hashes(layout)
+    report.stale = sorted(rel for rel in recorded if rel not in scripts and (layout.root / rel).exists())
     for stage in STAGES:
         d = layout.logs_dir(stage)
         if not d.is_dir():

@@ -46,6 +46,8 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
                       f"{'would go' if dry_run else 'went'} to {rel}.new (use --force to overwrite)")
     for rel in report.overwritten_edited:
         console.print(f"[yellow]warning:[/] {rel} was edited by hand and is {'to be ' if dry_run else ''}overwritten (--force)")
+    if report.stale:
+        console.print(f"[yellow]warning:[/] no longer planned (left in place, not submitted): {', '.join(report.stale)}")
     if dry_run:
         for rel in report.written:
             console.print(f"  would write {rel}")

@@ -162,7 +162,8 @@ def test_hand_edit_kept_and_new_written_then_force(tmp_path):
     spec_path = write_spec(tmp_path)
     do_plan(spec_path)
     script = tmp_path / "work" / "jobs" / "train" / "train_g0.sbatch"
-    edited = script.read_text().replace("set -u\n", "set -u\nexport MY_FLAG=1\n")
+    edited = script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nexport MY_FLAG=1\n")
+    assert "MY_FLAG" in edited
     script.write_text(edited)
     # change the spec so the render differs as well
     spec = spec_dict(cluster={"profile": "local", "train": {"time": "00:45:00"}})
@@ -267,3 +268,12 @@ def test_plan_json_is_valid_json_with_resolved_spec(tmp_path):
     assert raw["spec"]["cluster"]["profile"] == "local"
     assert raw["spec"]["stages"] == ["partitions", "coordinates", "train", "infer", "evaluate"]
     assert raw["ffn"]["model"]["depth"] == 2
+
+
+def test_replan_with_fewer_groups_reports_stale_scripts(tmp_path):
+    spec_path = write_spec(tmp_path)
+    do_plan(spec_path)
+    write_spec(tmp_path, spec_dict(subvolume={"size": [64, 64, 64], "groups": 1}), data=False)
+    _, report = do_plan(spec_path)
+    assert report.stale == ["jobs/coordinates/coordinates_g1.sbatch", "jobs/train/train_g1.sbatch"]
+    assert (tmp_path / "work" / "jobs" / "train" / "train_g1.sbatch").exists()  # never deleted

@@ -52,7 +52,10 @@ def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAM
     p = planned.plan
     for w in planned.warnings:
         typer.echo(f"warning: {w}", err=True)
-    typer.echo(
-        f"{spec}: ok ({len(p.volumes)} volumes, {len(p.tiles)} tiles, {len(p.groups)} groups, {len(p.jobs)} jobs "
-        f"into {p.workdir})"
-    )
+    counts = ", ".join(_count(n, what) for n, what in ((len(p.volumes), "volume"), (len(p.tiles), "tile"),
+                                                       (len(p.groups), "group"), (len(p.jobs), "job")))
+    typer.echo(f"{spec}: ok ({counts} into {p.workdir})")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
