@@ -30,6 +30,7 @@ BAD_STATES = {
 }
 # Pending with one of these reasons never starts: treated like a failure by resume and status.
 DEAD_PENDING_REASONS = {"DependencyNeverSatisfied"}
+NO_VAL = 4294967294  # SLURM's "no value" for an array task id
 
 
 @dataclass
@@ -250,19 +251,24 @@ def parse_squeue_json(text: str) -> dict[str, TaskInfo]:
                 "source": "squeue", "log": str(rec.get("standard_output") or ""),
                 "extra": {"dependency": rec.get("dependency") or "", "name": rec.get("name") or ""},
             }
-            jid = _num(rec.get("job_id"))
-            array_job = _num(rec.get("array_job_id")) or 0
+            jid = int(_num(rec.get("job_id")))
+            array_job = int(_num(rec.get("array_job_id")) or 0)
             task = _num(rec.get("array_task_id"))
+            task = int(task) if task is not None else None
             if array_job:
-                if task is not None and task != 4294967294:
+                if task is not None and task != NO_VAL:
                     out[f"{array_job}_{task}"] = TaskInfo(id=f"{array_job}_{task}", **common)
                 pending = str(rec.get("array_task_string") or "")
                 if pending:
                     for t in expand_array(pending):
                         out[f"{array_job}_{t}"] = TaskInfo(id=f"{array_job}_{t}", **common)
+                elif task is None or task == NO_VAL:
+                    # An array that ended before its tasks were split out (e.g. cancelled while
+                    # pending): this one record stands for every task not listed on its own.
+                    out[f"{array_job}_*"] = TaskInfo(id=f"{array_job}_*", **common)
             else:
                 out[str(jid)] = TaskInfo(id=str(jid), **common)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, AttributeError):
             continue
     return out
 
@@ -283,6 +289,10 @@ def parse_scontrol(text: str) -> dict[str, TaskInfo]:
                           "log": fields.get("StdOut", ""), "extra": {"dependency": fields.get("Dependency", "")}}
             if "ArrayJobId" in fields:
                 tasks = fields.get("ArrayTaskId", "")
+                if tasks in ("", str(NO_VAL)):
+                    key = f"{fields['ArrayJobId']}_*"
+                    out[key] = TaskInfo(id=key, **common)
+                    continue
                 for t in expand_array(tasks):
                     key = f"{fields['ArrayJobId']}_{t}"
                     out[key] = TaskInfo(id=key, **common)
@@ -341,13 +351,17 @@ def query(ids: list[str]) -> dict[str, TaskInfo]:
         if proc.returncode == 0:
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
-    missing = [i for i in ids if i not in found]
+    missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
     for base in _base_ids(missing):
         proc = _run(["scontrol", "show", "job", "-o", base], check=False)
         if proc.returncode == 0:
             for k, v in parse_scontrol(proc.stdout).items():
                 found.setdefault(k, v)
-    return found
+    for i in ids:  # array tasks covered by a whole-array record
+        whole = found.get(f"{i.split('_')[0]}_*")
+        if "_" in i and i not in found and whole is not None:
+            found[i] = TaskInfo(**{**whole.__dict__, "id": i})
+    return {i: found[i] for i in ids if i in found}
 
 
 def scancel(ids: list[str]) -> None:

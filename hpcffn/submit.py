@@ -207,8 +207,12 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                 continue
             if dep.job in todo:
                 deps.append((dep.type, dep.job))
-            upstream = [v for v in views[dep.job] if v.task not in set(todo.get(dep.job, []))]
-            blocked = [v for v in upstream if v.category in ("never", "failed", "lost")]
+            # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
+            relevant = set(selected_tasks(plan, by_name[dep.job], None, groups))
+            upstream = [v for v in views[dep.job] if v.task in relevant and v.task not in set(todo.get(dep.job, []))]
+            # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
+            blocked = [v for v in upstream if v.category in ("failed", "lost")
+                       or (v.category == "never" and not is_done(plan, by_name[dep.job].stage, v.unit))]
             if blocked:
                 v = blocked[0]
                 what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",

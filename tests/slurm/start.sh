@@ -17,7 +17,7 @@ mkdir -p "$state"
 state="$(cd "$state" && pwd)"
 chmod 0755 "$state"
 mkdir -p "$state"/{munge,spool,ctld,log,run}
-chmod 0700 "$state/munge"
+chmod 0711 "$state/munge"
 
 for tool in munged slurmctld slurmd sbatch scontrol; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
@@ -74,6 +74,7 @@ conf="$state/slurm.conf"
   echo "SchedulerParameters=batch_sched_delay=0"
   echo "ReturnToService=2"
   echo "MpiDefault=none"
+  echo "MailProg=/bin/true"
   echo "StateSaveLocation=$state/ctld"
   echo "SlurmdSpoolDir=$state/spool"
   echo "SlurmctldPidFile=$state/run/slurmctld.pid"
@@ -82,13 +83,26 @@ conf="$state/slurm.conf"
   echo "SlurmdLogFile=$state/log/slurmd.log"
   echo "SlurmctldDebug=info"
   echo "SlurmdDebug=info"
-  echo "NodeName=$node CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
+  echo "GresTypes=gpu"
+  # The one real node is declared cluster-sized (64 CPUs, 500 GB, 8 V100s, feature v100) with
+  # config_overrides, so `sbatch --test-only` can judge scripts written for a real cluster
+  # (partition batch, as on Ibex). The debug and gpu partitions, where the tests' jobs really
+  # run, are capped at this machine's CPUs so jobs are not crammed onto it.
+  echo "SlurmdParameters=config_overrides"
+  echo "NodeName=$node CPUs=64 RealMemory=512000 Gres=gpu:v100:8 Feature=v100,gpu State=UNKNOWN"
   first=yes
   for p in $partitions; do
     if [ "$first" = yes ]; then default=YES; first=no; else default=NO; fi
-    echo "PartitionName=$p Nodes=$node Default=$default MaxTime=INFINITE State=UP"
+    echo "PartitionName=$p Nodes=$node Default=$default MaxTime=INFINITE State=UP MaxCPUsPerNode=$cpus MaxMemPerNode=$mem_mb"
   done
+  echo "PartitionName=batch Nodes=$node Default=NO MaxTime=INFINITE State=UP"
 } > "$conf"
+# Eight stand-in GPU device files (copies of /dev/null): the scheduler counts them, nothing uses them.
+mkdir -p "$state/dev"
+for i in 0 1 2 3 4 5 6 7; do
+  [ -e "$state/dev/nvidia$i" ] || mknod "$state/dev/nvidia$i" c 1 3 2>/dev/null || : > "$state/dev/nvidia$i"
+done
+echo "NodeName=$node Name=gpu Type=v100 File=$state/dev/nvidia[0-7]" > "$state/gres.conf"
 
 export SLURM_CONF="$conf"
 slurmctld -f "$conf"

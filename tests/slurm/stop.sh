@@ -11,11 +11,11 @@ stop_pid() {
   pid="$(cat "$pidfile")"
   case "$pid" in ''|*[!0-9]*) return 0 ;; esac
   kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 150); do
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.1
   done
-  echo "stop.sh: $name ($pid) did not stop on TERM; sending KILL" >&2
+  echo "stop.sh: $name ($pid) did not stop within 15 s of TERM; sending KILL" >&2
   kill -9 "$pid" 2>/dev/null || true
 }
 

@@ -1,0 +1,117 @@
+"""The local runner and the CLI's bad-input paths, without SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from hpcffn.local_runner import run_local
+from hpcffn.state import load_state
+from hpcffn.status import collect
+
+HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.run([*HPCFFN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False)
+
+
+def test_local_run_completes_with_slurm_variables(mini_plan):
+    assert run_local(mini_plan, echo=lambda *_: None, progress=False)
+    report = collect(mini_plan)
+    assert report.all_done
+    assert all(r["outputs"] == r["tasks"] for r in report.rows)
+    log = (mini_plan.layout.root / "logs/partitions").glob("partitions_*_1.out")
+    text = next(log).read_text()
+    assert "task=1 cpus=1" in text
+    # A second run runs nothing.
+    msgs = []
+    assert run_local(mini_plan, echo=msgs.append, progress=False)
+    assert msgs and msgs[0].startswith("nothing to run")
+
+
+def test_local_failure_cancels_dependants_and_resume_reruns_only_the_chain(mini_plan):
+    root = mini_plan.layout.root
+    (root / "fail").mkdir()
+    (root / "fail/coordinates_g1").write_text("")
+    assert not run_local(mini_plan, echo=lambda *_: None, progress=False)
+    rows = {r["job"]: r for r in collect(mini_plan).rows}
+    assert rows["coordinates_g1"]["states"] == {"FAILED": 1}
+    assert rows["train_g1"]["states"] == {"CANCELLED (DependencyNeverSatisfied)": 1}
+    assert rows["train_g0"]["states"] == {"COMPLETED": 1}
+    assert rows["infer"]["states"] == {"CANCELLED (DependencyNeverSatisfied)": 3}
+    before = len(load_state(mini_plan.layout.state).submissions)
+    (root / "fail/coordinates_g1").unlink()
+    assert run_local(mini_plan, resume=True, echo=lambda *_: None, progress=False)
+    subs = load_state(mini_plan.layout.state).submissions[before:]
+    assert [s.job for s in subs] == ["coordinates_g1", "train_g1", "infer", "evaluate"]
+    assert collect(mini_plan).all_done
+
+
+def test_local_requeue_exit_75_restarts_the_task(mini_plan):
+    script = mini_plan.layout.root / mini_plan.job("train_g0").script
+    text = script.read_text()
+    # Exit 75 ("checkpoint saved, requeue me") on the first two starts, then succeed.
+    patched = text.replace(
+        "sleep 0\n",
+        'n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count\n'
+        'if [ "$n" -lt 2 ]; then echo "restart=$SLURM_RESTART_COUNT local=$HPCFFN_LOCAL"; exit 75; fi\n', 1)
+    assert patched != text
+    script.write_text(patched)
+    assert run_local(mini_plan, stages=["partitions", "coordinates", "train"], groups=["g0"],
+                     echo=lambda *_: None, progress=False)
+    sub = [s for s in load_state(mini_plan.layout.state).submissions if s.job == "train_g0"][-1]
+    assert sub.local_tasks["0"].restarts == 2 and sub.local_tasks["0"].state == "COMPLETED"
+    log = (mini_plan.layout.root / sub.local_tasks["0"].log).read_text()
+    assert "restart=0 local=1" in log and "restart=1 local=1" in log
+
+
+def test_status_json_and_logs_cli(mini_plan):
+    root = str(mini_plan.layout.root)
+    assert _cli("run", root, "--no-progress").returncode == 0
+    out = _cli("status", root, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["all_done"] and {r["job"] for r in data["rows"]} >= {"partitions", "evaluate"}
+    logs = _cli("logs", "partitions", "v_z0_y0_x1", "--plan-dir", root)
+    assert logs.returncode == 0 and "partitions v_z0_y0_x1" in logs.stdout
+    bad = _cli("logs", "partitions", "nope", "--plan-dir", root)
+    assert bad.returncode == 2 and "no partitions task for 'nope'" in bad.stderr
+
+
+# ------------------------------------------------------------------------------ bad input
+def _one_line_error(proc):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcffn: error:"), proc.stderr
+    return lines[0]
+
+
+def test_no_plan_in_directory(tmp_path):
+    assert "no plan at" in _one_line_error(_cli("submit", str(tmp_path)))
+    assert "no plan at" in _one_line_error(_cli("status", cwd=tmp_path))
+
+
+def test_plan_from_another_format_version(mini_plan):
+    path = mini_plan.layout.plan
+    raw = json.loads(path.read_text())
+    raw["format"] = 0
+    path.write_text(json.dumps(raw))
+    assert "plan format 0" in _one_line_error(_cli("submit", str(mini_plan.layout.root)))
+
+
+def test_missing_sbatch(mini_plan):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    msg = _one_line_error(_cli("submit", str(mini_plan.layout.root), env=env))
+    assert "`sbatch` is not on PATH" in msg and "--local" in msg
+
+
+def test_script_edited_into_invalid_bash(mini_plan):
+    script = mini_plan.layout.root / mini_plan.job("infer").script
+    script.write_text(script.read_text() + "\nfor x in; do\n")
+    msg = _one_line_error(_cli("submit", str(mini_plan.layout.root), "--dry-run"))
+    assert "infer.sbatch is not valid bash" in msg
+    msg = _one_line_error(_cli("run", str(mini_plan.layout.root)))
+    assert "infer.sbatch is not valid bash" in msg

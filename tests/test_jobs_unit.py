@@ -1,0 +1,268 @@
+"""Fast tests of the job machinery without SLURM: parsing, dependency planning, resume, state."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from hpcffn import slurm
+from hpcffn.errors import HpcffnError
+from hpcffn.state import Submission, load_state, locked, save_state
+from hpcffn.submit import (
+    check_scripts,
+    dependency_string,
+    dry_run_script,
+    observe,
+    plan_steps,
+    topo_order,
+)
+
+
+# ------------------------------------------------------------------------------- slurm.py
+def test_array_spec_roundtrip():
+    assert slurm.array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert slurm.array_spec([3], throttle=2) == "3%2"
+    assert slurm.expand_array("0-2,5,7-8%4") == [0, 1, 2, 5, 7, 8]
+    assert slurm.expand_array("0-6:3") == [0, 3, 6]
+
+
+def test_parse_parsable_keeps_id_before_cluster():
+    assert slurm.parse_parsable("1234\n") == "1234"
+    assert slurm.parse_parsable("1234;ibex\n") == "1234"
+    with pytest.raises(HpcffnError, match="instead of a job id"):
+        slurm.parse_parsable("sbatch: error: nope")
+
+
+def test_parse_squeue_json_expands_pending_arrays_and_skips_bad_records():
+    text = json.dumps({"jobs": [
+        {"job_id": 7, "array_job_id": 5, "array_task_id": 1, "array_task_string": "", "job_state": "FAILED",
+         "state_reason": "NonZeroExitCode", "exit_code": 768, "restart_cnt": 0},
+        {"job_id": 5, "array_job_id": 5, "array_task_id": None, "array_task_string": "2-3%2", "job_state": "PENDING",
+         "state_reason": "JobArrayTaskLimit", "exit_code": 0},
+        {"job_id": 9, "array_job_id": 0, "array_task_id": None, "job_state": ["COMPLETED"], "exit_code": 0},
+        {"job_id": 10, "array_job_id": "garbage", "array_task_id": 1, "job_state": "RUNNING"},
+        "not a record",
+    ]})
+    got = slurm.parse_squeue_json(text)
+    assert got["5_1"].state == "FAILED" and got["5_1"].exit_code == 3 and got["5_1"].failed
+    assert got["5_2"].state == "PENDING" and got["5_3"].alive
+    assert got["9"].state == "COMPLETED" and not got["9"].alive
+    assert "10_1" not in got
+    assert slurm.parse_squeue_json("not json") == {}
+
+
+def test_dependency_never_satisfied_is_not_alive():
+    info = slurm.TaskInfo(id="3", state="PENDING", reason="DependencyNeverSatisfied")
+    assert not info.alive and info.failed
+
+
+def test_parse_scontrol_and_sacct():
+    line = ("JobId=12 ArrayJobId=10 ArrayTaskId=2 JobName=x JobState=TIMEOUT Reason=TimeLimit "
+            "Restarts=1 ExitCode=0:15 StdOut=/w/logs/x_10_2.out")
+    got = slurm.parse_scontrol(line + "\nJobId=13 JobName=y JobState=RUNNING Reason=None ExitCode=0:0\n")
+    assert got["10_2"].state == "TIMEOUT" and got["10_2"].restarts == 1
+    assert got["13"].alive
+    sacct = "20|COMPLETED|0:0|None\n21_[1-2]|PENDING|0:0|Dependency\n21_0|CANCELLED by 0|0:0|None\n"
+    got = slurm.parse_sacct(sacct)
+    assert got["20"].state == "COMPLETED"
+    assert got["21_2"].state == "PENDING"
+    assert got["21_0"].state == "CANCELLED"
+
+
+def test_sbatch_options_stop_at_first_command_and_pattern_expansion(tmp_path):
+    script = tmp_path / "a.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH -J name1\n#SBATCH --output=logs/s/%x_%A_%a.out\n# comment\n"
+                      "#SBATCH --cpus-per-task=4\necho hi\n#SBATCH --time=5\n")
+    opts = slurm.sbatch_options(script)
+    assert opts == {"job-name": "name1", "output": "logs/s/%x_%A_%a.out", "cpus-per-task": "4"}
+    assert slurm.expand_pattern(opts["output"], "name1", "42", 3) == "logs/s/name1_42_3.out"
+    assert slurm.expand_pattern("%x-%j-%%-%4a", "n", "42", 3) == "n-42-%-0003"
+
+
+def test_missing_sbatch_is_one_line(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(HpcffnError, match="`sbatch` is not on PATH"):
+        slurm.sbatch(["sbatch", "--parsable", "x.sbatch"], cwd=".")
+
+
+# ------------------------------------------------------------------------------ submit.py
+def _sub(job, jid, tasks=None, sha="x"):
+    return Submission(job=job, job_id=jid, submitted="t", sha256=sha, tasks=tasks)
+
+
+def _fake_query(states: dict[str, str]):
+    def query(ids):
+        out = {}
+        for i in ids:
+            st = states.get(i, "COMPLETED")
+            reason = "DependencyNeverSatisfied" if st == "CANCELLED" else "None"
+            out[i] = slurm.TaskInfo(id=i, state=st, reason=reason)
+        return out
+    return query
+
+
+def _submitted_all(plan, state):
+    ids = {"partitions": "10", "coordinates_g0": "11", "coordinates_g1": "12", "train_g0": "13", "train_g1": "14",
+           "infer": "15", "evaluate": "16"}
+    for job in plan.jobs:
+        state.submissions.append(_sub(job.name, ids[job.name], list(range(len(job.units))) if job.array else None))
+    return ids
+
+
+def test_fresh_plan_submits_everything_in_dependency_order(mini_plan):
+    from hpcffn.state import State
+
+    order = [j.name for j in topo_order(mini_plan)]
+    assert order.index("partitions") < order.index("coordinates_g1") < order.index("train_g1") < order.index("infer")
+    views = observe(mini_plan, State(), query=lambda ids: {})
+    steps = plan_steps(mini_plan, views, resume=False)
+    assert [s.job.name for s in steps] == order
+    infer = next(s for s in steps if s.job.name == "infer")
+    assert infer.array == "0-2%2"
+    assert dependency_string(infer, {"train_g0": "13", "train_g1": "14"}) == "afterok:13:14"
+
+
+def test_second_submit_submits_nothing_and_resume_only_the_failed_chain(mini_plan):
+    from hpcffn.state import State
+
+    state = State()
+    _submitted_all(mini_plan, state)
+    running = _fake_query({"15_0": "RUNNING", "15_1": "PENDING", "15_2": "PENDING", "16": "PENDING"})
+    assert plan_steps(mini_plan, observe(mini_plan, state, query=running), resume=False) == []
+    assert plan_steps(mini_plan, observe(mini_plan, state, query=running), resume=True) == []
+
+    failed = _fake_query({"10_1": "FAILED", "11": "CANCELLED", "12": "CANCELLED", "13": "CANCELLED",
+                          "14": "CANCELLED", "15_0": "CANCELLED", "15_1": "CANCELLED", "15_2": "CANCELLED",
+                          "16": "CANCELLED"})
+    views = observe(mini_plan, state, query=failed)
+    assert plan_steps(mini_plan, views, resume=False) == []
+    steps = plan_steps(mini_plan, views, resume=True)
+    part = steps[0]
+    assert part.job.name == "partitions" and part.tasks == [1] and part.array == "1%2"
+    assert part.old_deps == []
+    assert len(steps) == 7
+
+
+def test_resume_chains_on_alive_upstream_tasks(mini_plan):
+    from hpcffn.state import State
+
+    state = State()
+    _submitted_all(mini_plan, state)
+    # infer task 2 failed while tasks 0/1 are still running; evaluate was cancelled with it.
+    query = _fake_query({"15_0": "RUNNING", "15_1": "RUNNING", "15_2": "FAILED", "16": "CANCELLED"})
+    steps = plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True)
+    assert [s.job.name for s in steps] == ["infer", "evaluate"]
+    assert steps[0].tasks == [2]
+    evaluate = steps[1]
+    assert dependency_string(evaluate, {"infer": "30"}) == "afterok:30:15_0:15_1"
+
+
+def test_filtered_submit_refuses_when_upstream_failed(mini_plan):
+    from hpcffn.state import State
+
+    state = State()
+    _submitted_all(mini_plan, state)
+    query = _fake_query({"13": "FAILED", "15_0": "CANCELLED", "15_1": "CANCELLED", "15_2": "CANCELLED",
+                         "16": "CANCELLED"})
+    with pytest.raises(HpcffnError, match="depends on train_g0.*--resume"):
+        plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True, stages=["infer"])
+    with pytest.raises(HpcffnError, match="--stage 'bogus' is not a stage"):
+        plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True, stages=["bogus"])
+
+
+def test_group_filter_selects_group_jobs_and_tasks(mini_plan):
+    from hpcffn.state import State
+
+    views = observe(mini_plan, State(), query=lambda ids: {})
+    steps = plan_steps(mini_plan, views, resume=False, groups=["g1"], stages=["partitions", "coordinates"])
+    assert [(s.job.name, s.tasks) for s in steps] == [("partitions", [1]), ("coordinates_g1", [None])]
+
+
+def test_lost_jobs_count_as_done_only_with_a_marker(mini_plan):
+    from hpcffn.state import State
+
+    state = State()
+    _submitted_all(mini_plan, state)
+    marker = mini_plan.layout.marker("partitions", "v_z0_y0_x0")
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    views = observe(mini_plan, state, query=lambda ids: {})
+    cats = [v.category for v in views["partitions"]]
+    assert cats == ["done", "lost", "lost"]
+
+
+def test_invalid_bash_and_changed_alive_script_are_refused(mini_plan):
+    from hpcffn.state import State
+
+    views = observe(mini_plan, State(), query=lambda ids: {})
+    steps = plan_steps(mini_plan, views, resume=False)
+    script = mini_plan.layout.root / "jobs/train/train_g1.sbatch"
+    original = script.read_text()
+    script.write_text(original + "\nif then fi (\n")
+    with pytest.raises(HpcffnError, match=r"train_g1.sbatch is not valid bash"):
+        check_scripts(mini_plan, steps, views)
+    script.write_text(original + "\necho edited\n")
+    state = State()
+    _submitted_all(mini_plan, state)
+    alive = _fake_query({"14": "PENDING"})
+    views = observe(mini_plan, state, query=alive)
+    with pytest.raises(HpcffnError, match="changed after it was submitted as job 14, which is still PENDING"):
+        check_scripts(mini_plan, [], views)
+
+
+def test_dry_run_script_is_valid_bash_and_quotes_paths(mini_plan, tmp_path):
+    import subprocess
+
+    from hpcffn.state import State
+
+    steps = plan_steps(mini_plan, observe(mini_plan, State(), query=lambda ids: {}), resume=False)
+    text = dry_run_script(mini_plan, steps)
+    assert "--kill-on-invalid-dep=yes" in text and '"--dependency=afterok:${JOB_partitions}"' in text
+    path = tmp_path / "dry.sh"
+    path.write_text(text)
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+
+
+# ------------------------------------------------------------------------------- state.py
+def test_state_roundtrip_lock_and_bad_file(tmp_path):
+    from hpcffn.state import State
+
+    path = tmp_path / "state.json"
+    st = State(submissions=[_sub("a", "1", [0, 2])])
+    save_state(path, st)
+    assert load_state(path).submissions[0].task_id(2) == "1_2"
+    with locked(path):
+        errors = []
+
+        def other():
+            try:
+                with locked(path):
+                    pass
+            except HpcffnError as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        # flock is per open file description: a second open in this process conflicts too.
+        assert errors and "another hpcffn submit/run holds" in errors[0]
+    path.write_text("{broken")
+    with pytest.raises(HpcffnError, match="not a readable hpcffn state file"):
+        load_state(path)
+
+
+def test_whole_array_record_stands_for_every_task(monkeypatch):
+    text = json.dumps({"jobs": [{"job_id": 103, "array_job_id": 103, "array_task_id": None, "array_task_string": "",
+                                 "job_state": "CANCELLED", "state_reason": "Dependency", "exit_code": 0}]})
+    assert slurm.parse_squeue_json(text)["103_*"].state == "CANCELLED"
+    assert "103_*" in slurm.parse_scontrol("JobId=103 ArrayJobId=103 ArrayTaskId=4294967294 JobState=CANCELLED")
+
+    class Proc:
+        returncode, stdout, stderr = 0, text, ""
+
+    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True: Proc())
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    got = slurm.query(["103_0", "103_2", "7"])
+    assert set(got) == {"103_0", "103_2"} and got["103_2"].state == "CANCELLED" and got["103_2"].id == "103_2"
