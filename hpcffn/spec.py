@@ -324,6 +324,9 @@ def format_error(path: Path, err: dict, root: type[BaseModel]) -> str:
         parent = _model_at(root, loc[:-1])
         known = ", ".join(parent.model_fields) if parent else ""
         return f"{path}: field {where}: unknown key; allowed here: {known}"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        parent = ".".join(str(p) for p in loc[:-1])
+        return f"{path}: field {parent}: too few values; give 3 (z,y,x, or x,y,z where the reference says so)"
     if kind == "missing":
         return f"{path}: field {where}: required but missing; add it"
     msg = err["msg"]

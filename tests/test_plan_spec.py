@@ -226,3 +226,8 @@ def test_unknown_input_kind(tmp_path):
     spec = spec_dict(volumes=[{"name": "v1", "raw": "raw.npy"}])
     msg = plan_error(tmp_path, spec, data=False)
     assert "volumes.0.raw" in msg and "neither an HDF5" in msg
+
+
+def test_short_triple_says_three_values(tmp_path):
+    msg = plan_error(tmp_path, spec_dict(subvolume={"size": [500, 500]}))
+    assert "field subvolume.size: too few values; give 3" in msg
