@@ -331,9 +331,9 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     if "convert" not in stages and any(v.needs_convert for v in volumes):
         warnings.append("stages: convert is not planned, so WORKDIR/data/<volume>.h5 must already exist")
     ffn = _resolve_ffn(spec, base)
-    if "infer" in stages and "train" not in stages and not ffn.inference.checkpoint:
-        raise _fail(spec_path, "ffn.inference.checkpoint", "infer is planned without train, so it needs a checkpoint; "
-                    "set ffn.inference.checkpoint to a trained model")
+    if "infer" in stages and not groups and not ffn.inference.checkpoint:
+        raise _fail(spec_path, "ffn.inference.checkpoint", "no volume has groundtruth to train on, so inference "
+                    "needs a trained model; set ffn.inference.checkpoint")
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
     jobs = plan_jobs(stages, volumes, tiles, groups)
 

@@ -277,3 +277,10 @@ def test_replan_with_fewer_groups_reports_stale_scripts(tmp_path):
     _, report = do_plan(spec_path)
     assert report.stale == ["jobs/coordinates/coordinates_g1.sbatch", "jobs/train/train_g1.sbatch"]
     assert (tmp_path / "work" / "jobs" / "train" / "train_g1.sbatch").exists()  # never deleted
+
+
+def test_infer_again_without_train_uses_the_groups_models(tmp_path):
+    """Re-planning only infer+evaluate after training needs no explicit checkpoint."""
+    plan = make_plan(write_spec(tmp_path, spec_dict(stages=["infer", "evaluate"]))).plan
+    assert [j.name for j in plan.jobs] == ["infer", "evaluate"] and len(plan.groups) == 2
+    assert plan.job("infer").depends_on == []
