@@ -160,3 +160,40 @@ def test_plan_mode_train_infer_evaluate(tmp_path):
     assert saved["overall"] == report["overall"] and len(saved["tiles"]) == 2
     assert saved["overall"]["adapted_rand_error"] < 0.1, saved["overall"]
     assert markers.is_done(plan, "evaluate", "experiment") and markers.is_done(plan, "infer", "v_z0_y0_x1")
+
+
+MIRRORED = """
+import sys
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hpcffn.ffn import synthetic
+from hpcffn.ffn.examples import PatchReader, TrainingVolume, make_dataset
+from hpcffn.ffn.training import Trainer
+from hpcffn.ffn_params import ModelParams, TrainingParams
+from hpcffn.volumes import parse_location
+d = Path(sys.argv[1])
+raw, lab = synthetic.balls_volume((32, 32, 32), seed=1)
+synthetic.write_volume(d / "v.h5", raw, lab)
+synthetic.write_coordinates(d / "c.tfrecord.gz", synthetic.sample_centers(lab, 200, (6, 6, 6)), "v")
+mp = ModelParams(depth=2, features=8, fov_size=(9, 9, 9), deltas=(2, 2, 2))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+tr = Trainer(mp, TrainingParams(max_steps=100, optimizer="adam"), d / "t", strategy=strategy)
+vol = TrainingVolume("v", parse_location(f"{d}/v.h5:raw"), parse_location(f"{d}/v.h5:stack"))
+ds = make_dataset([str(d / "c.tfrecord.gz")], PatchReader([vol], mp), mp, 4 * strategy.num_replicas_in_sync)
+r = tr.run(ds, log=lambda s: None)
+print("RESULT", strategy.num_replicas_in_sync, r.exit_code, r.step, r.mean_losses[0], r.mean_losses[-1])
+"""
+
+
+def test_mirrored_strategy_over_two_replicas_trains(tmp_path):
+    """The multi-GPU path (MirroredStrategy) run on two logical CPU devices."""
+    out = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path)], capture_output=True, text=True,
+                         env=ENV, timeout=300, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line, out.stdout + out.stderr
+    _, replicas, code, step, first, last = line.split()
+    assert (replicas, code, step) == ("2", "0", "100")
+    assert float(last) < float(first)
+    assert tf.train.latest_checkpoint(str(tmp_path / "t")).endswith("ckpt-100")
