@@ -115,3 +115,24 @@ def test_script_edited_into_invalid_bash(mini_plan):
     assert "infer.sbatch is not valid bash" in msg
     msg = _one_line_error(_cli("run", str(mini_plan.layout.root)))
     assert "infer.sbatch is not valid bash" in msg
+
+
+def test_watch_backs_off_while_nothing_changes(mini_plan, monkeypatch):
+    import hpcffn.status as status_mod
+
+    alive = {"job": "a", "stage": "train", "group": "g0", "tasks": 1, "counts": {"alive": 1},
+             "states": {"RUNNING": 1}, "job_ids": ["1"], "outputs": 0, "detail": []}
+    done = {**alive, "counts": {"done": 1}, "states": {"COMPLETED": 1}}
+    reports = [status_mod.Report(rows=[alive]) for _ in range(4)] + [status_mod.Report(rows=[done])]
+    monkeypatch.setattr(status_mod, "collect", lambda plan: reports.pop(0))
+    sleeps = []
+    monkeypatch.setattr(status_mod.time, "sleep", sleeps.append)
+    final = status_mod.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)
+    assert final.all_done
+    assert sleeps == [10, 15, 20, 20]
+
+
+def test_submit_local_flag_runs_here(mini_plan):
+    out = _cli("submit", str(mini_plan.layout.root), "--local")
+    assert out.returncode == 0, out.stderr
+    assert collect(mini_plan).all_done
