@@ -115,8 +115,7 @@ def name_entry(name: bytes) -> bytes:
 _C_LEN, _C_LENCRC, _C_DATA = 0, 8, 12
 _C_FL = 13  # two slots: Features length varint
 _C_CENTER_KEY = 15
-_C_X = 31  # three five-byte varint slots: x, y, z
-_C_NAME = 46
+_C_X = 31  # three varint slots x, y, z, each as wide as the batch's longest (<= 5 bytes)
 _CENTER_KEY = bytes([0x0A, 0x06]) + b"center"
 
 
@@ -162,7 +161,10 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     fl = 2 + (14 + p) + nel
     fl2 = fl >= 128
     rec_len = 1 + 1 + fl2 + fl
-    width = _C_NAME + ne_max + 4
+    slot = lens.max(axis=1)  # bytes per varint slot in this batch
+    starts = _C_X + np.concatenate([[0], np.cumsum(slot)[:2]])
+    c_name = int(_C_X + slot.sum())
+    width = c_name + ne_max + 4
 
     template = np.zeros(width, dtype=np.uint8)
     template[_C_DATA] = 0x0A
@@ -172,7 +174,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     single = len(used) == 1
     if single:
         e = entries[int(used[0])]
-        template[_C_NAME:_C_NAME + len(e)] = np.frombuffer(e, dtype=np.uint8)
+        template[c_name:c_name + len(e)] = np.frombuffer(e, dtype=np.uint8)
     rows = np.empty((n, width), dtype=np.uint8)
     rows[:] = template
     valid = np.empty((n, width), dtype=bool)
@@ -192,8 +194,8 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     for axis in range(3):
         v = xyz[axis]
         ln = lens[axis]
-        base = _C_X + 5 * axis
-        for k in range(5):
+        base = int(starts[axis])
+        for k in range(int(slot[axis])):
             if k == 0:
                 rows[:, base] = (v & 0x7F) | ((ln > 1).view(np.uint8) << 7)
             else:
@@ -204,14 +206,15 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
         for i in used:
             e = entries[int(i)][:ne_max]
             ent[i, : len(e)] = np.frombuffer(e, dtype=np.uint8)
-        rows[:, _C_NAME:_C_NAME + ne_max] = ent[vol]
+        rows[:, c_name:c_name + ne_max] = ent[vol]
 
     # CRC32C of the data bytes: columns up to the name entry one by one (holes keep the
     # register), then the per-volume constant name entry as "shift + constant".
     state = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
-    for c in range(_C_DATA, _C_NAME):
+    holes = {_C_FL + 1} | {int(b) + k for b, w in zip(starts, slot) for k in range(1, int(w))}
+    for c in range(_C_DATA, c_name):
         col = rows[:, c]
-        if c == _C_FL + 1 or (_C_X <= c < _C_NAME and (c - _C_X) % 5 != 0):
+        if c in holes:
             state = np.where(valid[:, c], _process(state, col), state)
         else:
             state = _process(state, col)
@@ -222,15 +225,15 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     if uniform_names:
         state = _shift(state, ne_max) ^ regs[vol]
         crc = masked_crc(state ^ np.uint32(0xFFFFFFFF))
-        _field_view(rows, _C_NAME + ne_max, "<u4")[:] = crc
+        _field_view(rows, c_name + ne_max, "<u4")[:] = crc
     else:
         # The data CRC follows the name entry, whose length varies by volume.
-        valid[:, _C_NAME:] = False
+        valid[:, c_name:] = False
         for length in np.unique(nel):
             sel = nel == length
             st = _shift(state[sel], int(length)) ^ regs[vol[sel]]
-            _field_view(rows, _C_NAME + int(length), "<u4")[sel] = masked_crc(st ^ np.uint32(0xFFFFFFFF))
-            valid[sel, _C_NAME:_C_NAME + int(length) + 4] = True
+            _field_view(rows, c_name + int(length), "<u4")[sel] = masked_crc(st ^ np.uint32(0xFFFFFFFF))
+            valid[sel, c_name:c_name + int(length) + 4] = True
     return np.compress(valid.reshape(-1), rows.reshape(-1)).tobytes()
 
 

@@ -181,3 +181,19 @@ def test_ffn_schema_round_trip_with_tensorflow(tmp_path):
         assert tuple(p["center"].numpy()[0]) == center
         assert p["label_volume_name"].numpy()[0].decode() == name
     assert all(class_of(c, af) != 255 for c, n in ours if n == "short")
+
+
+def test_bulk_writer_round_trip_mixed_lengths(tmp_path):
+    """Every varint length (1..5 bytes) and name length mixed in one batch, read back independently."""
+    from hpcffn.tfrecord import GzipRecordWriter
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    bits = rng.integers(0, 35, size=(n, 3))
+    centers = rng.integers(0, 2**62, size=(n, 3)) % (2**bits)
+    names = [b"a", b"volume_" * 30, b"", "v\u00e9".encode()]
+    vols = rng.integers(0, len(names), size=n)
+    with GzipRecordWriter(tmp_path / "w.gz", block_bytes=1000) as w:
+        w.write(centers, vols, names, batch=700)
+    recs = read_records(tmp_path / "w.gz")
+    assert recs == [(tuple(int(v) for v in c), names[i].decode()) for c, i in zip(centers, vols)]
