@@ -31,6 +31,7 @@ class TrainResult:
     exit_code: int
     step: int
     mean_losses: list  # mean loss of each summary interval (for logs and tests)
+    fov_examples: int = 0  # (example, FOV position) pairs trained by this run
 
 
 class StopFlag:
@@ -240,10 +241,11 @@ class Trainer:
         last_save = time.monotonic()
         interval = _new_interval()
         losses: list[float] = []
+        total_fovs = 0
         step = int(self.step.numpy())
         if step >= tp.max_steps:
             log(f"hpcffn train: step {step} already reached max_steps {tp.max_steps}; nothing to do")
-            return TrainResult(0, step, losses)
+            return TrainResult(0, step, losses, total_fovs)
         it = iter(dist)
         sum_ = tf.distribute.ReduceOp.SUM
         while step < tp.max_steps and not stop:
@@ -266,6 +268,7 @@ class Trainer:
                 interval["fp"] += float(s[2])
                 interval["fn"] += float(s[3])
                 interval["fovs"] += int(n)
+                total_fovs += int(n)
                 if step % SUMMARY_EVERY == 0 or step == tp.max_steps:
                     losses.append(self._summarize(writer, interval, step, log))
                     interval = _new_interval()
@@ -276,9 +279,9 @@ class Trainer:
         writer.flush()
         if stop and step < tp.max_steps:
             log(f"hpcffn train: signal {stop.signum} at step {step}: saved {path}; requeue to continue")
-            return TrainResult(EXIT_REQUEUE, step, losses)
+            return TrainResult(EXIT_REQUEUE, step, losses, total_fovs)
         log(f"hpcffn train: reached max_steps {tp.max_steps}: saved {path}")
-        return TrainResult(0, step, losses)
+        return TrainResult(0, step, losses, total_fovs)
 
     def _summarize(self, writer, iv, step, log) -> float:
 
