@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=12, help="timed training steps per variant")
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps (tracing/compiling the 7 FOV-step functions)")
-    ap.add_argument("--volume", type=int, default=48, help="edge of the inference volume (voxels)")
+    ap.add_argument("--volume", type=int, default=96, help="edge of the inference volume (voxels)")
     ap.add_argument("--infer-batch", type=int, default=8)
     ap.add_argument("--xla", action="store_true", help="also time XLA-compiled variants")
     ap.add_argument("--skip-train", action="store_true")
@@ -99,7 +99,7 @@ def main() -> None:
     print(f"device {device}; depth {args.depth}, FOV {args.fov}^3, deltas {args.deltas}, batch {args.batch}")
     size = args.fov + 2 * args.deltas
     edge = max(2 * size, args.volume)
-    raw, labels = synthetic.balls_volume((edge,) * 3, radius=(size // 2, size), gap=4, seed=1)
+    raw, labels = synthetic.balls_volume((edge,) * 3, radius=(size // 4, size // 2), gap=4, seed=1)
     synthetic.write_volume(work / "v.h5", raw, labels)
     margin = (size // 2,) * 3
     synthetic.write_coordinates(work / "c.tfrecord.gz", synthetic.sample_centers(labels, 500, margin, seed=1), "v")

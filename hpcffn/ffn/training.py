@@ -89,6 +89,19 @@ def _new_interval() -> dict:
     return {"loss": 0.0, "tp": 0.0, "fp": 0.0, "fn": 0.0, "fovs": 0, "t": time.monotonic()}
 
 
+def _task_id(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", 0) or 0) if resolver is not None else 0
+
+
+def _is_chief(strategy) -> bool:
+    """True unless this is a non-chief worker of a multi-worker job."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and _task_id(strategy) == 0)
+
+
 def _offsets(deltas_zyx) -> list[tuple[int, int, int]]:
     out = []
     for axis in range(3):
@@ -142,7 +155,11 @@ class Trainer:
             self.optimizer.build(self.variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step)
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.train_dir), max_to_keep=3, checkpoint_name="ckpt")
+        # Multi-worker: every worker takes part in saving, but only the chief writes to the
+        # train dir; the others write to a private scratch dir inside it.
+        self.is_chief = _is_chief(self.strategy)
+        save_dir = self.train_dir if self.is_chief else self.train_dir / f".worker{_task_id(self.strategy)}"
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(save_dir), max_to_keep=3, checkpoint_name="ckpt")
         self._logit095, self._logit005 = LOGIT_095, LOGIT_005
         self._steps = {}
         self._grad_fn = tf.function(self._grads, jit_compile=bool(train_params.xla))
@@ -233,7 +250,8 @@ class Trainer:
         stop = stop if stop is not None else StopFlag()
         rng = np.random.default_rng(tp.seed + int(self.step.numpy()))
         dist = self.strategy.experimental_distribute_dataset(dataset)
-        writer = tf.summary.create_file_writer(str(self.train_dir))
+        writer = (tf.summary.create_file_writer(str(self.train_dir)) if self.is_chief
+                  else tf.summary.create_noop_writer())
         moves = _offsets(self.deltas)
         if not self._steps:
             for off in [(0, 0, 0)] + moves:
@@ -308,6 +326,8 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     from hpcffn.ffn.examples import coordinate_files as check_files
 
     files = check_files(coordinate_files)
+    # A multi-worker strategy must exist before any other TensorFlow op runs.
+    strategy = make_strategy()
     if not volumes:
         raise HpcffnError("no training volumes: pass --volume name:raw.h5:raw:labels.h5:stack")
     records = peek_records(files)
@@ -324,7 +344,7 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     train_dir.mkdir(parents=True, exist_ok=True)
     tf.random.set_seed(train_params.seed)
     with StopFlag() as stop:
-        trainer = Trainer(model_params, train_params, train_dir)
+        trainer = Trainer(model_params, train_params, train_dir, strategy=strategy)
         trainer.restore(train_params.init_checkpoint)
         reader = PatchReader(volumes, model_params)
         gbs = train_params.batch_size * trainer.strategy.num_replicas_in_sync
