@@ -28,7 +28,8 @@ def resolve_checkpoint(path: str | Path) -> str:
         p = p.with_suffix("")
     if not Path(str(p) + ".index").is_file():
         raise HpcffnError(
-            f"no checkpoint at {p} (expected {p}.index): give a checkpoint prefix such as train/g0/ckpt-100 or its directory"
+            f"no checkpoint at {p} (expected {p}.index): train first (hpcffn stage train), or give a checkpoint "
+            "prefix such as train/g0/ckpt-100 or its directory"
         )
     return str(p)
 

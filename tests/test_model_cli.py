@@ -1,0 +1,54 @@
+"""`hpcffn stage train|infer|evaluate` argument handling: wrong input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hpcffn.commands.model_stages import _bbox, _triple
+from hpcffn.errors import HpcffnError
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", *args], capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+def test_triples_and_boxes():
+    assert _triple("33,33,17", "--fov-size") == (33, 33, 17)
+    assert _bbox("0,10,20:5,6,7") == ((0, 10, 20), (5, 6, 7))
+    assert _bbox(None) == (None, None)
+    for bad in ("1,2", "a,b,c", "1,2,3,4"):
+        with pytest.raises(HpcffnError, match="three integers"):
+            _triple(bad, "--deltas")
+    with pytest.raises(HpcffnError, match="z0,y0,x0:dz,dy,dx"):
+        _bbox("0,0,0")
+    with pytest.raises(HpcffnError, match="sizes >= 1"):
+        _bbox("0,0,0:0,5,5")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("train",), "--plan P --group G"),
+        (("train", "--plan", "nowhere/plan.json"), "--group"),
+        (("train", "--plan", "nowhere/plan.json", "--group", "g0"), "no plan at"),
+        (("infer", "--image", "a.h5:raw", "--checkpoint", "c", "--output", "o.h5", "--bbox", "1,2:3"), "--bbox"),
+        (("infer", "--image", "a.h5:raw"), "--checkpoint"),
+        (("infer", "--plan", "p.json", "--tile", "0", "--output", "x.h5"), "--tile T only"),
+        (("train", "--coordinates", "c.gz", "--volume", "v:a.h5", "--train-dir", "t", "--fov-size", "8,8,8"),
+         "odd"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(args, needle, tmp_path):
+    out = _run(*args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert needle in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_missing_inputs_name_the_file(tmp_path):
+    out = _run("infer", "--image", f"{tmp_path}/none.h5:raw", "--checkpoint", str(tmp_path), "--output",
+               str(tmp_path / "o.h5"))
+    assert out.returncode == 2 and "does not exist" in out.stderr
