@@ -233,7 +233,8 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
     t0 = time.monotonic()
     while next_seed < len(seeds):
         if stop:
-            save_state(state_path, canvas.seg, seeds, next_seed, next_id, fp)
+            if state_path is not None:
+                save_state(state_path, canvas.seg, seeds, next_seed, next_id, fp)
             return SegmentResult(canvas.seg, False, next_id - 1, next_seed, canvas.evaluations)
         pos = tuple(int(v) for v in seeds[next_seed])
         next_seed += 1
