@@ -292,9 +292,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], 
 
 
 def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> Planned:
-    """Everything `hpcffn plan` would write, computed without writing."""
-    import yaml
-
+    """Everything `hpcffn plan` would write, computed without writing: spec -> grid -> render."""
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     base = spec_path.resolve().parent
@@ -305,28 +303,14 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     except ValueError as exc:
         raise _fail(spec_path, "workdir", f"{workdir} {exc}") from None
     layout = Layout(workdir)
-
     profile, profile_path = load_profile(spec.cluster.profile, base, spec_path)
+
+    # spec -> volumes and checks
     volumes, resolved_volumes, folders = resolve_volumes(spec, spec_path, base, layout, warnings)
     check_model_fits(spec, spec_path)
-
     # grid
-    need = required_tile(spec)
-    min_edge = spec.subvolume.min_edge or need
-    trained = {v.name for v in volumes if v.groundtruth}
-    by_gt = sorted(volumes, key=lambda v: v.name not in trained)  # grouped tiles first (see CONTRACTS.md)
-    tiles = []
-    for v in by_gt:
-        tiles += grid.tile_volume(v.name, v.shape, spec.subvolume.size, min_edge, spec.subvolume.overlap)
-    check_tiles(tiles, need, trained, spec_path)
-    training_tiles = [t for t in tiles if t.volume in trained]
-    groups = []
-    if training_tiles:
-        if spec.subvolume.groups > len(training_tiles):
-            raise _fail(spec_path, "subvolume.groups", f"{spec.subvolume.groups} groups but only {len(training_tiles)} "
-                        "training tiles; use at most that many groups")
-        groups = grid.deal_groups(training_tiles, spec.subvolume.groups)
-
+    tiles, groups, min_edge = plan_grid(spec, volumes, spec_path)
+    # jobs
     stages = choose_stages(spec, volumes, spec_path, warnings)
     if "convert" not in stages and any(v.needs_convert for v in volumes):
         warnings.append("stages: convert is not planned, so WORKDIR/data/<volume>.h5 must already exist")
@@ -336,47 +320,88 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                     "needs a trained model; set ffn.inference.checkpoint")
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
     jobs = plan_jobs(stages, volumes, tiles, groups)
+    # render
+    image, binds = container_setup(spec, base, [workdir, *folders], spec_path)
+    tdir = _template_dir(spec, base, template_dir, spec_path)
+    spec_for_render = spec.model_copy(update={"container": spec.container.model_copy(update={"image": image})})
 
-    # container binds: the workdir and the folders of the inputs (src == dst)
-    auto = [workdir, *folders]
-    if spec.container.runtime != "none" and spec.container.auto_bind:
+    def render_jobs(some: list[JobPlan]) -> dict[str, str]:
+        return render_scripts(spec_for_render, some, resources, layout, binds, tdir)
+
+    scripts = render_jobs(jobs)
+
+    resolved = spec.model_dump(mode="json")
+    resolved.update(workdir=workdir, volumes=resolved_volumes, stages=stages, ffn=ffn.model_dump(mode="json"),
+                    templates=str(tdir) if tdir else None)
+    resolved["subvolume"]["min_edge"] = list(min_edge)
+    resolved["container"].update(image=image, binds=binds)
+    shipped = profile_path.parent == profiles_dir()
+    resolved["cluster"] = {"profile": spec.cluster.profile if shipped else str(profile_path),
+                           **{s: _cluster_view(resources[s]) for s in STAGES}}
+    plan = Plan(
+        hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
+        spec=resolved, ffn=ffn, volumes=volumes, tiles=tiles, groups=groups, jobs=jobs,
+    )
+    return Planned(plan=plan, scripts=scripts, resolved_yaml=_resolved_yaml(resolved), warnings=warnings,
+                   render_jobs=render_jobs)
+
+
+def plan_grid(spec: Spec, volumes: list[VolumePlan], spec_path: Path):
+    """Tiles (training volumes' first), GPU groups and the effective min_edge."""
+    need = required_tile(spec)
+    min_edge = spec.subvolume.min_edge or need
+    trained = {v.name for v in volumes if v.groundtruth}
+    tiles = []
+    for v in sorted(volumes, key=lambda v: v.name not in trained):  # grouped tiles first (CONTRACTS.md)
+        tiles += grid.tile_volume(v.name, v.shape, spec.subvolume.size, min_edge, spec.subvolume.overlap)
+    check_tiles(tiles, need, trained, spec_path)
+    training_tiles = [t for t in tiles if t.volume in trained]
+    groups = []
+    if training_tiles:
+        if spec.subvolume.groups > len(training_tiles):
+            raise _fail(spec_path, "subvolume.groups", f"{spec.subvolume.groups} groups but only {len(training_tiles)} "
+                        "training tiles; use at most that many groups")
+        groups = grid.deal_groups(training_tiles, spec.subvolume.groups)
+    return tiles, groups, min_edge
+
+
+def container_setup(spec: Spec, base: Path, auto: list[str], spec_path: Path) -> tuple[str | None, list[str]]:
+    """The absolute image path and the bind list (the user's, then workdir and input folders)."""
+    c = spec.container
+    if c.runtime == "none":
+        return (_abs(base, c.image) if c.image else None), []
+    if not c.image:
+        raise _fail(spec_path, "container.image", f"required with runtime {c.runtime}; give the .sif path "
+                    "(build it from containers/hpcffn.def) or set container.runtime: none")
+    if c.auto_bind:
         for p in auto:
             try:
                 _safe_path(p)
             except ValueError as exc:
                 raise _fail(spec_path, "container.auto_bind", f"cannot bind {p}: {exc}; set auto_bind: false and list "
                             "container.binds yourself") from None
-    user_binds = [_abs_bind(base, b) for b in spec.container.binds]
-    container_spec = spec.container.model_copy(update={"binds": user_binds})
-    binds = containers.bind_list(container_spec, auto) if spec.container.runtime != "none" else []
-    if spec.container.runtime != "none" and not spec.container.image:
-        raise _fail(spec_path, "container.image", f"required with runtime {spec.container.runtime}; give the .sif path "
-                    "(build it from containers/hpcffn.def) or set container.runtime: none")
-    image = _abs(base, spec.container.image) if spec.container.image else None
-    tdir = template_dir or (spec.templates and _abs(base, spec.templates))
-    if tdir and not Path(tdir).is_dir():
-        raise _fail(spec_path, "templates", f"template directory {tdir} does not exist; fix the path")
-    spec_for_render = spec.model_copy(update={"container": spec.container.model_copy(update={"image": image})})
-    def render_jobs(some: list[JobPlan]) -> dict[str, str]:
-        return render_scripts(spec_for_render, some, resources, layout, binds, Path(tdir) if tdir else None)
+    user = c.model_copy(update={"binds": [_abs_bind(base, b) for b in c.binds]})
+    return _abs(base, c.image), containers.bind_list(user, auto)
 
-    scripts = render_jobs(jobs)
 
-    resolved = spec.model_dump(mode="json")
-    resolved.update(
-        workdir=workdir, volumes=resolved_volumes, stages=stages, ffn=ffn.model_dump(mode="json"),
-        templates=str(tdir) if tdir else None,
-    )
-    resolved["subvolume"]["min_edge"] = list(min_edge)
-    resolved["container"].update(image=image, binds=binds)
-    resolved["cluster"] = {"profile": spec.cluster.profile if profile_path.parent == profiles_dir() else str(profile_path), **{s: _cluster_view(resources[s]) for s in STAGES}}
-    plan = Plan(
-        hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
-        spec=resolved, ffn=ffn, volumes=volumes, tiles=tiles, groups=groups, jobs=jobs,
-    )
+def _template_dir(spec: Spec, base: Path, given: str | Path | None, spec_path: Path) -> Path | None:
+    """--templates (relative to the current directory) wins over the spec's `templates`."""
+    if given:
+        tdir, where = Path(os.path.abspath(given)), "--templates"
+    elif spec.templates:
+        tdir, where = Path(_abs(base, spec.templates)), f"{spec_path}: field templates"
+    else:
+        return None
+    if not tdir.is_dir():
+        raise HpcffnError(f"{where}: template directory {tdir} does not exist; fix the path")
+    return tdir
+
+
+def _resolved_yaml(resolved: dict) -> str:
+    import yaml
+
     text = "# Written by `hpcffn plan`: the spec with every default filled in (for reference).\n"
-    text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    return Planned(plan=plan, scripts=scripts, resolved_yaml=text, warnings=warnings, render_jobs=render_jobs)
+    return text + yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
 
 
 def _abs_bind(base: Path, bind: str) -> str:
