@@ -284,3 +284,22 @@ def test_infer_again_without_train_uses_the_groups_models(tmp_path):
     plan = make_plan(write_spec(tmp_path, spec_dict(stages=["infer", "evaluate"]))).plan
     assert [j.name for j in plan.jobs] == ["infer", "evaluate"] and len(plan.groups) == 2
     assert plan.job("infer").depends_on == []
+
+
+def test_plan_is_deterministic(tmp_path):
+    spec_path = write_spec(tmp_path)
+    do_plan(spec_path)
+    first = (tmp_path / "work" / "plan.json").read_bytes()
+    _, report = do_plan(spec_path)
+    assert (tmp_path / "work" / "plan.json").read_bytes() == first
+    assert report.written == [] and len(report.unchanged) == 7
+
+
+def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
+    spec = spec_dict(volumes=[{"name": "big", "raw": "nowhere/raw", "groundtruth": "nowhere/gt", "polarity": "white",
+                               "shape": [5000, 10000, 25000]}],
+                     subvolume={"size": [500, 500, 500], "groups": 50, "array_throttle": 100})
+    planned = make_plan(write_spec(tmp_path, spec, data=False))
+    assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 1 + 1
+    assert "#SBATCH --array=0-9999%100" in planned.scripts["jobs/infer/infer.sbatch"]
+    assert {len(g.tiles) for g in planned.plan.groups} == {200}
