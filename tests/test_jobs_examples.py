@@ -131,7 +131,9 @@ def test_tiny_example_end_to_end_on_slurm(slurm, tmp_path):
     for row in report.rows:
         assert row["states"] == {"COMPLETED": row["tasks"]}, (row, _first_failed_log(plan))
         assert row["outputs"] == row["tasks"], row
-    status = subprocess.run([*HPCFFN, "status", str(workdir)], capture_output=True, text=True, check=False)
+    # The workdir is found from the spec too (its relative `workdir: work`).
+    status = subprocess.run([*HPCFFN, "status", "--spec", str(workdir.parent / "tiny.yaml")], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     assert plan.layout.evaluation_report.is_file()
 
