@@ -38,6 +38,11 @@ MARGIN = (24, 24, 24)
 
 
 def peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent's
+    peak, which Linux carries over fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

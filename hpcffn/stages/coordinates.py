@@ -130,8 +130,8 @@ def build_coordinates(
     max_records: int | None = None,
     seed: int = 0,
     tmpdir: str | Path | None = None,
-    slab_voxels: int = 4 << 20,
-    block_records: int = 1 << 20,
+    slab_voxels: int = 1 << 20,
+    block_records: int = 1 << 18,
     shard_records: int = 8 << 20,
     progress: bool = False,
 ) -> dict:

@@ -41,12 +41,26 @@ def class_table(thresholds: Sequence[float], fov_volume: int) -> np.ndarray:
     return (np.searchsorted(th, fraction, side="right") + 1).astype(np.uint8)
 
 
+def _bincount(values: np.ndarray, minlength: int = 0, chunk: int = 1 << 24) -> np.ndarray:
+    """np.bincount in chunks: bincount casts its input to int64, 8x the memory of uint8 data."""
+    flat = values.reshape(-1)
+    counts = np.zeros(minlength, dtype=np.int64)
+    for i in range(0, flat.size, chunk):
+        part = np.bincount(flat[i:i + chunk], minlength=minlength)
+        if len(part) > len(counts):
+            part[: len(counts)] += counts
+            counts = part
+        else:
+            counts[: len(part)] += part
+    return counts
+
+
 def _dense_objects(seg: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
     """Relabel to 1..K (0 = background or dust), dropping objects below min_size (FFN clear_dust)."""
     flat = seg.reshape(-1)
     top = int(flat.max()) if flat.size else 0
     if top < (1 << 26) and top <= 4 * flat.size:
-        counts = np.bincount(flat, minlength=top + 1)
+        counts = _bincount(flat, minlength=top + 1)
         ids = np.flatnonzero(counts)
         counts = counts[ids]
         inverse = None
@@ -60,7 +74,11 @@ def _dense_objects(seg: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
     if inverse is None:
         lut = np.zeros(top + 1, dtype=dtype)
         lut[ids] = new
-        dense = lut[seg]
+        # Slab by slab: fancy indexing casts the whole index array to int64 otherwise.
+        dense = np.empty(seg.shape, dtype=dtype)
+        step = max(1, (1 << 22) // max(1, seg[0].size))
+        for z in range(0, seg.shape[0], step):
+            dense[z:z + step] = lut[seg[z:z + step]]
     else:
         dense = new[inverse].reshape(seg.shape)
     return dense, k
@@ -115,6 +133,7 @@ def compute_partitions(
     min_size: int,
     exclusion_regions: Iterable[Sequence[float]] | None = None,
     threads: int | None = None,
+    piece_voxels: int = 1 << 24,
 ) -> np.ndarray:
     """Partition map of a labelled z,y,x array: uint8, same shape, 255 border of the radius."""
     if seg.ndim != 3:
@@ -148,16 +167,8 @@ def compute_partitions(
     boxes = find_objects(dense)
     dts = (_uint_for(diam[0]), _uint_for(diam[0] * diam[1]), _uint_for(fov))
 
-    def one(label: int) -> None:
-        box = boxes[label - 1]
-        if box is None:
-            return
-        lo = [max(0, s.start - r) for s, r in zip(box, rad)]
-        hi = [min(n, s.stop + r) for s, n, r in zip(box, shape, rad)]
-        # Centers computed: the grown box shrunk by the radius, i.e. the object's box
-        # clipped to the computable interior.
-        if any(h - low - 2 * r <= 0 for low, h, r in zip(lo, hi, rad)):
-            return
+    def piece(label: int, lo, hi) -> None:
+        """Values of `label`'s voxels whose centres lie in the grown box lo..hi shrunk by r."""
         grown = tuple(slice(a, b) for a, b in zip(lo, hi))
         obj = dense[grown] == label
         counts = obj
@@ -167,6 +178,25 @@ def compute_partitions(
         target = out[tuple(slice(a + r, b - r) for a, b, r in zip(lo, hi, rad))]
         sel = obj[centre] & (target == 0)
         target[sel] = lut[counts[sel]]
+
+    def one(label: int) -> None:
+        box = boxes[label - 1]
+        if box is None:
+            return
+        lo = [max(0, s.start - r) for s, r in zip(box, rad)]
+        hi = [min(n, s.stop + r) for s, n, r in zip(box, shape, rad)]
+        # Centres computed: the grown box shrunk by the radius, i.e. the object's box
+        # clipped to the computable interior.
+        if any(h - low - 2 * r <= 0 for low, h, r in zip(lo, hi, rad)):
+            return
+        # Objects with huge boxes go in z pieces (each with its r halo) so the temporaries
+        # stay near `piece_voxels` whatever the object's extent.
+        plane = (hi[1] - lo[1]) * (hi[2] - lo[2])
+        depth = max(1, piece_voxels // max(1, plane) - 2 * int(rad[0]))
+        z_first, z_last = lo[0] + rad[0], hi[0] - rad[0]
+        for z0 in range(z_first, z_last, depth):
+            z1 = min(z_last, z0 + depth)
+            piece(label, [z0 - rad[0], lo[1], lo[2]], [z1 + rad[0], hi[1], hi[2]])
 
     labels = range(1, k + 1)
     workers = threads or _cpu_count()
@@ -222,7 +252,9 @@ def write_partitions(
             adjusted.append((start, size))
     rad_zyx = rad[::-1]
     interior = af[tuple(slice(r, n - r) for r, n in zip(rad_zyx, af.shape))]
-    values, counts = np.unique(interior, return_counts=True)
+    hist = _bincount(np.ascontiguousarray(interior), minlength=256)
+    values = np.flatnonzero(hist)
+    counts = hist[values]
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
         chunks = tuple(min(64, max(1, n)) for n in af.shape)
         ds = fh.create_dataset(dataset, data=af, chunks=chunks, compression="gzip", compression_opts=1)
@@ -272,8 +304,9 @@ def partitions_standalone(
 
 
 def summarize(af: np.ndarray) -> dict:
-    values, counts = np.unique(af, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts)}
+    """Voxels per partition value."""
+    hist = _bincount(af, minlength=256)
+    return {int(v): int(hist[v]) for v in np.flatnonzero(hist)}
 
 
 def run_from_plan(plan, tile_key, params=None) -> dict:
