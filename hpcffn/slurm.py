@@ -330,7 +330,7 @@ def _base_ids(ids: list[str]) -> list[str]:
     return sorted({i.split("_", 1)[0] for i in ids}, key=int)
 
 
-def query(ids: list[str]) -> dict[str, TaskInfo]:
+def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontrol")) -> dict[str, TaskInfo]:
     """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
 
     Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
@@ -341,18 +341,20 @@ def query(ids: list[str]) -> dict[str, TaskInfo]:
     want = set(ids)
     found: dict[str, TaskInfo] = {}
     bases = _base_ids(ids)
-    proc = _run(["squeue", "--json"], check=False)
-    if proc.returncode == 0:
-        found.update({k: v for k, v in parse_squeue_json(proc.stdout).items() if k in want or k.split("_")[0] in bases})
+    if "squeue" in sources:
+        proc = _run(["squeue", "--json"], check=False)
+        if proc.returncode == 0:
+            found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
+                          if k in want or k.split("_")[0] in bases})
     missing = [i for i in ids if i not in found]
-    if missing and shutil.which("sacct"):
+    if missing and "sacct" in sources and shutil.which("sacct"):
         proc = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
                      "-j", ",".join(_base_ids(missing))], check=False)
         if proc.returncode == 0:
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
     missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
-    for base in _base_ids(missing):
+    for base in _base_ids(missing) if "scontrol" in sources else []:
         proc = _run(["scontrol", "show", "job", "-o", base], check=False)
         if proc.returncode == 0:
             for k, v in parse_scontrol(proc.stdout).items():

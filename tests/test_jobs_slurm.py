@@ -135,3 +135,33 @@ def test_script_changed_under_a_pending_job_is_refused(slurm, tmp_path):
         assert "evaluate.sbatch changed after it was submitted" in out.stderr and "cancel" in out.stderr
     finally:
         _cli("cancel", str(plan.layout.root))
+
+
+def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, tmp_path):
+    """Each source status reads, alone, gives the same states (sacct when accounting answers)."""
+    from hpcffn import slurm as slurm_mod
+
+    plan = build_mini_plan(tmp_path / "work")
+    (plan.layout.root / "fail").mkdir()
+    (plan.layout.root / "fail/partitions_v_z0_y1_x0").write_text("")
+    submit(plan, echo=_quiet)
+    wait_finished(plan, timeout=240)
+    subs = load_state(plan.layout.state).submissions
+    ids = [s.task_id(t) for s in subs for t in (s.tasks if s.tasks is not None else [None])]
+    squeue = slurm_mod.query(ids, sources=("squeue",))
+    scontrol = slurm_mod.query(ids, sources=("scontrol",))
+    expect = {i: squeue[i].state for i in ids}
+    assert expect[f"{subs[0].job_id}_2"] == "FAILED" and expect[f"{subs[0].job_id}_0"] == "COMPLETED"
+    assert {i: v.state for i, v in scontrol.items()} == expect
+    assert all(v.source == "scontrol" for v in scontrol.values())
+    probe = subprocess.run(["sacct", "-n", "-X", "-j", subs[0].job_id], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no SLURM accounting here (sacct: {probe.stderr.strip()}); squeue and scontrol checked")
+    deadline = time.monotonic() + 30  # slurmdbd receives job records asynchronously
+    while True:
+        sacct = slurm_mod.query(ids, sources=("sacct",))
+        if {i: v.state for i, v in sacct.items()} == expect or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {i: v.state for i, v in sacct.items()} == expect
+    assert all(v.source == "sacct" for v in sacct.values())

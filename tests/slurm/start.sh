@@ -2,7 +2,8 @@
 # Start a private, throw-away SLURM (munged + slurmctld + slurmd) for the tests.
 #
 # Usage: tests/slurm/start.sh [STATE_DIR]
-# Everything (munge key and socket, slurm.conf, spool, state, logs, pid files) lives under
+# Everything (munge key and socket, slurm.conf, spool, state, logs, pid files, and the
+# MariaDB + slurmdbd of the optional accounting) lives under
 # STATE_DIR (default: a new mktemp dir), daemons listen on free private ports, and nothing
 # under /etc or /run is touched, so it can run beside a real SLURM and beside another test run.
 # It writes STATE_DIR/env (export SLURM_CONF=...; export HPCFFN_TEST_SLURM=...) to be sourced
@@ -39,7 +40,15 @@ munged --force --key-file="$key" --socket="$socket" \
   --seed-file="$state/munge/munged.seed"
 
 # --- slurm.conf ---------------------------------------------------------------------------
-read -r ctld_port slurmd_port < <(python3 "$here/free_ports.py" 2)
+read -r ctld_port slurmd_port db_port dbd_port < <(python3 "$here/free_ports.py" 4)
+
+# Accounting (sacct) when slurmdbd and MariaDB are installed, unless HPCFFN_TEST_ACCOUNTING=0:
+# a private mariadbd (own datadir, socket and port) and a slurmdbd on a private port.
+accounting=""
+if [ "${HPCFFN_TEST_ACCOUNTING:-1}" != 0 ] && command -v slurmdbd >/dev/null 2>&1 \
+   && command -v mariadbd >/dev/null 2>&1 && command -v mariadb-install-db >/dev/null 2>&1; then
+  accounting=yes
+fi
 node="$(hostname -s)"
 cpus="$(nproc)"
 free_mb="$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)"
@@ -64,7 +73,14 @@ conf="$state/slurm.conf"
   echo "ProctrackType=proctrack/linuxproc"
   echo "TaskPlugin=task/none"
   echo "JobAcctGatherType=jobacct_gather/none"
-  echo "AccountingStorageType=accounting_storage/none"
+  if [ -n "$accounting" ]; then
+    echo "AccountingStorageType=accounting_storage/slurmdbd"
+    echo "AccountingStorageHost=localhost"
+    echo "AccountingStoragePort=$dbd_port"
+    echo "AccountingStoragePass=$socket"
+  else
+    echo "AccountingStorageType=accounting_storage/none"
+  fi
   echo "JobCompType=jobcomp/filetxt"
   echo "JobCompLoc=$state/log/jobcomp.txt"
   echo "SelectType=select/cons_tres"
@@ -105,6 +121,36 @@ done
 echo "NodeName=$node Name=gpu Type=v100 File=$state/dev/nvidia[0-7]" > "$state/gres.conf"
 
 export SLURM_CONF="$conf"
+if [ -n "$accounting" ]; then
+  mkdir -p "$state/mysql"
+  if [ ! -d "$state/mysql/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$state/mysql" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db > "$state/log/mariadb-install.log" 2>&1
+  fi
+  mariadbd --no-defaults --datadir="$state/mysql" --socket="$state/run/mysql.sock" --port="$db_port" \
+    --bind-address=127.0.0.1 --pid-file="$state/run/mariadbd.pid" --user=root --skip-log-bin \
+    --innodb-buffer-pool-size=64M --log-error="$state/log/mariadb.log" </dev/null >/dev/null 2>&1 &
+  for _ in $(seq 1 100); do [ -S "$state/run/mysql.sock" ] && break; sleep 0.1; done
+  # slurmdbd reads slurmdbd.conf beside slurm.conf ($SLURM_CONF); it must be private.
+  cat > "$state/slurmdbd.conf" <<DBD
+AuthType=auth/munge
+AuthInfo=socket=$socket
+DbdHost=localhost
+DbdPort=$dbd_port
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=root
+StorageLoc=hpcffn_acct_db
+PidFile=$state/run/slurmdbd.pid
+LogFile=$state/log/slurmdbd.log
+DBD
+  chmod 0600 "$state/slurmdbd.conf"
+  slurmdbd
+  for _ in $(seq 1 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+  sacctmgr -i add cluster hpcffntest >/dev/null 2>&1 || true
+fi
 slurmctld -f "$conf"
 slurmd -f "$conf"
 

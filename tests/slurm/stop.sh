@@ -21,6 +21,8 @@ stop_pid() {
 
 stop_pid slurmd
 stop_pid slurmctld
+stop_pid slurmdbd
+stop_pid mariadbd
 stop_pid munged
 if [ "${2:-}" = "--purge" ]; then
   rm -rf -- "$state"
