@@ -112,3 +112,22 @@ def test_standalone_writes_ffn_attributes(tmp_path):
         values, n = ds.attrs["partition_counts"]
         assert sum(n) == 8 * 8 * 10 and 255 not in values
     assert sum(counts.values()) == 12**3
+
+
+def test_read_labels_compact(tmp_path):
+    from hpcffn.stages.partitions import read_labels_compact
+
+    seg = blobs((9, 10, 11), 5, 9)
+    big = seg.copy()
+    big[8, 9, 10] = 2**40
+    with h5py.File(tmp_path / "s.h5", "w") as fh:
+        fh["small"] = seg
+        fh["big"] = big
+    got = read_labels_compact(f"{tmp_path}/s.h5:small", (1, 2, 3), (8, 8, 8), slab_voxels=64)
+    assert got.dtype == np.uint32
+    np.testing.assert_array_equal(got, seg[1:9, 2:10, 3:11])
+    got = read_labels_compact(f"{tmp_path}/s.h5:big", (1, 2, 3), (8, 8, 8), slab_voxels=64)
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, big[1:9, 2:10, 3:11])
+    with pytest.raises(HpcffnError, match="outside"):
+        read_labels_compact(f"{tmp_path}/s.h5:small", (5, 0, 0), (8, 8, 8))

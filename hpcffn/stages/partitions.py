@@ -309,10 +309,35 @@ def summarize(af: np.ndarray) -> dict:
     return {int(v): int(hist[v]) for v in np.flatnonzero(hist)}
 
 
+def read_labels_compact(location: str, start, size, slab_voxels: int = 1 << 23) -> np.ndarray:
+    """A z,y,x box of a label dataset in the narrowest of uint32/uint64 that holds its ids.
+
+    The stack is uint64 on disk; a 500^3 tile is 1 GB as uint64 but 500 MB as uint32, and
+    ids rarely need more than 32 bits. Read in z slabs so no full uint64 copy exists.
+    """
+    from hpcffn.volumes import open_dataset, read_box
+
+    with open_dataset(location, "stack") as ds:
+        stop = [a + n for a, n in zip(start, size)]
+        wide = ds.ndim == 3 and np.issubdtype(ds.dtype, np.integer) and ds.dtype.itemsize > 4
+        inside = ds.ndim == 3 and all(a >= 0 for a in start) and all(e <= d for e, d in zip(stop, ds.shape))
+        if wide and inside:
+            out = np.empty(tuple(size), dtype=np.uint32)
+            step = max(1, slab_voxels // max(1, size[1] * size[2]))
+            for z in range(0, size[0], step):
+                block = ds[start[0] + z:start[0] + min(size[0], z + step), start[1]:stop[1], start[2]:stop[2]]
+                if block.size and (block.max() > np.iinfo(np.uint32).max or block.min() < 0):
+                    break  # ids need 64 bits: read the box as it is
+                out[z:z + len(block)] = block
+            else:
+                return out
+    # Narrow dtypes, or boxes outside the dataset (read_box explains the error).
+    return read_box(location, start, size, "stack")
+
+
 def run_from_plan(plan, tile_key, params=None) -> dict:
     """Partitions of one tile: its box of the volume's groundtruth -> workdir/partitions/<tile>.h5."""
     from hpcffn.stages.markers import mark_done
-    from hpcffn.volumes import read_box
 
     tile = plan.tile(tile_key)
     vol = plan.volume(tile.volume)
@@ -322,7 +347,7 @@ def run_from_plan(plan, tile_key, params=None) -> dict:
             "only tiles with a group are partitioned"
         )
     p = params or plan.ffn.partitions
-    seg = read_box(vol.groundtruth, tile.box.start, tile.box.size, "stack")
+    seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
     af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size)
     write_partitions(
         plan.layout.partitions(tile.name), "af", af, offset=tile.box.start,
