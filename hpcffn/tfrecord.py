@@ -78,12 +78,29 @@ def _shift(state: np.ndarray, n: int) -> np.ndarray:
     return z[0][state & 0xFF] ^ z[1][(state >> 8) & 0xFF] ^ z[2][(state >> 16) & 0xFF] ^ z[3][state >> 24]
 
 
-def _register_after(data: bytes) -> int:
-    """CRC register after `data` starting from register 0 (no init, no final xor)."""
-    state = 0
+def _register_after(data: bytes, state: int = 0) -> int:
+    """CRC register after `data` starting from register `state` (no final xor)."""
     for b in data:
         state = int(_T8[(state ^ b) & 0xFF]) ^ (state >> 8)
     return state
+
+
+_PREFIX_CACHE: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _prefix_registers(name_lengths: tuple[int, ...]) -> np.ndarray:
+    """table[P, j]: CRC register (init 0xFFFFFFFF) after a record's bytes up to its varints."""
+    if name_lengths not in _PREFIX_CACHE:
+        table = np.zeros((16, len(name_lengths)), dtype=np.uint32)
+        for p in range(3, 16):
+            for j, ne in enumerate(name_lengths):
+                prefix = (
+                    b"\x0a" + _varint(2 + 14 + p + ne) + bytes([0x0A, 14 + p]) + _CENTER_KEY
+                    + bytes([0x12, 4 + p, 0x1A, 2 + p, 0x0A, p])
+                )
+                table[p, j] = _register_after(prefix, 0xFFFFFFFF)
+        _PREFIX_CACHE[name_lengths] = table
+    return _PREFIX_CACHE[name_lengths]
 
 
 def _varint(n: int) -> bytes:
@@ -210,9 +227,16 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
 
     # CRC32C of the data bytes: columns up to the name entry one by one (holes keep the
     # register), then the per-volume constant name entry as "shift + constant".
-    state = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
-    holes = {_C_FL + 1} | {int(b) + k for b, w in zip(starts, slot) for k in range(1, int(w))}
-    for c in range(_C_DATA, c_name):
+    # The bytes before the varints depend only on P (3..15) and the name entry's length, so
+    # the register after them comes from a small table; only varint columns are processed.
+    lengths = sorted({int(v) for v in ne_len[used]})
+    table = _prefix_registers(tuple(lengths))
+    if len(lengths) == 1:
+        state = table[p, 0]
+    else:
+        state = table[p, np.searchsorted(np.array(lengths), nel)]
+    holes = {int(b) + k for b, w in zip(starts, slot) for k in range(1, int(w))}
+    for c in range(_C_X, c_name):
         col = rows[:, c]
         if c in holes:
             state = np.where(valid[:, c], _process(state, col), state)
@@ -234,7 +258,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
             st = _shift(state[sel], int(length)) ^ regs[vol[sel]]
             _field_view(rows, c_name + int(length), "<u4")[sel] = masked_crc(st ^ np.uint32(0xFFFFFFFF))
             valid[sel, c_name:c_name + int(length) + 4] = True
-    return np.compress(valid.reshape(-1), rows.reshape(-1)).tobytes()
+    return rows.reshape(-1)[valid.reshape(-1)].tobytes()
 
 
 def serialize_example(center, name: bytes) -> bytes:
