@@ -166,7 +166,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     ne_max = int(ne_len.max())
     if ne_max > 16000:
         raise ValueError("volume names must be shorter than 16000 bytes")
-    used = np.unique(vol)
+    used = np.flatnonzero(np.bincount(vol, minlength=len(names)))  # (bincount: no sort)
     uniform_names = bool((ne_len[used] == ne_len[used[0]]).all())
     if uniform_names:
         ne_max = int(ne_len[used[0]])
@@ -199,7 +199,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
 
     _field_view(rows, _C_LEN, "<u8")[:] = rec_len
     lencrc = _field_view(rows, _C_LENCRC, "<u4")
-    for value in np.unique(rec_len):
+    for value in np.flatnonzero(np.bincount(rec_len)):
         lencrc[rec_len == value] = masked_crc(crc32c(int(value).to_bytes(8, "little")))
     rows[:, _C_FL] = np.where(fl2, (fl & 0x7F) | 0x80, fl)
     rows[:, _C_FL + 1] = fl >> 7
@@ -253,7 +253,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     else:
         # The data CRC follows the name entry, whose length varies by volume.
         valid[:, c_name:] = False
-        for length in np.unique(nel):
+        for length in np.flatnonzero(np.bincount(nel)):
             sel = nel == length
             st = _shift(state[sel], int(length)) ^ regs[vol[sel]]
             _field_view(rows, c_name + int(length), "<u4")[sel] = masked_crc(st ^ np.uint32(0xFFFFFFFF))
