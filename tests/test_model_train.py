@@ -59,21 +59,66 @@ def test_training_with_ffn_defaults_lowers_the_loss(data, tmp_path):
     assert again.exit_code == 0 and again.step == 300 and again.mean_losses == []
 
 
-def test_model_trained_here_segments_an_unseen_volume(data, tmp_path):
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """A model trained here (Adam, 300 steps) and an unseen test volume."""
+    d = tmp_path_factory.mktemp("trained")
+    res = _train(data, d / "t", max_steps=300, optimizer="adam")
+    assert res.exit_code == 0
+    raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)  # not the training volume
+    synthetic.write_volume(d / "test.h5", raw, labels)
+    return d
+
+
+def test_model_trained_here_segments_an_unseen_volume(trained):
     from hpcffn.ffn.inference import make_predict, segment_volume
     from hpcffn.ffn.model import build_model
     from hpcffn.ffn.tf1_import import load_weights
     from hpcffn.stages.evaluate import compare
 
-    res = _train(data, tmp_path / "t", max_steps=300, optimizer="adam")
-    assert res.exit_code == 0
     model = build_model(MP)
-    assert load_weights(model, tmp_path / "t") == 300
-    raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)  # not the training volume
+    assert load_weights(model, trained / "t") == 300
+    raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)
     out = segment_volume(raw, make_predict(model), MP, InferenceParams(min_segment_size=100, batch_size=4))
     m = compare(out.segmentation, labels)
     assert m["adapted_rand_error"] < 0.1, m
     assert out.segments >= m["objects"] - 2
+
+
+def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path):
+    import h5py
+
+    from hpcffn.stages.evaluate import evaluate_files
+
+    out = tmp_path / "seg.h5"
+    cmd = [sys.executable, "-m", "hpcffn.cli", "stage", "infer", "--image", f"{trained}/test.h5:raw",
+           "--checkpoint", str(trained / "t"), "--output", str(out), "--depth", "2", "--fov-size", "9,9,9",
+           "--deltas", "2,2,2", "--min-segment-size", "100", "--checkpoint-minutes", "0.000001"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "state saved" in line:  # progress is saved after every seed: signal after the first
+                proc.send_signal(signal.SIGUSR1)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + rest
+    assert proc.returncode == EXIT_REQUEUE, log
+    state = tmp_path / "seg.h5.state"
+    assert state.is_file() and not out.exists()
+    with h5py.File(state, "r") as f:
+        done = int(f.attrs["next_seed"])
+        assert 0 < done < len(f["seeds"])
+    second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=180, check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resumed at seed {done}/" in second.stdout
+    assert out.is_file() and not state.exists()
+    report = evaluate_files(f"{out}:seg", f"{trained}/test.h5:stack", log=lambda s: None)
+    assert report["overall"]["adapted_rand_error"] < 0.1
 
 
 def _cli_train(data, train_dir, max_steps):
