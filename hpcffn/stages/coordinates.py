@@ -31,6 +31,7 @@ IGNORE = 255
 _VOL_SHIFT = 40
 _INDEX_MASK = (1 << _VOL_SHIFT) - 1
 _HYPERGEOMETRIC_LIMIT = 10**9 - 1
+_MAX_SHARDS = 512
 
 
 @dataclass
@@ -194,7 +195,9 @@ def build_coordinates(
     copies[classes] = per_class // totals[classes]
     extra_left[classes] = per_class % totals[classes]
     total_records = per_class * len(classes)
-    n_shards = max(1, -(-total_records // shard_records))
+    # Shards hold ~shard_records each (8 M x 8 bytes); past 512 of them (4 G records, e.g. a
+    # whole group without max_records) shards grow instead, to stay within open-file limits.
+    n_shards = min(_MAX_SHARDS, max(1, -(-total_records // shard_records)))
     shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent)
 
     try:
