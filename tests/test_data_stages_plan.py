@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from test_data_coordinates import read_records
 
+from hpcffn.errors import HpcffnError
 from hpcffn.ffn_params import CoordinateParams, FFNParams, PartitionParams
 from hpcffn.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
 from hpcffn.stages import convert, coordinates, partitions
@@ -133,3 +134,20 @@ def test_cli_errors_are_one_line(tmp_path, args, words):
     assert len(lines) == 1 and lines[0].startswith("hpcffn: error:"), proc.stderr
     for w in words:
         assert w in lines[0]
+
+
+def test_array_index_is_position_in_job_units(tmp_path):
+    """Task i of the partitions array is units[i] (tiles with a group), not plan.tiles[i]."""
+    from hpcffn.plan_model import JobPlan
+
+    plan, _, _ = make_plan(tmp_path)
+    extra = TilePlan(name="w_z0_y0_x0", volume="v", index=(0, 0, 0), box=Box(start=(0, 0, 0), size=(1, 1, 1)),
+                     infer_box=Box(start=(0, 0, 0), size=(1, 1, 1)), group=None)
+    job = JobPlan(name="partitions", stage="partitions", script="jobs/partitions/partitions.sbatch", sha256="",
+                  array=True, units=[t.name for t in plan.tiles])
+    plan = plan.model_copy(update={"tiles": [extra, *plan.tiles], "jobs": [job]})
+    convert.run_from_plan(plan, 0, progress=False)
+    partitions.run_from_plan(plan, "1")
+    assert plan.layout.marker("partitions", "v_z0_y0_x1").is_file()
+    with pytest.raises(HpcffnError, match="out of range"):
+        partitions.run_from_plan(plan, "2")
