@@ -84,10 +84,12 @@ def test_balanced_margin_and_multiplicity(tmp_path, shard_records):
     af2 = make_af(tmp_path / "b.h5", (9, 11, 8), 1, offset=(100, 200, 300))
     vols = [parse_input(f"va:{tmp_path}/a.h5:af"), parse_input(f"vb:{tmp_path}/b.h5")]
     margin = (1, 2, 3)
+    out = tmp_path / "new" / "dir" / "c.tfrecord.gz"
     summary = build_coordinates(
-        vols, tmp_path / "c.tfrecord.gz", margin, seed=3, shard_records=shard_records, slab_voxels=50, block_records=7
+        vols, out, margin, seed=3, shard_records=shard_records, slab_voxels=50, block_records=7
     )
-    recs = read_records(tmp_path / "c.tfrecord.gz")
+    recs = read_records(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["c.tfrecord.gz"]  # no shards left behind
     afs = {"va": (af1, (0, 0, 0)), "vb": (af2, (100, 200, 300))}
     inner = {k: a[1:-1, 2:-2, 3:-3] for k, (a, _) in afs.items()}
     totals = {c: sum(int((inner[k] == c).sum()) for k in inner) for c in (0, 1, 2, 3)}

@@ -198,6 +198,9 @@ def build_coordinates(
     # Shards hold ~shard_records each (8 M x 8 bytes); past 512 of them (4 G records, e.g. a
     # whole group without max_records) shards grow instead, to stay within open-file limits.
     n_shards = min(_MAX_SHARDS, max(1, -(-total_records // shard_records)))
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if tmpdir is not None and not Path(tmpdir).is_dir():
+        raise HpcffnError(f"--tmpdir {tmpdir} is not a directory; create it or choose another")
     shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent)
 
     try:
