@@ -31,7 +31,8 @@ def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, rng_seed: in
 
     Boundary voxels are those whose Sobel gradient magnitude exceeds their Gaussian-smoothed
     neighbourhood (FFN's adaptive threshold) and `seed_threshold` times the 99th percentile of
-    the edge strength (so flat, noisy regions do not count as boundaries). Peaks are shuffled
+    the edge strength (so flat, noisy regions do not count as boundaries; 0 gives FFN's purely
+    adaptive policy). Peaks are shuffled
     with a fixed seed, as FFN does, and only those where the whole FOV fits are kept.
     """
     from scipy import ndimage
@@ -48,6 +49,8 @@ def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, rng_seed: in
     r = [f // 2 for f in fov_zyx]
     valid[tuple(slice(ri, s - ri) for ri, s in zip(r, image.shape))] = True
     dt[~valid] = 0
+    # Tiny fixed noise breaks ties on plateaus of the distance transform (one peak per plateau).
+    dt += np.random.default_rng(42).random(dt.shape, dtype=np.float32) * 1e-4
     peaks = peak_local_max(dt, min_distance=params.seed_min_distance, threshold_abs=0.5, exclude_border=False)
     peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
     np.random.default_rng(rng_seed).shuffle(peaks)
