@@ -157,3 +157,17 @@ def test_tf1_checkpoint_of_another_depth_names_the_fix(tmp_path):
         load_weights(build_model(ModelParams(depth=1, features=8, fov_size=(9, 9, 9), deltas=(2, 2, 2))), tmp_path / "m.ckpt")
     with pytest.raises(HpcffnError, match="features"):
         load_weights(build_model(ModelParams(depth=2, features=16, fov_size=(9, 9, 9), deltas=(2, 2, 2))), tmp_path / "m.ckpt")
+
+
+def test_resuming_with_other_settings_is_a_user_error(tmp_path):
+    from hpcffn.ffn.training import Trainer
+    from hpcffn.ffn_params import TrainingParams
+
+    Trainer(SMALL, TrainingParams(), tmp_path).save()
+    with pytest.raises(HpcffnError, match="other model or optimizer settings"):
+        Trainer(SMALL.model_copy(update={"features": 16}), TrainingParams(), tmp_path).restore(None)
+    with pytest.raises(HpcffnError, match="other model or optimizer settings"):
+        Trainer(SMALL, TrainingParams(optimizer="adam"), tmp_path).restore(None)
+    same = Trainer(SMALL, TrainingParams(), tmp_path)
+    same.restore(None)
+    assert int(same.step.numpy()) == 0

@@ -250,7 +250,15 @@ class Trainer:
     def restore(self, init_checkpoint: str | None) -> None:
         """Resume from the latest checkpoint in train_dir, else start from `init_checkpoint` if given."""
         if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            import tensorflow as tf
+
+            try:
+                self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as exc:
+                raise HpcffnError(
+                    f"cannot resume from {self.manager.latest_checkpoint}: it was written with other model or "
+                    f"optimizer settings ({str(exc).splitlines()[0][:120]}); restore those settings or use a new train dir"
+                ) from None
             print(f"hpcffn train: resumed from {self.manager.latest_checkpoint} at step {int(self.step.numpy())}", flush=True)
         elif init_checkpoint:
             from hpcffn.ffn.tf1_import import load_weights
