@@ -171,3 +171,15 @@ def test_resuming_with_other_settings_is_a_user_error(tmp_path):
     same = Trainer(SMALL, TrainingParams(), tmp_path)
     same.restore(None)
     assert int(same.step.numpy()) == 0
+
+
+def test_training_starts_from_a_tf1_checkpoint_when_the_train_dir_is_empty(tmp_path):
+    from hpcffn.ffn.training import Trainer
+    from hpcffn.ffn_params import TrainingParams
+
+    x = _inputs(1, (9, 9, 9), seed=4)
+    expected = _write_tf1_checkpoint(tmp_path / "ffn" / "model.ckpt-99", depth=2, features=8, x=x)
+    trainer = Trainer(SMALL, TrainingParams(init_checkpoint=str(tmp_path / "ffn" / "model.ckpt-99")), tmp_path / "t")
+    trainer.restore(trainer.tp.init_checkpoint)
+    np.testing.assert_allclose(trainer.model(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert int(trainer.step.numpy()) == 0  # fine-tuning counts its own steps
