@@ -66,6 +66,10 @@ class VolumePlan(_Model):
     polarity: Literal["white", "black", "labels"] = "labels"
     # True when the convert stage must produce `raw`/`groundtruth` before other stages run.
     needs_convert: bool = False
+    # How convert maps non-uint8 grayscale to uint8 (none = refuse), and the connectivity
+    # that turns white/black groundtruth into object ids.
+    rescale: Literal["none", "dtype", "minmax"] = "none"
+    connectivity: Literal[6, 18, 26] = 6
 
 
 class TilePlan(_Model):

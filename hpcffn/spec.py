@@ -65,6 +65,13 @@ class VolumeSpec(_Strict):
         "Default: labels for HDF5, white for TIF"
     )
     shape: ZYX | None = Field(None, description="z,y,x; lets you plan before the data is on the cluster")
+    rescale: Literal["none", "dtype", "minmax"] = Field(
+        "none", description="how convert maps non-uint8 grayscale to uint8: none (error), dtype (full dtype range), "
+        "minmax (the stack's min..max)"
+    )
+    connectivity: Literal[6, 18, 26] = Field(
+        6, description="3-D connectivity that turns white/black groundtruth into connected-component ids"
+    )
 
     @field_validator("shape")
     @classmethod

@@ -178,14 +178,6 @@ def convert(
             r.close()
 
 
-def _volume_option(plan, volume_name: str, key: str, default):
-    """A per-volume option from the resolved spec (e.g. `rescale`), if the spec has one."""
-    for entry in (plan.spec or {}).get("volumes", []) or []:
-        if isinstance(entry, dict) and entry.get("name") == volume_name and entry.get(key) is not None:
-            return entry[key]
-    return default
-
-
 def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
                   progress: bool | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
@@ -207,8 +199,8 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             f"volume {vol.name} needs no conversion: its raw and groundtruth are read from "
             f"{vol.raw} and {vol.groundtruth}"
         )
-    rescale = rescale or _volume_option(plan, vol.name, "rescale", "none")
-    connectivity = connectivity or int(_volume_option(plan, vol.name, "connectivity", 6))
+    rescale = rescale or vol.rescale
+    connectivity = connectivity or vol.connectivity
     info = convert(
         target,
         raw=vol.raw_source if want_raw else None,

@@ -1,0 +1,63 @@
+"""Per-volume convert options in the spec (rescale, connectivity) reach the convert stage."""
+
+import subprocess
+
+import h5py
+import numpy as np
+import tifffile
+import yaml
+from plan_helpers import spec_dict
+
+from hpcffn.plan_model import load_plan
+from hpcffn.stages import convert
+
+SHAPE = (70, 70, 70)
+
+
+def _write_slices(folder, volume):
+    folder.mkdir(parents=True)
+    for z, sl in enumerate(volume):
+        tifffile.imwrite(folder / f"s{z}.tif", sl)
+
+
+def _plan(tmp_path, **volume_options):
+    raw = np.linspace(1000, 3000, num=np.prod(SHAPE)).reshape(SHAPE).astype(np.uint16)
+    gt = np.full(SHAPE, 255, np.uint8)
+    gt[10:30, 10:30, 10:30] = 0
+    gt[30:50, 30:50, 30:50] = 0  # touches the first cube only along an edge line
+    _write_slices(tmp_path / "raw", raw)
+    _write_slices(tmp_path / "gt", gt)
+    volume = {"name": "v1", "raw": "raw", "groundtruth": "gt", "polarity": "white", **volume_options}
+    spec = spec_dict(volumes=[volume], subvolume={"size": [70, 70, 70], "groups": 1})
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    subprocess.run(["hpcffn", "plan", str(path)], check=True, capture_output=True)
+    return load_plan(tmp_path / "work")
+
+
+def test_rescale_minmax_and_connectivity_from_spec(tmp_path):
+    plan = _plan(tmp_path, rescale="minmax", connectivity=26)
+    convert.run_from_plan(plan, "v1", progress=False)
+    with h5py.File(plan.layout.converted_volume("v1")) as fh:
+        raw = fh["raw"][...]
+        stack = fh["stack"][...]
+    assert raw.dtype == np.uint8 and raw.min() == 0 and raw.max() == 255
+    # 26-connectivity joins the two cubes that meet at one corner voxel pair
+    assert len(np.unique(stack[stack > 0])) == 1
+
+
+def test_default_connectivity_keeps_corner_touching_objects_apart(tmp_path):
+    plan = _plan(tmp_path, rescale="dtype")
+    convert.run_from_plan(plan, "v1", progress=False)
+    with h5py.File(plan.layout.converted_volume("v1")) as fh:
+        stack = fh["stack"][...]
+    assert len(np.unique(stack[stack > 0])) == 2
+
+
+def test_non_uint8_raw_without_rescale_is_one_clear_error(tmp_path):
+    _plan(tmp_path)
+    proc = subprocess.run(["hpcffn", "stage", "convert", "--plan", str(tmp_path / "work"), "--volume", "v1"],
+                          check=False, capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rescale" in lines[0] and "Traceback" not in proc.stderr
