@@ -7,10 +7,10 @@ the caller's default (`raw` for grayscale, `stack` for groundtruth, FFN's names)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def list_datasets(h5file) -> list[str]:
 
 
 @contextmanager
-def open_dataset(loc: Location | str, default_dataset: str | None = None) -> Iterator["h5py.Dataset"]:  # noqa: F821
+def open_dataset(loc: Location | str, default_dataset: str | None = None) -> Iterator[h5py.Dataset]:  # noqa: F821
     """Open a dataset read-only; missing file or dataset -> one line listing what exists."""
     import h5py
 
