@@ -242,3 +242,28 @@ def test_mirrored_strategy_over_two_replicas_trains(tmp_path):
     assert (replicas, code, step) == ("2", "0", "100")
     assert float(last) < float(first)
     assert tf.train.latest_checkpoint(str(tmp_path / "t")).endswith("ckpt-100")
+
+
+def test_mixed_precision_path_trains(data, tmp_path, monkeypatch):
+    """float16 compute + loss scaling (normally GPU-only), exercised on CPU by pretending a GPU exists."""
+    from hpcffn.ffn.examples import PatchReader, make_dataset
+    from hpcffn.ffn.model import build_model
+    from hpcffn.ffn.training import Trainer
+
+    x = np.random.default_rng(0).normal(size=(1, 9, 9, 9, 2)).astype(np.float32)
+    full, half = build_model(MP, seed=1), build_model(MP, seed=1, mixed_precision=True)
+    assert half(x).dtype == tf.float32
+    np.testing.assert_allclose(half(x).numpy(), full(x).numpy(), atol=0.05)
+
+    d, vol = data
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: ["fake-gpu"] if kind == "GPU" else real(kind))
+    trainer = Trainer(MP, TrainingParams(max_steps=60, optimizer="adam", mixed_precision=True), tmp_path / "t",
+                      strategy=tf.distribute.get_strategy())
+    assert trainer.mixed and trainer.model.compute_dtype == tf.float16
+    ds = make_dataset([str(d / "c.tfrecord.gz")], PatchReader([vol], MP), MP, 4)
+    res = trainer.run(ds, log=lambda s: None)
+    assert res.exit_code == 0 and res.step == 60
+    assert res.mean_losses[-1] < res.mean_losses[0]
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
