@@ -156,8 +156,22 @@ def build_mini_plan(workdir: Path, sleep: float = 0, throttle: int | None = 2) -
 
 
 @pytest.fixture
-def mini_plan(tmp_path) -> Plan:
-    return build_mini_plan(tmp_path / "work")
+def job_tmp():
+    """A private temp dir for tests whose SLURM jobs write files while the test waits.
+
+    Not tmp_path: other pytest sessions started meanwhile by the same user prune old
+    pytest-N folders, which would pull the workdir from under a running job.
+    """
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="hpcffn-jobs-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def mini_plan(job_tmp) -> Plan:
+    return build_mini_plan(job_tmp / "work")
 
 
 def wait_finished(plan: Plan, timeout: float = 180.0, poll: float = 1.0):

@@ -51,8 +51,8 @@ def _plan_example(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("example", ["tiny", "ibex"])
-def test_every_rendered_script_passes_sbatch_test_only(slurm, tmp_path, example):
-    plan = load_plan(_plan_example(tmp_path, example))
+def test_every_rendered_script_passes_sbatch_test_only(slurm, job_tmp, example):
+    plan = load_plan(_plan_example(job_tmp, example))
     assert plan.jobs
     for job in plan.jobs:
         script = plan.layout.root / job.script
@@ -64,9 +64,9 @@ def test_every_rendered_script_passes_sbatch_test_only(slurm, tmp_path, example)
 
 
 @pytest.mark.slow
-def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm, tmp_path):
+def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm, job_tmp):
     """The rendered train script, hand-edited to a 2-minute limit and a stand-in worker."""
-    workdir = _plan_example(tmp_path, "tiny")
+    workdir = _plan_example(job_tmp, "tiny")
     plan = load_plan(workdir)
     # Its upstream ran elsewhere: markers say so, so `submit --stage train` may chain nothing.
     mark_done(plan, "coordinates", "g0")
@@ -119,11 +119,11 @@ def _stage_commands_missing() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.tf
-def test_tiny_example_end_to_end_on_slurm(slurm, tmp_path):
+def test_tiny_example_end_to_end_on_slurm(slurm, job_tmp):
     missing = _stage_commands_missing()
     if missing:
         pytest.skip(f"stage commands not implemented yet: {', '.join(missing)}")
-    workdir = _plan_example(tmp_path, "tiny")
+    workdir = _plan_example(job_tmp, "tiny")
     plan = load_plan(workdir)
     proc = subprocess.run([*HPCFFN, "submit", str(workdir)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -132,7 +132,7 @@ def test_tiny_example_end_to_end_on_slurm(slurm, tmp_path):
         assert row["states"] == {"COMPLETED": row["tasks"]}, (row, _first_failed_log(plan))
         assert row["outputs"] == row["tasks"], row
     # The workdir is found from the spec too (its relative `workdir: work`).
-    status = subprocess.run([*HPCFFN, "status", "--spec", str(workdir.parent / "tiny.yaml")], cwd=tmp_path,
+    status = subprocess.run([*HPCFFN, "status", "--spec", str(workdir.parent / "tiny.yaml")], cwd=job_tmp,
                             capture_output=True, text=True, check=False)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     assert plan.layout.evaluation_report.is_file()

@@ -77,7 +77,7 @@ def test_failed_array_task_then_resume_resubmits_only_its_chain(slurm, mini_plan
     assert again == []
 
 
-def test_dry_run_prints_commands_sbatch_accepts(slurm, mini_plan, tmp_path):
+def test_dry_run_prints_commands_sbatch_accepts(slurm, mini_plan, job_tmp):
     out = _cli("submit", str(mini_plan.layout.root), "--dry-run")
     assert out.returncode == 0, out.stderr
     assert not mini_plan.layout.state.exists() or load_state(mini_plan.layout.state).submissions == []
@@ -90,7 +90,7 @@ def test_dry_run_prints_commands_sbatch_accepts(slurm, mini_plan, tmp_path):
                            shell=True, capture_output=True, text=True, check=False)
     assert check.returncode == 0 and "to start at" in check.stderr, check.stderr
     # Run by hand, the whole printed script submits the pipeline, and it completes.
-    script = tmp_path / "submit.sh"
+    script = job_tmp / "submit.sh"
     script.write_text(out.stdout)
     for stage in ("partitions", "coordinates", "train", "infer", "evaluate"):
         (mini_plan.layout.root / "logs" / stage).mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,8 @@ def test_dry_run_prints_commands_sbatch_accepts(slurm, mini_plan, tmp_path):
     assert mini_plan.layout.marker("evaluate", "experiment").exists()
 
 
-def test_cancel_by_stage_and_all(slurm, tmp_path):
-    plan = build_mini_plan(tmp_path / "work", sleep=60)
+def test_cancel_by_stage_and_all(slurm, job_tmp):
+    plan = build_mini_plan(job_tmp / "work", sleep=60)
     submit(plan, echo=_quiet)
     out = _cli("cancel", str(plan.layout.root), "--stage", "evaluate")
     assert out.returncode == 0 and "cancelled 1 task" in out.stdout
@@ -124,8 +124,8 @@ def test_cancel_by_stage_and_all(slurm, tmp_path):
     assert json.loads(out.stdout)["finished"]
 
 
-def test_script_changed_under_a_pending_job_is_refused(slurm, tmp_path):
-    plan = build_mini_plan(tmp_path / "work", sleep=60)
+def test_script_changed_under_a_pending_job_is_refused(slurm, job_tmp):
+    plan = build_mini_plan(job_tmp / "work", sleep=60)
     submit(plan, echo=_quiet)
     try:
         script = plan.layout.root / plan.job("evaluate").script
@@ -137,11 +137,11 @@ def test_script_changed_under_a_pending_job_is_refused(slurm, tmp_path):
         _cli("cancel", str(plan.layout.root))
 
 
-def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, tmp_path):
+def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, job_tmp):
     """Each source status reads, alone, gives the same states (sacct when accounting answers)."""
     from hpcffn import slurm as slurm_mod
 
-    plan = build_mini_plan(tmp_path / "work")
+    plan = build_mini_plan(job_tmp / "work")
     (plan.layout.root / "fail").mkdir()
     (plan.layout.root / "fail/partitions_v_z0_y1_x0").write_text("")
     submit(plan, echo=_quiet)
