@@ -142,6 +142,26 @@ class Plan(_Model):
     def job(self, name: str) -> JobPlan:
         return _find(self.jobs, name, "job", self.spec_file)
 
+    def task_unit(self, job_name: str, key: str | int) -> str | int:
+        """The unit an array task works on: an index is a position in the job's `units`.
+
+        Rendered array scripts pass $SLURM_ARRAY_TASK_ID, which is the position in the job's
+        units (partitions: tiles with a group; convert: volumes that need converting). Names
+        pass through unchanged; without such a job in the plan the index is kept as it is.
+        """
+        if not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            return key
+        job = next((j for j in self.jobs if j.name == job_name), None)
+        if job is None or not job.units:
+            return key
+        i = int(key)
+        if not 0 <= i < len(job.units):
+            raise HpcffnError(
+                f"task index {i} is out of range: job {job_name} of the plan of {self.spec_file} has "
+                f"{len(job.units)} tasks (0..{len(job.units) - 1}); re-run `hpcffn plan` if the spec changed"
+            )
+        return job.units[i]
+
     def group_tiles(self, group: str) -> list[TilePlan]:
         names = set(self.group(group).tiles)
         return [t for t in self.tiles if t.name in names]

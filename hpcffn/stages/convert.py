@@ -182,10 +182,9 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
                   progress: bool | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
     from hpcffn.stages.markers import mark_done
-    from hpcffn.stages.partitions import unit_of_task
     from hpcffn.volumes import parse_location
 
-    vol = plan.volume(unit_of_task(plan, "convert", volume_key))
+    vol = plan.volume(plan.task_unit("convert", volume_key))
     target = plan.layout.converted_volume(vol.name)
     raw_loc = parse_location(vol.raw, "raw")
     gt_loc = parse_location(vol.groundtruth, "stack") if vol.groundtruth else None

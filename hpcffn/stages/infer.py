@@ -98,7 +98,7 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
     """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
     from hpcffn.stages.markers import mark_done
 
-    tile = plan.tile(tile_key)
+    tile = plan.tile(plan.task_unit("infer", tile_key))
     volume = plan.volume(tile.volume)
     output = plan.layout.segmentation(tile.name)
     code = segment_location(volume.raw, plan_checkpoint(plan, tile), output, model_params or plan.ffn.model,

@@ -335,32 +335,11 @@ def read_labels_compact(location: str, start, size, slab_voxels: int = 1 << 23) 
     return read_box(location, start, size, "stack")
 
 
-def unit_of_task(plan, job_name: str, key):
-    """The unit an array task works on: an index is a position in the job's `units`.
-
-    Rendered array scripts pass $SLURM_ARRAY_TASK_ID; the contract makes it the position in
-    the job's units (partitions: tiles *with a group*), which differs from the position in
-    plan.tiles when a volume without groundtruth comes first. Names pass through.
-    """
-    if not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
-        return key
-    job = next((j for j in plan.jobs if j.name == job_name), None)
-    if job is None or not job.units:
-        return key  # no such job planned: fall back to the plain index
-    i = int(key)
-    if not 0 <= i < len(job.units):
-        raise HpcffnError(
-            f"task index {i} is out of range: job {job_name} of the plan has {len(job.units)} tasks "
-            f"(0..{len(job.units) - 1}); re-run `hpcffn plan` if the spec changed"
-        )
-    return job.units[i]
-
-
 def run_from_plan(plan, tile_key, params=None) -> dict:
     """Partitions of one tile: its box of the volume's groundtruth -> workdir/partitions/<tile>.h5."""
     from hpcffn.stages.markers import mark_done
 
-    tile = plan.tile(unit_of_task(plan, "partitions", tile_key))
+    tile = plan.tile(plan.task_unit("partitions", tile_key))
     vol = plan.volume(tile.volume)
     if vol.groundtruth is None:
         raise HpcffnError(
