@@ -140,6 +140,10 @@ def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None,
         old = signal.signal(signal.SIGTERM, _raise_stopped)
         try:
             return _run_steps(plan, steps, echo, progress, max_requeues)
+        except _Stopped:
+            raise HpcffnError(
+                "the local run was stopped (SIGTERM, e.g. `hpcffn cancel`); `hpcffn run --resume` continues it"
+            ) from None
         finally:
             signal.signal(signal.SIGTERM, old)
 

@@ -136,3 +136,29 @@ def test_submit_local_flag_runs_here(mini_plan):
     out = _cli("submit", str(mini_plan.layout.root), "--local")
     assert out.returncode == 0, out.stderr
     assert collect(mini_plan).all_done
+
+
+def test_cancel_stops_a_local_run(job_tmp):
+    import time
+
+    from conftest import build_mini_plan
+
+    plan = build_mini_plan(job_tmp / "work", sleep=30)
+    root = str(plan.layout.root)
+    runner = subprocess.Popen([*HPCFFN, "run", root, "--no-progress"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not collect(plan).rows[0]["counts"].get("alive"):
+            time.sleep(0.2)
+        out = _cli("cancel", root)
+        assert out.returncode == 0 and "stopped the local runner" in out.stdout
+        _, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 2 and err.strip().splitlines() == [
+        "hpcffn: error: the local run was stopped (SIGTERM, e.g. `hpcffn cancel`); `hpcffn run --resume` continues it"]
+    rows = {r["job"]: r for r in collect(plan).rows}
+    assert rows["partitions"]["states"] == {"CANCELLED": 3}
+    assert rows["evaluate"]["states"] == {"NOT SUBMITTED": 1}
