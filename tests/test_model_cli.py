@@ -21,7 +21,7 @@ def test_triples_and_boxes():
     assert _bbox("0,10,20:5,6,7") == ((0, 10, 20), (5, 6, 7))
     assert _bbox(None) == (None, None)
     for bad in ("1,2", "a,b,c", "1,2,3,4"):
-        with pytest.raises(HpcffnError, match="three integers"):
+        with pytest.raises(HpcffnError, match="3 integers separated by commas"):
             _triple(bad, "--deltas")
     with pytest.raises(HpcffnError, match="z0,y0,x0:dz,dy,dx"):
         _bbox("0,0,0")

@@ -11,28 +11,11 @@ from typing import Annotated
 
 import typer
 
+from hpcffn.commands.options import float_list as _floats
+from hpcffn.commands.options import int_list as _ints
+from hpcffn.commands.options import with_overrides as _params
 from hpcffn.errors import HpcffnError
-
-
-def _ints(text: str | None, flag: str, n: int = 3) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != n:
-        raise HpcffnError(f"{flag} {text!r}: write {n} integers separated by commas, e.g. {','.join(['24'] * n)}")
-    return vals
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise HpcffnError(f"{flag} {text!r}: write numbers separated by commas, e.g. 0.1,0.5,0.9") from None
+from hpcffn.plan_model import load_plan as _load_plan
 
 
 def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, float]]:
@@ -46,25 +29,6 @@ def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, floa
             raise HpcffnError(f"--exclusion-region {text!r}: write x,y,z,r (sphere centre and radius, voxels)")
         out.append(vals)
     return out
-
-
-def _params(cls, base, overrides: dict, section: str):
-    from pydantic import ValidationError
-
-    values = base.model_dump() if base is not None else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or section
-        raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
-
-
-def _load_plan(plan: Path):
-    from hpcffn.plan_model import load_plan
-
-    return load_plan(plan)
 
 
 def _echo_partitions(counts: dict, where: str) -> None:

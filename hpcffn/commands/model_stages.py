@@ -11,23 +11,19 @@ from typing import Annotated
 
 import typer
 
+from hpcffn.commands.options import int_list
+from hpcffn.commands.options import with_overrides as _params
 from hpcffn.errors import HpcffnError
+from hpcffn.plan_model import load_plan as _load_plan
+
+
+def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
+    return int_list(text, flag, 3, "33")  # type: ignore[return-value]
+
 
 _MODEL = "Model (override the plan's ffn.model)"
 _TRAIN = "Training (override the plan's ffn.training)"
 _INFER = "Inference (override the plan's ffn.inference)"
-
-
-def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise HpcffnError(f"{flag} {text!r}: write three integers separated by commas, e.g. 33,33,33")
-    return vals  # type: ignore[return-value]
 
 
 def _bbox(text: str | None):
@@ -43,29 +39,9 @@ def _bbox(text: str | None):
     return s, n
 
 
-def _params(cls, base, overrides: dict, section: str):
-    """`base` (or cls defaults) with every non-None override, validated with one-line errors."""
-    from pydantic import ValidationError
-
-    values = base.model_dump() if base is not None else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or section
-        raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
-
-
 def _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev) -> dict:
     return {"depth": depth, "features": features, "fov_size": _triple(fov_size, "--fov-size"),
             "deltas": _triple(deltas, "--deltas"), "image_mean": image_mean, "image_stddev": image_stddev}
-
-
-def _load_plan(plan: Path):
-    from hpcffn.plan_model import load_plan
-
-    return load_plan(plan)
 
 
 def _exit(code: int) -> None:

@@ -1,0 +1,46 @@
+"""Option parsing shared by the stage commands: comma lists and parameter overrides.
+
+A flag given on the command line overrides the plan's (or the defaults') value for one run;
+malformed values become one-line errors that name the flag and show the expected form.
+"""
+
+from __future__ import annotations
+
+from hpcffn.errors import HpcffnError
+
+
+def int_list(text: str | None, flag: str, n: int = 3, example: str = "24") -> tuple[int, ...] | None:
+    """`"24,24,24"` -> (24, 24, 24); None stays None."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise HpcffnError(f"{flag} {text!r}: write {n} integers separated by commas, e.g. {','.join([example] * n)}")
+    return vals
+
+
+def float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """`"0.1,0.5"` -> (0.1, 0.5); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise HpcffnError(f"{flag} {text!r}: write numbers separated by commas, e.g. 0.1,0.5,0.9") from None
+
+
+def with_overrides(cls, base, overrides: dict, section: str):
+    """`base` (or cls defaults) with every non-None override, validated with one-line errors."""
+    from pydantic import ValidationError
+
+    values = base.model_dump() if base is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or section
+        raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
