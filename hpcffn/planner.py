@@ -221,25 +221,22 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
 # ---------------------------------------------------------------- rendering
 
 
+# Resource keys of a stage (spec/profile) and the sbatch option each becomes, in script order.
+_SBATCH_OPTIONS = (
+    ("partition", "partition"), ("account", "account"), ("qos", "qos"), ("constraint", "constraint"),
+    ("gpus", "gres"), ("cpus", "cpus-per-task"), ("memory", "mem"), ("time", "time"),
+    ("mail_user", "mail-user"), ("mail_type", "mail-type"),
+)
+
+
 def sbatch_lines(spec: Spec, job: JobPlan, res: dict, layout: Layout, throttle: int | None) -> list[str]:
     """The #SBATCH options of one job, in a fixed order."""
     log = "%x_%A_%a.out" if job.array else "%x_%j.out"
     lines = [f"--job-name={spec.name}-{job.name}", f"--output={layout.logs_dir(job.stage)}/{log}", "--open-mode=append"]
-    for key, opt in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("constraint", "constraint")):
+    for key, opt in _SBATCH_OPTIONS:
         if res[key]:
-            lines.append(f"--{opt}={res[key]}")
-    if res["gpus"]:
-        lines.append(f"--gres=gpu:{res['gpus']}")
-    if res["cpus"]:
-        lines.append(f"--cpus-per-task={res['cpus']}")
-    if res["memory"]:
-        lines.append(f"--mem={res['memory']}")
-    if res["time"]:
-        lines.append(f"--time={res['time']}")
-    if res["mail_user"]:
-        lines.append(f"--mail-user={res['mail_user']}")
-    if res["mail_type"]:
-        lines.append(f"--mail-type={res['mail_type']}")
+            value = f"gpu:{res[key]}" if key == "gpus" else res[key]
+            lines.append(f"--{opt}={value}")
     if job.array:
         lines.append(f"--array=0-{len(job.units) - 1}" + (f"%{throttle}" if throttle else ""))
     if job.stage in LONG_STAGES:
