@@ -83,7 +83,27 @@ def slurm(monkeypatch):
     for key, val in env.items():
         monkeypatch.setenv(key, val)
     monkeypatch.setenv("PATH", os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-    return env
+    yield env
+    _cancel_leftover_jobs()
+
+
+def _cancel_leftover_jobs(timeout: float = 60.0) -> None:
+    """Cancel whatever a test left in the private test SLURM and wait until it is gone.
+
+    Keeps tests independent: a job still running from one test must not hold the node's CPUs
+    while the next test waits for its own job to start.
+    """
+    import getpass
+
+    user = getpass.getuser()
+    subprocess.run(["scancel", f"--user={user}"], check=False, capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "--noheader", f"--user={user}", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED,SUSPENDED"],
+                             check=False, capture_output=True, text=True, timeout=30).stdout
+        if not out.strip():
+            return
+        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------ a small hand-made plan

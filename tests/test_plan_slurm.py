@@ -75,6 +75,7 @@ def _requeue_round_trip(tmp_path):
             time.sleep(0.5)
         assert (fake.parent / "ready").exists(), "the job never started"
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
+        deadline = time.monotonic() + 240  # the requeued job must be scheduled again: its own budget
         runs = fake.parent / "runs"
         requeued = False
         while time.monotonic() < deadline and "resumed" not in (runs.read_text() if runs.exists() else ""):
