@@ -179,7 +179,7 @@ def test_plan_mode_train_infer_evaluate(tmp_path):
         TilePlan(name="v_z0_y0_x1", volume="v", index=(0, 0, 1), box=Box(start=(0, 0, 32), size=(40, 40, 32)),
                  infer_box=Box(start=(0, 0, 24), size=(40, 40, 40)), group="g0"),
     ]
-    ffn = FFNParams(model=MP, training=TrainingParams(max_steps=300, optimizer="adam"),
+    ffn = FFNParams(model=MP, training=TrainingParams(max_steps=600, optimizer="adam"),
                     inference=InferenceParams(min_segment_size=100, batch_size=4))
     plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / "work"), spec_file="t.yaml", spec={},
                 ffn=ffn, volumes=[vol], tiles=tiles, groups=[GroupPlan(name="g0", tiles=[t.name for t in tiles],
