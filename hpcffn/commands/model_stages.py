@@ -39,6 +39,15 @@ def _bbox(text: str | None):
     return s, n
 
 
+# The model options, shared by train and infer (they override the plan's ffn.model).
+_Depth = Annotated[int | None, typer.Option(rich_help_panel=_MODEL)]
+_Features = Annotated[int | None, typer.Option(rich_help_panel=_MODEL)]
+_FovSize = Annotated[str | None, typer.Option(help="x,y,z (odd).", rich_help_panel=_MODEL)]
+_Deltas = Annotated[str | None, typer.Option(help="x,y,z FOV move step.", rich_help_panel=_MODEL)]
+_ImageMean = Annotated[float | None, typer.Option(rich_help_panel=_MODEL)]
+_ImageStddev = Annotated[float | None, typer.Option(rich_help_panel=_MODEL)]
+
+
 def _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev) -> dict:
     return {"depth": depth, "features": features, "fov_size": _triple(fov_size, "--fov-size"),
             "deltas": _triple(deltas, "--deltas"), "image_mean": image_mean, "image_stddev": image_stddev}
@@ -59,12 +68,12 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         coordinates: Annotated[list[Path] | None, typer.Option("--coordinates", help="Standalone: coordinate TFRecord(s) (GZIP); repeatable.")] = None,
         volume: Annotated[list[str] | None, typer.Option("--volume", help="Standalone: NAME:raw.h5:raw:labels.h5:stack, NAME as in the records; repeatable.")] = None,
         train_dir: Annotated[Path | None, typer.Option("--train-dir", help="Standalone: where checkpoints and TensorBoard events go.")] = None,
-        depth: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        features: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        fov_size: Annotated[str | None, typer.Option(help="x,y,z (odd).", rich_help_panel=_MODEL)] = None,
-        deltas: Annotated[str | None, typer.Option(help="x,y,z FOV move step.", rich_help_panel=_MODEL)] = None,
-        image_mean: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        image_stddev: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        depth: _Depth = None,
+        features: _Features = None,
+        fov_size: _FovSize = None,
+        deltas: _Deltas = None,
+        image_mean: _ImageMean = None,
+        image_stddev: _ImageStddev = None,
         batch_size: Annotated[int | None, typer.Option(rich_help_panel=_TRAIN)] = None,
         learning_rate: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
         optimizer: Annotated[str | None, typer.Option(help="sgd or adam.", rich_help_panel=_TRAIN)] = None,
@@ -114,12 +123,12 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("--output", help="Standalone: segmentation HDF5 to write (dataset seg).")] = None,
         bbox: Annotated[str | None, typer.Option("--bbox", help="Standalone: z0,y0,x0:dz,dy,dx box to segment (default: all).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
-        depth: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        features: Annotated[int | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        fov_size: Annotated[str | None, typer.Option(help="x,y,z (odd).", rich_help_panel=_MODEL)] = None,
-        deltas: Annotated[str | None, typer.Option(help="x,y,z FOV move step.", rich_help_panel=_MODEL)] = None,
-        image_mean: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
-        image_stddev: Annotated[float | None, typer.Option(rich_help_panel=_MODEL)] = None,
+        depth: _Depth = None,
+        features: _Features = None,
+        fov_size: _FovSize = None,
+        deltas: _Deltas = None,
+        image_mean: _ImageMean = None,
+        image_stddev: _ImageStddev = None,
         move_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
         segment_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
         min_segment_size: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
