@@ -112,28 +112,46 @@ def render_table(plan: Plan, report: Report):
 
 def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
          max_interval: float = 120.0, echo=print) -> Report:
-    """Print the status once, or until nothing is alive with --watch (backing off while idle)."""
+    """Print the status once, or until nothing is alive with --watch (backing off while idle).
+
+    On a terminal --watch redraws one table in place; piped into a log it prints a table per
+    refresh, so the history stays readable.
+    """
     import json
-
-    from rich.console import Console
-
     import sys
 
+    from rich.console import Console, Group
+    from rich.live import Live
+
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    delay = interval
-    last = None
-    while True:
-        report = collect(plan)
+
+    def view(report: Report):
+        warnings = [f"[yellow]warning:[/yellow] {w}" for w in report.warnings]
+        return Group(render_table(plan, report), *warnings)
+
+    def emit(report: Report) -> None:
         if as_json:
             echo(json.dumps({"plan": str(plan.layout.plan), "rows": report.rows, "warnings": report.warnings,
                              "finished": report.finished, "all_done": report.all_done}, indent=1))
+        elif live is not None:
+            live.update(view(report), refresh=True)
         else:
-            console.print(render_table(plan, report))
-            for w in report.warnings:
-                console.print(f"[yellow]warning:[/yellow] {w}")
-        if not watch or report.finished:
-            return report
-        snapshot = [r["states"] for r in report.rows]
-        delay = interval if snapshot != last else min(delay * 1.5, max_interval)
-        last = snapshot
-        time.sleep(delay)
+            console.print(view(report))
+
+    live = Live(console=console, auto_refresh=False) if (watch and not as_json and console.is_terminal) else None
+    delay, last = interval, None
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            report = collect(plan)
+            emit(report)
+            if not watch or report.finished:
+                return report
+            snapshot = [r["states"] for r in report.rows]
+            delay = interval if snapshot != last else min(delay * 1.5, max_interval)
+            last = snapshot
+            time.sleep(delay)
+    finally:
+        if live is not None:
+            live.stop()
