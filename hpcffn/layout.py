@@ -10,6 +10,7 @@ are relative to the workdir the spec names (plan.json records it).
       jobs/<stage>/<job>.sbatch     rendered batch scripts (hand-editable)
       logs/<stage>/%x_%A_%a.out     SLURM logs
       data/<volume>.h5              converted volumes: datasets `raw` (uint8), `stack` (uint64)
+      data/tiles/<tile>.h5          optional (volumes[].tile_files): one file per tile, raw + stack
       partitions/<tile>.h5          stage 1: dataset `af` (uint8), attrs offset (z,y,x)
       coordinates/<group>.tfrecord.gz   stage 2: GZIP TFRecord of tf.train.Example
       train/<group>/                stage 3: checkpoints + TensorBoard events
@@ -68,6 +69,9 @@ class Layout:
 
     def converted_volume(self, volume: str) -> Path:
         return self.root / "data" / f"{volume}.h5"
+
+    def tile_file(self, tile: str) -> Path:
+        return self.root / "data" / "tiles" / f"{tile}.h5"
 
     def partitions(self, tile: str) -> Path:
         return self.root / "partitions" / f"{tile}.h5"

@@ -70,6 +70,8 @@ class VolumePlan(_Model):
     # that turns white/black groundtruth into object ids.
     rescale: Literal["none", "dtype", "minmax"] = "none"
     connectivity: Literal[6, 18, 26] = 6
+    # Convert also writes workdir/data/tiles/<tile>.h5 (raw + stack of each tile's box).
+    tile_files: bool = False
 
 
 class TilePlan(_Model):

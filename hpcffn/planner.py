@@ -73,12 +73,12 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
         plans.append(VolumePlan(
             name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
             groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,
-            rescale=vol.rescale, connectivity=vol.connectivity,
+            rescale=vol.rescale, connectivity=vol.connectivity, tile_files=vol.tile_files,
         ))
         folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt) if s is not None]
         resolved.append({"name": vol.name, "raw": raw.location, "groundtruth": gt.location if gt else None,
                          "polarity": polarity, "shape": list(shape), "rescale": vol.rescale,
-                         "connectivity": vol.connectivity})
+                         "connectivity": vol.connectivity, "tile_files": vol.tile_files})
     # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
     order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
     return [plans[i] for i in order], resolved, folders

@@ -72,6 +72,9 @@ class VolumeSpec(_Strict):
     connectivity: Literal[6, 18, 26] = Field(
         6, description="3-D connectivity that turns white/black groundtruth into connected-component ids"
     )
+    tile_files: bool = Field(
+        False, description="convert also writes one HDF5 per tile (raw + stack of its box), as FFN's own scripts expect"
+    )
 
     @field_validator("shape")
     @classmethod

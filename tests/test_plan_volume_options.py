@@ -61,3 +61,15 @@ def test_non_uint8_raw_without_rescale_is_one_clear_error(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "rescale" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_tile_files_hold_each_tiles_box(tmp_path):
+    plan = _plan(tmp_path, rescale="dtype", tile_files=True)
+    info = convert.run_from_plan(plan, "v1", progress=False)
+    assert info["tile_files"] == len(plan.tiles) == 1
+    tile = plan.tiles[0]
+    with h5py.File(plan.layout.converted_volume("v1")) as whole, h5py.File(plan.layout.tile_file(tile.name)) as part:
+        box = tile.box.slices
+        np.testing.assert_array_equal(part["raw"][...], whole["raw"][box])
+        np.testing.assert_array_equal(part["stack"][...], whole["stack"][box])
+        assert tuple(part["stack"].attrs["offset"]) == tile.box.start

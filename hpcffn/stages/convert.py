@@ -213,5 +213,32 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
         progress=progress,
         expected_shape=vol.shape,
     )
+    if vol.tile_files:
+        info["tile_files"] = write_tile_files(plan, vol)
     mark_done(plan, "convert", vol.name, **info)
     return info
+
+
+def write_tile_files(plan, vol) -> int:
+    """One HDF5 per tile of `vol` (datasets raw and stack of the tile's box, attr offset z,y,x).
+
+    For users who feed sub-volume files to FFN's own scripts, as the lab did by hand.
+    """
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+    from hpcffn.volumes import read_box
+
+    tiles = [t for t in plan.tiles if t.volume == vol.name]
+    for tile in tiles:
+        start, size = tile.box.start, tile.box.size
+        with atomic_path(plan.layout.tile_file(tile.name), suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+            sources = [("raw", vol.raw, "raw")] + ([("stack", vol.groundtruth, "stack")] if vol.groundtruth else [])
+            for name, location, default in sources:
+                data = read_box(location, start, size, default)
+                ds = fh.create_dataset(name, data=data, chunks=_chunks(data.shape), compression="gzip",
+                                       compression_opts=1, shuffle=data.dtype.itemsize > 1)
+                ds.attrs["offset"] = start
+            fh.attrs["offset"] = start
+            fh.attrs["volume"] = vol.name
+    return len(tiles)
