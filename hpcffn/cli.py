@@ -7,6 +7,7 @@ happen inside the command bodies so `hpcffn --help` and planning stay fast on a 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -63,6 +64,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("hpcffn: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        # Permission denied, disk full, a vanished file: one line naming the file, not a
+        # traceback. HPCFFN_DEBUG=1 shows the traceback for a bug report.
+        if os.environ.get("HPCFFN_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"hpcffn: error: {exc.strerror or exc}{where}; fix the path or its permissions "
+              "(HPCFFN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
