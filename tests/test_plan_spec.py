@@ -136,6 +136,12 @@ def test_resource_values_checked(tmp_path, field, value):
     assert f"cluster.train.{field}" in msg
 
 
+def test_unquoted_time_read_as_number_says_quote_it(tmp_path):
+    # `time: 12:00:00` unquoted is the YAML 1.1 base-60 integer 43200.
+    msg = plan_error(tmp_path, spec_dict(cluster={"profile": "local", "train": {"time": 43200}}))
+    assert "cluster.train.time" in msg and 'time: "12:00:00"' in msg
+
+
 def test_unknown_profile_lists_shipped(tmp_path):
     msg = plan_error(tmp_path, spec_dict(cluster={"profile": "summit"}))
     assert "cluster.profile" in msg and "ibex" in msg and "generic" in msg
