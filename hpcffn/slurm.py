@@ -239,8 +239,10 @@ def parse_squeue_json(text: str) -> dict[str, TaskInfo]:
     """Parse `squeue --json`; skip (not fail on) records that cannot be read."""
     out: dict[str, TaskInfo] = {}
     try:
-        jobs = json.loads(text).get("jobs", [])
+        jobs = json.loads(text).get("jobs") or []
     except (json.JSONDecodeError, AttributeError):
+        return out
+    if not isinstance(jobs, list):
         return out
     for rec in jobs:
         try:

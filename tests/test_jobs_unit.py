@@ -51,6 +51,8 @@ def test_parse_squeue_json_expands_pending_arrays_and_skips_bad_records():
     assert got["9"].state == "COMPLETED" and not got["9"].alive
     assert "10_1" not in got
     assert slurm.parse_squeue_json("not json") == {}
+    assert slurm.parse_squeue_json('{"jobs": null}') == {}
+    assert slurm.parse_squeue_json('{"jobs": {"id": 1}}') == {}
 
 
 def test_dependency_never_satisfied_is_not_alive():
