@@ -336,6 +336,8 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
 
     Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
+    When no source answers at all (controller down, no slurm.conf), raise instead: an empty
+    answer would make every submitted job look forgotten, and `submit --resume` resubmit it.
     """
     ids = [i for i in ids if i]
     if not ids:
@@ -343,29 +345,46 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     want = set(ids)
     found: dict[str, TaskInfo] = {}
     bases = _base_ids(ids)
+    answered, errors = False, []
+
+    def heard(proc: subprocess.CompletedProcess, forgotten: str | None = None) -> bool:
+        nonlocal answered
+        ok = proc.returncode == 0 or (forgotten is not None and forgotten in proc.stderr)
+        answered |= ok
+        if not ok:
+            errors.append(_last_line(proc))
+        return proc.returncode == 0
+
     if "squeue" in sources:
         proc = _run(["squeue", "--json"], check=False)
-        if proc.returncode == 0:
+        if heard(proc):
             found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
                           if k in want or k.split("_")[0] in bases})
     missing = [i for i in ids if i not in found]
     if missing and "sacct" in sources and shutil.which("sacct"):
         proc = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
                      "-j", ",".join(_base_ids(missing))], check=False)
-        if proc.returncode == 0:
+        if heard(proc):
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
     missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
     for base in _base_ids(missing) if "scontrol" in sources else []:
         proc = _run(["scontrol", "show", "job", "-o", base], check=False)
-        if proc.returncode == 0:
+        if heard(proc, forgotten="Invalid job id"):
             for k, v in parse_scontrol(proc.stdout).items():
                 found.setdefault(k, v)
+    if not answered and errors:
+        raise HpcffnError(f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
     for i in ids:  # array tasks covered by a whole-array record
         whole = found.get(f"{i.split('_')[0]}_*")
         if "_" in i and i not in found and whole is not None:
             found[i] = TaskInfo(**{**whole.__dict__, "id": i})
     return {i: found[i] for i in ids if i in found}
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+    return lines[-1].strip() if lines else f"exit code {proc.returncode}"
 
 
 def scancel(ids: list[str]) -> None:

@@ -68,7 +68,7 @@ def collect(plan: Plan) -> Report:
         try:
             return slurm.query(ids)
         except HpcffnError as exc:
-            report.warnings.append(f"SLURM did not answer ({exc}); states come from markers only")
+            report.warnings.append(f"{exc}; states come from markers only")
             return {}
 
     views = observe(plan, state, query=query)

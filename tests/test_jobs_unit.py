@@ -9,7 +9,8 @@ import pytest
 
 from hpcffn import slurm
 from hpcffn.errors import HpcffnError
-from hpcffn.state import Submission, load_state, locked, save_state
+from hpcffn.state import State, Submission, load_state, locked, save_state
+from hpcffn.status import collect
 from hpcffn.submit import (
     check_scripts,
     dependency_string,
@@ -268,3 +269,34 @@ def test_whole_array_record_stands_for_every_task(monkeypatch):
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     got = slurm.query(["103_0", "103_2", "7"])
     assert set(got) == {"103_0", "103_2"} and got["103_2"].state == "CANCELLED" and got["103_2"].id == "103_2"
+
+
+def _procs(monkeypatch, answers: dict[str, tuple[int, str]]):
+    """Fake SLURM tools: each command name returns (exit code, stderr); sacct is absent."""
+
+    class Proc:
+        def __init__(self, rc, err):
+            self.returncode, self.stdout, self.stderr = rc, "", err
+
+    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True: Proc(*answers[args[0]]))
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+
+
+def test_query_raises_when_slurm_does_not_answer(monkeypatch, mini_plan):
+    down = "squeue: fatal: Could not establish a configuration source"
+    _procs(monkeypatch, {"squeue": (1, "squeue: error: x\n" + down), "scontrol": (1, "scontrol: fatal: no config")})
+    with pytest.raises(HpcffnError, match="SLURM did not answer .*Could not establish"):
+        slurm.query(["12", "13_1"])
+    # So resume does not take every submitted job for forgotten and submit it again ...
+    state = State(submissions=[_sub("evaluate", "12")])
+    with pytest.raises(HpcffnError, match="SLURM did not answer"):
+        plan_steps(mini_plan, observe(mini_plan, state), resume=True)
+    # ... and status shows the table with a warning instead.
+    save_state(mini_plan.layout.state, state)
+    assert any("SLURM did not answer" in w for w in collect(mini_plan).warnings)
+
+
+def test_query_forgotten_job_is_an_answer(monkeypatch):
+    _procs(monkeypatch, {"squeue": (1, "squeue: fatal: no JSON plugin"),
+                         "scontrol": (1, "slurm_load_jobs error: Invalid job id specified")})
+    assert slurm.query(["12"]) == {}
