@@ -41,7 +41,7 @@ class Submission(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     job: str
-    job_id: str  # SLURM id, or "L<n>" for local runs
+    job_id: str = Field(pattern=r"^L?\d+$")  # SLURM id, or "L<n>" for local runs
     submitted: str
     sha256: str
     tasks: list[int] | None = None  # array task ids covered; None for a plain job

@@ -254,6 +254,11 @@ def test_state_roundtrip_lock_and_bad_file(tmp_path):
     path.write_text("{broken")
     with pytest.raises(HpcffnError, match="not a readable hpcffn state file"):
         load_state(path)
+    # A hand-edited job id would crash the SLURM queries later (int("abc")): refuse it here.
+    path.write_text(json.dumps({"format": 1, "submissions": [{"job": "infer", "job_id": "abc", "submitted": "t",
+                                                               "sha256": "x"}]}))
+    with pytest.raises(HpcffnError, match="not a readable hpcffn state file"):
+        load_state(path)
 
 
 def test_whole_array_record_stands_for_every_task(monkeypatch):
