@@ -134,6 +134,10 @@ def test_convert_errors(tmp_path):
     convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
     with pytest.raises(HpcffnError, match="already exists"):
         convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
+    for slab in (0, -2):  # not silently an empty (all-zero) output
+        with pytest.raises(HpcffnError, match="--slab"):
+            convert(tmp_path / "s.h5", raw=str(tmp_path / "r.tif"), slab=slab)
+    assert not (tmp_path / "s.h5").exists()
 
 
 @pytest.mark.slow

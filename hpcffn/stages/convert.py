@@ -101,6 +101,8 @@ def convert(
         raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
     if rescale not in RESCALES:
         raise HpcffnError(f"rescale {rescale!r} is not one of {', '.join(RESCALES)}")
+    if slab is not None and slab < 1:  # range(0, n, slab) would write nothing (or fail on 0)
+        raise HpcffnError(f"--slab {slab}: give a positive number of slices per slab (or leave it out)")
     output = Path(output)
     if output.exists() and not overwrite:
         raise HpcffnError(f"{output} already exists; remove it or choose another --output (pass --overwrite to replace it)")
