@@ -149,6 +149,14 @@ def test_errors(tmp_path):
         build_coordinates([parse_input(f"v:{tmp_path}/x.h5:nope")], tmp_path / "o.gz", (1, 1, 1))
     with pytest.raises(HpcffnError, match="name:path"):
         parse_input("x.h5")
+    with pytest.raises(HpcffnError, match="name:path"):  # not "HDF5 file af does not exist"
+        parse_input(f"{tmp_path}/x.h5:af")
+    for bad in ((-5, 0, 0), (1, 2)):  # was a ValueError traceback from the record writer
+        with h5py.File(tmp_path / "o.h5", "w") as fh:
+            fh["af"] = np.zeros((5, 5, 5), np.uint8)
+            fh["af"].attrs["offset"] = bad
+        with pytest.raises(HpcffnError, match="attribute offset"):
+            build_coordinates([parse_input(f"v:{tmp_path}/o.h5:af")], tmp_path / "o.gz", (1, 1, 1))
     assert not (tmp_path / "o.gz").exists()
 
 

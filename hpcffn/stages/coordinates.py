@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.errors import HpcffnError
-from hpcffn.volumes import Location, open_dataset, parse_location
+from hpcffn.tfrecord import _MAX_COORD
+from hpcffn.volumes import HDF5_SUFFIXES, Location, open_dataset, parse_location
 
 IGNORE = 255
 _VOL_SHIFT = 40
@@ -47,9 +48,22 @@ class PartitionVolume:
 def parse_input(text: str) -> PartitionVolume:
     """FFN's `name:path.h5:dataset` (dataset defaults to `af`)."""
     name, sep, rest = text.partition(":")
-    if not sep or not name or not rest:
+    # `af.h5:af` has no name: its file would otherwise be taken for the name.
+    if not sep or not name or not rest or name.lower().endswith(HDF5_SUFFIXES):
         raise HpcffnError(f"--input {text!r}: write it as name:path.h5:dataset (FFN's partition_volumes)")
     return PartitionVolume(name=name, location=parse_location(rest, "af"))
+
+
+def _offset(location: Location, value, shape) -> tuple[int, int, int]:
+    """The `offset` attribute (z,y,x start in the volume) checked: records hold 0 <= x,y,z < 2**35."""
+    vals = np.asarray(value).reshape(-1)
+    if (len(vals) != 3 or not np.all(np.isfinite(vals)) or np.any(vals < 0)
+            or np.any(vals + np.asarray(shape) > _MAX_COORD)):
+        raise HpcffnError(
+            f"{location}: attribute offset {vals.tolist()} is not the z,y,x voxel start of the map in its volume "
+            "(three integers >= 0); fix or delete the attribute"
+        )
+    return tuple(int(o) for o in vals)  # type: ignore[return-value]
 
 
 def _slabs(shape_zyx, lo, hi, slab_voxels: int):
@@ -162,7 +176,7 @@ def build_coordinates(
             v.shape = tuple(int(n) for n in ds.shape)
             if int(np.prod(v.shape, dtype=np.int64)) > _INDEX_MASK:
                 raise HpcffnError(f"{v.location}: volume too large for one partition file (>2**40 voxels)")
-            v.offset = tuple(int(o) for o in ds.attrs.get("offset", (0, 0, 0)))
+            v.offset = _offset(v.location, ds.attrs.get("offset", (0, 0, 0)), v.shape)
             lo, hi = _region(v.shape, margin)
             counts = np.zeros(256, dtype=np.int64)
             if all(h > low for low, h in zip(lo, hi)):
