@@ -113,6 +113,10 @@ def test_evaluate_files_places_a_cropped_segmentation_by_its_offset(tmp_path):
     _write(tmp_path / "seg2.h5", seg=(seg, {"offset": [2, 1, 1]}))
     bad = evaluate_files(f"{tmp_path}/seg2.h5:seg", f"{tmp_path}/gt.h5:stack", log=lambda s: None)
     assert bad["overall"]["adapted_rand_error"] > 0.05
+    # A segmentation that does not fit the groundtruth is named as such (was "re-plan").
+    _write(tmp_path / "seg3.h5", seg=(seg, {"offset": [4, 1, 2]}))
+    with pytest.raises(HpcffnError, match="seg3.h5:seg .*does not lie inside groundtruth"):
+        evaluate_files(f"{tmp_path}/seg3.h5:seg", f"{tmp_path}/gt.h5:stack", log=lambda s: None)
 
 
 def test_cli_evaluate_prints_table_and_user_errors_are_one_line(tmp_path):

@@ -93,6 +93,12 @@ def evaluate_files(seg: str, groundtruth: str, output: str | Path | None = None,
     gt_shape = dataset_shape(gt_loc)
     if tuple(gt_shape) == data.shape:
         offset = (0, 0, 0)
+    stop = [o + n for o, n in zip(offset, data.shape)]
+    if data.ndim != 3 or any(o < 0 for o in offset) or any(e > g for e, g in zip(stop, gt_shape)):
+        raise HpcffnError(
+            f"segmentation {seg} (shape {data.shape}, offset {offset}) does not lie inside groundtruth "
+            f"{groundtruth} (shape {tuple(gt_shape)}): compare it with the groundtruth of its own volume"
+        )
     gt = read_box(gt_loc, offset, data.shape)
     row = {"tile": Path(parse_location(seg, "seg").path).name, "offset": list(offset), **compare(data, gt)}
     report = {"segmentation": seg, "groundtruth": groundtruth, "tiles": [row], "overall": weighted_mean([row])}
