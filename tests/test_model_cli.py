@@ -52,3 +52,15 @@ def test_missing_inputs_name_the_file(tmp_path):
     out = _run("infer", "--image", f"{tmp_path}/none.h5:raw", "--checkpoint", str(tmp_path), "--output",
                str(tmp_path / "o.h5"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_bbox_outside_the_image_is_named(tmp_path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["raw"] = np.zeros((40, 40, 40), np.uint8)
+    out = _run("infer", "--image", f"{tmp_path}/img.h5:raw", "--checkpoint", str(tmp_path), "--output",
+               str(tmp_path / "o.h5"), "--bbox", "30,0,0:35,35,35")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "lies outside" in out.stderr and "--bbox" in out.stderr

@@ -56,6 +56,11 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
         raise HpcffnError(f"{loc}: dataset has {len(shape)} dimensions, expected 3 (z,y,x)")
     start = tuple(box_start) if box_start is not None else (0, 0, 0)
     size = tuple(box_size) if box_size is not None else tuple(s - a for s, a in zip(shape, start))
+    if any(a < 0 for a in start) or any(a + n > s for a, n, s in zip(start, size, shape)):
+        raise HpcffnError(
+            f"box start {start} size {size} (z,y,x) lies outside {loc} of shape {shape}: give a --bbox inside "
+            "the image (or re-plan if the volume changed)"
+        )
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
