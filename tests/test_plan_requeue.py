@@ -76,6 +76,20 @@ def test_signal_is_forwarded_and_local_run_exits_75(rendered, sig):
     assert read(rendered, "scontrol") == ""
 
 
+@pytest.mark.parametrize("signals,requeued", [
+    ([signal.SIGTERM], False),  # scancel: a requeue would bring the cancelled job back
+    ([signal.SIGUSR1], True),  # the time-limit warning from --signal
+])
+def test_requeue_after_usr1_but_not_after_a_bare_term(rendered, signals, requeued):
+    proc = start(rendered, "train/train_g0.sbatch", "checkpoint", SLURM_JOB_ID="77")
+    wait_for(rendered / "ready", proc)
+    for sig in signals:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    assert read(rendered, "scontrol").split() == (["requeue", "77"] if requeued else [])
+
+
 def test_exit_75_requeues_plain_job(rendered):
     proc = start(rendered, "train/train_g1.sbatch", "requeue", SLURM_JOB_ID="123")
     out, _ = proc.communicate(timeout=60)
