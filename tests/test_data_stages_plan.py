@@ -110,6 +110,15 @@ def test_cli_plan_and_standalone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = {n for _, n in read_records(tmp_path / "c.tfrecord.gz")}
     assert names == {"v", "w"}
+    # Existing standalone outputs (possibly the user's own) are replaced only with --overwrite.
+    for cmd in (["stage", "partitions", "--input", stack, "--output", f"{tmp_path}/af.h5:af", "--lom-radius", "1,1,1"],
+                ["stage", "coordinates", "--input", f"v:{tmp_path}/af.h5:af", "--output", tmp_path / "c.tfrecord.gz",
+                 "--margin", "2,2,2"]):
+        proc = hpcffn(*cmd)
+        assert proc.returncode == 2 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
+        assert names == {n for _, n in read_records(tmp_path / "c.tfrecord.gz")}
+        proc = hpcffn(*cmd, "--overwrite")
+        assert proc.returncode == 0, proc.stderr
     proc = hpcffn("convert", "--groundtruth", tmp_path / "gt", "--polarity", "white", "--output", tmp_path / "o.h5")
     assert proc.returncode == 0, proc.stderr
 

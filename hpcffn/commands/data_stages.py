@@ -31,6 +31,12 @@ def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, floa
     return out
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Standalone outputs may be the user's own files (e.g. FFN's): replace them only when asked."""
+    if path.exists() and not overwrite:
+        raise HpcffnError(f"{path} already exists; remove it or choose another --output (pass --overwrite to replace it)")
+
+
 def _echo_partitions(counts: dict, where: str) -> None:
     total = sum(counts.values())
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
@@ -93,6 +99,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         lom_radius: Annotated[str | None, typer.Option(help="x,y,z radius of the local object mask (FFN --lom_radius).")] = None,
         min_size: Annotated[int | None, typer.Option(help="Objects below this many voxels become background.")] = None,
         exclusion_region: Annotated[list[str] | None, typer.Option(help="Standalone: x,y,z,r sphere marked 255 (repeatable).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 1: FFN partition map (compute_partitions) of a tile or an HDF5 volume."""
         from hpcffn.ffn_params import PartitionParams
@@ -113,6 +120,9 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         if not input or not output:
             raise HpcffnError("give --input gt.h5:stack and --output af.h5:af (or --plan plan.json --tile T)")
         params = _params(PartitionParams, None, overrides, "partitions")
+        from hpcffn.volumes import parse_location
+
+        _refuse_existing(parse_location(output, "af").path, overwrite)
         counts = stage.partitions_standalone(
             input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region)
         )
@@ -128,6 +138,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         max_records: Annotated[int | None, typer.Option(help="Cap on records, split evenly over classes.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed (resampling and shuffling).")] = None,
         tmpdir: Annotated[Path | None, typer.Option(help="Folder for temporary shards (default: beside the output).")] = None,
+        overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 2: class-balanced training coordinates (build_coordinates) -> GZIP TFRecord."""
         from hpcffn.ffn_params import CoordinateParams
@@ -148,6 +159,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             raise HpcffnError("give --input name:af.h5:af (repeatable) and --output coords.tfrecord.gz (or --plan P --group G)")
         params = _params(CoordinateParams, None, overrides, "coordinates")
         vols = [stage.parse_input(t) for t in input]
+        _refuse_existing(output, overwrite)
         import sys
 
         summary = stage.build_coordinates(
