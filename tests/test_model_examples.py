@@ -105,3 +105,15 @@ def test_dataset_batches_and_augmentation_keeps_image_and_labels_aligned(tmp_pat
         np.testing.assert_array_equal(b.numpy(), (a.numpy() > 0).astype(np.float32))
         seen.add(a.numpy().tobytes())
     assert len(seen) > 4  # flips and transposition actually happen
+
+
+@pytest.mark.tf
+def test_unreadable_coordinates_are_one_clean_line(tmp_path):
+    pytest.importorskip("tensorflow")
+    from hpcffn.ffn.examples import peek_records
+
+    (tmp_path / "c.tfrecord.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(HpcffnError, match="cannot read coordinate records") as err:
+        peek_records([str(tmp_path / "c.tfrecord.gz")])
+    # TensorFlow prefixes its messages with {{function_node ...}}: not for users' eyes.
+    assert "{{" not in str(err.value) and "\n" not in str(err.value)

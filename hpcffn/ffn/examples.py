@@ -155,6 +155,14 @@ def _parse_record(serialized):
     return feats["center"], feats["label_volume_name"]
 
 
+def op_error_lines(exc) -> list[str]:
+    """A TensorFlow OpError's message lines without the `{{function_node ...}}` prefixes (noise to a user)."""
+    import re
+
+    lines = (re.sub(r"\{\{[^}]*\}\}\s*", "", line).strip() for line in str(exc.message).splitlines())
+    return [line for line in lines if line]
+
+
 def peek_records(files: list[str], n: int = 1000) -> list[tuple[tuple[int, int, int], str]]:
     """The first `n` records (x,y,z centre, name): early, readable checks of the inputs."""
     import tensorflow as tf
@@ -164,7 +172,7 @@ def peek_records(files: list[str], n: int = 1000) -> list[tuple[tuple[int, int, 
         return [(tuple(int(v) for v in c.numpy()), nm.numpy().decode()) for c, nm in ds]
     except tf.errors.OpError as exc:
         raise HpcffnError(
-            f"cannot read coordinate records from {files[0]}...: {exc.message.splitlines()[0][:160]} "
+            f"cannot read coordinate records from {files[0]}...: {(op_error_lines(exc) or [''])[0][:160]} "
             "(expected GZIP TFRecords with `center` int64[3] and `label_volume_name`)"
         ) from None
 

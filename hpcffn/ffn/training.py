@@ -348,7 +348,12 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     """Train one model; 0 when max_steps is reached, EXIT_REQUEUE after a signal-triggered checkpoint."""
     import tensorflow as tf
 
-    from hpcffn.ffn.examples import PatchReader, make_dataset, peek_records
+    from hpcffn.ffn.examples import (
+        PatchReader,
+        make_dataset,
+        op_error_lines,
+        peek_records,
+    )
     from hpcffn.ffn.examples import coordinate_files as check_files
 
     files = check_files(coordinate_files)
@@ -378,6 +383,6 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
         try:
             return trainer.run(ds, stop, log)
         except tf.errors.OpError as exc:
-            msg = exc.message.strip().splitlines()
+            msg = op_error_lines(exc)
             hint = next((m for m in msg if "HpcffnError" in m or "coordinate" in m), msg[0] if msg else "")
             raise HpcffnError(f"training input failed: {hint[:300]}") from None
