@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 from pathlib import Path
 
 from hpcffn import slurm
@@ -27,15 +28,18 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     views = observe(plan, state)
     ids: list[str] = []
     runners: set[int] = set()
+    elsewhere: set[str] = set()
+    host = socket.gethostname()
     for job in plan.jobs:
         keep = set(selected_tasks(plan, job, stages, groups))
         for v in views[job.name]:
             if v.task in keep and v.category == "alive" and v.sub is not None:
-                if v.sub.local:
-                    if v.sub.runner_pid:
-                        runners.add(v.sub.runner_pid)
-                else:
+                if not v.sub.local:
                     ids.append(v.slurm_id)
+                elif v.sub.runner_host and v.sub.runner_host != host:
+                    elsewhere.add(f"{v.sub.runner_host} (pid {v.sub.runner_pid})")
+                elif v.sub.runner_pid:
+                    runners.add(v.sub.runner_pid)
     if ids:
         slurm.scancel(ids)
         echo(f"cancelled {len(ids)} task(s): {' '.join(ids)}")
@@ -45,7 +49,9 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
             echo(f"stopped the local runner (pid {pid})")
         except ProcessLookupError:
             pass
-    if not ids and not runners:
+    for where in sorted(elsewhere):
+        echo(f"a local run is working on host {where}: stop it there (`hpcffn cancel` on that host)")
+    if not ids and not runners and not elsewhere:
         echo("nothing to cancel: no selected job is pending or running")
     return ids
 

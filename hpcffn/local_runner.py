@@ -177,6 +177,7 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
                                  sha256=sha256_file(plan.layout.root / job.script),
                                  tasks=[t for t in step.tasks if t is not None] if job.array else None,
                                  command=["bash", job.script], local=True, runner_pid=os.getpid(),
+                                 runner_host=socket.gethostname(),
                                  local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks})
                 st.submissions.append(sub)
             blocked = [name for _, name in step.deps if name in failed_jobs]

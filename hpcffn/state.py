@@ -48,6 +48,7 @@ class Submission(BaseModel):
     command: list[str] = Field(default_factory=list)
     local: bool = False
     runner_pid: int | None = None
+    runner_host: str | None = None  # where runner_pid lives (a workdir may be shared between hosts)
     local_tasks: dict[str, LocalTask] = Field(default_factory=dict)
 
     def task_id(self, task: int | None) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shlex
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def _local_info(sub: Submission, task: Task) -> slurm.TaskInfo | None:
     if rec is None:
         return None
     state = rec.state
-    if state in ("RUNNING", "PENDING") and not _pid_alive(sub.runner_pid):
+    if state in ("RUNNING", "PENDING") and not runner_alive(sub):
         state, reason = "CANCELLED", "LocalRunnerGone"
     else:
         reason = rec.reason
@@ -91,16 +92,27 @@ def _local_info(sub: Submission, task: Task) -> slurm.TaskInfo | None:
                           restarts=rec.restarts, source="local", log=rec.log)
 
 
-def _pid_alive(pid: int | None) -> bool:
+def runner_alive(sub: Submission) -> bool:
+    """Whether the local runner that made `sub` still runs.
+
+    Pids are reused, so on this host the pid must also be an hpcffn process; a runner on
+    another host (shared workdir) cannot be seen from here and its records stand.
+    """
+    pid = sub.runner_pid
     if not pid:
         return False
+    if sub.runner_host and sub.runner_host != socket.gethostname():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        return b"hpcffn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to ask: trust the pid
 
 
 def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:

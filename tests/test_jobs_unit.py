@@ -305,3 +305,35 @@ def test_query_forgotten_job_is_an_answer(monkeypatch):
     _procs(monkeypatch, {"squeue": (1, "squeue: fatal: no JSON plugin"),
                          "scontrol": (1, "slurm_load_jobs error: Invalid job id specified")})
     assert slurm.query(["12"]) == {}
+
+
+def _local_sub(job, pid, host=None):
+    from hpcffn.state import LocalTask
+
+    return Submission(job=job, job_id="L1", submitted="t", sha256="x", local=True, runner_pid=pid, runner_host=host,
+                      local_tasks={"0": LocalTask(state="RUNNING")})
+
+
+def test_reused_runner_pid_is_not_a_live_local_run_and_is_never_signalled(mini_plan):
+    import subprocess
+
+    from hpcffn.jobs_admin import cancel
+
+    # The runner died and its pid now belongs to an unrelated process: not alive, never killed.
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        save_state(mini_plan.layout.state, State(submissions=[_local_sub("evaluate", other.pid)]))
+        view = observe(mini_plan, load_state(mini_plan.layout.state))["evaluate"][0]
+        assert view.category == "failed" and view.info.reason == "LocalRunnerGone"
+        msgs = []
+        cancel(mini_plan, echo=msgs.append)
+        assert other.poll() is None and msgs == ["nothing to cancel: no selected job is pending or running"]
+        # A runner on another host sharing the workdir: its record stands, and cancel says where it runs.
+        save_state(mini_plan.layout.state, State(submissions=[_local_sub("evaluate", other.pid, "elsewhere")]))
+        assert observe(mini_plan, load_state(mini_plan.layout.state))["evaluate"][0].category == "alive"
+        msgs = []
+        cancel(mini_plan, echo=msgs.append)
+        assert other.poll() is None and msgs and "host elsewhere" in msgs[0]
+    finally:
+        other.kill()
+        other.wait()
