@@ -67,6 +67,19 @@ def default_slab(shape, budget_bytes: int = 512 << 20) -> int:
     return max(1, min(shape[0], budget_bytes // (plane * 24)))
 
 
+def check_options(reader, polarity: str, connectivity: int) -> None:
+    """Reject bad options from headers alone, so convert fails before streaming anything."""
+    if polarity not in POLARITIES:
+        raise HpcffnError(f"polarity {polarity!r} is not one of {', '.join(POLARITIES)}")
+    if connectivity not in CONNECTIVITIES:
+        raise HpcffnError(f"connectivity {connectivity} must be 6, 18 or 26")
+    if polarity == "labels" and not (np.issubdtype(reader.dtype, np.integer) or reader.dtype == bool):
+        raise HpcffnError(
+            f"{reader.name}: polarity labels needs integer ids but the data is {reader.dtype}; "
+            "use polarity white or black for masks"
+        )
+
+
 def label_volume(
     reader,
     write: Callable[[int, np.ndarray], None],
@@ -80,18 +93,10 @@ def label_volume(
 
     `read_back(z0, z1)` must return what was written (pass 2 relabels in place).
     """
-    if polarity not in POLARITIES:
-        raise HpcffnError(f"polarity {polarity!r} is not one of {', '.join(POLARITIES)}")
-    if connectivity not in CONNECTIVITIES:
-        raise HpcffnError(f"connectivity {connectivity} must be 6, 18 or 26")
+    check_options(reader, polarity, connectivity)
     nz = reader.shape[0]
     slab = slab or default_slab(reader.shape)
     if polarity == "labels":
-        if not (np.issubdtype(reader.dtype, np.integer) or reader.dtype == bool):
-            raise HpcffnError(
-                f"{reader.name}: polarity labels needs integer ids but the data is {reader.dtype}; "
-                "use polarity white or black for masks"
-            )
         top = 0
         for z0 in range(0, nz, slab):
             block = reader.read(z0, min(nz, z0 + slab))

@@ -9,7 +9,7 @@ import tifffile
 from hpcffn.errors import HpcffnError
 from hpcffn.labeling import foreground, label_volume
 from hpcffn.stages.convert import convert
-from hpcffn.tif import open_volume
+from hpcffn.tif import TifStack, open_volume
 
 
 def same_partition(a, b):
@@ -108,7 +108,7 @@ def test_convert_multipage_black_labels_and_rescale(tmp_path):
         assert d["raw"][2, 6, 1] == round(30000 * 255 / 65535)
 
 
-def test_convert_errors(tmp_path):
+def test_convert_errors(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HpcffnError, match="contains no .tif"):
         open_volume(str(tmp_path / "empty"))
@@ -134,6 +134,14 @@ def test_convert_errors(tmp_path):
     convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
     with pytest.raises(HpcffnError, match="already exists"):
         convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
+    # Bad groundtruth options fail before the (possibly hours-long) raw pass reads anything.
+    reads = []
+    monkeypatch.setattr(TifStack, "read", lambda self, z0, z1: reads.append(self.name))
+    for kw, needle in (({"polarity": "bogus"}, "polarity"), ({"polarity": "white", "connectivity": 7}, "connectivity")):
+        with pytest.raises(HpcffnError, match=needle):
+            convert(tmp_path / "p.h5", raw=str(tmp_path / "r.tif"), groundtruth=str(tmp_path / "r.tif"), **kw)
+    assert reads == []
+    monkeypatch.undo()
     for slab in (0, -2):  # not silently an empty (all-zero) output
         with pytest.raises(HpcffnError, match="--slab"):
             convert(tmp_path / "s.h5", raw=str(tmp_path / "r.tif"), slab=slab)

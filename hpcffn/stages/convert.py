@@ -94,7 +94,7 @@ def convert(
     import h5py
 
     from hpcffn.atomic import atomic_path
-    from hpcffn.labeling import default_slab, label_volume
+    from hpcffn.labeling import check_options, default_slab, label_volume
     from hpcffn.tif import open_volume
 
     if raw is None and groundtruth is None:
@@ -114,6 +114,7 @@ def convert(
         gt_r = open_volume(groundtruth, "stack") if groundtruth is not None else None
         if gt_r:
             readers.append(gt_r)
+            check_options(gt_r, polarity, connectivity)
         if raw_r and gt_r and raw_r.shape != gt_r.shape:
             raise HpcffnError(
                 f"raw {raw_r.name} has shape {raw_r.shape} (z,y,x) but groundtruth {gt_r.name} has "
