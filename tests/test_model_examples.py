@@ -117,3 +117,27 @@ def test_unreadable_coordinates_are_one_clean_line(tmp_path):
         peek_records([str(tmp_path / "c.tfrecord.gz")])
     # TensorFlow prefixes its messages with {{function_node ...}}: not for users' eyes.
     assert "{{" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.tf
+def test_records_outside_the_volume_stop_training_with_one_line(tmp_path):
+    """Records made for other files (sub-volume files, another offset) fail before TensorFlow's
+    data pipeline, which would print a Python traceback per bad record."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    synthetic.write_volume(tmp_path / "v.h5", np.zeros((8, 8, 8), np.uint8), np.zeros((8, 8, 8), np.uint64))
+    synthetic.write_coordinates(tmp_path / "c.tfrecord.gz", np.array([[2, 3, 4], [20, 3, 4]]), "v")
+    out = subprocess.run(
+        [sys.executable, "-m", "hpcffn.cli", "stage", "train", "--coordinates", str(tmp_path / "c.tfrecord.gz"),
+         "--volume", f"v:{tmp_path}/v.h5:raw:{tmp_path}/v.h5:stack", "--train-dir", str(tmp_path / "t"),
+         "--depth", "1", "--features", "2", "--fov-size", "5,5,5", "--deltas", "1,1,1", "--max-steps", "2"],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert "x,y,z (4, 3, 20) lies outside volume v" in out.stderr
+    assert not (tmp_path / "t").exists()

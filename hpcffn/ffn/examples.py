@@ -60,6 +60,7 @@ class PatchReader:
         self._cache: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._preload_bytes = preload_bytes
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for v in volumes:
             with open_dataset(v.raw) as r, open_dataset(v.labels) as lab:
                 if r.ndim != 3 or tuple(r.shape) != tuple(lab.shape):
@@ -67,6 +68,19 @@ class PatchReader:
                         f"volume {v.name}: raw {v.raw} has shape {r.shape} but labels {v.labels} have "
                         f"{lab.shape}; they must be the same 3-D z,y,x shape"
                     )
+                self.shapes[v.name] = tuple(int(n) for n in r.shape)
+
+    def check_centers(self, records) -> None:
+        """(x,y,z centre, name) records must lie inside their volume: checked before TensorFlow runs,
+        whose data pipeline would report a bad one with tracebacks."""
+        for (x, y, z), name in records:
+            shape = self.shapes.get(name)
+            if shape is not None and not all(0 <= c < n for c, n in zip((z, y, x), shape)):
+                raise HpcffnError(
+                    f"a coordinate record's centre x,y,z {(x, y, z)} lies outside volume {name} "
+                    f"(z,y,x shape {shape}): the records were made for other files (e.g. sub-volume "
+                    "files or another offset); pass the volumes they were built from"
+                )
 
     def _arrays(self, name: str):
         with self._lock:

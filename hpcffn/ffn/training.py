@@ -371,18 +371,20 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
             f"coordinates in {files[0]} name volume {unknown[0]!r}, which training was not given "
             f"(given: {sorted(known)}); pass --volume {unknown[0]}:raw.h5:raw:labels.h5:stack"
         )
+    reader = PatchReader(volumes, model_params)
+    reader.check_centers(records)
     train_dir = Path(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
     tf.random.set_seed(train_params.seed)
     with StopFlag() as stop:
         trainer = Trainer(model_params, train_params, train_dir, strategy=strategy)
         trainer.restore(train_params.init_checkpoint)
-        reader = PatchReader(volumes, model_params)
         gbs = train_params.batch_size * trainer.strategy.num_replicas_in_sync
         ds = make_dataset(files, reader, model_params, gbs, seed=train_params.seed + int(trainer.step.numpy()))
         try:
             return trainer.run(ds, stop, log)
         except tf.errors.OpError as exc:
             msg = op_error_lines(exc)
-            hint = next((m for m in msg if "HpcffnError" in m or "coordinate" in m), msg[0] if msg else "")
+            ours = [m.split("HpcffnError: ", 1)[1] for m in msg if "HpcffnError: " in m]
+            hint = ours[0] if ours else next((m for m in msg if "coordinate" in m), msg[0] if msg else "")
             raise HpcffnError(f"training input failed: {hint[:300]}") from None
