@@ -30,7 +30,7 @@ def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
     from hpcffn.atomic import atomic_path
 
     with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-        ds = f.create_dataset("seg", data=seg.astype(np.uint64), compression="gzip", compression_opts=1)
+        ds = f.create_dataset("seg", data=seg.astype(np.uint64, copy=False), compression="gzip", compression_opts=1)
         # The contract names an `offset` attribute; it is on the file and on the dataset so
         # readers looking at either find it.
         f.attrs["offset"] = ds.attrs["offset"] = np.asarray(offset, np.int64)
