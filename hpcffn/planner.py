@@ -321,6 +321,9 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     jobs = plan_jobs(stages, volumes, tiles, groups)
     # render
     image, binds = container_setup(spec, base, [workdir, *folders], spec_path)
+    if spec.container.runtime != "none" and image and not Path(image).is_file():
+        warnings.append(f"container.image: {image} does not exist yet; build it (apptainer build {image} "
+                        "containers/hpcffn.def) before submitting, or every job fails at its start")
     tdir = _template_dir(spec, base, template_dir, spec_path)
     spec_for_render = spec.model_copy(update={"container": spec.container.model_copy(update={"image": image})})
 

@@ -39,6 +39,15 @@ def test_relative_binds_and_image_resolve_against_the_spec(tmp_path):
     assert planned.plan.spec["container"]["image"] == f"{tmp_path}/img/h.sif"
 
 
+def test_missing_image_is_a_warning_until_it_is_built(tmp_path):
+    spec = spec_dict(container={"runtime": "apptainer", "image": "img/h.sif"})
+    planned = make_plan(write_spec(tmp_path, spec))
+    assert any(w.startswith(f"container.image: {tmp_path}/img/h.sif does not exist yet") for w in planned.warnings)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/h.sif").write_bytes(b"sif")
+    assert not any("container.image" in w for w in make_plan(write_spec(tmp_path, spec)).warnings)
+
+
 def test_unwritable_workdir_is_one_line_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     planned = make_plan(write_spec(tmp_path, spec_dict(workdir="afile/work")))
