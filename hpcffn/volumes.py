@@ -36,7 +36,9 @@ def parse_location(text: str, default_dataset: str | None = None, base: Path | N
     text = str(text)
     path_part, dataset = text, None
     head, sep, tail = text.rpartition(":")
-    if sep and tail and not tail.startswith(("/", "\\")) and head.lower().endswith(HDF5_SUFFIXES):
+    # HDF5 names may be written absolute (`gt.h5:/stack`); they mean the same dataset.
+    tail = tail.lstrip("/")
+    if sep and tail and not tail.startswith("\\") and head.lower().endswith(HDF5_SUFFIXES):
         path_part, dataset = head, tail
     if dataset is None:
         if default_dataset is None:

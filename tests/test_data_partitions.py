@@ -112,6 +112,11 @@ def test_standalone_writes_ffn_attributes(tmp_path):
         values, n = ds.attrs["partition_counts"]
         assert sum(n) == 8 * 8 * 10 and 255 not in values
     assert sum(counts.values()) == 12**3
+    # An absolute HDF5 dataset name is the same dataset (was "HDF5 file gt.h5:/stack does not exist").
+    again = partitions_standalone(f"{tmp_path}/gt.h5:/stack", f"{tmp_path}/af2.h5:/af", THRESHOLDS, (2, 2, 1), 5)
+    assert again == counts
+    with h5py.File(tmp_path / "af2.h5") as fh:
+        assert list(fh) == ["af"]
 
 
 def test_read_labels_compact(tmp_path):
