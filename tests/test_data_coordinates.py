@@ -151,6 +151,7 @@ def test_errors(tmp_path):
         parse_input("x.h5")
     with pytest.raises(HpcffnError, match="name:path"):  # not "HDF5 file af does not exist"
         parse_input(f"{tmp_path}/x.h5:af")
+    assert parse_input("v.h5:a.h5:af").name == "v.h5"  # a name that looks like a file is still a name
     for bad in ((-5, 0, 0), (1, 2)):  # was a ValueError traceback from the record writer
         with h5py.File(tmp_path / "o.h5", "w") as fh:
             fh["af"] = np.zeros((5, 5, 5), np.uint8)

@@ -49,7 +49,9 @@ def parse_input(text: str) -> PartitionVolume:
     """FFN's `name:path.h5:dataset` (dataset defaults to `af`)."""
     name, sep, rest = text.partition(":")
     # `af.h5:af` has no name: its file would otherwise be taken for the name.
-    if not sep or not name or not rest or name.lower().endswith(HDF5_SUFFIXES):
+    unnamed = name.lower().endswith(HDF5_SUFFIXES) and not any(
+        p.lower().endswith(HDF5_SUFFIXES) for p in rest.split(":"))
+    if not sep or not name or not rest or unnamed:
         raise HpcffnError(f"--input {text!r}: write it as name:path.h5:dataset (FFN's partition_volumes)")
     return PartitionVolume(name=name, location=parse_location(rest, "af"))
 
