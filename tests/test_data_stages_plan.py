@@ -133,6 +133,7 @@ def test_cli_plan_and_standalone(tmp_path):
         (["stage", "partitions", "--plan", "{t}/work", "--tile", "7"], ["out of range"]),
         (["convert", "--raw", "{t}/raw", "--output", "{t}/o.h5", "--rescale", "bogus"], ["rescale"]),
         (["stage", "coordinates", "--plan", "{t}/work", "--group", "g0"], ["partitions of tile", "missing"]),
+        (["convert", "--plan", "{t}/work", "--volume", "0", "--slab", "-1"], ["--slab"]),  # not ignored
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, words):

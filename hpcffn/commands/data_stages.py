@@ -75,7 +75,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
                 raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")
             if raw or groundtruth or output:
                 raise HpcffnError("--plan reads the sources from the plan: drop --raw/--groundtruth/--output")
-            info = stage.run_from_plan(_load_plan(plan), volume, rescale=rescale, connectivity=connectivity)
+            info = stage.run_from_plan(_load_plan(plan), volume, rescale=rescale, connectivity=connectivity, slab=slab)
             typer.echo(f"convert: volume {volume} -> {info}")
             return
         if output is None:

@@ -182,7 +182,7 @@ def convert(
 
 
 def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
-                  progress: bool | None = None) -> dict:
+                  progress: bool | None = None, slab: int | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
     from hpcffn.stages.markers import mark_done
     from hpcffn.volumes import parse_location
@@ -212,6 +212,7 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
         raw_dataset=raw_loc.dataset,
         gt_dataset=gt_loc.dataset if gt_loc else "stack",
         connectivity=connectivity,
+        slab=slab,
         overwrite=True,  # our own output of an earlier run
         progress=progress,
         expected_shape=vol.shape,
