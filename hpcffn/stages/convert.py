@@ -224,7 +224,8 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
 
 
 def write_tile_files(plan, vol) -> int:
-    """One HDF5 per tile of `vol` (datasets raw and stack of the tile's box, attr offset z,y,x).
+    """One HDF5 per tile of `vol` (datasets raw and stack of the tile's box, file attribute
+    volume_offset = z,y,x of the box in the volume).
 
     For users who feed sub-volume files to FFN's own scripts, as the lab did by hand.
     """
@@ -240,9 +241,10 @@ def write_tile_files(plan, vol) -> int:
             sources = [("raw", vol.raw, "raw")] + ([("stack", vol.groundtruth, "stack")] if vol.groundtruth else [])
             for name, location, default in sources:
                 data = read_box(location, start, size, default)
-                ds = fh.create_dataset(name, data=data, chunks=_chunks(data.shape), compression="gzip",
-                                       compression_opts=1, shuffle=data.dtype.itemsize > 1)
-                ds.attrs["offset"] = start
-            fh.attrs["offset"] = start
+                fh.create_dataset(name, data=data, chunks=_chunks(data.shape), compression="gzip",
+                                  compression_opts=1, shuffle=data.dtype.itemsize > 1)
+            # Not `offset`: the standalone stages read that attribute and would shift this
+            # tile's coordinates into the volume's, while training on the file reads it locally.
+            fh.attrs["volume_offset"] = start
             fh.attrs["volume"] = vol.name
     return len(tiles)
