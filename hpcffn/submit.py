@@ -205,7 +205,8 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
     todo: dict[str, list[Task]] = {}
     for job in topo_order(plan):
         keep = set(selected_tasks(plan, job, stages, groups))
-        tasks = [v.task for v in views[job.name] if v.task in keep and v.category in redo]
+        tasks = [v.task for v in views[job.name] if v.task in keep
+                 and (v.category in redo or (resume and _doomed(v, job, views, todo)))]
         if tasks:
             todo[job.name] = tasks
     by_name = {j.name: j for j in plan.jobs}
@@ -237,6 +238,29 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
             old += [f"{dep.type}:{i}" for i in _alive_ids(upstream)]
         steps.append(Step(job, todo[job.name], deps, old))
     return steps
+
+
+def _doomed(v: TaskView, job: JobPlan, views: dict[str, list[TaskView]], todo: dict[str, list[Task]]) -> bool:
+    """A task still pending on afterok upstream work that failed and is resubmitted now.
+
+    SLURM keeps it PENDING (Dependency) until the rest of the upstream array ends, then kills
+    it (--kill-on-invalid-dep): resume submits it again now instead of needing a second resume.
+    """
+    if v.category != "alive" or v.sub is None or v.sub.local or v.info is None or v.info.state != "PENDING":
+        return False
+    waits: set[str] = set()
+    for word in v.sub.command:
+        if word.startswith("--dependency="):
+            for part in word.split("=", 1)[1].split(","):
+                typ, *ids = part.split(":")
+                if typ == "afterok":
+                    waits.update(ids)
+    for dep in job.depends_on:
+        redone = set(todo.get(dep.job, []))
+        for u in views.get(dep.job, []):
+            if u.task in redone and u.sub is not None and (u.slurm_id in waits or u.sub.job_id in waits):
+                return True
+    return False
 
 
 def _alive_ids(views: list[TaskView]) -> list[str]:

@@ -162,6 +162,29 @@ def test_resume_chains_on_alive_upstream_tasks(mini_plan):
     assert dependency_string(evaluate, {"infer": "30"}) == "afterok:30:15_0:15_1"
 
 
+def test_resume_resubmits_work_still_pending_on_a_failed_upstream_task(mini_plan):
+    from hpcffn.state import State
+
+    state = State()
+    ids = _submitted_all(mini_plan, state)
+    for sub in state.submissions:  # what submit recorded: each job waits (afterok) on its upstream jobs
+        deps = [ids[d.job] for d in mini_plan.job(sub.job).depends_on]
+        sub.command = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(deps)}"] if deps else [])
+    # Partitions task 1 failed while task 2 still runs: SLURM keeps everything downstream PENDING
+    # (Dependency) until the array ends, then kills it. Resume must resubmit that chain now.
+    query = _fake_query({"10_1": "FAILED", "10_2": "RUNNING", "11": "PENDING", "12": "PENDING", "13": "PENDING",
+                         "14": "PENDING", "15_0": "PENDING", "15_1": "PENDING", "15_2": "PENDING", "16": "PENDING"})
+    steps = plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True)
+    assert [(s.job.name, s.tasks) for s in steps] == [
+        ("partitions", [1]), ("coordinates_g0", [None]), ("coordinates_g1", [None]), ("train_g0", [None]),
+        ("train_g1", [None]), ("infer", [0, 1, 2]), ("evaluate", [None])]
+    assert dependency_string(steps[1], {"partitions": "20"}) == "afterok:20:10_2"
+    # Pending work whose upstream is only running (nothing failed) is left in the queue.
+    query = _fake_query({"10_2": "RUNNING", "11": "PENDING", "12": "PENDING", "13": "PENDING", "14": "PENDING",
+                         "15_0": "PENDING", "15_1": "PENDING", "15_2": "PENDING", "16": "PENDING"})
+    assert plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True) == []
+
+
 def test_filtered_submit_refuses_when_upstream_failed(mini_plan):
     from hpcffn.state import State
 
