@@ -70,6 +70,9 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
         if gt is not None:
             gt_loc = gt.location if (gt.kind == "hdf5" and polarity == "labels") else f"{converted}:stack"
         needs_convert = raw_loc.startswith(converted + ":") or bool(gt_loc and gt_loc.startswith(converted + ":"))
+        if vol.tile_files and not needs_convert:
+            warnings.append(f"{where}.tile_files: {vol.name} is HDF5 read in place, so no convert job runs "
+                            "and no tile files are written; drop tile_files or give TIF inputs")
         plans.append(VolumePlan(
             name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
             groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,

@@ -74,3 +74,13 @@ def test_tile_files_hold_each_tiles_box(tmp_path):
         np.testing.assert_array_equal(part["stack"][...], whole["stack"][box])
         assert tuple(part.attrs["volume_offset"]) == tile.box.start
         assert "offset" not in part["stack"].attrs  # FFN-style tools see the tile as its own volume
+
+
+def test_tile_files_on_hdf5_read_in_place_warns(tmp_path):
+    from plan_helpers import write_spec
+
+    spec = spec_dict()
+    spec["volumes"][0]["tile_files"] = True
+    proc = subprocess.run(["hpcffn", "plan", str(write_spec(tmp_path, spec))], capture_output=True, text=True,
+                          check=True)
+    assert "volumes.0.tile_files" in proc.stdout + proc.stderr
