@@ -36,11 +36,12 @@ def expected_output(plan: Plan, stage: str, unit: str):
 class Report:
     rows: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    slurm_answered: bool = True
 
     @property
     def finished(self) -> bool:
-        """Nothing alive: every task is done, failed or not submitted."""
-        return all(r["counts"].get("alive", 0) == 0 for r in self.rows)
+        """Nothing alive: every task is done, failed or not submitted (unknowable without SLURM)."""
+        return self.slurm_answered and all(r["counts"].get("alive", 0) == 0 for r in self.rows)
 
     @property
     def all_done(self) -> bool:
@@ -68,6 +69,7 @@ def collect(plan: Plan) -> Report:
         try:
             return slurm.query(ids)
         except HpcffnError as exc:
+            report.slurm_answered = False
             report.warnings.append(f"{exc}; states come from markers only")
             return {}
 

@@ -321,7 +321,9 @@ def test_query_raises_when_slurm_does_not_answer(monkeypatch, mini_plan):
         plan_steps(mini_plan, observe(mini_plan, state), resume=True)
     # ... and status shows the table with a warning instead.
     save_state(mini_plan.layout.state, state)
-    assert any("SLURM did not answer" in w for w in collect(mini_plan).warnings)
+    report = collect(mini_plan)
+    assert any("SLURM did not answer" in w for w in report.warnings)
+    assert not report.finished  # so `status --watch` keeps waiting instead of declaring the run over
 
 
 def test_query_forgotten_job_is_an_answer(monkeypatch):
