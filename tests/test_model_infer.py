@@ -109,15 +109,50 @@ class StopAfter:
 def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path):
     raw, _labels = _scene(seed=5)
     params = InferenceParams(min_segment_size=50, seed_min_distance=3)
-    full = segment_volume(raw, Oracle(), MP, params)
+    never = StopAfter(10**9)  # counts how often a run checks for a stop
+    full = segment_volume(raw, Oracle(), MP, params, stop=never)
+    checks = 10**9 - never.n
     state = tmp_path / "seg.h5.state"
-    first = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc", stop=StopAfter(6))
+    first = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc", stop=StopAfter(checks // 2))
     assert not first.finished and state.is_file()
     seg, seeds, next_seed, _next_id = load_state(state, "abc", raw.shape)
-    assert next_seed == 6 and np.array_equal(seg, first.segmentation)
+    # the stop came during the first seeds' fills: every seed before next_seed is done, the
+    # interrupted one is tried again on resume
+    assert 0 < next_seed < len(seeds) and first.seeds_tried == next_seed
+    assert np.array_equal(seg, first.segmentation)
     assert load_state(state, "other inputs", raw.shape) is None  # a different run does not resume it
     second_oracle = Oracle()
     second = segment_volume(raw, second_oracle, MP, params, state_path=state, fp="abc")
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, full.segmentation)
     assert second.seeds_tried == len(seeds)
+
+
+class StopWhenCalled:
+    """Turns on during the model call number `n` (a signal arriving in the middle of a fill)."""
+
+    def __init__(self, oracle, n):
+        self.oracle, self.n, self.on = oracle, n, False
+
+    def __call__(self, batch):
+        self.n -= 1
+        self.on = self.on or self.n < 0
+        return self.oracle(batch)
+
+    def __bool__(self):
+        return self.on
+
+
+def test_a_stop_inside_one_fill_abandons_it_and_resume_redoes_that_seed(tmp_path):
+    raw, _labels = _scene(seed=5)
+    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    full = segment_volume(raw, Oracle(), MP, params)
+    state = tmp_path / "seg.h5.state"
+    stopper = StopWhenCalled(Oracle(), 2)  # fires during the first fill's third model call
+    first = segment_volume(raw, stopper, MP, params, state_path=state, fp="abc", stop=stopper)
+    assert not first.finished
+    seg, _seeds, next_seed, next_id = load_state(state, "abc", raw.shape)
+    assert next_seed == 0 and next_id == 1 and not seg.any()  # the abandoned fill left nothing behind
+    second = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc")
+    assert second.finished
+    np.testing.assert_array_equal(second.segmentation, full.segmentation)

@@ -57,6 +57,10 @@ def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, rng_seed: in
     return peaks
 
 
+# segment_at's answer when a stop request abandoned the fill.
+INTERRUPTED = np.zeros(0, bool)
+
+
 @dataclass
 class SegmentResult:
     segmentation: np.ndarray
@@ -124,8 +128,13 @@ class Canvas:
             queue.extendleft(reversed(keep))
         return batch
 
-    def segment_at(self, start) -> tuple[np.ndarray | None, tuple]:
-        """Flood-fill from `start`; returns the accepted mask (in the bounding box) or None, and the box."""
+    def segment_at(self, start, stop=None) -> tuple[np.ndarray | None, tuple]:
+        """Flood-fill from `start`; returns the accepted mask (in the bounding box) or None, and the box.
+
+        A `stop` that turns true mid-fill (a signal before the time limit) abandons this fill:
+        the canvas is reset and INTERRUPTED is returned, so the seed is tried again on resume
+        instead of the job running into SIGKILL inside one long fill.
+        """
         from hpcffn.ffn.model import LOGIT_005, LOGIT_095
 
         start = tuple(int(v) for v in start)
@@ -135,6 +144,9 @@ class Canvas:
         queue: deque = deque([start])
         queued = {start}
         while queue:
+            if stop:
+                self.logits[tuple(slice(a, b) for a, b in zip(lo, hi))] = LOGIT_005
+                return INTERRUPTED, ()
             batch = self._pick_batch(queue, self.params.batch_size)
             inputs = np.empty((len(batch),) + self.fov + (2,), np.float32)
             for i, pos in enumerate(batch):
@@ -243,7 +255,10 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
         next_seed += 1
         if canvas.seg[pos] or not canvas.fov_fits(pos) or canvas.near_segment(pos):
             continue
-        mask, box = canvas.segment_at(pos)
+        mask, box = canvas.segment_at(pos, stop)
+        if mask is INTERRUPTED:
+            next_seed -= 1  # this seed's fill was abandoned: start it again on resume
+            continue  # the loop's stop check saves the state and returns
         if mask is not None:
             canvas.seg[box][mask] = next_id
             next_id += 1
