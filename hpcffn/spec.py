@@ -305,6 +305,26 @@ class Spec(_Strict):
 # ---------------------------------------------------------------- loading
 
 
+def _unique_keys_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a second `train:` section would quietly replace the first)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice in one mapping; keep one", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def load_yaml(path: Path, what: str = "spec") -> dict:
     """Read a YAML mapping with one-line errors."""
     import yaml
@@ -312,7 +332,7 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
     if not path.is_file():
         raise HpcffnError(f"{what} file {path} does not exist; check the path (or run `hpcffn init {path}`)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

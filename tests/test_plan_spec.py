@@ -142,6 +142,20 @@ def test_unquoted_time_read_as_number_says_quote_it(tmp_path):
     assert "cluster.train.time" in msg and 'time: "12:00:00"' in msg
 
 
+def test_key_given_twice_is_refused_not_silently_replaced(tmp_path):
+    path = write_spec(tmp_path, spec_dict(cluster={"profile": "local", "train": {"time": "1:00:00"}}))
+    path.write_text(path.read_text() + "name: other\n")
+    with pytest.raises(HpcffnError) as info:
+        make_plan(path)
+    assert "key 'name' given twice" in str(info.value) and "line " in str(info.value)
+    # A key given by a merge (<<: *anchor) may still be overridden.
+    path = write_spec(tmp_path, spec_dict(cluster=None))
+    path.write_text(path.read_text() + "cluster:\n  profile: local\n  defaults: &d {time: '1:00:00', cpus: 2}\n"
+                    "  train:\n    <<: *d\n    time: '2:00:00'\n")
+    train = make_plan(path).scripts["jobs/train/train_g0.sbatch"]
+    assert "#SBATCH --time=2:00:00\n" in train and "#SBATCH --cpus-per-task=2\n" in train
+
+
 def test_unknown_profile_lists_shipped(tmp_path):
     msg = plan_error(tmp_path, spec_dict(cluster={"profile": "summit"}))
     assert "cluster.profile" in msg and "ibex" in msg and "generic" in msg
