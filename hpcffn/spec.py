@@ -184,12 +184,14 @@ class StageResources(_Strict):
             raise ValueError(f"{v!r} holds characters SLURM does not accept here (spaces, quotes, shell characters)")
         return v
 
-    @field_validator("time", mode="before")
+    @field_validator("time", "memory", mode="before")
     @classmethod
-    def _time_number(cls, v):
-        # YAML 1.1 reads an unquoted 12:00:00 as the base-60 number 43200: say so instead of "not a string".
+    def _number(cls, v, info):
+        # YAML reads an unquoted 12:00:00 as the base-60 number 43200, and a bare 64 is 64 MB to SLURM.
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            raise ValueError(f'YAML read this time as the number {v!r}; put it in quotes, e.g. time: "12:00:00"')  # noqa: TRY004 - pydantic reports only ValueError
+            if info.field_name == "time":
+                raise ValueError(f'YAML read this time as the number {v!r}; put it in quotes, e.g. time: "12:00:00"')
+            raise ValueError(f"{v!r} has no unit; write e.g. memory: {v}G (or {v}M)")  # noqa: TRY004 - pydantic reports only ValueError
         return v
 
     @field_validator("time")

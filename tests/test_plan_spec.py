@@ -140,6 +140,8 @@ def test_unquoted_time_read_as_number_says_quote_it(tmp_path):
     # `time: 12:00:00` unquoted is the YAML 1.1 base-60 integer 43200.
     msg = plan_error(tmp_path, spec_dict(cluster={"profile": "local", "train": {"time": 43200}}))
     assert "cluster.train.time" in msg and 'time: "12:00:00"' in msg
+    msg = plan_error(tmp_path, spec_dict(cluster={"profile": "local", "train": {"memory": 64}}))
+    assert "cluster.train.memory" in msg and "memory: 64G" in msg
 
 
 def test_key_given_twice_is_refused_not_silently_replaced(tmp_path):
