@@ -18,7 +18,14 @@ from hpcffn.errors import HpcffnError
 from hpcffn.plan_model import Plan
 from hpcffn.slurm import expand_pattern, sbatch_options
 from hpcffn.state import load_state
-from hpcffn.submit import TaskView, check_filters, observe, selected_tasks
+from hpcffn.submit import (
+    TaskView,
+    check_filters,
+    job_tasks,
+    observe,
+    selected_tasks,
+    unit_of,
+)
 
 
 def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None = None, echo=print) -> list[str]:
@@ -63,9 +70,8 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
         raise HpcffnError(f"no {stage!r} job in {plan.layout.plan}; stages planned: {known}")
     out = []
     for job in jobs:
-        tasks = list(range(len(job.units))) if job.array else [None]
-        for t in tasks:
-            unit = job.units[t if t is not None else 0]
+        for t in job_tasks(job):
+            unit = unit_of(job, t)
             tile_group = next((x.group for x in plan.tiles if x.name == unit), None)
             if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)):
                 out.append((job.name, t))
@@ -79,8 +85,9 @@ def _log_of(plan: Plan, v: TaskView) -> list[Path]:
         return [Path(v.info.log)]
     job = plan.job(v.job)
     script = plan.layout.root / job.script
-    pattern = sbatch_options(script).get("output", "slurm-%j.out") if script.is_file() else "slurm-%j.out"
-    name = sbatch_options(script).get("job-name", job.name) if script.is_file() else job.name
+    opts = sbatch_options(script) if script.is_file() else {}
+    pattern = opts.get("output", "slurm-%j.out")
+    name = opts.get("job-name", job.name)
     base = v.sub.job_id
     if "%j" in pattern and v.task is not None:
         pattern = pattern.replace("%j", "*")
