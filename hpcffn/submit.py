@@ -258,7 +258,9 @@ def _doomed(v: TaskView, job: JobPlan, views: dict[str, list[TaskView]], todo: d
     for dep in job.depends_on:
         redone = set(todo.get(dep.job, []))
         for u in views.get(dep.job, []):
-            if u.task in redone and u.sub is not None and (u.slurm_id in waits or u.sub.job_id in waits):
+            # Failed (or itself doomed) upstream work, not "lost": a job SLURM forgot may have satisfied it.
+            if u.task in redone and u.category in ("failed", "alive") and u.sub is not None \
+                    and (u.slurm_id in waits or u.sub.job_id in waits):
                 return True
     return False
 
