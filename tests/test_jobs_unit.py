@@ -183,6 +183,12 @@ def test_resume_resubmits_work_still_pending_on_a_failed_upstream_task(mini_plan
     query = _fake_query({"10_2": "RUNNING", "11": "PENDING", "12": "PENDING", "13": "PENDING", "14": "PENDING",
                          "15_0": "PENDING", "15_1": "PENDING", "15_2": "PENDING", "16": "PENDING"})
     assert plan_steps(mini_plan, observe(mini_plan, state, query=query), resume=True) == []
+    # Upstream work SLURM forgot ("lost": no record, no marker) may have satisfied the dependency:
+    # only that task is resubmitted; the pending dependants stay.
+    forgot = _fake_query({"10_2": "RUNNING", "11": "PENDING", "12": "PENDING", "13": "PENDING", "14": "PENDING",
+                          "15_0": "PENDING", "15_1": "PENDING", "15_2": "PENDING", "16": "PENDING"})
+    views = observe(mini_plan, state, query=lambda ids: {k: v for k, v in forgot(ids).items() if k != "10_1"})
+    assert [(s.job.name, s.tasks) for s in plan_steps(mini_plan, views, resume=True)] == [("partitions", [1])]
 
 
 def test_filtered_submit_refuses_when_upstream_failed(mini_plan):
