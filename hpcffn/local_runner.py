@@ -20,7 +20,14 @@ from hpcffn.layout import EXIT_REQUEUE
 from hpcffn.plan_model import JobPlan, Plan
 from hpcffn.slurm import expand_pattern, sbatch_options
 from hpcffn.state import LocalTask, Submission, load_state, locked, now, updating
-from hpcffn.submit import Step, check_scripts, observe, plan_steps, sha256_file
+from hpcffn.submit import (
+    Step,
+    check_scripts,
+    observe,
+    plan_steps,
+    sha256_file,
+    task_units,
+)
 
 MAX_REQUEUES = 100
 
@@ -178,7 +185,8 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
                                  tasks=[t for t in step.tasks if t is not None] if job.array else None,
                                  command=["bash", job.script], local=True, runner_pid=os.getpid(),
                                  runner_host=socket.gethostname(),
-                                 local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks})
+                                 local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks},
+                                 units=task_units(job, step.tasks))
                 st.submissions.append(sub)
             blocked = [name for _, name in step.deps if name in failed_jobs]
             for task in step.tasks:

@@ -46,6 +46,9 @@ class Submission(BaseModel):
     sha256: str
     tasks: list[int] | None = None  # array task ids covered; None for a plain job
     command: list[str] = Field(default_factory=list)
+    # Unit name per task ("0" for a plain job) when submitted: after a re-plan that changed the
+    # grid, an array index can name another tile, and the old run does not count for it.
+    units: dict[str, str] = Field(default_factory=dict)
     local: bool = False
     runner_pid: int | None = None
     runner_host: str | None = None  # where runner_pid lives (a workdir may be shared between hosts)

@@ -55,6 +55,11 @@ def unit_of(job: JobPlan, task: Task) -> str:
     return job.units[task if task is not None else 0]
 
 
+def task_units(job: JobPlan, tasks: list[Task]) -> dict[str, str]:
+    """What Submission.units records: the unit name of each task."""
+    return {str(t if t is not None else 0): unit_of(job, t) for t in tasks}
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,6 +134,8 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
         for task in job_tasks(job):
             sub = per.get(task if job.array else None)
             unit = unit_of(job, task)
+            if sub is not None and sub.units.get(str(task if task is not None else 0), unit) != unit:
+                sub = None  # submitted for another unit at this index, before a re-plan
             info = None
             if sub is None:
                 cat = "never"
@@ -361,7 +368,7 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
             new_ids[step.job.name] = jid
             sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
                              tasks=[t for t in step.tasks if t is not None] if step.job.array else None,
-                             command=cmd)
+                             command=cmd, units=task_units(step.job, step.tasks))
             with updating(state_path) as st:
                 st.submissions.append(sub)
             made.append(sub)

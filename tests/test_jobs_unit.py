@@ -368,3 +368,18 @@ def test_reused_runner_pid_is_not_a_live_local_run_and_is_never_signalled(mini_p
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_replan_that_moves_units_to_other_indices_does_not_reuse_old_runs(mini_plan):
+    from hpcffn.submit import task_units
+
+    job = mini_plan.job("partitions")
+    sub = _sub("partitions", "10", [0, 1, 2])
+    sub.units = task_units(job, [0, 1, 2])
+    state = State(submissions=[sub])
+    done = _fake_query({})
+    assert [v.category for v in observe(mini_plan, state, query=done)["partitions"]] == ["done"] * 3
+    # Re-planned: the grid changed and index 1 is another tile now; index 2 is unchanged.
+    job.units = [job.units[0], "v_z1_y0_x0", job.units[2]]
+    views = observe(mini_plan, state, query=done)["partitions"]
+    assert [v.category for v in views] == ["done", "never", "done"]
