@@ -154,6 +154,33 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
     return views
 
 
+def check_replan(old: Plan, new: Plan, query=None) -> None:
+    """Refuse a re-plan that changes what queued tasks work on.
+
+    Scripts read plan.json when they start, so a pending task i of a job whose units changed
+    would work on another tile or group than the one it was submitted for. Only jobs that are
+    still pending or running (per state.json and SLURM) matter; finished work is safe.
+    """
+    if not old.layout.state.is_file():
+        return
+    new_units = {j.name: j.units for j in new.jobs}
+    changed = [j for j in old.jobs if new_units.get(j.name) != j.units]
+    if not changed:
+        return
+    try:
+        views = observe(old, load_state(old.layout.state), query)
+    except HpcffnError as exc:
+        raise HpcffnError(f"cannot tell whether jobs of {old.workdir} are still queued ({exc}); "
+                          "re-plan with --force if none are") from None
+    alive = [j.name for j in changed if any(v.category == "alive" for v in views[j.name])]
+    if alive:
+        raise HpcffnError(
+            f"{old.layout.plan}: jobs {', '.join(alive)} are still pending or running and the new plan changes "
+            f"which tiles or groups their tasks work on; wait for them or run `hpcffn cancel {old.workdir}`, "
+            "or re-plan with --force"
+        )
+
+
 def _unit_groups(plan: Plan, unit: str) -> set[str]:
     """Groups a unit belongs to (a group, a tile's group, a volume's groups)."""
     if unit in {g.name for g in plan.groups}:

@@ -186,7 +186,8 @@ def job_tmp():
 
     path = Path(tempfile.mkdtemp(prefix="hpcffn-jobs-test-"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("HPCFFN_KEEP_TEST_DIRS"):  # set it to read the job logs of a failure
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

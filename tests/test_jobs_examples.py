@@ -98,8 +98,9 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
         if row["counts"].get("alive", 0) == 0:
             break
         time.sleep(2)
-    assert extended, row
-    assert row["states"] == {"COMPLETED": 1}, row
+    logs = "\n".join(p.read_text() for p in sorted((workdir / "logs" / "train").glob("*.out")))
+    assert extended, (row, logs)
+    assert row["states"] == {"COMPLETED": 1}, (row, logs)
     assert row["detail"][0]["restarts"] >= 1
     ckpt = json.loads((workdir / "train" / "g0" / "ckpt.json").read_text())
     runs = ckpt["runs"]

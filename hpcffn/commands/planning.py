@@ -28,8 +28,23 @@ def plan(
 
     planned = make_plan(spec, templates)
     check_workdir_owner(planned, force)
+    if not force and not dry_run:
+        _check_queued_jobs(planned.plan)
     report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
     print_plan_summary(planned, report, dry_run=dry_run)
+
+
+def _check_queued_jobs(new_plan) -> None:
+    """A re-plan must not change the tiles of tasks still in the queue (see submit.check_replan)."""
+    from hpcffn.errors import HpcffnError
+    from hpcffn.plan_model import load_plan
+    from hpcffn.submit import check_replan
+
+    try:
+        old = load_plan(new_plan.layout.plan)
+    except HpcffnError:
+        return  # no earlier plan, or one of another format: nothing was submitted from it by us
+    check_replan(old, new_plan)
 
 
 def init(
