@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_finished
+from conftest import start_requeued_job_now, wait_finished
 
 from hpcffn import slurm as slurm_mod
 from hpcffn.plan_model import load_plan
@@ -92,8 +92,7 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
         row = next(r for r in report.rows if r["job"] == "train_g0")
         task = row["detail"][0]
         if not extended and task["restarts"] >= 1 and task["state"].startswith("PENDING"):
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=00:10:00", "StartTime=now"],
-                           check=True, capture_output=True)
+            start_requeued_job_now(job_id, "TimeLimit=00:10:00")
             extended = True
         if row["counts"].get("alive", 0) == 0:
             break

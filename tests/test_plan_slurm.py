@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from conftest import start_requeued_job_now
 from plan_helpers import spec_dict, write_spec
 
 from hpcffn.planner import make_plan
@@ -83,7 +84,7 @@ def _requeue_round_trip(tmp_path):
                                   timeout=30).stdout
             if not requeued and "JobState=PENDING" in show and "Restarts=1" in show:
                 # SLURM holds a requeued job for about two minutes; let it start now.
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+                start_requeued_job_now(job_id)
                 requeued = True
             time.sleep(0.5)
         assert requeued
