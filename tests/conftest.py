@@ -87,26 +87,6 @@ def slurm(monkeypatch):
     _cancel_leftover_jobs()
 
 
-def start_requeued_job_now(job_id: str, *extra: str, timeout: float = 120.0) -> None:
-    """Let a requeued (PENDING, BeginTime) job start now instead of after SLURM's ~2-minute hold.
-
-    Waits first until the node has finished cleaning up the job's previous run: a job launched
-    while its earlier incarnation is still COMPLETING on the node fails at once (ExitCode 1:0,
-    seen under CPU load). The real hold exists for exactly that reason.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        nodes = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], check=False, capture_output=True,
-                               text=True, timeout=30).stdout.split()
-        completing = subprocess.run(["squeue", "--noheader", "--states=COMPLETING", "--format=%i"], check=False,
-                                    capture_output=True, text=True, timeout=30).stdout.split()
-        if nodes and not completing and all(n.rstrip("*~#!%$@^-") == "idle" for n in nodes):
-            break
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", *extra, "StartTime=now"], check=True,
-                   capture_output=True, timeout=30)
-
-
 def _cancel_leftover_jobs(timeout: float = 60.0) -> None:
     """Cancel whatever a test left in the private test SLURM and wait until it is gone.
 

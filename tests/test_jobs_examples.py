@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_requeued_job_now, wait_finished
+from conftest import wait_finished
 
 from hpcffn import slurm as slurm_mod
 from hpcffn.plan_model import load_plan
@@ -82,8 +82,8 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
 
     # SLURM may send the signal up to 60 s early, so with 120 s and USR1@90 it comes within
     # 0-30 s, before the 45 one-second steps end. Once the job is back in the queue, give it
-    # a longer limit so the restarted run is not signalled again, and let it start now
-    # instead of after SLURM's ~2-minute requeue hold (both plain `scontrol update`s).
+    # a longer limit so the restarted run is not signalled again; it restarts after the test
+    # SLURM's requeue hold (cred_expire=10 s in tests/slurm/start.sh).
     job_id = made[0].job_id
     extended = False
     deadline = time.monotonic() + 480
@@ -92,7 +92,8 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
         row = next(r for r in report.rows if r["job"] == "train_g0")
         task = row["detail"][0]
         if not extended and task["restarts"] >= 1 and task["state"].startswith("PENDING"):
-            start_requeued_job_now(job_id, "TimeLimit=00:10:00")
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=00:10:00"], check=True,
+                           capture_output=True, timeout=30)
             extended = True
         if row["counts"].get("alive", 0) == 0:
             break

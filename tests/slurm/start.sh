@@ -69,7 +69,9 @@ conf="$state/slurm.conf"
   echo "SlurmdUser=root"
   echo "AuthType=auth/munge"
   echo "CredType=cred/munge"
-  echo "AuthInfo=socket=$socket"
+  # cred_expire: how long a requeued job waits before it may start again (default 120 s);
+  # a short one lets the requeue tests see the restart without skipping SLURM's own hold.
+  echo "AuthInfo=socket=$socket,cred_expire=10"
   echo "ProctrackType=proctrack/linuxproc"
   echo "TaskPlugin=task/none"
   echo "JobAcctGatherType=jobacct_gather/none"
