@@ -85,31 +85,17 @@ def read_shape(src: Source) -> tuple[int, int, int]:
                 "point at a 3-D grayscale or label dataset"
             )
         return shape  # type: ignore[return-value]
+    from hpcffn.tif import stack_shape
+
     if src.kind == "tif":
-        return _tif_stack_shape(src.path)
+        return stack_shape(src.path)
     files = tif_slices(src.path)
     if not files:
         raise HpcffnError(f"{src.path} contains no .tif/.tiff slices; point at the directory holding the slices")
-    first = _tif_stack_shape(files[0])
+    first = stack_shape(files[0])
     if first[0] != 1:
         raise HpcffnError(
             f"{files[0]} holds {first[0]} pages but the files of a slice directory must be single 2-D "
             "slices; give the multi-page file itself as the input instead"
         )
     return (len(files), first[1], first[2])
-
-
-def _tif_stack_shape(path: Path) -> tuple[int, int, int]:
-    """(pages, y, x) of a TIF whose pages are 2-D grayscale slices (what convert reads)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            shape = tuple(int(s) for s in page.shape)
-            pages = len(tif.pages)
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
-        raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
-    if len(shape) != 2:
-        raise HpcffnError(f"{path} has pages of shape {shape}; expected grayscale 2-D slices (save it as grayscale)")
-    return (pages, shape[0], shape[1])

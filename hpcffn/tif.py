@@ -37,7 +37,7 @@ class VolumeReader:
         self.close()
 
 
-def _page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
+def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
     """(shape of the first page, dtype, number of pages, axes) of a TIF, from headers."""
     import tifffile
 
@@ -50,12 +50,19 @@ def _page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
         raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
 
 
-def _check_gray(path: Path, shape, axes: str) -> None:
+def check_gray(path: Path, shape, axes: str) -> None:
     if len(shape) != 2:
         raise HpcffnError(
             f"{path} has pages of shape {shape} (axes {axes}); expected grayscale 2-D slices "
             "(save it as a grayscale stack)"
         )
+
+
+def stack_shape(path: Path) -> tuple[int, int, int]:
+    """(pages, y, x) of a TIF whose pages are 2-D grayscale slices, from headers only."""
+    shape, _dtype, pages, axes = page_info(path)
+    check_gray(path, shape, axes)
+    return (pages, shape[0], shape[1])
 
 
 class TifDirectory(VolumeReader):
@@ -71,11 +78,11 @@ class TifDirectory(VolumeReader):
         self.files = tif_slices(self.path)
         if not self.files:
             raise HpcffnError(f"{self.path} contains no .tif/.tiff slices; point at the directory holding the slices")
-        shape0, dtype0, pages, axes = _page_info(self.files[0])
-        _check_gray(self.files[0], shape0, axes)
+        shape0, dtype0, pages, axes = page_info(self.files[0])
+        check_gray(self.files[0], shape0, axes)
         # Every slice's header is checked up front, so a bad slice fails before any writing.
         for f in self.files[1:]:
-            shape, dtype, pages, axes = _page_info(f)
+            shape, dtype, pages, axes = page_info(f)
             if pages != 1:
                 raise HpcffnError(
                     f"{f} holds {pages} pages but the files of a slice directory must be single 2-D slices"
@@ -115,8 +122,8 @@ class TifStack(VolumeReader):
         self.name = str(self.path)
         if not self.path.is_file():
             raise HpcffnError(f"TIF stack {self.path} does not exist: check the path")
-        shape0, dtype0, pages, axes = _page_info(self.path)
-        _check_gray(self.path, shape0, axes)
+        shape0, dtype0, pages, axes = page_info(self.path)
+        check_gray(self.path, shape0, axes)
         self._tif = tifffile.TiffFile(self.path)
         self._pages = self._tif.pages
         for i in (0, pages - 1):
