@@ -215,6 +215,12 @@ def _state_str(value) -> str:
     return str(value or "UNKNOWN").split()[0].rstrip("+")
 
 
+def _exit_pair(text: str) -> int | None:
+    """Exit status from scontrol's/sacct's "ExitCode=status:signal" ("1:0" -> 1)."""
+    head = text.split(":")[0]
+    return int(head) if head.isdigit() else None
+
+
 def _exit_int(value) -> int | None:
     """Exit status from squeue's exit_code (22.05: raw wait status; newer: a dict)."""
     if value is None:
@@ -284,8 +290,7 @@ def parse_scontrol(text: str) -> dict[str, TaskInfo]:
             if "JobId" not in fields:
                 continue
             state = _state_str(fields.get("JobState"))
-            rc = fields.get("ExitCode", "")
-            exit_code = int(rc.split(":")[0]) if rc and rc.split(":")[0].isdigit() else None
+            exit_code = _exit_pair(fields.get("ExitCode", ""))
             common = {"state": state, "reason": fields.get("Reason", ""), "exit_code": exit_code,
                           "restarts": int(fields.get("Restarts", "0") or 0), "source": "scontrol",
                           "log": fields.get("StdOut", ""), "extra": {"dependency": fields.get("Dependency", "")}}
@@ -315,7 +320,7 @@ def parse_sacct(text: str) -> dict[str, TaskInfo]:
         try:
             jid, state, rc = parts[0], _state_str(parts[1]), parts[2]
             reason = parts[3] if len(parts) > 3 else ""
-            exit_code = int(rc.split(":")[0]) if rc.split(":")[0].isdigit() else None
+            exit_code = _exit_pair(rc)
             if "_[" in jid:  # pending array tasks: 12_[3-5%2]
                 base, rng = jid.split("_[", 1)
                 for t in expand_array(rng.rstrip("]")):
