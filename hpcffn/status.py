@@ -8,9 +8,11 @@ that does not answer degrades the table to markers and outputs with a warning, n
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hpcffn import slurm
 from hpcffn.errors import HpcffnError
@@ -20,16 +22,32 @@ from hpcffn.submit import TaskView, observe
 
 
 def expected_output(plan: Plan, stage: str, unit: str):
-    """The file (or directory) a stage unit produces, per hpcffn/layout.py."""
+    """The file a finished stage unit leaves, per hpcffn/layout.py (train: the checkpoint at max_steps)."""
     lay = plan.layout
     return {
         "convert": lay.converted_volume,
         "partitions": lay.partitions,
         "coordinates": lay.coordinates,
-        "train": lay.train_dir,
+        "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
         "infer": lay.segmentation,
         "evaluate": lambda _u: lay.evaluation_report,
     }.get(stage, lambda _u: None)(unit)
+
+
+_LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', re.MULTILINE)
+
+
+def checkpoint_step(train_dir: Path) -> int | None:
+    """Training step of a train dir's latest checkpoint, read from TF's `checkpoint` index file.
+
+    Training numbers its checkpoints by step (ckpt-<step>), so a login node can show progress
+    without TensorFlow.
+    """
+    try:
+        m = _LATEST.search((train_dir / "checkpoint").read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -90,6 +108,8 @@ def collect(plan: Plan) -> Report:
                 "source": v.info.source if v.info else ("marker" if v.category == "done" else ""),
                 "output": str(out) if out is not None else None, "output_exists": exists,
             })
+            if job.stage == "train":
+                tasks[-1]["step"] = checkpoint_step(plan.layout.train_dir(v.unit))
         ids = sorted({v.sub.job_id for v in vs if v.sub is not None})
         report.rows.append({
             "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(vs),
@@ -107,8 +127,12 @@ def render_table(plan: Plan, report: Report):
         table.add_column(col)
     for r in report.rows:
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
+        outputs = f"{r['outputs']}/{r['tasks']}"
+        steps = [t["step"] or 0 for t in r["detail"] if "step" in t]
+        if steps and r["outputs"] < r["tasks"]:  # training still has steps to go: show the slowest
+            outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"
         table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
-                      " ".join(r["job_ids"]) or "-", f"{r['outputs']}/{r['tasks']}")
+                      " ".join(r["job_ids"]) or "-", outputs)
     return table
 
 

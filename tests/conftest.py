@@ -128,7 +128,7 @@ echo '{{"unit": "'"$unit"'"}}' > "markers/{stage}/$unit.done"
 OUTPUTS = {
     "partitions": ("partitions", 'partitions/"$unit".h5'),
     "coordinates": ("coordinates", 'coordinates/"$unit".tfrecord.gz'),
-    "train": ("train/$unit", 'train/"$unit"/done.txt'),
+    "train": ("train/$unit", f'train/"$unit"/ckpt-{FFNParams().training.max_steps}.index'),  # the final checkpoint
     "infer": ("infer", 'infer/"$unit".h5'),
     "evaluate": ("evaluate", "evaluate/report.json"),
 }

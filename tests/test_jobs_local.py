@@ -162,3 +162,34 @@ def test_cancel_stops_a_local_run(job_tmp):
     rows = {r["job"]: r for r in collect(plan).rows}
     assert rows["partitions"]["states"] == {"CANCELLED": 3}
     assert rows["evaluate"]["states"] == {"NOT SUBMITTED": 1}
+
+
+def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
+    from hpcffn.status import checkpoint_step, render_table
+
+    max_steps = mini_plan.ffn.training.max_steps
+    train_dir = mini_plan.layout.train_dir("g0")
+    assert checkpoint_step(train_dir) is None
+    train_dir.mkdir(parents=True)
+    # What tf.train.CheckpointManager writes after saving at step 1200 (checkpoints are numbered by step).
+    (train_dir / "checkpoint").write_text(
+        f'model_checkpoint_path: "ckpt-1200"\nall_model_checkpoint_paths: "ckpt-{max_steps}"\n'
+        'all_model_checkpoint_paths: "ckpt-1200"\n')
+    (train_dir / "ckpt-1200.index").write_text("")
+    assert checkpoint_step(train_dir) == 1200
+    rows = {r["job"]: r for r in collect(mini_plan).rows}
+    assert rows["train_g0"]["detail"][0]["step"] == 1200
+    assert rows["train_g0"]["outputs"] == 0  # a partial checkpoint is not the trained model
+    assert rows["train_g1"]["detail"][0]["step"] is None
+
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(render_table(mini_plan, collect(mini_plan)))
+    text = console.export_text()
+    assert f"0/1 (step 1200/{max_steps})" in text and f"0/1 (step 0/{max_steps})" in text
+
+    (train_dir / "checkpoint").write_text(f'model_checkpoint_path: "{train_dir}/ckpt-{max_steps}"\n')
+    (train_dir / f"ckpt-{max_steps}.index").write_text("")
+    rows = {r["job"]: r for r in collect(mini_plan).rows}
+    assert rows["train_g0"]["outputs"] == 1 and rows["train_g0"]["detail"][0]["step"] == max_steps
