@@ -116,7 +116,9 @@ def label_volume(
     for z0 in range(0, nz, slab):
         block = reader.read(z0, min(nz, z0 + slab))
         mask = foreground(block, polarity)
-        ids, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True, out_dtype=np.uint64)
+        # On a line of voxels every connectivity is 6, and cc3d (4.1) raises for 26 on some lines.
+        conn = connectivity if sum(s > 1 for s in mask.shape) > 1 else 6
+        ids, n = cc3d.connected_components(mask, connectivity=conn, return_N=True, out_dtype=np.uint64)
         ids = ids.astype(np.uint64, copy=False)
         if base:
             ids[ids != 0] += np.uint64(base)

@@ -39,11 +39,7 @@ def write_slices(folder, vol, names=None):
         tifffile.imwrite(folder / (names[i] if names else f"slice_{i}.tif"), sl)
 
 
-@pytest.mark.parametrize("connectivity", [6, 18, 26])
-@pytest.mark.parametrize("slab", [1, 3, 100])
-def test_streamed_components_equal_whole_array(connectivity, slab):
-    img = white_objects((17, 20, 19), 0)
-
+def _streamed(img, connectivity, slab):
     class Reader:
         shape, dtype, name = img.shape, img.dtype, "mem"
 
@@ -56,11 +52,29 @@ def test_streamed_components_equal_whole_array(connectivity, slab):
         out[z0:z0 + len(ids)] = ids
 
     n = label_volume(Reader(), write, lambda a, b: out[a:b].copy(), "white", connectivity, slab)
+    return out, n
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("slab", [1, 3, 100])
+def test_streamed_components_equal_whole_array(connectivity, slab):
+    img = white_objects((17, 20, 19), 0)
+    out, n = _streamed(img, connectivity, slab)
     want = cc3d.connected_components(img == 0, connectivity=connectivity)
     assert same_partition(out, want)
     assert n == want.max() == len(np.unique(out)) - 1
     # Ids are numbered by first appearance, so they do not depend on the slab size.
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("shape", [(60, 1, 1), (1, 1, 60), (1, 60, 1)])
+@pytest.mark.parametrize("connectivity", [18, 26])
+def test_components_of_a_line_of_voxels(shape, connectivity):
+    """On a line every connectivity is 6 (cc3d 4.1 raises for 26 on this line, so labeling asks for 6)."""
+    img = np.where(np.random.default_rng(3).random(shape) > 0.5, 0, 255).astype(np.uint8)
+    out, n = _streamed(img, connectivity, 100)
+    np.testing.assert_array_equal(out, cc3d.connected_components(img == 0, connectivity=6))
+    assert n == out.max() > 1
 
 
 def test_foreground_polarities():
