@@ -118,6 +118,18 @@ class InferenceParams(_Strict):
     batch_size: int = Field(1, ge=1, description="FOVs evaluated per model call where possible")
 
 
+class StitchParams(_Strict):
+    """Joining the tiles' segmentations into one per volume (see hpcffn/stages/stitch.py)."""
+
+    min_overlap_voxels: int = Field(
+        100, ge=1, description="voxels two tiles' segments must share in the overlap to be joined"
+    )
+    min_overlap_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="...and that share must be at least this fraction of the larger segment there",
+    )
+
+
 class FFNParams(_Strict):
     """Everything under `ffn:` in the spec."""
 
@@ -126,3 +138,4 @@ class FFNParams(_Strict):
     model: ModelParams = ModelParams()
     training: TrainingParams = TrainingParams()
     inference: InferenceParams = InferenceParams()
+    stitch: StitchParams = StitchParams()

@@ -129,7 +129,7 @@ def label_volume(
         base += int(n)
         if progress:
             progress(block.shape[0] / 2)
-    lut = _final_ids(base, edges)
+    lut = merge_ids(base, edges)
     for z0 in range(0, nz, slab):
         z1 = min(nz, z0 + slab)
         write(z0, lut[read_back(z0, z1)])
@@ -138,8 +138,8 @@ def label_volume(
     return int(lut.max()) if len(lut) else 0
 
 
-def _final_ids(n: int, edges: list[np.ndarray]) -> np.ndarray:
-    """Lookup provisional id -> final id (1..K by first appearance; 0 stays 0)."""
+def merge_ids(n: int, edges: list[np.ndarray]) -> np.ndarray:
+    """Lookup id -> merged id for ids 0..n joined by `edges` ((k, 2) id pairs): 1..K by first appearance; 0 stays 0."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -156,3 +156,18 @@ def _final_ids(n: int, edges: list[np.ndarray]) -> np.ndarray:
     pos = np.searchsorted(uniq, comp[1:])
     lut[1:] = rank[pos]
     return lut
+
+
+def pair_counts(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None):
+    """Distinct (a[i], b[i]) pairs of two equal-length id arrays and how often each occurs.
+
+    Returns (a_ids, b_ids, counts), counts summing `weights` when given (to merge partial
+    tables). Ids are ranked first, so any uint64 ids work without a 2-D unique.
+    """
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    keys, which = np.unique(ia.astype(np.int64).ravel() * len(ub) + ib.ravel(), return_inverse=True)
+    counts = np.bincount(which.ravel(), weights=weights, minlength=len(keys))
+    if weights is None:
+        counts = counts.astype(np.int64)
+    return ua[keys // len(ub)], ub[keys % len(ub)], counts

@@ -15,6 +15,7 @@ are relative to the workdir the spec names (plan.json records it).
       coordinates/<group>.tfrecord.gz   stage 2: GZIP TFRecord of tf.train.Example
       train/<group>/                stage 3: checkpoints + TensorBoard events
       infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x)
+      stitch/<volume>.h5            the tiles of a volume joined: dataset `seg` (uint64), volume-sized
       evaluate/report.json          evaluation of infer against groundtruth
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("convert", "partitions", "coordinates", "train", "infer", "evaluate")
+STAGES = ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
 
 # What one unit of work of each stage is: a volume, a tile, a group, or the whole experiment.
 STAGE_UNIT = {
@@ -32,6 +33,7 @@ STAGE_UNIT = {
     "coordinates": "group",
     "train": "group",
     "infer": "tile",
+    "stitch": "volume",
     "evaluate": "experiment",
 }
 
@@ -84,6 +86,9 @@ class Layout:
 
     def segmentation(self, tile: str) -> Path:
         return self.root / "infer" / f"{tile}.h5"
+
+    def stitched(self, volume: str) -> Path:
+        return self.root / "stitch" / f"{volume}.h5"
 
     @property
     def evaluation_report(self) -> Path:

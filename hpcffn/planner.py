@@ -153,7 +153,8 @@ _DEPENDS = {
     "coordinates": ["partitions"],
     "train": ["coordinates"],
     "infer": ["train", "convert"],
-    "evaluate": ["infer"],
+    "stitch": ["infer"],
+    "evaluate": ["stitch"],  # infer when stitch is not planned
 }
 
 
@@ -201,6 +202,8 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
             add("infer", stage, True, [t.name for t in tiles])
+        elif stage == "stitch":
+            add("stitch", stage, True, [v.name for v in volumes])
         elif stage == "evaluate":
             add("evaluate", stage, False, ["experiment"])
 

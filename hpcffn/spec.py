@@ -27,7 +27,7 @@ from hpcffn.ffn_params import FFNParams
 
 ZYX = tuple[int, int, int]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "evaluate"]
+StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"]
 
 
 def _name(v: str) -> str:
@@ -246,6 +246,7 @@ class _PerStage(_Strict):
     coordinates: StageResources = StageResources()
     train: StageResources = StageResources()
     infer: StageResources = StageResources()
+    stitch: StageResources = StageResources()
     evaluate: StageResources = StageResources()
 
 

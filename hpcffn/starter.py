@@ -70,7 +70,7 @@ container:
   image: hpcffn.sif            # apptainer build hpcffn.sif containers/hpcffn.def
   # binds: [/scratch/shared:/data:ro]   # the workdir and input folders are bound automatically
 
-# stages: [convert, partitions, coordinates, train, infer, evaluate]   # default: all that apply
+# stages: [convert, partitions, coordinates, train, infer, stitch, evaluate]   # default: all that apply
 # templates: my-templates      # your own *.sbatch.j2, searched before the shipped ones
 """
 

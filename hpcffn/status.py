@@ -30,6 +30,7 @@ def expected_output(plan: Plan, stage: str, unit: str):
         "coordinates": lay.coordinates,
         "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
         "infer": lay.segmentation,
+        "stitch": lay.stitched,
         "evaluate": lambda _u: lay.evaluation_report,
     }.get(stage, lambda _u: None)(unit)
 

@@ -13,6 +13,7 @@ import typer
 
 from hpcffn.commands.options import float_list as _floats
 from hpcffn.commands.options import int_list as _ints
+from hpcffn.commands.options import refuse_existing
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.errors import HpcffnError
 from hpcffn.plan_model import load_plan as _load_plan
@@ -29,12 +30,6 @@ def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, floa
             raise HpcffnError(f"--exclusion-region {text!r}: write x,y,z,r (sphere centre and radius, voxels)")
         out.append(vals)
     return out
-
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    """Standalone outputs may be the user's own files (e.g. FFN's): replace them only when asked."""
-    if path.exists() and not overwrite:
-        raise HpcffnError(f"{path} already exists; remove it or choose another --output (pass --overwrite to replace it)")
 
 
 def _echo_partitions(counts: dict, where: str) -> None:
@@ -122,7 +117,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         params = _params(PartitionParams, None, overrides, "partitions")
         from hpcffn.volumes import parse_location
 
-        _refuse_existing(parse_location(output, "af").path, overwrite)
+        refuse_existing(parse_location(output, "af").path, overwrite)
         counts = stage.partitions_standalone(
             input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region)
         )
@@ -159,7 +154,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             raise HpcffnError("give --input name:af.h5:af (repeatable) and --output coords.tfrecord.gz (or --plan P --group G)")
         params = _params(CoordinateParams, None, overrides, "coordinates")
         vols = [stage.parse_input(t) for t in input]
-        _refuse_existing(output, overwrite)
+        refuse_existing(output, overwrite)
         import sys
 
         summary = stage.build_coordinates(

@@ -1,4 +1,4 @@
-"""CLI commands: `hpcffn stage train|infer|evaluate`, from a plan or standalone with explicit paths.
+"""CLI commands: `hpcffn stage train|infer|stitch|evaluate`, from a plan or standalone with explicit paths.
 
 Thin: parse options, build parameter objects (plan values overridden by any flag given), call
 the stage module, exit with its code (0 done, 75 requeue me, 2 user error).
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from hpcffn.commands.options import int_list
+from hpcffn.commands.options import int_list, refuse_existing
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.errors import HpcffnError
 from hpcffn.plan_model import load_plan as _load_plan
@@ -166,6 +166,40 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         ip = _params(InferenceParams, None, io, "ffn.inference")
         start, size = _bbox(bbox)
         _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite))
+
+    @stage_app.command("stitch")
+    def stitch(
+        plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
+        volume: Annotated[str | None, typer.Option("--volume", help="With --plan: volume name or index.")] = None,
+        segmentation: Annotated[list[str] | None, typer.Option("--segmentation", help="Standalone: an infer output seg.h5[:seg] with its offset; repeatable, one per tile.")] = None,
+        output: Annotated[str | None, typer.Option("--output", help="Standalone: stitched volume out.h5[:seg].")] = None,
+        shape: Annotated[str | None, typer.Option("--shape", help="Standalone: z,y,x volume shape (default: what the tiles reach).")] = None,
+        min_overlap_voxels: Annotated[int | None, typer.Option(help="Voxels two tiles' segments must share to be joined.")] = None,
+        min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger of the two there.")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+    ) -> None:
+        """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
+        from hpcffn.ffn_params import StitchParams
+        from hpcffn.stages import stitch as stage
+
+        overrides = {"min_overlap_voxels": min_overlap_voxels, "min_overlap_fraction": min_overlap_fraction}
+        if plan is not None:
+            if volume is None:
+                raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")
+            if segmentation or output or shape:
+                raise HpcffnError("--plan reads the tiles from the plan: drop --segmentation/--output/--shape")
+            p = _load_plan(plan)
+            params = _params(StitchParams, p.ffn.stitch, overrides, "ffn.stitch")
+            stage.run_from_plan(p.model_copy(update={"ffn": p.ffn.model_copy(update={"stitch": params})}),
+                                str(p.task_unit("stitch", volume)))
+            return
+        if not segmentation or not output:
+            raise HpcffnError("give --plan P --volume V, or standalone --segmentation a.h5:seg [--segmentation ...] --output out.h5:seg")
+        from hpcffn.volumes import parse_location
+
+        refuse_existing(parse_location(output, "seg").path, overwrite)
+        size = int_list(shape, "--shape", 3, "500") if shape else None
+        stage.stitch_files(segmentation, output, _params(StitchParams, None, overrides, "stitch"), shape=size)
 
     @stage_app.command("evaluate")
     def evaluate(

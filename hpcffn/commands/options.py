@@ -6,6 +6,8 @@ malformed values become one-line errors that name the flag and show the expected
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hpcffn.errors import HpcffnError
 
 
@@ -44,3 +46,9 @@ def with_overrides(cls, base, overrides: dict, section: str):
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or section
         raise HpcffnError(f"{section}.{where}: {err['msg']}") from None
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """Standalone outputs may be the user's own files (e.g. FFN's): replace them only when asked."""
+    if path.exists() and not overwrite:
+        raise HpcffnError(f"{path} already exists; remove it or choose another --output (pass --overwrite to replace it)")

@@ -4,7 +4,8 @@ Metrics come from scikit-image (VI in bits); groundtruth voxels labelled 0 are i
 voxels a segmentation left at 0 count as one more segment (missed voxels are penalised).
 In plan mode each tile's segmentation is cropped to the tile's `box` (the part it owns);
 volume and overall figures are voxel-weighted means over tiles, since tiles are segmented
-independently and share no ids.
+independently and share no ids. A volume's stitched segmentation (stage stitch), when present,
+is also compared as a whole, which counts errors made where tiles meet.
 """
 
 from __future__ import annotations
@@ -15,34 +16,71 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.errors import HpcffnError
+from hpcffn.labeling import pair_counts
 from hpcffn.plan_model import Plan
-from hpcffn.volumes import open_dataset, parse_location, read_box
+from hpcffn.volumes import Location, open_dataset, parse_location, read_box
 
 METRICS = ("adapted_rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
 
 
+class Contingency:
+    """Voxel counts of (groundtruth id, segment id) over labelled groundtruth, added block by block.
+
+    Both metrics need only this table, so a whole stitched volume is evaluated slab by slab
+    in bounded memory; scikit-image computes the metrics from it.
+    """
+
+    def __init__(self):
+        self.voxels = 0
+        self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._segments: list[np.ndarray] = []
+
+    def add(self, seg: np.ndarray, groundtruth: np.ndarray) -> Contingency:
+        if seg.shape != groundtruth.shape:
+            raise HpcffnError(f"segmentation shape {seg.shape} differs from groundtruth shape {groundtruth.shape}")
+        self.voxels += seg.size
+        self._segments.append(np.unique(seg[seg > 0]))
+        labelled = groundtruth > 0
+        if labelled.any():
+            self._pairs.append(pair_counts(groundtruth[labelled].astype(np.uint64, copy=False),
+                                           seg[labelled].astype(np.uint64, copy=False)))
+        if len(self._pairs) > 32:  # keep the partial tables few
+            self._pairs = [self._merged()]
+        return self
+
+    def _merged(self):
+        g, s, c = (np.concatenate(parts) for parts in zip(*self._pairs))
+        return pair_counts(g, s, weights=c.astype(np.float64))
+
+    def metrics(self) -> dict:
+        from scipy import sparse
+        from skimage.metrics import adapted_rand_error, variation_of_information
+
+        segments = len(np.unique(np.concatenate(self._segments))) if self._segments else 0
+        out = {"voxels": self.voxels, "labelled_voxels": 0, "segments": segments, "objects": 0}
+        if not self._pairs:
+            return {**out, **{m: None for m in METRICS}}
+        g, s, c = self._merged()
+        ug, gi = np.unique(g, return_inverse=True)
+        us, si = np.unique(s, return_inverse=True)
+        table = sparse.csr_array((c, (gi.ravel(), si.ravel())), shape=(len(ug), len(us)))
+        labelled = float(c.sum())
+        out.update(labelled_voxels=int(labelled), objects=len(ug))
+        # scikit-image divides its "precision" by the pairs joined in the groundtruth (the
+        # table's rows), which is recall in the usual sense; swap them so that precision
+        # drops with merges and recall with splits.
+        are, rec, prec = adapted_rand_error(table=table)
+        # [H(seg|gt), H(gt|seg)] in bits: the first grows when objects are split, the second
+        # when they are merged.
+        none = np.zeros(0)
+        h_seg_given_gt, h_gt_given_seg = variation_of_information(none, none, table=table / labelled)
+        return {**out, "adapted_rand_error": float(are), "rand_precision": float(prec), "rand_recall": float(rec),
+                "vi_split": float(h_seg_given_gt), "vi_merge": float(h_gt_given_seg)}
+
+
 def compare(seg: np.ndarray, groundtruth: np.ndarray) -> dict:
     """Metrics of one segmentation against groundtruth of the same shape."""
-    from skimage.metrics import adapted_rand_error, variation_of_information
-
-    if seg.shape != groundtruth.shape:
-        raise HpcffnError(f"segmentation shape {seg.shape} differs from groundtruth shape {groundtruth.shape}")
-    labelled = int(np.count_nonzero(groundtruth))
-    out = {"voxels": int(seg.size), "labelled_voxels": labelled,
-           "segments": len(np.unique(seg[seg > 0])), "objects": len(np.unique(groundtruth[groundtruth > 0]))}
-    if labelled == 0:
-        return {**out, **{m: None for m in METRICS}}
-    gt = groundtruth.astype(np.uint64, copy=False)
-    sg = seg.astype(np.uint64, copy=False)
-    # scikit-image divides its "precision" by the pairs joined in the groundtruth (its table's
-    # rows are the true labels), which is recall in the usual sense; swap them so that
-    # precision drops with merges and recall with splits.
-    are, rec, prec = adapted_rand_error(gt, sg, ignore_labels=(0,))
-    # skimage returns [H(seg|gt), H(gt|seg)] in bits: the first grows when objects are split,
-    # the second when they are merged.
-    h_seg_given_gt, h_gt_given_seg = variation_of_information(gt, sg, ignore_labels=(0,))
-    return {**out, "adapted_rand_error": float(are), "rand_precision": float(prec), "rand_recall": float(rec),
-            "vi_split": float(h_seg_given_gt), "vi_merge": float(h_gt_given_seg)}
+    return Contingency().add(seg, groundtruth).metrics()
 
 
 def weighted_mean(rows: list[dict]) -> dict:
@@ -114,6 +152,22 @@ def write_report(path: Path, report: dict) -> None:
     atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
+def evaluate_stitched(path: Path, volume, slab: int = 32) -> dict:
+    """Metrics of a volume's stitched segmentation against its groundtruth, read in z-slabs.
+
+    Unlike the per-tile figures, these count objects split or merged across tile borders.
+    """
+    gt_loc = parse_location(volume.groundtruth, "stack")
+    table = Contingency()
+    with open_dataset(Location(path, "seg")) as seg, open_dataset(gt_loc) as gt:
+        if seg.shape != gt.shape:
+            raise HpcffnError(f"{path} has shape {seg.shape}, groundtruth {gt_loc} {gt.shape}: "
+                              f"re-run stitch for volume {volume.name}")
+        for z in range(0, seg.shape[0], slab):
+            table.add(seg[z:z + slab], gt[z:z + slab])
+    return table.metrics()
+
+
 def run_from_plan(plan: Plan, log=print) -> dict:
     """Evaluate every tile with groundtruth whose segmentation exists; report JSON + marker."""
     from hpcffn.stages.markers import mark_done
@@ -139,10 +193,13 @@ def run_from_plan(plan: Plan, log=print) -> dict:
     by_volume = {}
     for name in dict.fromkeys(r["volume"] for r in rows):
         by_volume[name] = weighted_mean([r for r in rows if r["volume"] == name])
+    stitched = {v.name: evaluate_stitched(plan.layout.stitched(v.name), v) for v in plan.volumes
+                if v.groundtruth and plan.layout.stitched(v.name).is_file()}
     report = {"plan": str(plan.layout.plan), "tiles": rows, "volumes": by_volume,
-              "overall": weighted_mean(rows), "missing_segmentations": missing}
+              "overall": weighted_mean(rows), "stitched": stitched, "missing_segmentations": missing}
     if rows:
         summary = [{"tile": f"[{v}]", **m} for v, m in by_volume.items()] + [{"tile": "[overall]", **report["overall"]}]
+        summary += [{"tile": f"[{v} stitched]", **m} for v, m in stitched.items()]
         log(format_table(rows + summary))
     else:
         log("hpcffn evaluate: no tile with groundtruth has a segmentation yet; the report lists none")

@@ -1,0 +1,217 @@
+"""Stitching: one segmentation per volume from the overlapping segmentations of its tiles.
+
+Inference segments every tile on its own (its infer box: the tile's box plus the overlap), so
+an object that crosses tiles gets a different id in each. Stitching gives each tile's ids a
+range of their own, joins two segments of neighbouring tiles where they agree on the voxels
+both tiles segmented (the intersection of their infer boxes), and writes the voxels each
+tile owns, relabelled 1..K, into one `seg` dataset the size of the volume.
+
+Two segments a, b of neighbouring tiles are joined when, inside the shared region, they
+cover at least `min_overlap_voxels` common voxels and that is at least
+`min_overlap_fraction` of the larger of the two there. Measuring against the larger one keeps
+a merge error in one tile from spreading: a segment that wrongly holds two objects agrees
+well with at most one of the neighbour's.
+
+Memory stays at about one tile at a time: tiles are read in z-slabs, and only the shared
+regions are read for the comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from hpcffn.errors import HpcffnError
+from hpcffn.ffn_params import StitchParams
+from hpcffn.labeling import merge_ids, pair_counts
+from hpcffn.plan_model import Plan
+from hpcffn.volumes import Location, open_dataset, parse_location
+
+SLAB = 32  # z-slices read at a time
+
+
+@dataclass(frozen=True)
+class TileSegmentation:
+    """One tile's inference output: where it lies (its infer box) and the part it owns (core)."""
+
+    name: str
+    location: Location
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+    core_start: tuple[int, int, int]
+    core_size: tuple[int, int, int]
+
+    @property
+    def stop(self) -> tuple[int, int, int]:
+        return tuple(s + n for s, n in zip(self.start, self.size))  # type: ignore[return-value]
+
+
+def segmentation_box(loc: Location) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(offset, shape) of a segmentation file: its `offset` attribute (0,0,0 if absent) and shape."""
+    with open_dataset(loc) as ds:
+        if ds.ndim != 3:
+            raise HpcffnError(f"{loc}: dataset has {ds.ndim} dimensions, expected a 3-D (z,y,x) segmentation")
+        offset = ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0)))
+        return tuple(int(v) for v in offset), tuple(int(s) for s in ds.shape)  # type: ignore[return-value]
+
+
+def grid_cores(boxes: list[tuple[tuple, tuple]], names: list[str]) -> list[tuple[tuple, tuple]]:
+    """The part each box owns when boxes form an overlapping grid: overlaps are split in the middle.
+
+    For standalone use, where no plan says which voxels each tile owns.
+    """
+    cores: list[list[tuple[int, int]]] = [[] for _ in boxes]
+    for axis in range(3):
+        intervals = sorted({(b[0][axis], b[0][axis] + b[1][axis]) for b in boxes})
+        for (s0, e0), (s1, e1) in pairwise(intervals):
+            if s1 == s0 or e1 <= e0:
+                raise HpcffnError(f"segmentations {', '.join(names)} do not form a grid along axis {'zyx'[axis]} "
+                                  f"(extents {s0}..{e0} and {s1}..{e1} nest): give the tiles of one plan")
+            if s1 > e0:
+                raise HpcffnError(f"segmentations leave a gap along axis {'zyx'[axis]} between {e0} and {s1}: "
+                                  "give every tile of the volume")
+        cuts = [(e0 + s1) // 2 for (_, e0), (s1, _) in pairwise(intervals)]
+        bounds = [intervals[0][0], *cuts, intervals[-1][1]]
+        own = {iv: (bounds[k], bounds[k + 1]) for k, iv in enumerate(intervals)}
+        for i, b in enumerate(boxes):
+            cores[i].append(own[(b[0][axis], b[0][axis] + b[1][axis])])
+    return [(tuple(a for a, _ in c), tuple(e - a for a, e in c)) for c in cores]
+
+
+def _slabs(tile: TileSegmentation, start, size):
+    """Read the box (start, size; volume coordinates, inside the tile) of a tile in z-slabs."""
+    with open_dataset(tile.location) as ds:
+        rel = [s - t for s, t in zip(start, tile.start)]
+        for z in range(0, size[0], SLAB):
+            z1 = min(size[0], z + SLAB)
+            yield z, ds[rel[0] + z:rel[0] + z1, rel[1]:rel[1] + size[1], rel[2]:rel[2] + size[2]]
+
+
+def _read(tile: TileSegmentation, start, size) -> np.ndarray:
+    return np.concatenate([block for _, block in _slabs(tile, start, size)]) if size[0] else np.zeros(size, np.uint64)
+
+
+def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.ndarray:
+    """(k, 2) pairs of ids (a's, b's) that segment the same object in the shared region a/b."""
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.uint64)
+    ua, ca = np.unique(a[a > 0], return_counts=True)
+    ub, cb = np.unique(b[b > 0], return_counts=True)
+    pa, pb, common = pair_counts(a[both], b[both])
+    larger = np.maximum(ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)])
+    keep = (common >= params.min_overlap_voxels) & (common >= params.min_overlap_fraction * larger)
+    return np.stack([pa[keep], pb[keep]], axis=1).astype(np.uint64)
+
+
+def _intersection(t: TileSegmentation, u: TileSegmentation):
+    start = tuple(max(a, b) for a, b in zip(t.start, u.start))
+    stop = tuple(min(a, b) for a, b in zip(t.stop, u.stop))
+    return (start, tuple(e - s for s, e in zip(start, stop))) if all(e > s for s, e in zip(start, stop)) else None
+
+
+def stitch(tiles: list[TileSegmentation], shape, output: Location, params: StitchParams,
+           log: Callable[[str], None] = print) -> dict:
+    """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
+    import h5py
+
+    from hpcffn.atomic import atomic_path
+
+    for t in tiles:
+        offset, size = segmentation_box(t.location)
+        if offset != t.start or size != t.size:
+            raise HpcffnError(f"{t.location} covers offset {offset} shape {size}, not tile {t.name}'s infer box "
+                              f"{t.start} {t.size}: it is from another plan; re-run that tile's infer task")
+        if any(c < 0 or c + n > s for c, n, s in zip(t.core_start, t.core_size, shape)):
+            raise HpcffnError(f"tile {t.name} owns {t.core_start} size {t.core_size}, outside the volume {tuple(shape)}")
+    # Pass 1: each tile's id range, and the ids that appear in the part it owns.
+    bases, used, top = [], [], 0
+    for t in tiles:
+        biggest, own = 0, []
+        for _, block in _slabs(t, t.start, t.size):
+            biggest = max(biggest, int(block.max()) if block.size else 0)
+        for _, block in _slabs(t, t.core_start, t.core_size):
+            own.append(np.unique(block[block > 0]))
+        bases.append(top)
+        used.append(np.unique(np.concatenate(own)).astype(np.uint64) + np.uint64(top) if own else np.zeros(0, np.uint64))
+        top += biggest
+    # Join segments that agree where neighbouring tiles overlap.
+    edges, joins = [], 0
+    for i, t in enumerate(tiles):
+        for j in range(i + 1, len(tiles)):
+            box = _intersection(t, tiles[j])
+            if box is None:
+                continue
+            pairs = agreeing_pairs(_read(t, *box), _read(tiles[j], *box), params)
+            pairs[:, 0] += np.uint64(bases[i])
+            pairs[:, 1] += np.uint64(bases[j])
+            edges.append(pairs)
+            joins += len(pairs)
+    lut = merge_ids(top, edges)
+    # Number the objects that own voxels 1..K (ids seen only in overlaps are dropped).
+    present = np.unique(lut[np.concatenate(used)]) if used else np.zeros(0, np.uint64)
+    final = np.zeros(int(lut.max()) + 1 if len(lut) else 1, np.uint64)
+    final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
+    lut = final[lut]
+    # Pass 2: write what each tile owns.
+    with atomic_path(output.path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        chunks = tuple(min(64, s) for s in shape) if all(shape) else None
+        ds = f.create_dataset(output.dataset, shape=tuple(shape), dtype=np.uint64, chunks=chunks,
+                              compression="gzip", compression_opts=1, fillvalue=0)
+        for t, base in zip(tiles, bases):
+            for z, block in _slabs(t, t.core_start, t.core_size):
+                ids = np.where(block > 0, block.astype(np.uint64) + np.uint64(base), 0)
+                c = t.core_start
+                ds[c[0] + z:c[0] + z + len(block), c[1]:c[1] + block.shape[1], c[2]:c[2] + block.shape[2]] = lut[ids]
+            log(f"hpcffn stitch: wrote tile {t.name}")
+        f.attrs["offset"] = ds.attrs["offset"] = np.zeros(3, np.int64)
+        f.attrs["tiles"] = len(tiles)
+        f.attrs["segments"] = len(present)
+    summary = {"output": str(output), "tiles": len(tiles), "tile_segments": int(sum(len(u) for u in used)),
+               "joins": joins, "segments": len(present)}
+    log(f"hpcffn stitch: {summary['tile_segments']} tile segments, {joins} joins across tile overlaps "
+        f"-> {len(present)} segments in {output}")
+    return summary
+
+
+def stitch_files(segmentations: list[str], output: str, params: StitchParams, shape=None, log=print) -> dict:
+    """Standalone: stitch infer outputs ("seg.h5[:seg]", each with its `offset`) that form a grid."""
+    if not segmentations:
+        raise HpcffnError("give at least one --segmentation seg.h5[:seg]")
+    locs = [parse_location(s, "seg") for s in segmentations]
+    boxes = [segmentation_box(loc) for loc in locs]
+    names = [Path(loc.path).name for loc in locs]
+    if len(set(boxes)) < len(boxes):
+        raise HpcffnError("two --segmentation files cover the same box: give each tile once")
+    cores = grid_cores(boxes, names)
+    full = tuple(max(o[a] + s[a] for o, s in boxes) for a in range(3))
+    if shape is not None:
+        if any(f > s for f, s in zip(full, shape)):
+            raise HpcffnError(f"the segmentations reach {full} (z,y,x), beyond --shape {tuple(shape)}")
+        full = tuple(shape)
+    tiles = [TileSegmentation(n, loc, b[0], b[1], c[0], c[1]) for n, loc, b, c in zip(names, locs, boxes, cores)]
+    return stitch(tiles, full, parse_location(output, "seg"), params, log=log)
+
+
+def run_from_plan(plan: Plan, volume_name: str, log=print) -> dict:
+    """Stitch one volume of a plan into workdir/stitch/<volume>.h5:seg and mark it done."""
+    from hpcffn.stages.markers import mark_done
+
+    volume = plan.volume(volume_name)
+    tiles = []
+    for t in plan.tiles:
+        if t.volume != volume.name:
+            continue
+        path = plan.layout.segmentation(t.name)
+        if not path.is_file():
+            raise HpcffnError(f"tile {t.name} has no segmentation ({path}): run its infer task first "
+                              f"(`hpcffn submit --resume` or `hpcffn stage infer --plan {plan.layout.plan} --tile {t.name}`)")
+        tiles.append(TileSegmentation(t.name, Location(path, "seg"), tuple(t.infer_box.start), tuple(t.infer_box.size),
+                                      tuple(t.box.start), tuple(t.box.size)))
+    summary = stitch(tiles, volume.shape, Location(plan.layout.stitched(volume.name), "seg"), plan.ffn.stitch, log=log)
+    mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
+    return summary

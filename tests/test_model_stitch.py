@@ -1,0 +1,174 @@
+"""Stitching the tiles' segmentations of a volume into one (hpcffn/stages/stitch.py).
+
+Tile segmentations here are made from groundtruth with ids renumbered per tile, the way
+independent inference jobs number them; stitching must give back the groundtruth's objects.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from plan_helpers import spec_dict, write_spec
+
+from hpcffn.errors import HpcffnError
+from hpcffn.ffn import synthetic
+from hpcffn.ffn_params import StitchParams
+from hpcffn.planner import make_plan
+from hpcffn.render import write_workdir
+from hpcffn.stages.infer import write_segmentation
+from hpcffn.stages.stitch import agreeing_pairs, grid_cores, run_from_plan
+
+HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
+
+
+def renumbered(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The same objects under new, shuffled ids 1..K (what an independent infer job would write)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    new = np.random.default_rng(seed).permutation(len(ids)).astype(np.uint64) + 1
+    new[ids == 0] = 0
+    return new[inverse].reshape(labels.shape)
+
+
+def same_objects(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b label the same voxel sets (ids may differ), with 0 in the same places."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]], axis=1), axis=0)
+    return len(pairs) == len(np.unique(pairs[:, 0])) == len(np.unique(pairs[:, 1]))
+
+
+@pytest.fixture
+def planned(tmp_path):
+    """A real plan (100 x 130 x 70, tiles 64^3 + 8 overlap: 4 tiles of 4 sizes) over labelled balls."""
+    spec = write_spec(tmp_path, spec_dict(stages=["infer", "stitch"],
+                                          ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}}))
+    _, labels = synthetic.balls_volume((100, 130, 70), radius=(8, 16), gap=2, seed=5)
+    with h5py.File(tmp_path / "data" / "v1.h5", "a") as f:
+        del f["stack"]
+        f.create_dataset("stack", data=labels)
+    p = make_plan(spec)
+    write_workdir(p.plan, p.scripts, p.resolved_yaml, force=False, dry_run=False)
+    return p.plan, labels
+
+
+def fake_inference(plan, labels) -> None:
+    for i, t in enumerate(plan.tiles):
+        write_segmentation(plan.layout.segmentation(t.name), renumbered(labels[t.infer_box.slices], seed=i),
+                           t.infer_box.start)
+
+
+def test_plan_has_a_stitch_array_after_infer(planned):
+    plan, _ = planned
+    job = plan.job("stitch")
+    assert job.array and job.units == ["v1"] and [d.job for d in job.depends_on] == ["infer"]
+    script = (plan.layout.root / job.script).read_text()
+    assert '"${HPCFFN[@]}" stage stitch --plan "$PLAN" --volume "$TASK"' in script
+    subprocess.run(["bash", "-n", str(plan.layout.root / job.script)], check=True)
+
+
+def test_stitched_tiles_give_back_the_objects(planned):
+    plan, labels = planned
+    assert len(plan.tiles) == 4 and len({t.box.size for t in plan.tiles}) == 4  # a 2 x 2 grid in z, y
+    fake_inference(plan, labels)
+    summary = run_from_plan(plan, "v1", log=lambda s: None)
+    with h5py.File(plan.layout.stitched("v1")) as f:
+        seg = f["seg"][...]
+        assert tuple(f["seg"].attrs["offset"]) == (0, 0, 0)
+    assert seg.shape == labels.shape and seg.dtype == np.uint64
+    assert same_objects(seg, labels)
+    objects = len(np.unique(labels)) - 1
+    assert summary["segments"] == objects == seg.max()  # numbered 1..K
+    assert summary["joins"] > 0 and summary["tile_segments"] > objects  # objects did cross tiles
+    assert plan.layout.marker("stitch", "v1").is_file()
+
+
+def test_missing_or_foreign_tile_segmentation_is_one_clear_error(planned):
+    plan, labels = planned
+    fake_inference(plan, labels)
+    last = plan.tiles[-1]
+    plan.layout.segmentation(last.name).unlink()
+    with pytest.raises(HpcffnError, match=f"tile {last.name} has no segmentation .*run its infer task"):
+        run_from_plan(plan, "v1", log=lambda s: None)
+    write_segmentation(plan.layout.segmentation(last.name), np.zeros((4, 4, 4), np.uint64), (0, 0, 0))
+    with pytest.raises(HpcffnError, match="from another plan"):
+        run_from_plan(plan, "v1", log=lambda s: None)
+    assert not plan.layout.stitched("v1").exists()
+
+
+def test_a_merge_in_one_tile_does_not_spread_into_its_neighbour():
+    # In the shared region tile A holds objects 1 and 2 as one segment (7); tile B has them apart.
+    a = np.full((4, 10, 10), 7, np.uint64)
+    b = np.ones((4, 10, 10), np.uint64)
+    b[:, :, 7:] = 2  # object 2: 30% of the region
+    b[:, 0, 0] = 3  # a speck that touches A's segment
+    pairs = agreeing_pairs(a, b, StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5))
+    assert pairs.tolist() == [[7, 1]]  # joined with the object it mostly is, not with 2 or 3
+    assert agreeing_pairs(a, b, StitchParams(min_overlap_voxels=1000)).shape == (0, 2)
+    assert agreeing_pairs(a, np.zeros_like(b), StitchParams()).shape == (0, 2)
+
+
+def test_grid_cores_split_overlaps_in_the_middle():
+    boxes = [((0, 0, 0), (10, 10, 40)), ((0, 0, 32), (10, 10, 40)), ((0, 0, 64), (10, 10, 16))]
+    cores = grid_cores(boxes, ["a", "b", "c"])
+    assert cores == [((0, 0, 0), (10, 10, 36)), ((0, 0, 36), (10, 10, 32)), ((0, 0, 68), (10, 10, 12))]
+    with pytest.raises(HpcffnError, match="gap along axis x between 40 and 50"):
+        grid_cores([((0, 0, 0), (10, 10, 40)), ((0, 0, 50), (10, 10, 40))], ["a", "b"])
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_standalone_cli_stitches_files_with_offsets(tmp_path):
+    _, labels = synthetic.balls_volume((24, 30, 60), radius=(4, 8), gap=2, seed=2)
+    files = []
+    for i, (x0, x1) in enumerate(((0, 36), (28, 60))):  # 8 voxels of overlap along x
+        path = tmp_path / f"t{i}.h5"
+        write_segmentation(path, renumbered(labels[:, :, x0:x1], seed=i), (0, 0, x0))
+        files += ["--segmentation", str(path)]
+    out = tmp_path / "whole.h5"
+    proc = subprocess.run([*HPCFFN, "stage", "stitch", *files, "--output", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "joins across tile overlaps" in proc.stdout
+    with h5py.File(out) as f:
+        assert same_objects(f["seg"][...], labels)
+    again = subprocess.run([*HPCFFN, "stage", "stitch", *files, "--output", str(out)],
+                           capture_output=True, text=True, check=False)
+    assert "already exists" in _one_line_error(again)
+    bad = subprocess.run([*HPCFFN, "stage", "stitch", *files, "--output", str(tmp_path / "x.h5"), "--shape", "20,30"],
+                         capture_output=True, text=True, check=False)
+    assert "--shape" in _one_line_error(bad)
+    none = subprocess.run([*HPCFFN, "stage", "stitch"], capture_output=True, text=True, check=False)
+    assert "--segmentation" in _one_line_error(none)
+
+
+def test_evaluate_compares_the_stitched_volume_as_a_whole(planned):
+    from hpcffn.stages.evaluate import Contingency, compare, evaluate_stitched
+    from hpcffn.stages.evaluate import run_from_plan as evaluate
+
+    plan, labels = planned
+    fake_inference(plan, labels)
+    # Without joins every object crossing a tile border stays split: only the whole-volume
+    # figures see that; per tile, each tile is perfect.
+    run_from_plan(plan.model_copy(update={"ffn": plan.ffn.model_copy(update={"stitch": StitchParams(min_overlap_voxels=10**9)})}),
+                  "v1", log=lambda s: None)
+    report = evaluate(plan, log=lambda s: None)
+    assert report["overall"]["adapted_rand_error"] == pytest.approx(0.0)
+    split = report["stitched"]["v1"]
+    assert split["adapted_rand_error"] > 0.01 and split["rand_recall"] < 0.97 and split["rand_precision"] == pytest.approx(1.0)
+    with h5py.File(plan.layout.stitched("v1")) as f:
+        whole = compare(f["seg"][...], labels)
+    assert split == pytest.approx(whole)  # slab by slab == all at once
+    plan.layout.stitched("v1").unlink()
+    run_from_plan(plan, "v1", log=lambda s: None)
+    assert evaluate(plan, log=lambda s: None)["stitched"]["v1"]["adapted_rand_error"] == pytest.approx(0.0)
+    assert evaluate_stitched(plan.layout.stitched("v1"), plan.volume("v1"))["objects"] == len(np.unique(labels)) - 1
+    assert Contingency().metrics()["adapted_rand_error"] is None
