@@ -48,6 +48,13 @@ def test_peak_seeds_fall_inside_every_object_and_fit_the_fov():
     assert reachable <= hit
 
 
+def test_peak_seeds_without_any_edge_sit_far_from_the_faces():
+    """A featureless box has no boundary: distances are measured to its faces, seeds go inside."""
+    seeds = peak_seeds(np.full((30, 40, 50), 100, np.uint8), (9, 9, 9), InferenceParams())
+    assert len(seeds) >= 1
+    assert all(min(p, s - 1 - p) >= 13 for pt in seeds for p, s in zip(pt, (30, 40, 50)))
+
+
 def test_oracle_segmentation_is_perfect_and_ids_are_unique():
     raw, labels = _scene()
     params = InferenceParams(min_segment_size=50, seed_min_distance=3)
