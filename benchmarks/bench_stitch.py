@@ -41,9 +41,9 @@ def tile_boxes(n: int, overlap: int):
 
 
 def make_tiles(work: Path, n: int, overlap: int, objects: int) -> list[Path]:
-    from hpcffn.stages.infer import write_segmentation
-
     import cc3d
+
+    from hpcffn.stages.infer import write_segmentation
 
     vol = cc3d.connected_components(make_volume(n, objects), connectivity=6)  # rolled tubes wrap: one id per piece
     np.save(work / "volume.npy", vol)
