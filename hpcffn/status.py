@@ -51,6 +51,24 @@ def checkpoint_step(train_dir: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def infer_progress(output: Path) -> tuple[int, int] | None:
+    """(seeds done, seeds) of an unfinished infer task, from the progress file it saves.
+
+    Inference saves `<output>.state` every few minutes (hpcffn/stages/infer.py); reading its
+    attributes needs only h5py, so the login node can show how far a tile got.
+    """
+    import h5py
+
+    from hpcffn.stages.infer import state_path
+
+    path = state_path(output)
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["next_seed"]), int(f["seeds"].shape[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 @dataclass
 class Report:
     rows: list[dict] = field(default_factory=list)
@@ -111,6 +129,8 @@ def collect(plan: Plan) -> Report:
             })
             if job.stage == "train":
                 tasks[-1]["step"] = checkpoint_step(plan.layout.train_dir(v.unit))
+            elif job.stage == "infer" and not exists:
+                tasks[-1]["seeds"] = infer_progress(out)
         ids = sorted({v.sub.job_id for v in vs if v.sub is not None})
         report.rows.append({
             "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(vs),
@@ -132,6 +152,9 @@ def render_table(plan: Plan, report: Report):
         steps = [t["step"] or 0 for t in r["detail"] if "step" in t]
         if steps and r["outputs"] < r["tasks"]:  # training still has steps to go: show the slowest
             outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"
+        seeds = [t["seeds"] for t in r["detail"] if t.get("seeds")]
+        if seeds:  # tiles part-way through inference (a requeued or running task)
+            outputs += f" ({len(seeds)} part-way: seed {sum(d for d, _ in seeds)}/{sum(n for _, n in seeds)})"
         table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
                       " ".join(r["job_ids"]) or "-", outputs)
     return table

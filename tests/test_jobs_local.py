@@ -193,3 +193,22 @@ def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
     (train_dir / f"ckpt-{max_steps}.index").write_text("")
     rows = {r["job"]: r for r in collect(mini_plan).rows}
     assert rows["train_g0"]["outputs"] == 1 and rows["train_g0"]["detail"][0]["step"] == max_steps
+
+
+def test_status_shows_how_far_unfinished_inference_got(mini_plan):
+    import numpy as np
+
+    from hpcffn.ffn.inference import save_state
+    from hpcffn.stages.infer import state_path
+    from hpcffn.status import render_table
+
+    tile = mini_plan.tiles[1].name
+    out = mini_plan.layout.segmentation(tile)
+    save_state(state_path(out), np.zeros((2, 2, 2), np.uint64), np.zeros((40, 3), np.int64), 12, 5, "fp")
+    rows = {r["job"]: r for r in collect(mini_plan).rows}
+    assert [t.get("seeds") for t in rows["infer"]["detail"]] == [None, (12, 40), None]
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(render_table(mini_plan, collect(mini_plan)))
+    assert "0/3 (1 part-way: seed 12/40)" in console.export_text()
