@@ -1,7 +1,8 @@
 """Run a plan's rendered scripts on this machine, without SLURM, in dependency order.
 
 For trying a whole pipeline on a workstation before going to the cluster: the very same
-scripts run with bash, one task at a time, with the SLURM_* variables they read set as
+scripts run with bash, one job after another and up to `parallel` tasks of an array job at
+a time (never more than the array's %throttle), with the SLURM_* variables they read set as
 SLURM would set them and HPCFFN_LOCAL=1 (so a train/infer script exits 75 after a
 checkpoint instead of calling `scontrol requeue`; it is then started again here). Outcomes
 go to the same state.json with SLURM-like state names, so `hpcffn status` reads them the same way.
@@ -13,6 +14,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from hpcffn.errors import HpcffnError
@@ -69,8 +72,38 @@ def task_env(plan: Plan, job: JobPlan, opts: dict[str, str], num_id: str, task: 
     return env
 
 
-def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int) -> LocalTask:
-    """Run one task to the end, restarting it while it exits 75 (checkpoint saved, work left)."""
+class _Running:
+    """The task processes alive now, so a stop request (SIGTERM, Ctrl-C) can reach every one."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            late = self.stopping
+        if late:  # started while the others were being stopped
+            _stop([proc])
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        _stop(procs)
+
+
+def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int,
+              running: _Running) -> LocalTask:
+    """Run one task to the end, restarting it while it exits 75 (checkpoint saved, work left).
+
+    Runs in a worker thread; a stop request ends it as CANCELLED (never restarted).
+    """
     script = plan.layout.root / job.script
     opts = sbatch_options(script)
     pattern = opts.get("output") or f"logs/{job.stage}/%x_%A_%a.out"
@@ -84,14 +117,15 @@ def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_i
         with open(log, "ab") as out:
             proc = subprocess.Popen(["bash", str(script)], cwd=plan.layout.root, stdout=out, stderr=subprocess.STDOUT,
                                     env=task_env(plan, job, opts, num_id, task, rec.restarts), start_new_session=True)
+            running.add(proc)
             try:
                 rc = proc.wait()
-            except (KeyboardInterrupt, _Stopped):
-                _stop(proc)
-                rec.state, rec.reason, rec.exit_code, rec.end = "CANCELLED", "CancelledByUser", proc.returncode, now()
-                _save_task(plan, sub, task, rec)
-                raise
+            finally:
+                running.discard(proc)
         rec.exit_code = rc
+        if running.stopping:
+            rec.state, rec.reason, rec.end = "CANCELLED", "CancelledByUser", now()
+            return rec
         if rc == EXIT_REQUEUE and rec.restarts < max_requeues:
             rec.restarts += 1
             continue
@@ -104,17 +138,25 @@ def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_i
         return rec
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the task's process group (scripts checkpoint on TERM), then SIGKILL after 30 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM the tasks' process groups (scripts checkpoint on TERM), then SIGKILL after 30 s."""
+    import time
+
+    for proc in procs:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        proc.wait()
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
 
 
 def _save_task(plan: Plan, sub: Submission, task: int | None, rec: LocalTask) -> None:
@@ -127,8 +169,13 @@ def _save_task(plan: Plan, sub: Submission, task: int | None, rec: LocalTask) ->
 
 
 def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
-              echo=print, progress: bool = True, max_requeues: int = MAX_REQUEUES) -> bool:
-    """Run what needs running here; return True when every task that ran completed."""
+              echo=print, progress: bool = True, max_requeues: int = MAX_REQUEUES, parallel: int = 1) -> bool:
+    """Run what needs running here; return True when every task that ran completed.
+
+    `parallel`: array tasks of one job run at the same time (capped by the array's throttle).
+    """
+    if parallel < 1:
+        raise HpcffnError(f"--parallel {parallel}: give 1 or more tasks to run at a time")
     state_path = plan.layout.state
     with locked(state_path):
         state = load_state(state_path)
@@ -146,7 +193,7 @@ def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None,
             return True
         old = signal.signal(signal.SIGTERM, _raise_stopped)
         try:
-            return _run_steps(plan, steps, echo, progress, max_requeues)
+            return _run_steps(plan, steps, echo, progress, max_requeues, parallel)
         except _Stopped:
             raise HpcffnError(
                 "the local run was stopped (SIGTERM, e.g. `hpcffn cancel`); `hpcffn run --resume` continues it"
@@ -159,7 +206,7 @@ def _raise_stopped(signum, frame):
     raise _Stopped()
 
 
-def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int) -> bool:
+def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int, parallel: int) -> bool:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -188,20 +235,50 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
                                  local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks},
                                  units=task_units(job, step.tasks))
                 st.submissions.append(sub)
-            blocked = [name for _, name in step.deps if name in failed_jobs]
-            for task in step.tasks:
-                if blocked:
-                    rec = LocalTask(state="CANCELLED", reason="DependencyNeverSatisfied", end=now())
-                    _save_task(plan, sub, task, rec)
-                else:
-                    bar.update(overall, description=f"{job.name}" + (f"[{task}]" if task is not None else ""))
-                    rec = _run_task(plan, job, sub, task, num_id, max_requeues)
+            if any(name in failed_jobs for _, name in step.deps):
+                records = {}
+                for task in step.tasks:
+                    records[task] = LocalTask(state="CANCELLED", reason="DependencyNeverSatisfied", end=now())
+                    _save_task(plan, sub, task, records[task])
+                    bar.advance(overall)
+            else:
+                width = min(parallel, job.throttle or parallel) if job.array else 1
+                bar.update(overall, description=job.name + (f" ({width} at a time)" if width > 1 else ""))
+                records = _run_tasks(plan, job, sub, step.tasks, num_id, max_requeues, width,
+                                     lambda: bar.advance(overall), echo)
+            if any(rec.state != "COMPLETED" for rec in records.values()):
+                failed_jobs.add(job.name)
+                all_ok = False
+    return all_ok
+
+
+def _run_tasks(plan: Plan, job: JobPlan, sub: Submission, tasks: list, num_id: str, max_requeues: int, width: int,
+               advance, echo) -> dict:
+    """Run one job's tasks, `width` at a time, in worker threads; the main thread waits, so
+    SIGTERM/Ctrl-C land here: every running task is stopped (CANCELLED) and tasks not yet
+    started stay unstarted (status shows them cancelled with the runner)."""
+    running = _Running()
+    records: dict = {}
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"hpcffn-{job.name}") as pool:
+        futures = {pool.submit(_run_task, plan, job, sub, t, num_id, max_requeues, running): t for t in tasks}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    task, rec = futures[fut], fut.result()
+                    records[task] = rec
                     _save_task(plan, sub, task, rec)
                     if rec.state != "COMPLETED":
                         echo(f"{job.name}" + (f" task {task}" if task is not None else "")
                              + f" {rec.state} (exit {rec.exit_code}); log: {rec.log}")
-                if rec.state != "COMPLETED":
-                    failed_jobs.add(job.name)
-                    all_ok = False
-                bar.advance(overall)
-    return all_ok
+                    advance()
+        except (KeyboardInterrupt, _Stopped):
+            for fut in pending:
+                fut.cancel()
+            running.stop_all()
+            for fut in pending:
+                if not fut.cancelled():
+                    _save_task(plan, sub, futures[fut], fut.result())
+            raise
+    return records

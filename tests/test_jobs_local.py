@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from hpcffn.local_runner import run_local
 from hpcffn.state import load_state
 from hpcffn.status import collect
@@ -138,14 +140,15 @@ def test_submit_local_flag_runs_here(mini_plan):
     assert collect(mini_plan).all_done
 
 
-def test_cancel_stops_a_local_run(job_tmp):
+@pytest.mark.parametrize("parallel", ["1", "3"])
+def test_cancel_stops_a_local_run(job_tmp, parallel):
     import time
 
     from conftest import build_mini_plan
 
-    plan = build_mini_plan(job_tmp / "work", sleep=30)
+    plan = build_mini_plan(job_tmp / "work", sleep=30, throttle=None)
     root = str(plan.layout.root)
-    runner = subprocess.Popen([*HPCFFN, "run", root, "--no-progress"], stdout=subprocess.PIPE,
+    runner = subprocess.Popen([*HPCFFN, "run", root, "--no-progress", "--parallel", parallel], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -212,3 +215,36 @@ def test_status_shows_how_far_unfinished_inference_got(mini_plan):
     console = Console(width=250, record=True)
     console.print(render_table(mini_plan, collect(mini_plan)))
     assert "0/3 (1 part-way: seed 12/40)" in console.export_text()
+
+
+def _patch_partitions(plan, body: str) -> None:
+    script = plan.layout.root / plan.job("partitions").script
+    text = script.read_text()
+    script.write_text(text.replace("sleep 0\n", body, 1))
+    assert script.read_text() != text
+
+
+def test_parallel_runs_array_tasks_at_the_same_time(job_tmp):
+    from conftest import build_mini_plan
+
+    plan = build_mini_plan(job_tmp / "work", throttle=None)
+    # Each task waits (up to 60 s) until all three have started: one at a time, the first fails.
+    _patch_partitions(plan, 'mkdir -p started; touch "started/$unit"\n'
+                            'for _ in $(seq 600); do [ "$(ls started | wc -l)" -ge 3 ] && break; sleep 0.1; done\n'
+                            '[ "$(ls started | wc -l)" -ge 3 ] || { echo "alone" >&2; exit 4; }\n')
+    assert run_local(plan, stages=["partitions"], echo=lambda *_: None, progress=False, parallel=3)
+    assert collect(plan).rows[0]["states"] == {"COMPLETED": 3}
+
+
+def test_parallel_never_exceeds_the_array_throttle(job_tmp):
+    from conftest import build_mini_plan
+
+    plan = build_mini_plan(job_tmp / "work", throttle=2)
+    _patch_partitions(plan, 'mkdir -p running; touch "running/$unit"; ls running | wc -l >> seen; sleep 1; rm "running/$unit"\n')
+    assert run_local(plan, stages=["partitions"], echo=lambda *_: None, progress=False, parallel=8)
+    seen = [int(v) for v in (plan.layout.root / "seen").read_text().split()]
+    assert len(seen) == 3 and max(seen) <= 2
+
+
+def test_parallel_must_be_positive(mini_plan):
+    assert "--parallel 0" in _one_line_error(_cli("run", str(mini_plan.layout.root), "--parallel", "0"))

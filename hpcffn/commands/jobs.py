@@ -67,14 +67,16 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         group: list[str] = GROUP,
         resume: bool = typer.Option(False, "--resume", help="Also rerun what failed or was cancelled, and what depends on it."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        parallel: int = typer.Option(1, "--parallel", "-j", help="Array tasks of a job to run at the same time (at most the array's throttle)."),
     ) -> None:
         """Run the rendered scripts on this machine without SLURM, in dependency order."""
-        _run_local(find_plan(plan_dir, spec), resume, stage, group, progress)
+        _run_local(find_plan(plan_dir, spec), resume, stage, group, progress, parallel)
 
-    def _run_local(plan, resume, stage, group, progress=True):
+    def _run_local(plan, resume, stage, group, progress=True, parallel=1):
         from hpcffn.local_runner import run_local
 
-        if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo, progress=progress):
+        if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo,
+                         progress=progress, parallel=parallel):
             typer.echo("some tasks failed: see `hpcffn status`, fix the cause, then `hpcffn run --resume`", err=True)
             raise typer.Exit(1)
 
