@@ -82,6 +82,19 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         typer.echo(f"convert -> {output}: {info}")
 
     app.command("convert")(convert_cmd)
+
+    @app.command("export")
+    def export_cmd(
+        source: Annotated[str, typer.Argument(help="HDF5 volume path.h5[:dataset] (default dataset seg), e.g. WORKDIR/stitch/<volume>.h5.")],
+        output: Annotated[Path, typer.Argument(help="A .tif/.tiff file (multi-page) or a directory (one TIF per z slice).")],
+        overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    ) -> None:
+        """HDF5 volume -> TIF (for Fiji): a segmentation, raw, stack or af, as slices or one stack."""
+        from hpcffn.export import export_tif
+
+        info = export_tif(source, output, overwrite=overwrite)
+        typer.echo(f"export -> {info['output']}: {info['slices']} slices {info['shape'][1]}x{info['shape'][2]}, "
+                   f"{info['dtype']}, {info['form']}")
     stage_app.command("convert")(convert_cmd)
 
     @stage_app.command("partitions")
