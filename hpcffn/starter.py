@@ -49,6 +49,9 @@ ffn:                           # everything here has FFN's usual default; a few 
   inference:
     segment_threshold: 0.6
     min_segment_size: 1000
+  # stitch:                    # joining tiles: segments agreeing in the overlaps become one
+  #   min_overlap_voxels: 100
+  #   min_overlap_fraction: 0.5
 
 cluster:
   profile: generic             # generic, local, ibex, or the path of your own profile .yaml
