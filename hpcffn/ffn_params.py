@@ -97,6 +97,9 @@ class TrainingParams(_Strict):
         None, description="ours or a TF1 FFN convstack_3d checkpoint to start from"
     )
     seed: int = 0
+    deterministic: bool = Field(
+        False, description="same seed, same data -> the same weights (TF op determinism; slower input pipeline)"
+    )
 
 
 class InferenceParams(_Strict):

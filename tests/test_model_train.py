@@ -2,7 +2,8 @@
 
 Loss goes down; SIGUSR1 saves a checkpoint and exits 75, a second run continues from that step
 and trains only what is left; a model trained here segments an unseen volume of well-separated
-objects with adapted Rand error < 0.1; plan mode runs train -> infer -> evaluate.
+objects with adapted Rand error < 0.1; plan mode runs train -> infer -> evaluate; with
+--deterministic two runs give identical weights.
 """
 
 from __future__ import annotations
@@ -155,6 +156,28 @@ def test_sigusr1_checkpoints_and_a_second_run_continues(data, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"at step {step}" in second.stdout
     assert tf.train.latest_checkpoint(str(train_dir)).endswith(f"ckpt-{step + 10}")
+
+
+def _weights(train_dir) -> dict:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "/.ATTRIBUTES/" in k
+            and "save_counter" not in k and "OPTIMIZER" not in k}
+
+
+def test_deterministic_runs_give_the_same_weights(data, tmp_path):
+    runs = []
+    for i in range(2):
+        proc = subprocess.run([*_cli_train(data, tmp_path / f"t{i}", 30), "--deterministic", "--seed", "5"],
+                              capture_output=True, text=True, env=ENV, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        runs.append(_weights(tmp_path / f"t{i}"))
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) >= 6
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
+    other = subprocess.run([*_cli_train(data, tmp_path / "t2", 30), "--deterministic", "--seed", "6"],
+                           capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert other.returncode == 0
+    assert any(not np.array_equal(v, _weights(tmp_path / "t2")[k]) for k, v in runs[0].items())
 
 
 def test_plan_mode_train_infer_evaluate(tmp_path):

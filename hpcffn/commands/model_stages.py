@@ -86,6 +86,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         xla: Annotated[bool | None, typer.Option("--xla/--no-xla", rich_help_panel=_TRAIN)] = None,
         init_checkpoint: Annotated[str | None, typer.Option(help="Ours or a TF1 FFN checkpoint to start from.", rich_help_panel=_TRAIN)] = None,
         seed: Annotated[int | None, typer.Option(rich_help_panel=_TRAIN)] = None,
+        deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Reproducible runs (TF op determinism).", rich_help_panel=_TRAIN)] = None,
     ) -> None:
         """Stage 3: train an FFN model (exit 0 at max_steps; 75 after a checkpoint on SIGUSR1/SIGTERM)."""
         from hpcffn.ffn_params import ModelParams, TrainingParams
@@ -94,7 +95,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         to = {"batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer, "momentum": momentum,
               "clip_gradient_norm": clip_gradient_norm, "max_steps": max_steps, "checkpoint_minutes": checkpoint_minutes,
               "move_threshold": move_threshold, "mixed_precision": mixed_precision, "xla": xla,
-              "init_checkpoint": init_checkpoint, "seed": seed}
+              "init_checkpoint": init_checkpoint, "seed": seed, "deterministic": deterministic}
         if plan is not None:
             if group is None or coordinates or volume or train_dir:
                 raise HpcffnError("with --plan give --group G only (coordinates, volumes and train dir come from the plan)")

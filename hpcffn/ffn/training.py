@@ -376,6 +376,9 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     train_dir = Path(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
     tf.random.set_seed(train_params.seed)
+    if train_params.deterministic:
+        # Deterministic kernels, and tf.data runs maps with random ops in order.
+        tf.config.experimental.enable_op_determinism()
     with StopFlag() as stop:
         trainer = Trainer(model_params, train_params, train_dir, strategy=strategy)
         trainer.restore(train_params.init_checkpoint)
