@@ -52,6 +52,10 @@ def _register_all() -> None:
 _register_all()
 
 
+# Imported only by stage code; the base install (plan, submit, status, export) has none of them.
+STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
@@ -64,6 +68,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("hpcffn: interrupted", file=sys.stderr)
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        # A stage command on a base install (a login node): say which extra brings it.
+        if os.environ.get("HPCFFN_DEBUG") or (exc.name or "").split(".")[0] not in STAGE_PACKAGES:
+            raise
+        print(f"hpcffn: error: this command needs {exc.name.split('.')[0]}, part of the stage code's extra: "
+              "pip install 'hpcffn[ffn]', or run it inside the hpcffn container", file=sys.stderr)
+        sys.exit(2)
     except OSError as exc:
         # Permission denied, disk full, a vanished file: one line naming the file, not a
         # traceback. HPCFFN_DEBUG=1 shows the traceback for a bug report.
