@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install hpcffn with its FFN stage code, make the tiny
-# synthetic dataset, plan it, run all six stages, and print the status and the evaluation.
+# synthetic dataset, plan it, run all seven stages, and print the status and the evaluation.
 #
 #   bash examples/tiny/run.sh            # run on this machine with the local runner
 #   bash examples/tiny/run.sh --slurm    # submit to the SLURM this machine talks to, and wait
