@@ -101,3 +101,15 @@ def read_box(loc: Location | str, start, size, default_dataset: str | None = Non
                 f"shape {tuple(ds.shape)}; re-plan with the right volume shape"
             )
         return ds[tuple(slice(s, e) for s, e in zip(start, stop))]
+
+
+def segmentation_box(loc: Location) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(offset, shape) of a segmentation: its `offset` attribute (0,0,0 if absent) and its shape.
+
+    Infer outputs record where their box lies in the volume (on the dataset and the file).
+    """
+    with open_dataset(loc) as ds:
+        if ds.ndim != 3:
+            raise HpcffnError(f"{loc}: dataset has {ds.ndim} dimensions, expected a 3-D (z,y,x) segmentation")
+        offset = ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0)))
+        return tuple(int(v) for v in offset), tuple(int(s) for s in ds.shape)  # type: ignore[return-value]

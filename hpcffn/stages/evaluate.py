@@ -124,21 +124,21 @@ def evaluate_files(seg: str, groundtruth: str, output: str | Path | None = None,
     When the groundtruth is larger than the segmentation, the segmentation's `offset` attribute
     places it (infer outputs carry one).
     """
-    from hpcffn.volumes import dataset_shape
+    from hpcffn.volumes import dataset_shape, segmentation_box
 
-    data, offset = read_segmentation(seg)
+    seg_loc = parse_location(seg, "seg")
+    offset, shape = segmentation_box(seg_loc)
     gt_loc = parse_location(groundtruth, "stack")
     gt_shape = dataset_shape(gt_loc)
-    if tuple(gt_shape) == data.shape:
+    if tuple(gt_shape) == shape:
         offset = (0, 0, 0)
-    stop = [o + n for o, n in zip(offset, data.shape)]
-    if data.ndim != 3 or any(o < 0 for o in offset) or any(e > g for e, g in zip(stop, gt_shape)):
+    stop = [o + n for o, n in zip(offset, shape)]
+    if any(o < 0 for o in offset) or any(e > g for e, g in zip(stop, gt_shape)):
         raise HpcffnError(
-            f"segmentation {seg} (shape {data.shape}, offset {offset}) does not lie inside groundtruth "
+            f"segmentation {seg} (shape {shape}, offset {offset}) does not lie inside groundtruth "
             f"{groundtruth} (shape {tuple(gt_shape)}): compare it with the groundtruth of its own volume"
         )
-    gt = read_box(gt_loc, offset, data.shape)
-    row = {"tile": Path(parse_location(seg, "seg").path).name, "offset": list(offset), **compare(data, gt)}
+    row = {"tile": Path(seg_loc.path).name, "offset": list(offset), **compare_datasets(seg_loc, gt_loc, offset)}
     report = {"segmentation": seg, "groundtruth": groundtruth, "tiles": [row], "overall": weighted_mean([row])}
     log(format_table([row]))
     if output is not None:
@@ -152,20 +152,31 @@ def write_report(path: Path, report: dict) -> None:
     atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
-def evaluate_stitched(path: Path, volume, slab: int = 32) -> dict:
-    """Metrics of a volume's stitched segmentation against its groundtruth, read in z-slabs.
+def compare_datasets(seg_loc: Location, gt_loc: Location, offset=(0, 0, 0), slab: int = 32) -> dict:
+    """Metrics of a whole segmentation dataset against the groundtruth box at `offset`, read in
+    z-slabs (bounded memory for volume-sized segmentations)."""
+    table = Contingency()
+    with open_dataset(seg_loc) as seg, open_dataset(gt_loc) as gt:
+        o = offset
+        for z in range(0, seg.shape[0], slab):
+            block = seg[z:z + slab]
+            table.add(block, gt[o[0] + z:o[0] + z + len(block), o[1]:o[1] + seg.shape[1], o[2]:o[2] + seg.shape[2]])
+    return table.metrics()
+
+
+def evaluate_stitched(path: Path, volume) -> dict:
+    """Metrics of a volume's stitched segmentation against its groundtruth.
 
     Unlike the per-tile figures, these count objects split or merged across tile borders.
     """
+    from hpcffn.volumes import dataset_shape
+
     gt_loc = parse_location(volume.groundtruth, "stack")
-    table = Contingency()
-    with open_dataset(Location(path, "seg")) as seg, open_dataset(gt_loc) as gt:
-        if seg.shape != gt.shape:
-            raise HpcffnError(f"{path} has shape {seg.shape}, groundtruth {gt_loc} {gt.shape}: "
-                              f"re-run stitch for volume {volume.name}")
-        for z in range(0, seg.shape[0], slab):
-            table.add(seg[z:z + slab], gt[z:z + slab])
-    return table.metrics()
+    shape, gt_shape = dataset_shape(Location(path, "seg")), dataset_shape(gt_loc)
+    if shape != gt_shape:
+        raise HpcffnError(f"{path} has shape {shape}, groundtruth {gt_loc} {gt_shape}: "
+                          f"re-run stitch for volume {volume.name}")
+    return compare_datasets(Location(path, "seg"), gt_loc)
 
 
 def run_from_plan(plan: Plan, log=print) -> dict:

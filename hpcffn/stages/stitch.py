@@ -29,7 +29,7 @@ from hpcffn.errors import HpcffnError
 from hpcffn.ffn_params import StitchParams
 from hpcffn.labeling import merge_ids, pair_counts
 from hpcffn.plan_model import Plan
-from hpcffn.volumes import Location, open_dataset, parse_location
+from hpcffn.volumes import Location, open_dataset, parse_location, segmentation_box
 
 SLAB = 32  # z-slices read at a time
 
@@ -48,15 +48,6 @@ class TileSegmentation:
     @property
     def stop(self) -> tuple[int, int, int]:
         return tuple(s + n for s, n in zip(self.start, self.size))  # type: ignore[return-value]
-
-
-def segmentation_box(loc: Location) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(offset, shape) of a segmentation file: its `offset` attribute (0,0,0 if absent) and shape."""
-    with open_dataset(loc) as ds:
-        if ds.ndim != 3:
-            raise HpcffnError(f"{loc}: dataset has {ds.ndim} dimensions, expected a 3-D (z,y,x) segmentation")
-        offset = ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0)))
-        return tuple(int(v) for v in offset), tuple(int(s) for s in ds.shape)  # type: ignore[return-value]
 
 
 def grid_cores(boxes: list[tuple[tuple, tuple]], names: list[str]) -> list[tuple[tuple, tuple]]:
