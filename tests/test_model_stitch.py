@@ -150,11 +150,13 @@ def test_standalone_cli_stitches_files_with_offsets(tmp_path):
     assert "--segmentation" in _one_line_error(none)
 
 
-def test_evaluate_compares_the_stitched_volume_as_a_whole(planned):
+def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):
+    import hpcffn.stages.evaluate as evaluate_mod
     from hpcffn.stages.evaluate import Contingency, compare, evaluate_stitched
     from hpcffn.stages.evaluate import run_from_plan as evaluate
 
     plan, labels = planned
+    monkeypatch.setattr(evaluate_mod, "SLAB_VOXELS", 7 * 130 * 70)  # 15 slabs of 7 slices
     fake_inference(plan, labels)
     # Without joins every object crossing a tile border stays split: only the whole-volume
     # figures see that; per tile, each tile is perfect.

@@ -152,12 +152,16 @@ def write_report(path: Path, report: dict) -> None:
     atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
-def compare_datasets(seg_loc: Location, gt_loc: Location, offset=(0, 0, 0), slab: int = 32) -> dict:
+SLAB_VOXELS = 16 * 2**20  # per slab read: ~128 MB of uint64 ids for each of seg and groundtruth
+
+
+def compare_datasets(seg_loc: Location, gt_loc: Location, offset=(0, 0, 0)) -> dict:
     """Metrics of a whole segmentation dataset against the groundtruth box at `offset`, read in
-    z-slabs (bounded memory for volume-sized segmentations)."""
+    z-slabs of about SLAB_VOXELS (bounded memory for volume-sized segmentations)."""
     table = Contingency()
     with open_dataset(seg_loc) as seg, open_dataset(gt_loc) as gt:
         o = offset
+        slab = max(1, SLAB_VOXELS // max(1, seg.shape[1] * seg.shape[2]))
         for z in range(0, seg.shape[0], slab):
             block = seg[z:z + slab]
             table.add(block, gt[o[0] + z:o[0] + z + len(block), o[1]:o[1] + seg.shape[1], o[2]:o[2] + seg.shape[2]])

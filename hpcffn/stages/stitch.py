@@ -83,7 +83,7 @@ def _slabs(tile: TileSegmentation, start, size):
 
 
 def _read(tile: TileSegmentation, start, size) -> np.ndarray:
-    return np.concatenate([block for _, block in _slabs(tile, start, size)]) if size[0] else np.zeros(size, np.uint64)
+    return np.concatenate([block for _, block in _slabs(tile, start, size)])
 
 
 def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.ndarray:
