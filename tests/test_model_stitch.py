@@ -70,7 +70,10 @@ def test_plan_has_a_stitch_array_after_infer(planned):
     subprocess.run(["bash", "-n", str(plan.layout.root / job.script)], check=True)
 
 
-def test_stitched_tiles_give_back_the_objects(planned):
+def test_stitched_tiles_give_back_the_objects(planned, monkeypatch):
+    import hpcffn.stages.stitch as stitch_mod
+
+    monkeypatch.setattr(stitch_mod, "SLAB_VOXELS", 5 * 74 * 70)  # tiles are read 5 slices at a time
     plan, labels = planned
     assert len(plan.tiles) == 4 and len({t.box.size for t in plan.tiles}) == 4  # a 2 x 2 grid in z, y
     fake_inference(plan, labels)

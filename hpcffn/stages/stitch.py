@@ -12,8 +12,8 @@ cover at least `min_overlap_voxels` common voxels and that is at least
 a merge error in one tile from spreading: a segment that wrongly holds two objects agrees
 well with at most one of the neighbour's.
 
-Memory stays at about one tile at a time: tiles are read in z-slabs, and only the shared
-regions are read for the comparison.
+Memory stays bounded: tiles are read in z-slabs of SLAB_VOXELS, and only the shared regions
+(one pair at a time) are read whole for the comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hpcffn.labeling import merge_ids, pair_counts
 from hpcffn.plan_model import Plan
 from hpcffn.volumes import Location, open_dataset, parse_location, segmentation_box
 
-SLAB = 32  # z-slices read at a time
+SLAB_VOXELS = 8 * 2**20  # voxels read at a time (64 MB of uint64 ids): 26 slices of a 564^2 tile
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ def _slabs(tile: TileSegmentation, start, size):
     """Read the box (start, size; volume coordinates, inside the tile) of a tile in z-slabs."""
     with open_dataset(tile.location) as ds:
         rel = [s - t for s, t in zip(start, tile.start)]
-        for z in range(0, size[0], SLAB):
-            z1 = min(size[0], z + SLAB)
+        slab = max(1, SLAB_VOXELS // max(1, size[1] * size[2]))
+        for z in range(0, size[0], slab):
+            z1 = min(size[0], z + slab)
             yield z, ds[rel[0] + z:rel[0] + z1, rel[1]:rel[1] + size[1], rel[2]:rel[2] + size[2]]
 
 
