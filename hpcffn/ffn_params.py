@@ -25,6 +25,16 @@ class PartitionParams(_Strict):
     )
     lom_radius: XYZ = Field((24, 24, 24), description="x,y,z radius of the local-object-mask box")
     min_size: int = Field(10000, ge=0, description="objects smaller than this (voxels) are removed")
+    id_whitelist: tuple[int, ...] | None = Field(
+        None, description="only these object ids get partition values; other objects count as background (FFN's --id_whitelist)"
+    )
+
+    @field_validator("id_whitelist")
+    @classmethod
+    def _ids(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or any(i < 1 for i in v)):
+            raise ValueError("must be a non-empty list of object ids >= 1 (0 is background)")
+        return v
 
     @field_validator("thresholds")
     @classmethod

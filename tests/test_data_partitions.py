@@ -10,7 +10,7 @@ from hpcffn.stages.partitions import compute_partitions, partitions_standalone
 THRESHOLDS = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def reference(seg, thresholds, radius_xyz, min_size, exclusion=()):
+def reference(seg, thresholds, radius_xyz, min_size, exclusion=(), whitelist=None):
     """Straight from the definition: loop over voxels, count same-id voxels in the box."""
     seg = seg.copy()
     ids, sizes = np.unique(seg, return_counts=True)
@@ -27,7 +27,7 @@ def reference(seg, thresholds, radius_xyz, min_size, exclusion=()):
                 if any((x - ex) ** 2 + (y - ey) ** 2 + (z - ez) ** 2 <= er**2 for ex, ey, ez, er in exclusion):
                     continue
                 v = seg[z, y, x]
-                if v == 0:
+                if v == 0 or (whitelist is not None and v not in whitelist):
                     out[z, y, x] = 0
                     continue
                 box = seg[z - rz:z + rz + 1, y - ry:y + ry + 1, x - rx:x + rx + 1]
@@ -80,6 +80,16 @@ def test_threads_and_exclusions_match_reference():
     assert (got == 255).any() and (got == 0).any() and (got == 4).any()
 
 
+def test_id_whitelist_partitions_only_the_listed_objects():
+    seg = blobs((12, 14, 13), 10, 6)
+    ids = [int(i) for i in np.unique(seg) if i][:4]
+    got = compute_partitions(seg, THRESHOLDS, (2, 2, 1), 5, id_whitelist=ids, threads=2)
+    np.testing.assert_array_equal(got, reference(seg, THRESHOLDS, (2, 2, 1), 5, whitelist=set(ids)))
+    inner = got[1:-1, 2:-2, 2:-2]  # lom_radius is x,y,z
+    others = ~np.isin(seg[1:-1, 2:-2, 2:-2], ids)
+    assert (inner[others] == 0).all() and (inner[~others] > 0).all()
+
+
 def test_radius_larger_than_volume_is_all_excluded():
     seg = np.ones((4, 20, 20), np.uint32)
     assert (compute_partitions(seg, THRESHOLDS, (1, 1, 2), 0) == 255).all()
@@ -117,6 +127,27 @@ def test_standalone_writes_ffn_attributes(tmp_path):
     assert again == counts
     with h5py.File(tmp_path / "af2.h5") as fh:
         assert list(fh) == ["af"]
+
+
+def test_standalone_id_whitelist_flag(tmp_path):
+    import subprocess
+    import sys
+
+    seg = blobs((12, 12, 12), 6, 7)
+    with h5py.File(tmp_path / "gt.h5", "w") as fh:
+        fh["stack"] = seg
+    ids = [int(i) for i in np.unique(seg) if i][:2]
+    cli = [sys.executable, "-m", "hpcffn.cli", "stage", "partitions", "--input", f"{tmp_path}/gt.h5",
+           "--lom-radius", "2,2,1", "--min-size", "5"]
+    ok = subprocess.run([*cli, "--output", f"{tmp_path}/af.h5", "--id-whitelist", ",".join(map(str, ids))],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    with h5py.File(tmp_path / "af.h5") as fh:
+        np.testing.assert_array_equal(fh["af"][...], reference(seg, THRESHOLDS, (2, 2, 1), 5, whitelist=set(ids)))
+    bad = subprocess.run([*cli, "--output", f"{tmp_path}/b.h5", "--id-whitelist", "3,x"], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "hpcffn: error: --id-whitelist '3,x': write object ids (integers >= 1) separated by commas, e.g. 3,17,42"]
 
 
 def test_read_labels_compact(tmp_path):

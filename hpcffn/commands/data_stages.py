@@ -19,6 +19,18 @@ from hpcffn.errors import HpcffnError
 from hpcffn.plan_model import load_plan as _load_plan
 
 
+def _id_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        ids = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        ids = ()
+    if not ids or any(i < 1 for i in ids):
+        raise HpcffnError(f"--id-whitelist {text!r}: write object ids (integers >= 1) separated by commas, e.g. 3,17,42")
+    return ids
+
+
 def _exclusions(items: list[str] | None) -> list[tuple[float, float, float, float]]:
     out = []
     for text in items or []:
@@ -107,6 +119,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         lom_radius: Annotated[str | None, typer.Option(help="x,y,z radius of the local object mask (FFN --lom_radius).")] = None,
         min_size: Annotated[int | None, typer.Option(help="Objects below this many voxels become background.")] = None,
         exclusion_region: Annotated[list[str] | None, typer.Option(help="Standalone: x,y,z,r sphere marked 255 (repeatable).")] = None,
+        id_whitelist: Annotated[str | None, typer.Option(help="Comma-separated object ids: only these get partition values (FFN --id_whitelist).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 1: FFN partition map (compute_partitions) of a tile or an HDF5 volume."""
@@ -114,7 +127,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         from hpcffn.stages import partitions as stage
 
         overrides = {"thresholds": _floats(thresholds, "--thresholds"),
-                     "lom_radius": _ints(lom_radius, "--lom-radius"), "min_size": min_size}
+                     "lom_radius": _ints(lom_radius, "--lom-radius"), "min_size": min_size,
+                     "id_whitelist": _id_list(id_whitelist)}
         if plan is not None:
             if tile is None:
                 raise HpcffnError("--plan needs --tile NAME|INDEX (the array task id in the rendered script)")
@@ -132,7 +146,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
 
         refuse_existing(parse_location(output, "af").path, overwrite)
         counts = stage.partitions_standalone(
-            input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region)
+            input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region),
+            id_whitelist=params.id_whitelist
         )
         _echo_partitions(counts, output)
 

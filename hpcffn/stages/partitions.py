@@ -134,8 +134,13 @@ def compute_partitions(
     exclusion_regions: Iterable[Sequence[float]] | None = None,
     threads: int | None = None,
     piece_voxels: int = 1 << 24,
+    id_whitelist: Iterable[int] | None = None,
 ) -> np.ndarray:
-    """Partition map of a labelled z,y,x array: uint8, same shape, 255 border of the radius."""
+    """Partition map of a labelled z,y,x array: uint8, same shape, 255 border of the radius.
+
+    With `id_whitelist`, objects not listed keep value 0, as background does (FFN's flag):
+    a fraction counts only the centre object's own voxels, so dropping them first is the same.
+    """
     if seg.ndim != 3:
         raise HpcffnError(f"groundtruth has {seg.ndim} dimensions, expected 3 (z,y,x)")
     if not np.issubdtype(seg.dtype, np.integer):
@@ -144,6 +149,8 @@ def compute_partitions(
         if seg.size and seg.min() < 0:
             raise HpcffnError("groundtruth holds negative ids; ids must be >= 0 (0 = background)")
         seg = seg.astype(np.uint64)
+    if id_whitelist is not None:
+        seg = np.where(np.isin(seg, np.asarray(list(id_whitelist), dtype=np.uint64)), seg, 0).astype(seg.dtype, copy=False)
     rad = np.array([int(r) for r in lom_radius_xyz][::-1])  # z,y,x
     diam = 2 * rad + 1
     fov = int(np.prod(diam))
@@ -283,6 +290,7 @@ def partitions_standalone(
     lom_radius_xyz,
     min_size: int,
     exclusion_regions=None,
+    id_whitelist=None,
 ) -> dict:
     """`hpcffn stage partitions --input gt.h5:stack --output af.h5:af` (FFN's flags)."""
     from hpcffn.volumes import open_dataset, parse_location
@@ -295,7 +303,7 @@ def partitions_standalone(
         seg = ds[...]
         offset = tuple(int(v) for v in ds.attrs.get("offset", (0, 0, 0)))
         boxes = input_bounding_boxes(ds)
-    af = compute_partitions(seg, thresholds, lom_radius_xyz, min_size, exclusion_regions)
+    af = compute_partitions(seg, thresholds, lom_radius_xyz, min_size, exclusion_regions, id_whitelist=id_whitelist)
     write_partitions(
         dst.path, dst.dataset, af, offset=offset, lom_radius_xyz=lom_radius_xyz,
         thresholds=thresholds, min_size=min_size, bounding_boxes=boxes,
@@ -348,7 +356,7 @@ def run_from_plan(plan, tile_key, params=None) -> dict:
         )
     p = params or plan.ffn.partitions
     seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
-    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size)
+    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist)
     write_partitions(
         plan.layout.partitions(tile.name), "af", af, offset=tile.box.start,
         lom_radius_xyz=p.lom_radius, thresholds=p.thresholds, min_size=p.min_size,
