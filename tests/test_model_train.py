@@ -291,3 +291,19 @@ def test_mixed_precision_path_trains(data, tmp_path, monkeypatch):
     assert res.exit_code == 0 and res.step == 60
     assert res.mean_losses[-1] < res.mean_losses[0]
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
+
+
+def test_gpus_given_but_unseen_stop_training_before_it_runs_on_the_cpu(data, tmp_path):
+    env = {**ENV, "CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "0"}
+    env.pop("HPCFFN_ALLOW_CPU", None)
+    proc = subprocess.run(_cli_train(data, tmp_path / "t", 5), capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("hpcffn")]  # TF's C++ log lines aside
+    assert proc.returncode == 2 and len(ours) == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert ours[0].startswith("hpcffn: error: train: this job was given GPUs (SLURM_JOB_GPUS=0) but TensorFlow")
+    assert "--nv" in ours[0]
+    assert not (tmp_path / "t" / "checkpoint").exists()
+    ok = subprocess.run(_cli_train(data, tmp_path / "t", 5), capture_output=True, text=True,
+                        env={**env, "HPCFFN_ALLOW_CPU": "1"}, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "hpcffn train: hpcffn " in ok.stdout and "devices: CPU only" in ok.stdout

@@ -348,6 +348,7 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     """Train one model; 0 when max_steps is reached, EXIT_REQUEUE after a signal-triggered checkpoint."""
     import tensorflow as tf
 
+    from hpcffn.ffn.devices import environment_line
     from hpcffn.ffn.examples import (
         PatchReader,
         make_dataset,
@@ -359,6 +360,7 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     files = check_files(coordinate_files)
     # A multi-worker strategy must exist before any other TensorFlow op runs.
     strategy = make_strategy()
+    log(environment_line("train"))
     if not volumes:
         raise HpcffnError("no training volumes: pass --volume name:raw.h5:raw:labels.h5:stack")
     records = peek_records(files)

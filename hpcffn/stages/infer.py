@@ -64,6 +64,9 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
+    from hpcffn.ffn.devices import environment_line
+
+    log(environment_line("infer"))
     prefix = resolve_checkpoint(checkpoint)
     data = read_box(loc, start, size)
     model = build_model(model_params)
