@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,7 @@ def smallest_dtype(volume: Hdf5Volume) -> np.dtype:
                       "relabel the segmentation (ids 1..N) first")
 
 
-def export_tif(source: str, output: str | Path, default_dataset: str = "seg", overwrite: bool = False,
-               progress: Callable[[int], None] | None = None) -> dict:
+def export_tif(source: str, output: str | Path, default_dataset: str = "seg", overwrite: bool = False) -> dict:
     """Write `source` ("path.h5[:dataset]") to `output`: a .tif/.tiff file (multi-page) or a directory of slices."""
     import tifffile
 
@@ -69,8 +67,6 @@ def export_tif(source: str, output: str | Path, default_dataset: str = "seg", ov
                             writer.write(plane, contiguous=True)
                         else:
                             tifffile.imwrite(tmp / f"{output.stem}_{z + i:0{digits}d}.tif", plane)
-                    if progress:
-                        progress(len(block))
             finally:
                 if writer is not None:
                     writer.close()
