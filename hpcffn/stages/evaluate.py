@@ -46,6 +46,8 @@ class Contingency:
                                            seg[labelled].astype(np.uint64, copy=False)))
         if len(self._pairs) > 32:  # keep the partial tables few
             self._pairs = [self._merged()]
+        if len(self._segments) > 32:
+            self._segments = [np.unique(np.concatenate(self._segments))]
         return self
 
     def _merged(self):
