@@ -159,7 +159,7 @@ def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):
     from hpcffn.stages.evaluate import run_from_plan as evaluate
 
     plan, labels = planned
-    monkeypatch.setattr(evaluate_mod, "SLAB_VOXELS", 7 * 130 * 70)  # 15 slabs of 7 slices
+    monkeypatch.setattr(evaluate_mod, "SLAB_VOXELS", 2 * 130 * 70)  # 50 slabs of 2 slices: partial tables merge
     fake_inference(plan, labels)
     # Without joins every object crossing a tile border stays split: only the whole-volume
     # figures see that; per tile, each tile is perfect.
