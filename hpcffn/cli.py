@@ -42,6 +42,19 @@ def _root(
     """Plan, submit and watch an FFN experiment on SLURM."""
 
 
+@stage_app.callback()
+def _stage(ctx: typer.Context) -> None:
+    # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
+    # of running: the job script is exercised on its node without doing the work.
+    job = os.environ.get("HPCFFN_CHECK")
+    if job and ctx.invoked_subcommand:
+        from hpcffn.stages.probe import run_probe
+
+        path = run_probe(job, ctx.invoked_subcommand, sys.argv)
+        typer.echo(f"hpcffn check: {job} -> {path}")
+        raise typer.Exit(0)
+
+
 def _register_all() -> None:
     from hpcffn.commands import data_stages, jobs, model_stages, planning
 

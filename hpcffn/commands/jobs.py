@@ -1,4 +1,4 @@
-"""CLI commands for the job machinery: submit, run (local), status, cancel, logs.
+"""CLI commands for the job machinery: submit, run (local), check, status, cancel, logs.
 
 Thin: parse options, find the plan, call submit.py / local_runner.py / status.py / jobs_admin.
 """
@@ -79,6 +79,31 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
                          progress=progress, parallel=parallel):
             typer.echo("some tasks failed: see `hpcffn status`, fix the cause, then `hpcffn run --resume`", err=True)
             raise typer.Exit(1)
+
+    @app.command()
+    def check(
+        plan_dir: Path = PLAN_DIR,
+        spec: Path = SPEC,
+        stage: list[str] = STAGE,
+        local: bool = typer.Option(False, "--local", help="Run the checks here with bash instead of submitting them."),
+        timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="Seconds to wait for the check jobs."),
+    ) -> None:
+        """Run every job script once, for seconds, on its own partition and in its own environment,
+        and report what the real run would hit (missing packages, unseen GPUs, unreadable inputs)."""
+        import sys
+
+        from rich.console import Console
+
+        from hpcffn.preflight import render_rows, run_checks
+
+        rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo)
+        Console(width=None if sys.stdout.isatty() else 200).print(render_rows(rows))
+        bad = [r["job"] for r in rows if r.get("problems")]
+        if bad:
+            typer.echo(f"check: problems in {', '.join(bad)}; fix them (see the logs in logs/check/) and check again",
+                       err=True)
+            raise typer.Exit(1)
+        typer.echo("check: every job script ran on its node and found what it needs")
 
     @app.command()
     def status(

@@ -1,0 +1,121 @@
+"""`hpcffn check`: run every job script once, for seconds, to see that the real run will work.
+
+Before a pipeline waits days in the queue, each rendered script (as it is on disk, hand edits
+included) is submitted once with HPCFFN_CHECK=<job> in its environment, a short time limit and
+its own log; inside, `hpcffn stage ...` writes a probe report instead of running the stage
+(hpcffn/stages/probe.py). Array jobs run task 0 only. Nothing is recorded in state.json:
+checks are not part of the pipeline. `--local` runs the scripts here with bash instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from hpcffn import slurm
+from hpcffn.errors import HpcffnError
+from hpcffn.plan_model import JobPlan, Plan
+from hpcffn.stages.probe import CHECK_ENV
+
+CHECK_TIME = "00:15:00"  # the time limit of a check job (and of a local check run)
+CHECK_SECONDS = 15 * 60
+
+
+def report_path(plan: Plan, job: JobPlan) -> Path:
+    return plan.layout.root / "checks" / f"{job.name}.json"
+
+
+def _selected(plan: Plan, stages: list[str] | None) -> list[JobPlan]:
+    jobs = [j for j in plan.jobs if not stages or j.stage in stages]
+    if not jobs:
+        raise HpcffnError(f"no job of the plan is in stage(s) {', '.join(stages or [])}: see `hpcffn status`")
+    for job in jobs:
+        path = plan.layout.root / job.script
+        if not path.is_file():
+            raise HpcffnError(f"{path} (job {job.name}) is missing: re-run `hpcffn plan` to render it")
+    return jobs
+
+
+def check_command(plan: Plan, job: JobPlan) -> list[str]:
+    """The sbatch line of a check: the job's script with its own name, log, time limit and array task 0."""
+    log = plan.layout.root / "logs" / "check" / f"{job.name}_%j.out"
+    extra = [f"--export=ALL,{CHECK_ENV}={job.name}", f"--job-name={plan.name}-check-{job.name}", f"--output={log}",
+             f"--time={CHECK_TIME}", "--signal=B:USR1@60", "--no-requeue"]
+    return slurm.sbatch_command(plan.layout.root / job.script, array="0" if job.array else None, extra=extra)
+
+
+def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False, timeout: float = 900.0,
+               poll: float = 5.0, echo=print) -> list[dict]:
+    """Run the checks and return one row per job: its report, or why there is none."""
+    jobs = _selected(plan, stages)
+    (plan.layout.root / "logs" / "check").mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        report_path(plan, job).unlink(missing_ok=True)
+    if local:
+        logs = {job.name: _run_here(plan, job) for job in jobs}
+    else:
+        ids = {}
+        for job in jobs:
+            ids[job.name] = slurm.sbatch(check_command(plan, job), cwd=plan.layout.root)
+            echo(f"check {job.name}: submitted as job {ids[job.name]}")
+        _wait(list(ids.values()), timeout, poll, echo)
+        logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
+    rows = []
+    for job in jobs:
+        path = report_path(plan, job)
+        if path.is_file():
+            rows.append({**json.loads(path.read_text()), "log": logs[job.name]})
+        else:
+            rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name],
+                         "problems": [f"no report: the job failed before hpcffn ran (or did not finish); read {logs[job.name]}"]})
+    return rows
+
+
+def _run_here(plan: Plan, job: JobPlan) -> str:
+    from hpcffn.local_runner import task_env
+    from hpcffn.slurm import sbatch_options
+
+    script = plan.layout.root / job.script
+    log = plan.layout.root / "logs" / "check" / f"{job.name}_local.out"
+    env = task_env(plan, job, sbatch_options(script), "0", 0 if job.array else None, 0)
+    env[CHECK_ENV] = job.name
+    with open(log, "wb") as out:
+        subprocess.run(["bash", str(script)], cwd=plan.layout.root, stdout=out, stderr=subprocess.STDOUT, env=env,
+                       check=False, timeout=CHECK_SECONDS)
+    return str(log)
+
+
+def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = slurm.query(ids)
+        alive = [i for i in ids if i in states and states[i].alive]
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            echo(f"check: {len(alive)} check job(s) still queued or running after {timeout:.0f} s "
+                 f"({', '.join(alive)}); their rows below say so; `hpcffn check` again later, or scancel them")
+            return
+        time.sleep(poll)
+
+
+def render_rows(rows: list[dict]):
+    """A rich Table: one row per job with node, versions, GPUs and problems."""
+    from rich.table import Table
+
+    table = Table(title="hpcffn check")
+    for col in ("job", "node", "hpcffn", "TensorFlow", "GPUs seen", "inputs", "problems"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        gpus = r.get("gpus")
+        inputs = r.get("inputs") or {}
+        table.add_row(
+            r["job"], r.get("host", "-"), r.get("hpcffn", "-"),
+            (r.get("packages") or {}).get("tensorflow") or "-",
+            ", ".join(gpus["seen"]) or "none" if gpus else "-",
+            f"{sum(v == 'ok' for v in inputs.values())}/{len(inputs)} readable" if inputs else "-",
+            "\n".join(r.get("problems") or []) or "ok",
+        )
+    return table

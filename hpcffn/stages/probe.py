@@ -1,0 +1,158 @@
+"""What a job sees on its compute node, written instead of running the stage (`hpcffn check`).
+
+`hpcffn check` submits every job script as it is on disk, with HPCFFN_CHECK=<job name> in its
+environment; `hpcffn stage ...` then runs this probe instead of the stage: the same node type,
+modules, set-up lines, container, binds and hpcffn as the real run, in seconds. The report
+(WORKDIR/checks/<job>.json) names every problem found: packages the stage needs that do not
+import, GPUs SLURM gave that TensorFlow cannot see, inputs that cannot be read from inside the
+job, a workdir it cannot write, an hpcffn version other than the one that planned.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+from hpcffn.errors import HpcffnError
+from hpcffn.plan_model import Plan
+
+CHECK_ENV = "HPCFFN_CHECK"
+
+# What each stage's code imports beyond the base install.
+STAGE_NEEDS = {
+    "convert": ("h5py", "tifffile", "cc3d"),
+    "partitions": ("h5py", "scipy"),
+    "coordinates": ("h5py",),
+    "train": ("h5py", "tensorflow"),
+    "infer": ("h5py", "tensorflow", "scipy", "skimage", "edt"),
+    "stitch": ("h5py", "scipy"),
+    "evaluate": ("h5py", "scipy", "skimage"),
+}
+UNIT_FLAGS = ("--tile", "--group", "--volume")
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _versions(stage: str, problems: list[str]) -> dict:
+    out = {}
+    for name in STAGE_NEEDS.get(stage, ()):
+        try:
+            module = importlib.import_module(name)
+            out[name] = getattr(module, "__version__", "?")
+        except ImportError as exc:
+            out[name] = None
+            problems.append(f"{name} does not import ({exc}): install hpcffn[ffn] in this environment or use the container")
+    return out
+
+
+def _gpus(problems: list[str]) -> dict:
+    import tensorflow as tf
+
+    from hpcffn.ffn.devices import assigned_gpus
+
+    seen = [d.name for d in tf.config.list_physical_devices("GPU")]
+    given = assigned_gpus()
+    if given and not seen:
+        problems.append(f"SLURM gave GPUs ({given}) but TensorFlow {tf.__version__} sees none: "
+                        "run the container with --nv (container.nv) and a TensorFlow that matches the node's CUDA")
+    return {"assigned": given, "seen": seen}
+
+
+def _inputs(plan: Plan, stage: str, unit: str | None) -> list:
+    """The user's input files this job reads (sources outside the workdir)."""
+    if stage == "convert" and unit is not None:
+        volumes = [plan.volume(plan.task_unit("convert", unit))]
+    elif stage in ("partitions", "infer") and unit is not None:
+        volumes = [plan.volume(plan.tile(plan.task_unit(stage, unit)).volume)]
+    elif stage == "stitch" and unit is not None:
+        volumes = [plan.volume(plan.task_unit("stitch", unit))]
+    else:
+        volumes = [v for v in plan.volumes if v.groundtruth]
+    paths = []
+    for v in volumes:
+        for source in (v.raw_source, v.groundtruth_source):
+            if source and not Path(source.rpartition(":")[0] or source).resolve().is_relative_to(plan.layout.root.resolve()):
+                paths.append(source)
+    return paths
+
+
+def _readable(source: str) -> str | None:
+    """None when the input can be read here, else why not."""
+    from hpcffn.volumes import HDF5_SUFFIXES, open_dataset, parse_location
+
+    head = source.rpartition(":")[0]
+    if source.lower().endswith(HDF5_SUFFIXES) or head.lower().endswith(HDF5_SUFFIXES):
+        try:
+            with open_dataset(parse_location(source, "raw")) as ds:
+                if ds.size:
+                    _ = ds[(0,) * ds.ndim]  # a real read, not only the header
+        except HpcffnError as exc:
+            return str(exc)
+        return None
+    path = Path(source)
+    if not path.exists():
+        return f"{path} does not exist here: bind its folder into the container (container.binds)"
+    if path.is_dir():
+        first = next((p for p in sorted(path.iterdir()) if p.is_file()), None)
+        if first is None or not os.access(first, os.R_OK):
+            return f"{path} holds no readable slice here"
+    elif not os.access(path, os.R_OK):
+        return f"{path} is not readable here"
+    return None
+
+
+def run_probe(job: str, stage: str, argv: list[str]) -> Path:
+    """Write WORKDIR/checks/<job>.json for the stage command in `argv`; returns its path."""
+    from hpcffn import __version__
+    from hpcffn.atomic import atomic_write_text
+    from hpcffn.plan_model import load_plan
+
+    plan_arg = _flag(argv, "--plan")
+    if plan_arg is None:
+        raise HpcffnError(f"{CHECK_ENV} is set, but this stage command has no --plan: run checks on rendered scripts only")
+    plan = load_plan(Path(plan_arg))
+    unit = next((v for v in (_flag(argv, f) for f in UNIT_FLAGS) if v is not None), None)
+    problems: list[str] = []
+    report = {
+        "job": job, "stage": stage, "unit": unit, "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hpcffn": __version__, "planned_with": plan.hpcffn_version, "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "packages": _versions(stage, problems),
+    }
+    if plan.hpcffn_version != __version__:
+        problems.append(f"hpcffn {__version__} runs here but {plan.hpcffn_version} planned: "
+                        "rebuild the image or re-plan with the same version")
+    if stage in ("train", "infer") and report["packages"].get("tensorflow"):
+        report["gpus"] = _gpus(problems)
+    report["inputs"] = {}
+    for source in _inputs(plan, stage, unit):
+        why = _readable(source)
+        report["inputs"][source] = why or "ok"
+        if why:
+            problems.append(why)
+    checks = plan.layout.root / "checks"
+    try:
+        checks.mkdir(parents=True, exist_ok=True)
+        probe = checks / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise HpcffnError(f"the workdir {plan.layout.root} is not writable from this job ({exc}): "
+                          "bind it read-write, or choose a workdir on a shared filesystem") from None
+    report["problems"] = problems
+    out = checks / f"{job}.json"
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    return out

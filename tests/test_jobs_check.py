@@ -1,0 +1,74 @@
+"""`hpcffn check`: every rendered script runs once in probe mode and reports what the real run
+would hit; on this machine (--local) and on the real test SLURM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from plan_helpers import write_spec
+
+from hpcffn.planner import make_plan
+from hpcffn.render import write_workdir
+
+HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
+
+
+def _planned(folder):
+    planned = make_plan(write_spec(folder))
+    write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
+    return planned.plan
+
+
+def _check(root, *args):
+    return subprocess.run([*HPCFFN, "check", str(root), *args], capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_local_check_runs_every_script_in_probe_mode(job_tmp):
+    plan = _planned(job_tmp)
+    root = plan.layout.root
+    proc = _check(root, "--local")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every job script ran on its node" in proc.stdout
+    for job in plan.jobs:
+        report = json.loads((root / "checks" / f"{job.name}.json").read_text())
+        assert report["problems"] == [] and report["stage"] == job.stage and report["hpcffn"] == plan.hpcffn_version
+        assert set(report["inputs"]) == {f"{job_tmp}/data/v1.h5:raw", f"{job_tmp}/data/v1.h5:stack"}
+    assert json.loads((root / "checks" / "train_g0.json").read_text())["packages"]["tensorflow"]
+    # Probe mode did no work and recorded no submission.
+    assert not (root / "state.json").exists() and not (root / "partitions").exists()
+
+
+def test_local_check_names_unreadable_inputs_and_exits_1(job_tmp):
+    plan = _planned(job_tmp)
+    (job_tmp / "data" / "v1.h5").rename(job_tmp / "data" / "elsewhere.h5")
+    proc = _check(plan.layout.root, "--local", "--stage", "partitions")
+    assert proc.returncode == 1
+    assert "problems in partitions" in proc.stderr
+    report = json.loads((plan.layout.root / "checks" / "partitions.json").read_text())
+    assert report["inputs"][f"{job_tmp}/data/v1.h5:raw"].startswith(f"HDF5 file {job_tmp}/data/v1.h5 does not exist")
+
+
+def test_a_script_that_fails_before_hpcffn_runs_has_no_report(job_tmp):
+    plan = _planned(job_tmp)
+    script = plan.layout.root / plan.job("stitch").script
+    script.write_text(script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nmodule_that_is_missing\n", 1))
+    proc = _check(plan.layout.root, "--local", "--stage", "stitch")
+    assert proc.returncode == 1 and "no report: the job failed before hpcffn ran" in proc.stdout
+
+
+@pytest.mark.slurm
+def test_check_on_slurm(job_tmp, slurm):
+    plan = _planned(job_tmp)
+    root = plan.layout.root
+    proc = _check(root, "--timeout", "300")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("submitted as job") == len(plan.jobs)
+    for job in plan.jobs:
+        report = json.loads((root / "checks" / f"{job.name}.json").read_text())
+        assert report["problems"] == [] and report["slurm_job_id"]
+    logs = list((root / "logs" / "check").glob("infer_*.out"))
+    assert len(logs) == 1 and "hpcffn check: infer ->" in logs[0].read_text()
+    assert not (root / "state.json").exists()
