@@ -99,7 +99,7 @@ class _Running:
 
 
 def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int,
-              running: _Running) -> LocalTask:
+              running: _Running, extra_env: dict[str, str]) -> LocalTask:
     """Run one task to the end, restarting it while it exits 75 (checkpoint saved, work left).
 
     Runs in a worker thread; a stop request ends it as CANCELLED (never restarted).
@@ -116,7 +116,8 @@ def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_i
         _save_task(plan, sub, task, rec)
         with open(log, "ab") as out:
             proc = subprocess.Popen(["bash", str(script)], cwd=plan.layout.root, stdout=out, stderr=subprocess.STDOUT,
-                                    env=task_env(plan, job, opts, num_id, task, rec.restarts), start_new_session=True)
+                                    env={**task_env(plan, job, opts, num_id, task, rec.restarts), **extra_env},
+                                    start_new_session=True)
             running.add(proc)
             try:
                 rc = proc.wait()
@@ -259,8 +260,10 @@ def _run_tasks(plan: Plan, job: JobPlan, sub: Submission, tasks: list, num_id: s
     started stay unstarted (status shows them cancelled with the runner)."""
     running = _Running()
     records: dict = {}
+    # Tasks sharing this machine's GPU: TensorFlow would give all of its memory to the first.
+    extra_env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if width > 1 and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ else {}
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"hpcffn-{job.name}") as pool:
-        futures = {pool.submit(_run_task, plan, job, sub, t, num_id, max_requeues, running): t for t in tasks}
+        futures = {pool.submit(_run_task, plan, job, sub, t, num_id, max_requeues, running, extra_env): t for t in tasks}
         pending = set(futures)
         try:
             while pending:

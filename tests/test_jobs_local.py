@@ -231,9 +231,13 @@ def test_parallel_runs_array_tasks_at_the_same_time(job_tmp):
     # Each task waits (up to 60 s) until all three have started: one at a time, the first fails.
     _patch_partitions(plan, 'mkdir -p started; touch "started/$unit"\n'
                             'for _ in $(seq 600); do [ "$(ls started | wc -l)" -ge 3 ] && break; sleep 0.1; done\n'
-                            '[ "$(ls started | wc -l)" -ge 3 ] || { echo "alone" >&2; exit 4; }\n')
+                            '[ "$(ls started | wc -l)" -ge 3 ] || { echo "alone" >&2; exit 4; }\n'
+                            'echo "gpu growth=${TF_FORCE_GPU_ALLOW_GROWTH:-unset}"\n')
     assert run_local(plan, stages=["partitions"], echo=lambda *_: None, progress=False, parallel=3)
     assert collect(plan).rows[0]["states"] == {"COMPLETED": 3}
+    # Tasks sharing one GPU must not each take all of its memory.
+    logs = [p.read_text() for p in (plan.layout.root / "logs" / "partitions").glob("*.out")]
+    assert len(logs) == 3 and all("gpu growth=true" in text for text in logs)
 
 
 def test_parallel_never_exceeds_the_array_throttle(job_tmp):
