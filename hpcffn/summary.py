@@ -54,4 +54,5 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
         for d in report.dirs:
             console.print(f"  would create {d}/")
     else:
-        console.print(f"next: hpcffn submit {plan.workdir}")
+        console.print(f"next: hpcffn check {plan.workdir} (each script runs once for seconds on its node), "
+                      f"then hpcffn submit {plan.workdir}")
