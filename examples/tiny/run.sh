@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install hpcffn with its FFN stage code, make the tiny
-# synthetic dataset, plan it, run all seven stages, and print the status and the evaluation.
+# synthetic dataset, plan it, check every job script, run all seven stages, and print the
+# status and the evaluation.
 #
 #   bash examples/tiny/run.sh            # run on this machine with the local runner
 #   bash examples/tiny/run.sh --slurm    # submit to the SLURM this machine talks to, and wait
@@ -26,11 +27,15 @@ hpcffn plan "$here/tiny.yaml"
 
 case "$mode" in
   --slurm)
+    echo "== checking every job script on its node (hpcffn check)"
+    hpcffn check "$here/work"
     echo "== submitting to SLURM"
     hpcffn submit "$here/work"
     hpcffn status "$here/work" --watch
     ;;
   local)
+    echo "== checking every job script here (hpcffn check --local)"
+    hpcffn check "$here/work" --local
     echo "== running every stage on this machine (hpcffn run)"
     hpcffn run "$here/work"
     ;;
