@@ -16,6 +16,7 @@ from pathlib import Path
 from hpcffn import __version__, grid
 from hpcffn import container as containers
 from hpcffn.errors import HpcffnError
+from hpcffn.ffn_params import FFNParams
 from hpcffn.layout import STAGE_UNIT, STAGES, Layout
 from hpcffn.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.resources import profiles_dir
@@ -142,6 +143,26 @@ def check_tiles(tiles, need, trained: set[str], spec_path: Path) -> None:
         if t.volume in trained and any(s < n for s, n in zip(t.box.size, need)):
             raise _fail(spec_path, "subvolume.min_edge", f"tile {t.name} is {t.box.size} (z,y,x), smaller than FOV plus 2 x margin "
                         f"{need}; raise min_edge so edge remainders merge, or check the volume's shape")
+
+
+# Full class balancing gives about 3 records per labelled voxel (500^3: 382.5 M records,
+# 4.6 GB; docs/data_stages.md), ~12 bytes each gzipped.
+RECORDS_PER_VOXEL = 3
+UNCAPPED_WARNING_RECORDS = 1_000_000_000
+
+
+def warn_uncapped_coordinates(stages: list[str], groups, ffn: FFNParams, warnings: list[str]) -> None:
+    """A group's coordinate file without max_records can reach hundreds of GB: say so at plan time."""
+    if "coordinates" not in stages or ffn.coordinates.max_records is not None or not groups:
+        return
+    big = max(groups, key=lambda g: g.voxels)
+    records = RECORDS_PER_VOXEL * big.voxels
+    if records >= UNCAPPED_WARNING_RECORDS:
+        warnings.append(
+            f"ffn.coordinates.max_records is not set: group {big.name} ({big.voxels / 1e9:.1f} G voxels) may get "
+            f"~{records / 1e9:.0f} G coordinate records (~{records * 12 / 1e9:.0f} GB); training reads max_steps x "
+            f"batch_size = {ffn.training.max_steps * ffn.training.batch_size:,} examples, so a cap such as "
+            f"{max(10 * ffn.training.max_steps * ffn.training.batch_size, 1_000_000):,} still gives every example a fresh record")
 
 
 # ---------------------------------------------------------------- jobs
@@ -323,6 +344,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     if "infer" in stages and not groups and not ffn.inference.checkpoint:
         raise _fail(spec_path, "ffn.inference.checkpoint", "no volume has groundtruth to train on, so inference "
                     "needs a trained model; set ffn.inference.checkpoint")
+    warn_uncapped_coordinates(stages, groups, ffn, warnings)
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
     jobs = plan_jobs(stages, volumes, tiles, groups)
     # render

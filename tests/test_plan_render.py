@@ -303,5 +303,8 @@ def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
                      subvolume={"size": [500, 500, 500], "groups": 50, "array_throttle": 100})
     planned = make_plan(write_spec(tmp_path, spec, data=False))
     assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 1 + 1 + 1
+    # 200 tiles of 500^3 per group and no max_records: the plan warns about the coordinate files.
+    assert any(w.startswith("ffn.coordinates.max_records is not set: group g0 (25.0 G voxels) may get ~75 G")
+               for w in planned.warnings), planned.warnings
     assert "#SBATCH --array=0-9999%100" in planned.scripts["jobs/infer/infer.sbatch"]
     assert {len(g.tiles) for g in planned.plan.groups} == {200}
