@@ -60,6 +60,7 @@ class VolumePlan(_Model):
     # What the user gave (HDF5 location, multi-page TIF or a directory of TIF slices).
     raw_source: str
     groundtruth_source: str | None = None
+    mask: str | None = None  # "path.h5:dataset": non-zero voxels are excluded from training
     # white: white background, black objects (objects = connected components);
     # black: zero background, non-zero objects (connected components);
     # labels: ids already assigned, kept as they are.

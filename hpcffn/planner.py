@@ -65,6 +65,15 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
             if gt_shape != shape:
                 raise _fail(spec_path, f"{where}.groundtruth", f"shape {gt_shape} differs from the raw shape {shape}; "
                             "groundtruth must cover the same voxels as raw")
+        mask = _source(vol.mask, "mask", base, spec_path, f"{where}.mask") if vol.mask else None
+        if mask is not None:
+            if mask.kind != "hdf5":
+                raise _fail(spec_path, f"{where}.mask", "must be HDF5 (path.h5:dataset); turn TIF slices into one "
+                            "with `hpcffn convert --raw MASK_TIFS --output mask.h5` and give mask.h5:raw")
+            mask_shape = _shape(mask, vol.shape, spec_path, f"{where}.mask", warnings)
+            if mask_shape != shape:
+                raise _fail(spec_path, f"{where}.mask", f"shape {mask_shape} differs from the raw shape {shape}; "
+                            "the mask must cover the same voxels as raw")
         converted = str(layout.converted_volume(vol.name))
         raw_loc = raw.location if raw.kind == "hdf5" else f"{converted}:raw"
         gt_loc = None
@@ -78,11 +87,13 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
             name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
             groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,
             rescale=vol.rescale, connectivity=vol.connectivity, tile_files=vol.tile_files,
+            mask=mask.location if mask else None,
         ))
-        folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt) if s is not None]
+        folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt, mask) if s is not None]
         resolved.append({"name": vol.name, "raw": raw.location, "groundtruth": gt.location if gt else None,
                          "polarity": polarity, "shape": list(shape), "rescale": vol.rescale,
-                         "connectivity": vol.connectivity, "tile_files": vol.tile_files})
+                         "connectivity": vol.connectivity, "tile_files": vol.tile_files,
+                         "mask": mask.location if mask else None})
     # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
     order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
     return [plans[i] for i in order], resolved, folders

@@ -75,6 +75,10 @@ class VolumeSpec(_Strict):
     tile_files: bool = Field(
         False, description="convert also writes one HDF5 per tile (raw + stack of its box), as FFN's own scripts expect"
     )
+    mask: str | None = Field(
+        None, description="path.h5[:dataset] (default dataset mask), same shape: non-zero voxels, and every voxel "
+        "whose local-object-mask box reaches one, are excluded from training (FFN's mask_configs)"
+    )
 
     @field_validator("shape")
     @classmethod

@@ -10,7 +10,7 @@ from hpcffn.stages.partitions import compute_partitions, partitions_standalone
 THRESHOLDS = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def reference(seg, thresholds, radius_xyz, min_size, exclusion=(), whitelist=None):
+def reference(seg, thresholds, radius_xyz, min_size, exclusion=(), whitelist=None, mask=None):
     """Straight from the definition: loop over voxels, count same-id voxels in the box."""
     seg = seg.copy()
     ids, sizes = np.unique(seg, return_counts=True)
@@ -25,6 +25,8 @@ def reference(seg, thresholds, radius_xyz, min_size, exclusion=(), whitelist=Non
         for y in range(ry, Y - ry):
             for x in range(rx, X - rx):
                 if any((x - ex) ** 2 + (y - ey) ** 2 + (z - ez) ** 2 <= er**2 for ex, ey, ez, er in exclusion):
+                    continue
+                if mask is not None and mask[z - rz:z + rz + 1, y - ry:y + ry + 1, x - rx:x + rx + 1].any():
                     continue
                 v = seg[z, y, x]
                 if v == 0 or (whitelist is not None and v not in whitelist):
@@ -88,6 +90,18 @@ def test_id_whitelist_partitions_only_the_listed_objects():
     inner = got[1:-1, 2:-2, 2:-2]  # lom_radius is x,y,z
     others = ~np.isin(seg[1:-1, 2:-2, 2:-2], ids)
     assert (inner[others] == 0).all() and (inner[~others] > 0).all()
+
+
+def test_mask_excludes_every_voxel_whose_box_reaches_it():
+    seg = blobs((12, 14, 13), 10, 8)
+    mask = np.zeros(seg.shape, bool)
+    mask[6, 3:5, 9] = True
+    mask[0, 0, 0] = True  # in the border band: changes nothing there
+    got = compute_partitions(seg, THRESHOLDS, (2, 1, 2), 5, mask=mask, threads=2)
+    np.testing.assert_array_equal(got, reference(seg, THRESHOLDS, (2, 1, 2), 5, mask=mask))
+    assert (got[4:9, 2:6, 7:12] == 255).all() and (got[2:-2, 1:-1, 2:-2] != 255).any()
+    with pytest.raises(HpcffnError, match="mask shape"):
+        compute_partitions(seg, THRESHOLDS, (2, 1, 2), 5, mask=mask[1:])
 
 
 def test_radius_larger_than_volume_is_all_excluded():

@@ -84,3 +84,48 @@ def test_tile_files_on_hdf5_read_in_place_warns(tmp_path):
     proc = subprocess.run(["hpcffn", "plan", str(write_spec(tmp_path, spec))], capture_output=True, text=True,
                           check=True)
     assert "volumes.0.tile_files" in proc.stdout + proc.stderr
+
+
+def test_volume_mask_excludes_its_region_from_the_partitions(tmp_path):
+    from hpcffn.stages import partitions
+
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[15:20, 15:20, 15:20] = 1  # inside the first cube
+    (tmp_path / "masks").mkdir()
+    with h5py.File(tmp_path / "masks" / "m.h5", "w") as f:
+        f.create_dataset("mask", data=mask)
+    plan = _plan(tmp_path, mask="masks/m.h5", rescale="dtype")
+    assert plan.volumes[0].mask == f"{tmp_path}/masks/m.h5:mask"
+    convert.run_from_plan(plan, "v1", progress=False)
+    partitions.run_from_plan(plan, 0, plan.ffn.partitions.model_copy(update={"lom_radius": (2, 2, 2), "min_size": 10}))
+    with h5py.File(plan.layout.partitions(plan.tiles[0].name)) as f:
+        af = f["af"][...]
+    assert (af[13:22, 13:22, 13:22] == 255).all()  # the mask grown by the radius
+    assert af[25, 25, 25] not in (0, 255) and af[40, 40, 40] not in (0, 255)
+
+
+def test_volume_mask_must_be_hdf5_of_the_same_shape(tmp_path):
+    import pytest
+
+    (tmp_path / "masks").mkdir()
+    with h5py.File(tmp_path / "masks" / "small.h5", "w") as f:
+        f.create_dataset("mask", data=np.zeros((10, 70, 70), np.uint8))
+    for value, needle in (("masks/small.h5", "volumes.0.mask: shape (10, 70, 70) differs from the raw shape"),
+                          ("masks", "volumes.0.mask: must be HDF5")):
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            _plan(tmp_path / value.replace("/", "_"), mask=f"../{value}")
+        assert needle in err.value.stderr.decode(), err.value.stderr
+
+
+def test_the_mask_folder_is_bound_into_the_container(tmp_path):
+    from plan_helpers import write_h5, write_spec
+
+    from hpcffn.planner import make_plan
+
+    write_h5(tmp_path / "elsewhere" / "m.h5", datasets=("mask",))
+    spec = spec_dict(container={"runtime": "apptainer", "image": "/images/hpcffn.sif"})
+    spec["volumes"][0]["mask"] = str(tmp_path / "elsewhere" / "m.h5")
+    planned = make_plan(write_spec(tmp_path, spec))
+    binds = next(line for line in planned.scripts["jobs/partitions/partitions.sbatch"].splitlines()
+                 if line.startswith("BINDS="))
+    assert str(tmp_path / "elsewhere") in binds

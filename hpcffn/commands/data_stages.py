@@ -120,6 +120,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         min_size: Annotated[int | None, typer.Option(help="Objects below this many voxels become background.")] = None,
         exclusion_region: Annotated[list[str] | None, typer.Option(help="Standalone: x,y,z,r sphere marked 255 (repeatable).")] = None,
         id_whitelist: Annotated[str | None, typer.Option(help="Comma-separated object ids: only these get partition values (FFN --id_whitelist).")] = None,
+        mask: Annotated[str | None, typer.Option(help="Standalone: path.h5[:dataset] (default mask), same shape; voxels whose LOM box holds a non-zero mask voxel become 255.")] = None,
         overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 1: FFN partition map (compute_partitions) of a tile or an HDF5 volume."""
@@ -132,8 +133,9 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         if plan is not None:
             if tile is None:
                 raise HpcffnError("--plan needs --tile NAME|INDEX (the array task id in the rendered script)")
-            if input or output or exclusion_region:
-                raise HpcffnError("--plan reads the tile's box from the plan: drop --input/--output/--exclusion-region")
+            if input or output or exclusion_region or mask:
+                raise HpcffnError("--plan reads the tile's box (and the volume's mask) from the plan: "
+                                  "drop --input/--output/--exclusion-region/--mask")
             p = _load_plan(plan)
             params = _params(PartitionParams, p.ffn.partitions, overrides, "ffn.partitions")
             counts = stage.run_from_plan(p, tile, params)
@@ -147,7 +149,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         refuse_existing(parse_location(output, "af").path, overwrite)
         counts = stage.partitions_standalone(
             input, output, params.thresholds, params.lom_radius, params.min_size, _exclusions(exclusion_region),
-            id_whitelist=params.id_whitelist
+            id_whitelist=params.id_whitelist, mask_loc=mask
         )
         _echo_partitions(counts, output)
 

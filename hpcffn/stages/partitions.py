@@ -135,11 +135,14 @@ def compute_partitions(
     threads: int | None = None,
     piece_voxels: int = 1 << 24,
     id_whitelist: Iterable[int] | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Partition map of a labelled z,y,x array: uint8, same shape, 255 border of the radius.
 
     With `id_whitelist`, objects not listed keep value 0, as background does (FFN's flag):
     a fraction counts only the centre object's own voxels, so dropping them first is the same.
+    With `mask` (true = masked), every voxel whose local-object-mask box holds a masked voxel
+    is 255, as FFN's mask_configs do.
     """
     if seg.ndim != 3:
         raise HpcffnError(f"groundtruth has {seg.ndim} dimensions, expected 3 (z,y,x)")
@@ -165,6 +168,13 @@ def compute_partitions(
     excl = exclusion_mask(seg.shape, exclusion_regions)
     if excl is not None:
         out[excl] = EXCLUDED
+    if mask is not None:
+        if mask.shape != seg.shape:
+            raise HpcffnError(f"mask shape {mask.shape} differs from the groundtruth shape {seg.shape}: give a mask of the same volume")
+        from scipy.ndimage import maximum_filter
+
+        near = maximum_filter(mask.astype(np.uint8, copy=False), size=tuple(int(d) for d in diam), mode="constant")
+        out[inner][near[inner] > 0] = EXCLUDED
 
     dense, k = _dense_objects(seg, min_size)
     if k == 0:
@@ -291,6 +301,7 @@ def partitions_standalone(
     min_size: int,
     exclusion_regions=None,
     id_whitelist=None,
+    mask_loc: str | None = None,
 ) -> dict:
     """`hpcffn stage partitions --input gt.h5:stack --output af.h5:af` (FFN's flags)."""
     from hpcffn.volumes import open_dataset, parse_location
@@ -303,7 +314,12 @@ def partitions_standalone(
         seg = ds[...]
         offset = tuple(int(v) for v in ds.attrs.get("offset", (0, 0, 0)))
         boxes = input_bounding_boxes(ds)
-    af = compute_partitions(seg, thresholds, lom_radius_xyz, min_size, exclusion_regions, id_whitelist=id_whitelist)
+    mask = None
+    if mask_loc is not None:
+        with open_dataset(parse_location(mask_loc, "mask")) as mds:
+            mask = mds[...] != 0
+    af = compute_partitions(seg, thresholds, lom_radius_xyz, min_size, exclusion_regions, id_whitelist=id_whitelist,
+                            mask=mask)
     write_partitions(
         dst.path, dst.dataset, af, offset=offset, lom_radius_xyz=lom_radius_xyz,
         thresholds=thresholds, min_size=min_size, bounding_boxes=boxes,
@@ -356,7 +372,12 @@ def run_from_plan(plan, tile_key, params=None) -> dict:
         )
     p = params or plan.ffn.partitions
     seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
-    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist)
+    mask = None
+    if vol.mask:
+        from hpcffn.volumes import read_box
+
+        mask = read_box(vol.mask, tile.box.start, tile.box.size, "mask") != 0
+    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist, mask=mask)
     write_partitions(
         plan.layout.partitions(tile.name), "af", af, offset=tile.box.start,
         lom_radius_xyz=p.lom_radius, thresholds=p.thresholds, min_size=p.min_size,

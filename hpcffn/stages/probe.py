@@ -82,7 +82,7 @@ def _inputs(plan: Plan, stage: str, unit: str | None) -> list:
         volumes = [v for v in plan.volumes if v.groundtruth]
     paths = []
     for v in volumes:
-        for source in (v.raw_source, v.groundtruth_source):
+        for source in (v.raw_source, v.groundtruth_source, v.mask):
             if source and not Path(source.rpartition(":")[0] or source).resolve().is_relative_to(plan.layout.root.resolve()):
                 paths.append(source)
     return paths
