@@ -143,7 +143,7 @@ def test_standalone_writes_ffn_attributes(tmp_path):
         assert list(fh) == ["af"]
 
 
-def test_standalone_id_whitelist_flag(tmp_path):
+def test_standalone_id_whitelist_and_mask_flags(tmp_path):
     import subprocess
     import sys
 
@@ -158,6 +158,15 @@ def test_standalone_id_whitelist_flag(tmp_path):
     assert ok.returncode == 0, ok.stderr
     with h5py.File(tmp_path / "af.h5") as fh:
         np.testing.assert_array_equal(fh["af"][...], reference(seg, THRESHOLDS, (2, 2, 1), 5, whitelist=set(ids)))
+    mask = np.zeros(seg.shape, np.uint8)
+    mask[5, 5, 5] = 7
+    with h5py.File(tmp_path / "m.h5", "w") as fh:
+        fh["mask"] = mask
+    masked = subprocess.run([*cli, "--output", f"{tmp_path}/am.h5", "--mask", f"{tmp_path}/m.h5"],
+                            capture_output=True, text=True, check=False)
+    assert masked.returncode == 0, masked.stderr
+    with h5py.File(tmp_path / "am.h5") as fh:
+        np.testing.assert_array_equal(fh["af"][...], reference(seg, THRESHOLDS, (2, 2, 1), 5, mask=mask != 0))
     bad = subprocess.run([*cli, "--output", f"{tmp_path}/b.h5", "--id-whitelist", "3,x"], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
