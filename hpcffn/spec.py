@@ -77,7 +77,8 @@ class VolumeSpec(_Strict):
     )
     mask: str | None = Field(
         None, description="path.h5[:dataset] (default dataset mask), same shape: non-zero voxels, and every voxel "
-        "whose local-object-mask box reaches one, are excluded from training (FFN's mask_configs)"
+        "whose local-object-mask box reaches one, are excluded from training (FFN's mask_configs); inference "
+        "neither seeds nor segments masked voxels"
     )
 
     @field_validator("shape")

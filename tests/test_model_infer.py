@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hpcffn.errors import HpcffnError
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.inference import Canvas, load_state, peak_seeds, segment_volume
 from hpcffn.ffn_params import InferenceParams, ModelParams
@@ -64,6 +65,21 @@ def test_oracle_segmentation_is_perfect_and_ids_are_unique():
     assert m["adapted_rand_error"] < 0.01, m
     assert res.segments == len(np.unique(res.segmentation[res.segmentation > 0]))
     assert not np.any(res.segmentation[labels == 0])
+
+
+def test_masked_voxels_are_never_seeded_or_segmented():
+    raw, labels = _scene()
+    ids = [int(i) for i in np.unique(labels) if i]
+    masked_object = labels == ids[0]
+    mask = masked_object.copy()
+    mask[:, :, :3] = True  # and a slab of background
+    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=50, seed_min_distance=3), mask=mask)
+    assert not res.segmentation[mask].any()
+    rest = (labels > 0) & ~mask
+    m = _score(np.where(mask, 0, res.segmentation), np.where(mask, 0, labels))
+    assert m["adapted_rand_error"] < 0.01 and res.segmentation[rest].all(), m
+    with pytest.raises(HpcffnError, match="mask shape"):
+        segment_volume(raw, Oracle(), MP, InferenceParams(), mask=mask[1:])
 
 
 def test_moves_follow_the_object_beyond_one_fov():

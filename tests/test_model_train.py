@@ -228,6 +228,16 @@ def test_plan_mode_train_infer_evaluate(tmp_path):
     assert saved["overall"] == report["overall"] and len(saved["tiles"]) == 2
     assert saved["overall"]["adapted_rand_error"] < 0.1, saved["overall"]
     assert markers.is_done(plan, "evaluate", "experiment") and markers.is_done(plan, "infer", "v_z0_y0_x1")
+    # The volume's mask reaches inference: masked voxels stay 0, the rest is still segmented.
+    mask = np.zeros(raw.shape, np.uint8)
+    mask[:, :, :20] = 1
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        f.create_dataset("mask", data=mask)
+    masked = plan.model_copy(update={"volumes": [vol.model_copy(update={"mask": f"{tmp_path}/mask.h5:mask"})]})
+    assert infer.run_from_plan(masked, "v_z0_y0_x0", log=lambda s: None) == 0
+    with h5py.File(plan.layout.segmentation("v_z0_y0_x0"), "r") as f:
+        seg = f["seg"][...]
+    assert not seg[:, :, :20].any() and seg[:, :, 20:].any()
 
 
 MIRRORED = """

@@ -124,6 +124,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("--output", help="Standalone: segmentation HDF5 to write (dataset seg).")] = None,
         bbox: Annotated[str | None, typer.Option("--bbox", help="Standalone: z0,y0,x0:dz,dy,dx box to segment (default: all).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+        mask: Annotated[str | None, typer.Option("--mask", help="Standalone: path.h5[:dataset] (default mask) of the image's shape; non-zero voxels are never seeded or segmented.")] = None,
         depth: _Depth = None,
         features: _Features = None,
         fov_size: _FovSize = None,
@@ -149,8 +150,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
               "seed_threshold": seed_threshold, "seed_min_distance": seed_min_distance,
               "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "checkpoint": checkpoint}
         if plan is not None:
-            if tile is None or image or output or bbox:
-                raise HpcffnError("with --plan give --tile T only (image, box and output come from the plan)")
+            if tile is None or image or output or bbox or mask:
+                raise HpcffnError("with --plan give --tile T only (image, box, mask and output come from the plan)")
             from hpcffn.stages.infer import run_from_plan
 
             p = _load_plan(plan)
@@ -166,7 +167,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         mp = _params(ModelParams, None, mo, "ffn.model")
         ip = _params(InferenceParams, None, io, "ffn.inference")
         start, size = _bbox(bbox)
-        _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite))
+        _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite, mask=mask))
 
     @stage_app.command("stitch")
     def stitch(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcffn.errors import HpcffnError
 from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
 from hpcffn.ffn_params import InferenceParams, ModelParams
 
@@ -107,6 +108,7 @@ class Canvas:
         self.predict = predict
         self.logits = np.full(self.shape, LOGIT_005, np.float32)
         self.seg = np.zeros(self.shape, np.uint64)
+        self.blocked: np.ndarray | None = None  # masked voxels: never seeded, never segmented
         self.move_logit = logit(params.move_threshold)
         self.segment_logit = logit(params.segment_threshold)
         self.evaluations = 0
@@ -117,6 +119,9 @@ class Canvas:
                     off = [0, 0, 0]
                     off[axis] = sign * self.deltas[axis]
                     self._faces.append(tuple(off))
+
+    def is_blocked(self, pos) -> bool:
+        return self.blocked is not None and bool(self.blocked[pos])
 
     def fov_fits(self, pos) -> bool:
         return all(r <= p < s - r for p, r, s in zip(pos, self.radius, self.shape))
@@ -189,6 +194,8 @@ class Canvas:
                     queue.append(target)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         mask = (self.logits[box] >= self.segment_logit) & (self.seg[box] == 0)
+        if self.blocked is not None:
+            mask &= ~self.blocked[box]
         self.logits[box] = LOGIT_005
         local = tuple(p - a for p, a in zip(start, lo))
         if not mask[local]:
@@ -250,9 +257,17 @@ def make_predict(model, xla: bool = False):
 
 
 def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params: InferenceParams,
-                   state_path: Path | None = None, fp: str = "", stop=None, log=print) -> SegmentResult:
-    """Segment a whole sub-volume; stops early (finished=False) after saving state when `stop` is set."""
+                   state_path: Path | None = None, fp: str = "", stop=None, log=print,
+                   mask: np.ndarray | None = None) -> SegmentResult:
+    """Segment a whole sub-volume; stops early (finished=False) after saving state when `stop` is set.
+
+    `mask` (true = masked, the volume's mask): no seed there, and no segment takes those voxels.
+    """
     canvas = Canvas(image, predict, model_params, params)
+    if mask is not None:
+        if mask.shape != image.shape:
+            raise HpcffnError(f"mask shape {mask.shape} differs from the image box {image.shape}")
+        canvas.blocked = mask
     resumed = load_state(state_path, fp, image.shape) if state_path else None
     if resumed is not None:
         canvas.seg, seeds, next_seed, next_id = resumed
@@ -269,7 +284,7 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
             return SegmentResult(canvas.seg, False, next_id - 1, next_seed, canvas.evaluations)
         pos = tuple(int(v) for v in seeds[next_seed])
         next_seed += 1
-        if canvas.seg[pos] or not canvas.fov_fits(pos) or canvas.near_segment(pos):
+        if canvas.seg[pos] or canvas.is_blocked(pos) or not canvas.fov_fits(pos) or canvas.near_segment(pos):
             continue
         mask, box = canvas.segment_at(pos, stop)
         if mask is INTERRUPTED:

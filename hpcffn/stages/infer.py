@@ -40,7 +40,7 @@ def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
 
 def segment_location(image: str, checkpoint: str | Path, output: str | Path, model_params: ModelParams,
                      params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
-                     overwrite: bool = False, log=print) -> int:
+                     overwrite: bool = False, log=print, mask: str | None = None) -> int:
     """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
@@ -71,12 +71,19 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     data = read_box(loc, start, size)
     model = build_model(model_params)
     step = load_weights(model, prefix)
+    blocked = None
+    if mask is not None:
+        mask_loc = parse_location(mask, "mask")
+        if dataset_shape(mask_loc) != shape:
+            raise HpcffnError(f"mask {mask_loc} has shape {dataset_shape(mask_loc)}, the image {loc} {shape}: "
+                              "give the mask of this volume")
+        blocked = read_box(mask_loc, start, size) != 0
     fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
-                     model=model_params.model_dump(), inference=params.model_dump())
+                     model=model_params.model_dump(), inference=params.model_dump(), mask=mask)
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
         result = segment_volume(data, make_predict(model, xla=xla), model_params, params,
-                                state_path=state_path(output), fp=fp, stop=stop, log=log)
+                                state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked)
     if not result.finished:
         log(f"hpcffn infer: stopped by signal after {result.seeds_tried} seeds; state saved to "
             f"{state_path(output)}; requeue to continue")
@@ -111,7 +118,7 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
     output = plan.layout.segmentation(tile.name)
     code = segment_location(volume.raw, plan_checkpoint(plan, tile), output, model_params or plan.ffn.model,
                             params or plan.ffn.inference, tile.infer_box.start, tile.infer_box.size,
-                            xla=(training or plan.ffn.training).xla, overwrite=True, log=log)
+                            xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
     if code == 0:
         mark_done(plan, "infer", tile.name)
     return code
