@@ -69,7 +69,8 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
             rows.append({**json.loads(path.read_text()), "log": logs[job.name]})
         else:
             rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name],
-                         "problems": [f"no report: the job failed before hpcffn ran (or did not finish); read {logs[job.name]}"]})
+                         "problems": [f"no report: the job failed (often before hpcffn ran: a module, conda or "
+                                      f"container line) or did not finish; read {logs[job.name]}"]})
     return rows
 
 
