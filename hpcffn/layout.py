@@ -18,6 +18,7 @@ are relative to the workdir the spec names (plan.json records it).
       stitch/<volume>.h5            the tiles of a volume joined: dataset `seg` (uint64), volume-sized
       evaluate/report.json          evaluation of infer against groundtruth
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
+      checks/<job>.json             `hpcffn check` probe reports (logs in logs/check/)
 """
 
 from __future__ import annotations
