@@ -47,9 +47,14 @@ def check_command(plan: Plan, job: JobPlan) -> list[str]:
 
 
 def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False, timeout: float = 900.0,
-               poll: float = 5.0, echo=print) -> list[dict]:
-    """Run the checks and return one row per job: its report, or why there is none."""
+               poll: float = 5.0, echo=print, collect: bool = False) -> list[dict]:
+    """Run the checks and return one row per job: its report, or why there is none.
+
+    `collect`: run nothing, only read the reports earlier check jobs wrote (after a timeout).
+    """
     jobs = _selected(plan, stages)
+    if collect:
+        return _rows(plan, jobs, {job.name: str(plan.layout.root / "logs" / "check" / f"{job.name}_*.out") for job in jobs})
     (plan.layout.root / "logs" / "check").mkdir(parents=True, exist_ok=True)
     for job in jobs:
         report_path(plan, job).unlink(missing_ok=True)
@@ -62,15 +67,19 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
             echo(f"check {job.name}: submitted as job {ids[job.name]}")
         _wait(list(ids.values()), timeout, poll, echo)
         logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
+    return _rows(plan, jobs, logs)
+
+
+def _rows(plan: Plan, jobs: list[JobPlan], logs: dict[str, str]) -> list[dict]:
     rows = []
     for job in jobs:
         path = report_path(plan, job)
         if path.is_file():
             rows.append({**json.loads(path.read_text()), "log": logs[job.name]})
         else:
-            rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name],
-                         "problems": [f"no report: the job failed (often before hpcffn ran: a module, conda or "
-                                      f"container line) or did not finish; read {logs[job.name]}"]})
+            why = (f"no report: the job failed (often before hpcffn ran: a module, conda or container line) "
+                   f"or did not finish; read {logs[job.name]}")
+            rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name], "problems": [why]})
     return rows
 
 
@@ -97,7 +106,8 @@ def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
             return
         if time.monotonic() > deadline:
             echo(f"check: {len(alive)} check job(s) still queued or running after {timeout:.0f} s "
-                 f"({', '.join(alive)}); their rows below say so; `hpcffn check` again later, or scancel them")
+                 f"({', '.join(alive)}); they write their reports when they run: `hpcffn check --collect` "
+                 "later prints the table from them")
             return
         time.sleep(poll)
 

@@ -39,6 +39,9 @@ def test_local_check_runs_every_script_in_probe_mode(job_tmp):
     assert json.loads((root / "checks" / "train_g0.json").read_text())["packages"]["tensorflow"]
     # Probe mode did no work and recorded no submission.
     assert not (root / "state.json").exists() and not (root / "partitions").exists()
+    # --collect prints the same table from the reports, running nothing.
+    again = _check(root, "--collect")
+    assert again.returncode == 0 and "train_g0" in again.stdout and "submitted" not in again.stdout
 
 
 def test_local_check_names_unreadable_inputs_and_exits_1(job_tmp):

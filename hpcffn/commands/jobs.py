@@ -87,6 +87,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         stage: list[str] = STAGE,
         local: bool = typer.Option(False, "--local", help="Run the checks here with bash instead of submitting them."),
         timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="Seconds to wait for the check jobs."),
+        collect: bool = typer.Option(False, "--collect", help="Submit nothing: print the reports earlier check jobs wrote."),
     ) -> None:
         """Run every job script once, for seconds, on its own partition and in its own environment,
         and report what the real run would hit (missing packages, unseen GPUs, unreadable inputs)."""
@@ -96,7 +97,10 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
 
         from hpcffn.preflight import render_rows, run_checks
 
-        rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo)
+        if collect and local:
+            raise HpcffnError("--collect reads earlier reports; it does not combine with --local")
+        rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo,
+                          collect=collect)
         Console(width=None if sys.stdout.isatty() else 200).print(render_rows(rows))
         bad = [r["job"] for r in rows if r.get("problems")]
         if bad:
