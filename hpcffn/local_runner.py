@@ -1,8 +1,8 @@
 """Run a plan's rendered scripts on this machine, without SLURM, in dependency order.
 
 For trying a whole pipeline on a workstation before going to the cluster: the very same
-scripts run with bash, one job after another and up to `parallel` tasks of an array job at
-a time (never more than the array's %throttle), with the SLURM_* variables they read set as
+scripts run with bash, each job once its upstream jobs have completed, up to `parallel` tasks
+at a time across all jobs (an array never more than its %throttle), with the SLURM_* variables they read set as
 SLURM would set them and HPCFFN_LOCAL=1 (so a train/infer script exits 75 after a
 checkpoint instead of calling `scontrol requeue`; it is then started again here). Outcomes
 go to the same state.json with SLURM-like state names, so `hpcffn status` reads them the same way.
@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 
 from hpcffn.errors import HpcffnError
@@ -73,12 +73,14 @@ def task_env(plan: Plan, job: JobPlan, opts: dict[str, str], num_id: str, task: 
 
 
 class _Running:
-    """The task processes alive now, so a stop request (SIGTERM, Ctrl-C) can reach every one."""
+    """The task processes alive now, so a stop request (SIGTERM, Ctrl-C) can reach every one,
+    and the slots that keep at most `parallel` tasks running across all jobs."""
 
-    def __init__(self):
+    def __init__(self, parallel: int = 1):
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
         self.stopping = False
+        self.slots = threading.BoundedSemaphore(parallel)
 
     def add(self, proc: subprocess.Popen) -> None:
         with self._lock:
@@ -99,11 +101,20 @@ class _Running:
 
 
 def _run_task(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int,
-              running: _Running, extra_env: dict[str, str]) -> LocalTask:
+              running: _Running, extra_env: dict[str, str]) -> LocalTask | None:
     """Run one task to the end, restarting it while it exits 75 (checkpoint saved, work left).
 
-    Runs in a worker thread; a stop request ends it as CANCELLED (never restarted).
+    Runs in a worker thread once a slot is free; a stop request ends it as CANCELLED (never
+    restarted), or before it starts (None: the task keeps its unstarted record).
     """
+    with running.slots:
+        if running.stopping:
+            return None
+        return _run_held(plan, job, sub, task, num_id, max_requeues, running, extra_env)
+
+
+def _run_held(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_id: str, max_requeues: int,
+              running: _Running, extra_env: dict[str, str]) -> LocalTask:
     script = plan.layout.root / job.script
     opts = sbatch_options(script)
     pattern = opts.get("output") or f"logs/{job.stage}/%x_%A_%a.out"
@@ -208,6 +219,12 @@ def _raise_stopped(signum, frame):
 
 
 def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int, parallel: int) -> bool:
+    """Run the steps as their dependencies allow, up to `parallel` tasks at a time in all.
+
+    Jobs run in threads once every upstream job of this run has completed (afterok); a failed
+    upstream cancels its dependants. The main thread only schedules and waits, so SIGTERM and
+    Ctrl-C land here: every running task is stopped (CANCELLED), nothing new starts.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -216,72 +233,89 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
         TimeElapsedColumn,
     )
 
-    state_path = plan.layout.state
-    failed_jobs: set[str] = set()
-    total = sum(len(s.tasks) for s in steps)
-    all_ok = True
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
-        overall = bar.add_task("hpcffn run", total=total)
-        for step in steps:
-            job = step.job
-            with updating(state_path) as st:
-                lid = st.next_local_id()
-                num_id = str(900000 + len([s for s in st.submissions if s.local]) + 1)
-                sub = Submission(job=job.name, job_id=lid, submitted=now(),
-                                 sha256=sha256_file(plan.layout.root / job.script),
-                                 tasks=[t for t in step.tasks if t is not None] if job.array else None,
-                                 command=["bash", job.script], local=True, runner_pid=os.getpid(),
-                                 runner_host=socket.gethostname(),
-                                 local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks},
-                                 units=task_units(job, step.tasks))
-                st.submissions.append(sub)
-            if any(name in failed_jobs for _, name in step.deps):
-                records = {}
-                for task in step.tasks:
-                    records[task] = LocalTask(state="CANCELLED", reason="DependencyNeverSatisfied", end=now())
-                    _save_task(plan, sub, task, records[task])
-                    bar.advance(overall)
-            else:
-                width = min(parallel, job.throttle or parallel) if job.array else 1
-                bar.update(overall, description=job.name + (f" ({width} at a time)" if width > 1 else ""))
-                records = _run_tasks(plan, job, sub, step.tasks, num_id, max_requeues, width,
-                                     lambda: bar.advance(overall), echo)
-            if any(rec.state != "COMPLETED" for rec in records.values()):
-                failed_jobs.add(job.name)
-                all_ok = False
-    return all_ok
-
-
-def _run_tasks(plan: Plan, job: JobPlan, sub: Submission, tasks: list, num_id: str, max_requeues: int, width: int,
-               advance, echo) -> dict:
-    """Run one job's tasks, `width` at a time, in worker threads; the main thread waits, so
-    SIGTERM/Ctrl-C land here: every running task is stopped (CANCELLED) and tasks not yet
-    started stay unstarted (status shows them cancelled with the runner)."""
-    running = _Running()
-    records: dict = {}
+    names = {s.job.name for s in steps}
+    finished: dict[str, bool] = {}  # job name -> every task completed
+    waiting = list(steps)  # in dependency order
+    started: dict = {}  # future -> step
+    running = _Running(parallel)
     # Tasks sharing this machine's GPU: TensorFlow would give all of its memory to the first.
-    extra_env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if width > 1 and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ else {}
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"hpcffn-{job.name}") as pool:
-        futures = {pool.submit(_run_task, plan, job, sub, t, num_id, max_requeues, running, extra_env): t for t in tasks}
-        pending = set(futures)
+    extra_env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if parallel > 1 and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ else {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress) as bar, ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="hpcffn-job") as jobs:
+        overall = bar.add_task("hpcffn run", total=sum(len(s.tasks) for s in steps))
+
+        def advance() -> None:
+            bar.advance(overall)
+
         try:
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task, rec = futures[fut], fut.result()
-                    records[task] = rec
-                    _save_task(plan, sub, task, rec)
-                    if rec.state != "COMPLETED":
-                        echo(f"{job.name}" + (f" task {task}" if task is not None else "")
-                             + f" {rec.state} (exit {rec.exit_code}); log: {rec.log}")
-                    advance()
+            while waiting or started:
+                for step in list(waiting):
+                    upstream = [name for _, name in step.deps if name in names]
+                    if any(finished.get(name) is False for name in upstream):
+                        waiting.remove(step)
+                        finished[step.job.name] = False
+                        _cancel_step(plan, step, advance)
+                    elif all(name in finished for name in upstream):
+                        waiting.remove(step)
+                        bar.update(overall, description=step.job.name)
+                        started[jobs.submit(_run_job, plan, step, max_requeues, parallel, running, extra_env,
+                                            advance, echo)] = step
+                if started:
+                    done, _ = wait(list(started), timeout=0.5, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        finished[started.pop(fut).job.name] = fut.result()
         except (KeyboardInterrupt, _Stopped):
-            for fut in pending:
-                fut.cancel()
             running.stop_all()
-            for fut in pending:
-                if not fut.cancelled():
-                    _save_task(plan, sub, futures[fut], fut.result())
+            for fut in started:
+                fut.result()  # each job thread returns once its tasks are stopped
             raise
-    return records
+    return all(finished.values())
+
+
+def _new_submission(plan: Plan, step: Step) -> tuple[Submission, str]:
+    job = step.job
+    with updating(plan.layout.state) as st:
+        lid = st.next_local_id()
+        num_id = str(900000 + len([s for s in st.submissions if s.local]) + 1)
+        sub = Submission(job=job.name, job_id=lid, submitted=now(),
+                         sha256=sha256_file(plan.layout.root / job.script),
+                         tasks=[t for t in step.tasks if t is not None] if job.array else None,
+                         command=["bash", job.script], local=True, runner_pid=os.getpid(),
+                         runner_host=socket.gethostname(),
+                         local_tasks={str(t if t is not None else 0): LocalTask() for t in step.tasks},
+                         units=task_units(job, step.tasks))
+        st.submissions.append(sub)
+    return sub, num_id
+
+
+def _cancel_step(plan: Plan, step: Step, advance) -> None:
+    """An upstream job failed: record this job's tasks as cancelled, as SLURM would."""
+    sub, _ = _new_submission(plan, step)
+    for task in step.tasks:
+        _save_task(plan, sub, task, LocalTask(state="CANCELLED", reason="DependencyNeverSatisfied", end=now()))
+        advance()
+
+
+def _run_job(plan: Plan, step: Step, max_requeues: int, parallel: int, running: _Running, extra_env: dict,
+             advance, echo) -> bool:
+    """Run one job's tasks (in a job thread), at most min(parallel, throttle) at a time; True when all completed."""
+    job = step.job
+    sub, num_id = _new_submission(plan, step)
+    width = min(parallel, job.throttle or parallel) if job.array else 1
+    ok = True
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"hpcffn-{job.name}") as pool:
+        futures = {pool.submit(_run_task, plan, job, sub, t, num_id, max_requeues, running, extra_env): t
+                   for t in step.tasks}
+        for fut in as_completed(futures):
+            task, rec = futures[fut], fut.result()
+            if rec is None:  # never started: the run was stopped first
+                ok = False
+                continue
+            _save_task(plan, sub, task, rec)
+            if rec.state != "COMPLETED":
+                ok = False
+                if not running.stopping:
+                    echo(f"{job.name}" + (f" task {task}" if task is not None else "")
+                         + f" {rec.state} (exit {rec.exit_code}); log: {rec.log}")
+            advance()
+    return ok

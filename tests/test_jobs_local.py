@@ -252,3 +252,38 @@ def test_parallel_never_exceeds_the_array_throttle(job_tmp):
 
 def test_parallel_must_be_positive(mini_plan):
     assert "--parallel 0" in _one_line_error(_cli("run", str(mini_plan.layout.root), "--parallel", "0"))
+
+
+def _patch_job(plan, name: str, body: str) -> None:
+    script = plan.layout.root / plan.job(name).script
+    text = script.read_text()
+    script.write_text(text.replace("sleep 0\n", body, 1))
+    assert script.read_text() != text
+
+
+def test_parallel_runs_independent_jobs_at_the_same_time(job_tmp):
+    from conftest import build_mini_plan
+
+    plan = build_mini_plan(job_tmp / "work")
+    # coordinates_g0 and coordinates_g1 depend only on partitions: each waits for the other.
+    wait_both = ('mkdir -p both; touch "both/$unit"\n'
+                 'for _ in $(seq 600); do [ "$(ls both | wc -l)" -ge 2 ] && break; sleep 0.1; done\n'
+                 '[ "$(ls both | wc -l)" -ge 2 ] || { echo "alone" >&2; exit 4; }\n')
+    for name in ("coordinates_g0", "coordinates_g1"):
+        _patch_job(plan, name, wait_both)
+    assert run_local(plan, stages=["partitions", "coordinates"], echo=lambda *_: None, progress=False, parallel=2)
+    rows = {r["job"]: r for r in collect(plan).rows}
+    assert rows["coordinates_g0"]["states"] == rows["coordinates_g1"]["states"] == {"COMPLETED": 1}
+
+
+def test_parallel_caps_the_tasks_of_all_jobs_together(job_tmp):
+    from conftest import build_mini_plan
+
+    plan = build_mini_plan(job_tmp / "work", throttle=None)
+    count = 'mkdir -p running; touch "running/$SLURM_JOB_NAME.$unit"; ls running | wc -l >> seen; sleep 1; rm "running/$SLURM_JOB_NAME.$unit"\n'
+    for name in ("coordinates_g0", "coordinates_g1", "train_g0", "train_g1"):
+        _patch_job(plan, name, count)
+    assert run_local(plan, stages=["partitions", "coordinates", "train"], echo=lambda *_: None, progress=False,
+                     parallel=2)
+    seen = [int(v) for v in (plan.layout.root / "seen").read_text().split()]
+    assert len(seen) == 4 and max(seen) <= 2
