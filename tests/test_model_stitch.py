@@ -163,8 +163,7 @@ def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):
     fake_inference(plan, labels)
     # Without joins every object crossing a tile border stays split: only the whole-volume
     # figures see that; per tile, each tile is perfect.
-    run_from_plan(plan.model_copy(update={"ffn": plan.ffn.model_copy(update={"stitch": StitchParams(min_overlap_voxels=10**9)})}),
-                  "v1", log=lambda s: None)
+    run_from_plan(plan, "v1", StitchParams(min_overlap_voxels=10**9), log=lambda s: None)
     report = evaluate(plan, log=lambda s: None)
     assert report["overall"]["adapted_rand_error"] == pytest.approx(0.0)
     split = report["stitched"]["v1"]

@@ -192,8 +192,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
                 raise HpcffnError("--plan reads the tiles from the plan: drop --segmentation/--output/--shape")
             p = _load_plan(plan)
             params = _params(StitchParams, p.ffn.stitch, overrides, "ffn.stitch")
-            stage.run_from_plan(p.model_copy(update={"ffn": p.ffn.model_copy(update={"stitch": params})}),
-                                str(p.task_unit("stitch", volume)))
+            stage.run_from_plan(p, str(p.task_unit("stitch", volume)), params)
             return
         if not segmentation or not output:
             raise HpcffnError("give --plan P --volume V, or standalone --segmentation a.h5:seg [--segmentation ...] --output out.h5:seg")
