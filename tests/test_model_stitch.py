@@ -176,3 +176,17 @@ def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):
     assert evaluate(plan, log=lambda s: None)["stitched"]["v1"]["adapted_rand_error"] == pytest.approx(0.0)
     assert evaluate_stitched(plan.layout.stitched("v1"), plan.volume("v1"))["objects"] == len(np.unique(labels)) - 1
     assert Contingency().metrics()["adapted_rand_error"] is None
+
+
+def test_plan_mode_cli_as_the_stitch_array_task_calls_it(planned):
+    plan, labels = planned
+    fake_inference(plan, labels)
+    proc = subprocess.run([*HPCFFN, "stage", "stitch", "--plan", str(plan.layout.plan), "--volume", "0",
+                           "--min-overlap-fraction", "0.9"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"segments in {plan.layout.stitched('v1')}:seg" in proc.stdout
+    with h5py.File(plan.layout.stitched("v1")) as f:
+        assert same_objects(f["seg"][...], labels)
+    bad = subprocess.run([*HPCFFN, "stage", "stitch", "--plan", str(plan.layout.plan), "--volume", "0",
+                          "--min-overlap-fraction", "2"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "ffn.stitch.min_overlap_fraction" in bad.stderr and "Traceback" not in bad.stderr
