@@ -190,8 +190,10 @@ def worker(kind: str, work: Path, args: dict) -> dict:
     raise ValueError(kind)
 
 
-def run_worker(kind: str, work: Path, args: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--workdir", str(work), "--args", json.dumps(args)],
+def run_worker(kind: str, work: Path, args: dict | None = None, script: str = __file__) -> dict:
+    """Run `script --worker KIND` in a fresh process (so its peak memory is its own); its last line is JSON."""
+    extra = ["--args", json.dumps(args)] if args is not None else []
+    proc = subprocess.run([sys.executable, script, "--worker", kind, "--workdir", str(work), *extra],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-3000:]}")

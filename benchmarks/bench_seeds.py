@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_data_stages import peak_mb
+from bench_data_stages import peak_mb, run_worker
 
 FOV = (33, 33, 33)
 
@@ -83,11 +81,7 @@ def main() -> None:
     np.save(work / "image.npy", image)
     res = {}
     for kind in ("ours", "baseline"):
-        proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--workdir", str(work)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-3000:]}")
-        res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        res[kind] = run_worker(kind, work, script=__file__)
     same = np.array_equal(np.load(work / "ours.npy"), np.load(work / "baseline.npy"))
     voxels = a.size ** 3
     print(f"peak seeds on {a.size}^3 ({voxels / 1e6:.1f} M voxels), FOV {FOV[0]}^3; same seeds: {same}")

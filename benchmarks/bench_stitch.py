@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_data_stages import cpu_seconds, make_volume, peak_mb
+from bench_data_stages import cpu_seconds, make_volume, peak_mb, run_worker
 
 
 def tile_boxes(n: int, overlap: int):
@@ -139,11 +137,7 @@ def main() -> None:
     make_tiles(work, n, a.overlap, objects)
     res = {}
     for kind in ("ours", "baseline"):
-        proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--workdir", str(work)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-3000:]}")
-        res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        res[kind] = run_worker(kind, work, script=__file__)
     volume_mb = n ** 3 * 8 / 2 ** 20
     print(f"stitch {n}^3 ({objects} touching tubes), 8 tiles, overlap {a.overlap}; the uint64 volume is {volume_mb:.0f} MB")
     for kind, r in res.items():
