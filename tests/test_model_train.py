@@ -86,6 +86,24 @@ def test_model_trained_here_segments_an_unseen_volume(trained):
     assert out.segments >= m["objects"] - 2
 
 
+def _usr1_when(cmd: list[str], needle: str, wait: float = 180) -> tuple[int, str]:
+    """Run `cmd`, send SIGUSR1 once its output shows `needle` (or after `wait` s); (exit code, output)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    lines = []
+    deadline = time.monotonic() + wait
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if needle in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGUSR1)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, "".join(lines) + rest
+
+
 def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path):
     import h5py
 
@@ -95,20 +113,9 @@ def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path
     cmd = [sys.executable, "-m", "hpcffn.cli", "stage", "infer", "--image", f"{trained}/test.h5:raw",
            "--checkpoint", str(trained / "t"), "--output", str(out), "--depth", "2", "--fov-size", "9,9,9",
            "--deltas", "2,2,2", "--min-segment-size", "100", "--checkpoint-minutes", "0.000001"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "state saved" in line:  # progress is saved after every seed: signal after the first
-                proc.send_signal(signal.SIGUSR1)
-                break
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = "".join(lines) + rest
-    assert proc.returncode == EXIT_REQUEUE, log
+    # Progress is saved after every seed: signal after the first.
+    returncode, log = _usr1_when(cmd, "state saved")
+    assert returncode == EXIT_REQUEUE, log
     state = tmp_path / "seg.h5.state"
     assert state.is_file() and not out.exists()
     with h5py.File(state, "r") as f:
@@ -132,22 +139,8 @@ def _cli_train(data, train_dir, max_steps):
 
 def test_sigusr1_checkpoints_and_a_second_run_continues(data, tmp_path):
     train_dir = tmp_path / "t"
-    proc = subprocess.Popen(_cli_train(data, train_dir, 100000), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
-    lines = []
-    deadline = time.monotonic() + 180
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "hpcffn train: step 50 " in line or time.monotonic() > deadline:
-                break
-        proc.send_signal(signal.SIGUSR1)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = "".join(lines) + rest
-    assert proc.returncode == EXIT_REQUEUE, log
+    returncode, log = _usr1_when(_cli_train(data, train_dir, 100000), "hpcffn train: step 50 ")
+    assert returncode == EXIT_REQUEUE, log
     assert "requeue to continue" in log
     step = int(tf.train.latest_checkpoint(str(train_dir)).rsplit("-", 1)[1])
     assert step >= 50
