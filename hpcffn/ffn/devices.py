@@ -26,26 +26,34 @@ def assigned_gpus() -> str | None:
     return None
 
 
+def gpu_report() -> tuple[list[str], str | None, str | None]:
+    """(GPUs TensorFlow sees, GPUs SLURM gave, the problem when it gave some and TensorFlow sees none)."""
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name)
+        except (ValueError, RuntimeError):
+            names.append(gpu.name)
+    given = assigned_gpus()
+    problem = None
+    if given and not names:
+        problem = (f"this job was given GPUs ({given}) but TensorFlow {tf.__version__} sees none, so it would run "
+                   "on the CPU: run the container with --nv (container.nv) and an image whose TensorFlow matches "
+                   "the node's CUDA driver")
+    return names, given, problem
+
+
 def environment_line(stage: str) -> str:
     """One log line: versions and the devices TensorFlow sees; raises when assigned GPUs are unseen."""
     import tensorflow as tf
 
     from hpcffn import __version__
 
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for gpu in gpus:
-        try:
-            names.append(tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name)
-        except (ValueError, RuntimeError):
-            names.append(gpu.name)
-    given = assigned_gpus()
-    if given and not gpus and os.environ.get("HPCFFN_ALLOW_CPU") != "1":
-        raise HpcffnError(
-            f"{stage}: this job was given GPUs ({given}) but TensorFlow {tf.__version__} sees none, so it would "
-            "run on the CPU: run the container with --nv (container.nv) and an image whose TensorFlow matches the "
-            "node's CUDA driver; set HPCFFN_ALLOW_CPU=1 to run on the CPU anyway"
-        )
+    names, _, problem = gpu_report()
+    if problem and os.environ.get("HPCFFN_ALLOW_CPU") != "1":
+        raise HpcffnError(f"{stage}: {problem}; set HPCFFN_ALLOW_CPU=1 to run on the CPU anyway")
     devices = ", ".join(names) if names else f"CPU only ({os.cpu_count()} cores)"
     return (f"hpcffn {stage}: hpcffn {__version__}, Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, devices: {devices}")

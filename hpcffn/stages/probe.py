@@ -58,15 +58,11 @@ def _versions(stage: str, problems: list[str]) -> dict:
 
 
 def _gpus(problems: list[str]) -> dict:
-    import tensorflow as tf
+    from hpcffn.ffn.devices import gpu_report
 
-    from hpcffn.ffn.devices import assigned_gpus
-
-    seen = [d.name for d in tf.config.list_physical_devices("GPU")]
-    given = assigned_gpus()
-    if given and not seen:
-        problems.append(f"SLURM gave GPUs ({given}) but TensorFlow {tf.__version__} sees none: "
-                        "run the container with --nv (container.nv) and a TensorFlow that matches the node's CUDA")
+    seen, given, problem = gpu_report()
+    if problem:
+        problems.append(problem)
     return {"assigned": given, "seen": seen}
 
 
