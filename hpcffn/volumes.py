@@ -111,5 +111,9 @@ def segmentation_box(loc: Location) -> tuple[tuple[int, int, int], tuple[int, in
     with open_dataset(loc) as ds:
         if ds.ndim != 3:
             raise HpcffnError(f"{loc}: dataset has {ds.ndim} dimensions, expected a 3-D (z,y,x) segmentation")
-        offset = ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0)))
-        return tuple(int(v) for v in offset), tuple(int(s) for s in ds.shape)  # type: ignore[return-value]
+        return dataset_offset(ds), tuple(int(s) for s in ds.shape)  # type: ignore[return-value]
+
+
+def dataset_offset(ds) -> tuple[int, int, int]:
+    """An open dataset's `offset` attribute, or its file's, or (0,0,0)."""
+    return tuple(int(v) for v in ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0))))  # type: ignore[return-value]

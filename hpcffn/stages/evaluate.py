@@ -18,7 +18,13 @@ import numpy as np
 from hpcffn.errors import HpcffnError
 from hpcffn.labeling import pair_counts
 from hpcffn.plan_model import Plan
-from hpcffn.volumes import Location, open_dataset, parse_location, read_box
+from hpcffn.volumes import (
+    Location,
+    dataset_offset,
+    open_dataset,
+    parse_location,
+    read_box,
+)
 
 METRICS = ("adapted_rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
 
@@ -116,7 +122,7 @@ def read_segmentation(loc_text: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     loc = parse_location(loc_text, "seg")
     with open_dataset(loc) as ds:
         data = ds[...]
-        offset = tuple(int(v) for v in ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0))))
+        offset = dataset_offset(ds)
     return data, offset  # type: ignore[return-value]
 
 
