@@ -61,19 +61,13 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
         polarity = vol.polarity or ("labels" if gt is not None and gt.kind == "hdf5" else "white")
         shape = _shape(raw, vol.shape, spec_path, f"{where}.raw", warnings)
         if gt is not None:
-            gt_shape = _shape(gt, vol.shape, spec_path, f"{where}.groundtruth", warnings)
-            if gt_shape != shape:
-                raise _fail(spec_path, f"{where}.groundtruth", f"shape {gt_shape} differs from the raw shape {shape}; "
-                            "groundtruth must cover the same voxels as raw")
+            _same_shape(gt, vol.shape, shape, spec_path, f"{where}.groundtruth", "groundtruth", warnings)
         mask = _source(vol.mask, "mask", base, spec_path, f"{where}.mask") if vol.mask else None
         if mask is not None:
             if mask.kind != "hdf5":
                 raise _fail(spec_path, f"{where}.mask", "must be HDF5 (path.h5:dataset); turn TIF slices into one "
                             "with `hpcffn convert --raw MASK_TIFS --output mask.h5` and give mask.h5:raw")
-            mask_shape = _shape(mask, vol.shape, spec_path, f"{where}.mask", warnings)
-            if mask_shape != shape:
-                raise _fail(spec_path, f"{where}.mask", f"shape {mask_shape} differs from the raw shape {shape}; "
-                            "the mask must cover the same voxels as raw")
+            _same_shape(mask, vol.shape, shape, spec_path, f"{where}.mask", "the mask", warnings)
         converted = str(layout.converted_volume(vol.name))
         raw_loc = raw.location if raw.kind == "hdf5" else f"{converted}:raw"
         gt_loc = None
@@ -104,6 +98,14 @@ def _source(text: str, default_dataset: str, base: Path, spec_path: Path, where:
         return classify(text, default_dataset, base)
     except (ValueError, HpcffnError) as exc:
         raise _fail(spec_path, where, f"{exc}; fix the path") from None
+
+
+def _same_shape(src: Source, declared, raw_shape, spec_path: Path, where: str, what: str, warnings: list[str]) -> None:
+    """An input beside raw (groundtruth, mask) must cover the same voxels."""
+    got = _shape(src, declared, spec_path, where, warnings)
+    if got != raw_shape:
+        raise _fail(spec_path, where, f"shape {got} differs from the raw shape {raw_shape}; "
+                    f"{what} must cover the same voxels as raw")
 
 
 def _shape(src: Source, declared, spec_path: Path, where: str, warnings: list[str]) -> tuple[int, int, int]:

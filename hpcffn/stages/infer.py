@@ -74,8 +74,9 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     blocked = None
     if mask is not None:
         mask_loc = parse_location(mask, "mask")
-        if dataset_shape(mask_loc) != shape:
-            raise HpcffnError(f"mask {mask_loc} has shape {dataset_shape(mask_loc)}, the image {loc} {shape}: "
+        mask_shape = dataset_shape(mask_loc)
+        if mask_shape != shape:
+            raise HpcffnError(f"mask {mask_loc} has shape {mask_shape}, the image {loc} {shape}: "
                               "give the mask of this volume")
         blocked = read_box(mask_loc, start, size) != 0
     fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
