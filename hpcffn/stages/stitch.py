@@ -124,10 +124,13 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     bases, used, top = [], [], 0
     for t in tiles:
         biggest, own = 0, []
-        for _, block in _slabs(t, t.start, t.size):
+        rel = [c - s for c, s in zip(t.core_start, t.start)]  # the core inside the tile, one read for both
+        for z, block in _slabs(t, t.start, t.size):
             biggest = max(biggest, int(block.max()) if block.size else 0)
-        for _, block in _slabs(t, t.core_start, t.core_size):
-            own.append(np.unique(block[block > 0]))
+            z0, z1 = max(rel[0] - z, 0), min(rel[0] + t.core_size[0] - z, len(block))
+            if z0 < z1:
+                core = block[z0:z1, rel[1]:rel[1] + t.core_size[1], rel[2]:rel[2] + t.core_size[2]]
+                own.append(np.unique(core[core > 0]))
         bases.append(top)
         used.append(np.unique(np.concatenate(own)).astype(np.uint64) + np.uint64(top) if own else np.zeros(0, np.uint64))
         top += biggest
