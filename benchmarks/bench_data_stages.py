@@ -169,7 +169,7 @@ def worker(kind: str, work: Path, args: dict) -> dict:
                 "voxels": int(seg.size), "peak_mb": peak_mb()}
     if kind == "coord_ours":
         from hpcffn.stages.coordinates import PartitionVolume, build_coordinates
-        from hpcffn.volumes import Location
+        from hpcffn.io.volumes import Location
 
         t, c = time.perf_counter(), cpu_seconds()
         s = build_coordinates([PartitionVolume("vol", Location(work / "af.h5", "af"))], work / "ours.tfrecord.gz",

@@ -53,9 +53,9 @@ def time_cli(spec: Path, repeat: int) -> float:
 
 def time_per_tile_scripts(spec: Path, out: Path, repeat: int) -> tuple[float, int]:
     """Baseline: render + write one infer script per tile (what array jobs avoid)."""
-    from hpcffn.atomic import atomic_write_text
-    from hpcffn.plan_model import JobPlan
-    from hpcffn.planner import make_plan
+    from hpcffn.core.atomic import atomic_write_text
+    from hpcffn.core.plan_model import JobPlan
+    from hpcffn.plan.planner import make_plan
 
     planned = make_plan(spec)
     tiles = planned.plan.tiles

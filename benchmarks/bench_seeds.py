@@ -52,7 +52,7 @@ def worker(kind: str, work: Path) -> dict:
     import skimage.feature  # noqa: F401
 
     from hpcffn.ffn.inference import peak_seeds
-    from hpcffn.ffn_params import InferenceParams
+    from hpcffn.core.params import InferenceParams
 
     image = np.load(work / "image.npy")
     before = peak_mb()

@@ -106,7 +106,7 @@ def worker(kind: str, work: Path) -> dict:
     out = work / f"{kind}.h5"
     t, c = time.perf_counter(), cpu_seconds()
     if kind == "ours":
-        from hpcffn.ffn_params import StitchParams
+        from hpcffn.core.params import StitchParams
         from hpcffn.stages.stitch import stitch_files
 
         stitch_files([str(p) for p in paths], str(out), StitchParams(), log=lambda s: None)

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from hpcffn import __version__
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 app = typer.Typer(
     name="hpcffn",

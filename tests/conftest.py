@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcffn.ffn_params import FFNParams
-from hpcffn.plan_model import (
+from hpcffn.core.params import FFNParams
+from hpcffn.core.plan_model import (
     Box,
     Dependency,
     GroupPlan,
@@ -197,7 +197,7 @@ def mini_plan(job_tmp) -> Plan:
 
 def wait_finished(plan: Plan, timeout: float = 180.0, poll: float = 1.0):
     """Poll `status` until nothing of the plan is pending or running; return the last report."""
-    from hpcffn.status import collect
+    from hpcffn.jobs.status import collect
 
     deadline = time.monotonic() + timeout
     while True:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from hpcffn.errors import HpcffnError
-from hpcffn.labeling import foreground, label_volume
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.labeling import foreground, label_volume
 from hpcffn.stages.convert import convert
-from hpcffn.tif import TifStack, open_volume
+from hpcffn.io.tif import TifStack, open_volume
 
 
 def same_partition(a, b):

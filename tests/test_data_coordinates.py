@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.stages.coordinates import build_coordinates, parse_input
-from hpcffn.tfrecord import crc32c, masked_crc
+from hpcffn.io.tfrecord import crc32c, masked_crc
 
 
 def _varint(buf, i):
@@ -164,7 +164,7 @@ def test_errors(tmp_path):
 @pytest.mark.tf
 def test_ffn_schema_round_trip_with_tensorflow(tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from hpcffn.tfrecord import serialize_example
+    from hpcffn.io.tfrecord import serialize_example
 
     for center, name in [((0, 1, 2), b"v"), ((127, 128, 300000), b"n" * 300), ((2**34, 5, 16384), b"")]:
         ref = tf.train.Example(features=tf.train.Features(feature={
@@ -196,7 +196,7 @@ def test_ffn_schema_round_trip_with_tensorflow(tmp_path):
 
 def test_bulk_writer_round_trip_mixed_lengths(tmp_path):
     """Every varint length (1..5 bytes) and name length mixed in one batch, read back independently."""
-    from hpcffn.tfrecord import GzipRecordWriter
+    from hpcffn.io.tfrecord import GzipRecordWriter
 
     rng = np.random.default_rng(0)
     n = 3000

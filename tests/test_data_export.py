@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from hpcffn.errors import HpcffnError
-from hpcffn.export import export_tif
-from hpcffn.tif import open_volume
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.export import export_tif
+from hpcffn.io.tif import open_volume
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 

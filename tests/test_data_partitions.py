@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.stages.partitions import compute_partitions, partitions_standalone
 
 THRESHOLDS = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

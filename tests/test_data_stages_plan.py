@@ -8,9 +8,9 @@ import pytest
 import tifffile
 from test_data_coordinates import read_records
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import CoordinateParams, FFNParams, PartitionParams
-from hpcffn.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import CoordinateParams, FFNParams, PartitionParams
+from hpcffn.core.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
 from hpcffn.stages import convert, coordinates, partitions
 from hpcffn.stages.partitions import compute_partitions
 
@@ -148,7 +148,7 @@ def test_cli_errors_are_one_line(tmp_path, args, words):
 
 def test_array_index_is_position_in_job_units(tmp_path):
     """Task i of the partitions array is units[i] (tiles with a group), not plan.tiles[i]."""
-    from hpcffn.plan_model import JobPlan
+    from hpcffn.core.plan_model import JobPlan
 
     plan, _, _ = make_plan(tmp_path)
     extra = TilePlan(name="w_z0_y0_x0", volume="v", index=(0, 0, 0), box=Box(start=(0, 0, 0), size=(1, 1, 1)),

@@ -10,8 +10,8 @@ import sys
 import pytest
 from plan_helpers import write_spec
 
-from hpcffn.planner import make_plan
-from hpcffn.render import write_workdir
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import wait_finished
 
-from hpcffn import slurm as slurm_mod
-from hpcffn.plan_model import load_plan
+from hpcffn.jobs import slurm as slurm_mod
+from hpcffn.core.plan_model import load_plan
 from hpcffn.stages.markers import mark_done
-from hpcffn.status import collect
-from hpcffn.submit import submit
+from hpcffn.jobs.status import collect
+from hpcffn.jobs.submit import submit
 
 pytestmark = pytest.mark.slurm
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from hpcffn.local_runner import run_local
-from hpcffn.state import load_state
-from hpcffn.status import collect
+from hpcffn.jobs.local_runner import run_local
+from hpcffn.jobs.state import load_state
+from hpcffn.jobs.status import collect
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 
@@ -120,7 +120,7 @@ def test_script_edited_into_invalid_bash(mini_plan):
 
 
 def test_watch_backs_off_while_nothing_changes(mini_plan, monkeypatch):
-    import hpcffn.status as status_mod
+    import hpcffn.jobs.status as status_mod
 
     alive = {"job": "a", "stage": "train", "group": "g0", "tasks": 1, "counts": {"alive": 1},
              "states": {"RUNNING": 1}, "job_ids": ["1"], "outputs": 0, "detail": []}
@@ -168,7 +168,7 @@ def test_cancel_stops_a_local_run(job_tmp, parallel):
 
 
 def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
-    from hpcffn.status import checkpoint_step, render_table
+    from hpcffn.jobs.status import checkpoint_step, render_table
 
     max_steps = mini_plan.ffn.training.max_steps
     train_dir = mini_plan.layout.train_dir("g0")
@@ -203,7 +203,7 @@ def test_status_shows_how_far_unfinished_inference_got(mini_plan):
 
     from hpcffn.ffn.inference import save_state
     from hpcffn.stages.infer import state_path
-    from hpcffn.status import render_table
+    from hpcffn.jobs.status import render_table
 
     tile = mini_plan.tiles[1].name
     out = mini_plan.layout.segmentation(tile)

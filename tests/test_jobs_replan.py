@@ -2,10 +2,10 @@
 
 import pytest
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.state import State, Submission, save_state
-from hpcffn.submit import check_replan
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.jobs.state import State, Submission, save_state
+from hpcffn.jobs.submit import check_replan
 
 
 def _state(plan):

@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import build_mini_plan, wait_finished
 
-from hpcffn.state import load_state
-from hpcffn.status import collect
-from hpcffn.submit import submit
+from hpcffn.jobs.state import load_state
+from hpcffn.jobs.status import collect
+from hpcffn.jobs.submit import submit
 
 pytestmark = pytest.mark.slurm
 
@@ -139,7 +139,7 @@ def test_script_changed_under_a_pending_job_is_refused(slurm, job_tmp):
 
 def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, job_tmp):
     """Each source status reads, alone, gives the same states (sacct when accounting answers)."""
-    from hpcffn import slurm as slurm_mod
+    from hpcffn.jobs import slurm as slurm_mod
 
     plan = build_mini_plan(job_tmp / "work")
     (plan.layout.root / "fail").mkdir()

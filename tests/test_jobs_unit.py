@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.state import State, Submission, load_state, locked, save_state
-from hpcffn.status import collect
-from hpcffn.submit import (
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.jobs.state import State, Submission, load_state, locked, save_state
+from hpcffn.jobs.status import collect
+from hpcffn.jobs.submit import (
     check_scripts,
     dependency_string,
     dry_run_script,
@@ -115,7 +115,7 @@ def _submitted_all(plan, state):
 
 
 def test_fresh_plan_submits_everything_in_dependency_order(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     order = [j.name for j in topo_order(mini_plan)]
     assert order.index("partitions") < order.index("coordinates_g1") < order.index("train_g1") < order.index("infer")
@@ -128,7 +128,7 @@ def test_fresh_plan_submits_everything_in_dependency_order(mini_plan):
 
 
 def test_second_submit_submits_nothing_and_resume_only_the_failed_chain(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     state = State()
     _submitted_all(mini_plan, state)
@@ -149,7 +149,7 @@ def test_second_submit_submits_nothing_and_resume_only_the_failed_chain(mini_pla
 
 
 def test_resume_chains_on_alive_upstream_tasks(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     state = State()
     _submitted_all(mini_plan, state)
@@ -163,7 +163,7 @@ def test_resume_chains_on_alive_upstream_tasks(mini_plan):
 
 
 def test_resume_resubmits_work_still_pending_on_a_failed_upstream_task(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     state = State()
     ids = _submitted_all(mini_plan, state)
@@ -192,7 +192,7 @@ def test_resume_resubmits_work_still_pending_on_a_failed_upstream_task(mini_plan
 
 
 def test_filtered_submit_refuses_when_upstream_failed(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     state = State()
     _submitted_all(mini_plan, state)
@@ -205,7 +205,7 @@ def test_filtered_submit_refuses_when_upstream_failed(mini_plan):
 
 
 def test_group_filter_selects_group_jobs_and_tasks(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     views = observe(mini_plan, State(), query=lambda ids: {})
     steps = plan_steps(mini_plan, views, resume=False, groups=["g1"], stages=["partitions", "coordinates"])
@@ -213,7 +213,7 @@ def test_group_filter_selects_group_jobs_and_tasks(mini_plan):
 
 
 def test_lost_jobs_count_as_done_only_with_a_marker(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     state = State()
     _submitted_all(mini_plan, state)
@@ -226,7 +226,7 @@ def test_lost_jobs_count_as_done_only_with_a_marker(mini_plan):
 
 
 def test_invalid_bash_and_changed_alive_script_are_refused(mini_plan):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     views = observe(mini_plan, State(), query=lambda ids: {})
     steps = plan_steps(mini_plan, views, resume=False)
@@ -247,7 +247,7 @@ def test_invalid_bash_and_changed_alive_script_are_refused(mini_plan):
 def test_dry_run_script_is_valid_bash_and_quotes_paths(mini_plan, tmp_path):
     import subprocess
 
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     steps = plan_steps(mini_plan, observe(mini_plan, State(), query=lambda ids: {}), resume=False)
     text = dry_run_script(mini_plan, steps)
@@ -259,7 +259,7 @@ def test_dry_run_script_is_valid_bash_and_quotes_paths(mini_plan, tmp_path):
 
 # ------------------------------------------------------------------------------- state.py
 def test_state_roundtrip_lock_and_bad_file(tmp_path):
-    from hpcffn.state import State
+    from hpcffn.jobs.state import State
 
     path = tmp_path / "state.json"
     st = State(submissions=[_sub("a", "1", [0, 2])])
@@ -339,7 +339,7 @@ def test_query_forgotten_job_is_an_answer(monkeypatch):
 
 
 def _local_sub(job, pid, host=None):
-    from hpcffn.state import LocalTask
+    from hpcffn.jobs.state import LocalTask
 
     return Submission(job=job, job_id="L1", submitted="t", sha256="x", local=True, runner_pid=pid, runner_host=host,
                       local_tasks={"0": LocalTask(state="RUNNING")})
@@ -348,7 +348,7 @@ def _local_sub(job, pid, host=None):
 def test_reused_runner_pid_is_not_a_live_local_run_and_is_never_signalled(mini_plan):
     import subprocess
 
-    from hpcffn.jobs_admin import cancel
+    from hpcffn.jobs.admin import cancel
 
     # The runner died and its pid now belongs to an unrelated process: not alive, never killed.
     other = subprocess.Popen(["sleep", "60"])
@@ -371,7 +371,7 @@ def test_reused_runner_pid_is_not_a_live_local_run_and_is_never_signalled(mini_p
 
 
 def test_a_replan_that_moves_units_to_other_indices_does_not_reuse_old_runs(mini_plan):
-    from hpcffn.submit import task_units
+    from hpcffn.jobs.submit import task_units
 
     job = mini_plan.job("partitions")
     sub = _sub("partitions", "10", [0, 1, 2])

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hpcffn.commands.model_stages import _bbox, _triple
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 
 def _run(*args):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.stages.evaluate import compare, evaluate_files, format_table, weighted_mean
 
 pytest.importorskip("skimage")

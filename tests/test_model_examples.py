@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.examples import (
     PatchReader,
@@ -13,8 +13,8 @@ from hpcffn.ffn.examples import (
     parse_volume_arg,
     soft_labels,
 )
-from hpcffn.ffn_params import ModelParams
-from hpcffn.volumes import parse_location
+from hpcffn.core.params import ModelParams
+from hpcffn.io.volumes import parse_location
 
 MP = ModelParams(depth=2, fov_size=(5, 5, 5), deltas=(1, 1, 1), image_mean=100.0, image_stddev=10.0)
 

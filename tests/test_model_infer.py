@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.inference import Canvas, load_state, peak_seeds, segment_volume
-from hpcffn.ffn_params import InferenceParams, ModelParams
+from hpcffn.core.params import InferenceParams, ModelParams
 
 pytest.importorskip("skimage")
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn import synthetic
-from hpcffn.ffn_params import StitchParams
-from hpcffn.planner import make_plan
-from hpcffn.render import write_workdir
+from hpcffn.core.params import StitchParams
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
 from hpcffn.stages.infer import write_segmentation
 from hpcffn.stages.stitch import agreeing_pairs, grid_cores, run_from_plan
 

@@ -22,9 +22,9 @@ tf = pytest.importorskip("tensorflow")
 
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.examples import TrainingVolume
-from hpcffn.ffn_params import FFNParams, InferenceParams, ModelParams, TrainingParams
-from hpcffn.layout import EXIT_REQUEUE
-from hpcffn.volumes import parse_location
+from hpcffn.core.params import FFNParams, InferenceParams, ModelParams, TrainingParams
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.io.volumes import parse_location
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -174,7 +174,7 @@ def test_deterministic_runs_give_the_same_weights(data, tmp_path):
 
 
 def test_plan_mode_train_infer_evaluate(tmp_path):
-    from hpcffn.plan_model import (
+    from hpcffn.core.plan_model import (
         Box,
         GroupPlan,
         Plan,
@@ -242,8 +242,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.examples import PatchReader, TrainingVolume, make_dataset
 from hpcffn.ffn.training import Trainer
-from hpcffn.ffn_params import ModelParams, TrainingParams
-from hpcffn.volumes import parse_location
+from hpcffn.core.params import ModelParams, TrainingParams
+from hpcffn.io.volumes import parse_location
 d = Path(sys.argv[1])
 raw, lab = synthetic.balls_volume((32, 32, 32), seed=1)
 synthetic.write_volume(d / "v.h5", raw, lab)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.spec import load_spec
+from hpcffn.plan.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_examples_plan(tmp_path):
     spec.write_text("\n".join(lines) + "\n")
     proc = hpcffn("plan", spec)
     assert proc.returncode == 0, proc.stderr
-    from hpcffn.plan_model import load_plan
+    from hpcffn.core.plan_model import load_plan
 
     plan = load_plan(tmp_path / "ibex")
     assert len(plan.tiles) == 192 and [len(g.tiles) for g in plan.groups] == [32] * 6
@@ -107,7 +107,7 @@ def test_tiny_example_plans_from_its_data(tmp_path):
                    check=True, capture_output=True)
     proc = hpcffn("plan", tmp_path / "tiny.yaml")
     assert proc.returncode == 0, proc.stderr
-    from hpcffn.plan_model import load_plan
+    from hpcffn.core.plan_model import load_plan
 
     plan = load_plan(tmp_path / "work")
     assert plan.volumes[0].shape == (64, 128, 128) and plan.volumes[0].needs_convert

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.container import argv, bind_list, shell_array
-from hpcffn.errors import HpcffnError
-from hpcffn.planner import make_plan
-from hpcffn.render import write_workdir
-from hpcffn.spec import ContainerSpec
+from hpcffn.plan.container import argv, bind_list, shell_array
+from hpcffn.core.errors import HpcffnError
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
+from hpcffn.plan.spec import ContainerSpec
 
 
 def test_auto_binds_skip_what_a_same_path_bind_covers():

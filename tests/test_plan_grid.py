@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcffn.grid import axis_spans, deal_groups, grow, tile_volume
+from hpcffn.plan.grid import axis_spans, deal_groups, grow, tile_volume
 
 
 @pytest.mark.parametrize("length,size,min_edge,expected", [

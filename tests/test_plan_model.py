@@ -5,9 +5,9 @@ import json
 import pytest
 
 from hpcffn import PLAN_FORMAT
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import FFNParams
-from hpcffn.plan_model import (
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import FFNParams
+from hpcffn.core.plan_model import (
     Box,
     JobPlan,
     Plan,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import load_plan
-from hpcffn.planner import make_plan
-from hpcffn.render import sha256, write_workdir
-from hpcffn.resources import templates_dir
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import load_plan
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import sha256, write_workdir
+from hpcffn.plan.resources import templates_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -253,7 +253,7 @@ def test_injection_in_fields_is_rejected(tmp_path, field, value):
 
 
 def test_replan_of_another_experiment_refused(tmp_path):
-    from hpcffn.planner import check_workdir_owner
+    from hpcffn.plan.planner import check_workdir_owner
 
     spec_path = write_spec(tmp_path)
     do_plan(spec_path)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from plan_helpers import write_spec
 
-from hpcffn.planner import make_plan
-from hpcffn.render import write_workdir
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
 
 FAKE_HPCFFN = """#!/bin/bash
 echo "$@" > "$FAKE_DIR/args"

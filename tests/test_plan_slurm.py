@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.planner import make_plan
-from hpcffn.render import write_workdir
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
 
 
 @pytest.mark.slurm

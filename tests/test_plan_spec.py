@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from plan_helpers import SHAPE, spec_dict, write_h5, write_spec, write_tif_dir
 
-from hpcffn.errors import HpcffnError
-from hpcffn.planner import make_plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.plan.planner import make_plan
 
 
 def plan_error(tmp_path, spec, data=True) -> str:
@@ -223,7 +223,7 @@ def test_tif_shapes_from_headers(tmp_path):
     import numpy as np
     import tifffile
 
-    from hpcffn.sources import Source, read_shape, tif_slices
+    from hpcffn.io.sources import Source, read_shape, tif_slices
 
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((7, 20, 30), np.uint8))
     tifffile.imwrite(tmp_path / "hyper.tif", np.zeros((7, 20, 30), np.uint16), imagej=True)

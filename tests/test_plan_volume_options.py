@@ -8,7 +8,7 @@ import tifffile
 import yaml
 from plan_helpers import spec_dict
 
-from hpcffn.plan_model import load_plan
+from hpcffn.core.plan_model import load_plan
 from hpcffn.stages import convert
 
 SHAPE = (70, 70, 70)
@@ -120,7 +120,7 @@ def test_volume_mask_must_be_hdf5_of_the_same_shape(tmp_path):
 def test_the_mask_folder_is_bound_into_the_container(tmp_path):
     from plan_helpers import write_h5, write_spec
 
-    from hpcffn.planner import make_plan
+    from hpcffn.plan.planner import make_plan
 
     write_h5(tmp_path / "elsewhere" / "m.h5", datasets=("mask",))
     spec = spec_dict(container={"runtime": "apptainer", "image": "/images/hpcffn.sif"})

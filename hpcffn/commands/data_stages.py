@@ -15,8 +15,8 @@ from hpcffn.commands.options import float_list as _floats
 from hpcffn.commands.options import int_list as _ints
 from hpcffn.commands.options import refuse_existing
 from hpcffn.commands.options import with_overrides as _params
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import load_plan as _load_plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import load_plan as _load_plan
 
 
 def _id_list(text: str | None) -> tuple[int, ...] | None:
@@ -102,7 +102,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     ) -> None:
         """HDF5 volume -> TIF (for Fiji): a segmentation, raw, stack or af, as slices or one stack."""
-        from hpcffn.export import export_tif
+        from hpcffn.io.export import export_tif
 
         info = export_tif(source, output, overwrite=overwrite)
         typer.echo(f"export -> {info['output']}: {info['slices']} slices {info['shape'][1]}x{info['shape'][2]}, "
@@ -124,7 +124,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 1: FFN partition map (compute_partitions) of a tile or an HDF5 volume."""
-        from hpcffn.ffn_params import PartitionParams
+        from hpcffn.core.params import PartitionParams
         from hpcffn.stages import partitions as stage
 
         overrides = {"thresholds": _floats(thresholds, "--thresholds"),
@@ -144,7 +144,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         if not input or not output:
             raise HpcffnError("give --input gt.h5:stack and --output af.h5:af (or --plan plan.json --tile T)")
         params = _params(PartitionParams, None, overrides, "partitions")
-        from hpcffn.volumes import parse_location
+        from hpcffn.io.volumes import parse_location
 
         refuse_existing(parse_location(output, "af").path, overwrite)
         counts = stage.partitions_standalone(
@@ -166,7 +166,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 2: class-balanced training coordinates (build_coordinates) -> GZIP TFRecord."""
-        from hpcffn.ffn_params import CoordinateParams
+        from hpcffn.core.params import CoordinateParams
         from hpcffn.stages import coordinates as stage
 
         overrides = {"margin": _ints(margin, "--margin"), "max_records": max_records, "seed": seed}

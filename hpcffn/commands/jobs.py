@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 PLAN_DIR = typer.Argument(None, help="The experiment's workdir (holding plan.json); default: the current directory.")
 SPEC = typer.Option(None, "--spec", help="Find the workdir from this experiment spec instead of PLAN_DIR.")
@@ -20,12 +20,12 @@ GROUP = typer.Option(None, "--group", help="Only this group's jobs and tasks (re
 
 def find_plan(plan_dir: Path | None, spec: Path | None):
     """Load plan.json from PLAN_DIR, the workdir of --spec, or the current directory."""
-    from hpcffn.plan_model import load_plan
+    from hpcffn.core.plan_model import load_plan
 
     if plan_dir is not None and spec is not None:
         raise HpcffnError("give either PLAN_DIR or --spec, not both")
     if spec is not None:
-        from hpcffn.spec import load_spec
+        from hpcffn.plan.spec import load_spec
 
         workdir = Path(load_spec(spec).workdir).expanduser()
         if not workdir.is_absolute():
@@ -55,7 +55,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
                 raise HpcffnError("--dry-run prints sbatch calls; it does not combine with --local")
             _run_local(plan, resume, stage, group)
             return
-        from hpcffn.submit import submit as do_submit
+        from hpcffn.jobs.submit import submit as do_submit
 
         do_submit(plan, resume=resume, stages=stage or None, groups=group or None, dry_run=dry_run, echo=typer.echo)
 
@@ -73,7 +73,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         _run_local(find_plan(plan_dir, spec), resume, stage, group, progress, parallel)
 
     def _run_local(plan, resume, stage, group, progress=True, parallel=1):
-        from hpcffn.local_runner import run_local
+        from hpcffn.jobs.local_runner import run_local
 
         if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo,
                          progress=progress, parallel=parallel):
@@ -95,7 +95,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from hpcffn.preflight import render_rows, run_checks
+        from hpcffn.jobs.check import render_rows, run_checks
 
         if collect and local:
             raise HpcffnError("--collect reads earlier reports; it does not combine with --local")
@@ -118,7 +118,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         interval: float = typer.Option(10.0, "--interval", min=1.0, help="Seconds between refreshes with --watch (backs off while idle)."),
     ) -> None:
         """Show every job (stage x group) with its SLURM states, task counts and outputs."""
-        from hpcffn.status import show
+        from hpcffn.jobs.status import show
 
         show(find_plan(plan_dir, spec), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
 
@@ -130,7 +130,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         group: list[str] = GROUP,
     ) -> None:
         """Cancel the experiment's pending and running jobs (all, or by stage/group)."""
-        from hpcffn.jobs_admin import cancel as do_cancel
+        from hpcffn.jobs.admin import cancel as do_cancel
 
         do_cancel(find_plan(plan_dir, spec), stages=stage or None, groups=group or None, echo=typer.echo)
 
@@ -143,7 +143,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
     ) -> None:
         """Print the log of a stage's job (the newest run of the given group/tile)."""
-        from hpcffn.jobs_admin import log_paths
+        from hpcffn.jobs.admin import log_paths
 
         paths = log_paths(find_plan(plan_dir, spec), stage_name, which)
         for p in paths:

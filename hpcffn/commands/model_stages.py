@@ -13,8 +13,8 @@ import typer
 
 from hpcffn.commands.options import int_list, refuse_existing
 from hpcffn.commands.options import with_overrides as _params
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import load_plan as _load_plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import load_plan as _load_plan
 
 
 def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
@@ -89,7 +89,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Reproducible runs (TF op determinism).", rich_help_panel=_TRAIN)] = None,
     ) -> None:
         """Stage 3: train an FFN model (exit 0 at max_steps; 75 after a checkpoint on SIGUSR1/SIGTERM)."""
-        from hpcffn.ffn_params import ModelParams, TrainingParams
+        from hpcffn.core.params import ModelParams, TrainingParams
 
         mo = _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev)
         to = {"batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer, "momentum": momentum,
@@ -142,7 +142,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         xla: Annotated[bool, typer.Option("--xla", help="Compile the model with XLA.", rich_help_panel=_INFER)] = False,
     ) -> None:
         """Stage 4: flood-filling segmentation (exit 0 done; 75 after saving progress on SIGUSR1/SIGTERM)."""
-        from hpcffn.ffn_params import InferenceParams, ModelParams
+        from hpcffn.core.params import InferenceParams, ModelParams
 
         mo = _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev)
         io = {"move_threshold": move_threshold, "segment_threshold": segment_threshold,
@@ -181,7 +181,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
-        from hpcffn.ffn_params import StitchParams
+        from hpcffn.core.params import StitchParams
         from hpcffn.stages import stitch as stage
 
         overrides = {"min_overlap_voxels": min_overlap_voxels, "min_overlap_fraction": min_overlap_fraction}
@@ -196,7 +196,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             return
         if not segmentation or not output:
             raise HpcffnError("give --plan P --volume V, or standalone --segmentation a.h5:seg [--segmentation ...] --output out.h5:seg")
-        from hpcffn.volumes import parse_location
+        from hpcffn.io.volumes import parse_location
 
         refuse_existing(parse_location(output, "seg").path, overwrite)
         size = int_list(shape, "--shape", 3, "500") if shape else None

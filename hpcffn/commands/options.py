@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 
 def int_list(text: str | None, flag: str, n: int = 3, example: str = "24") -> tuple[int, ...] | None:

@@ -22,9 +22,9 @@ def plan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be written; write nothing.")] = False,
 ) -> None:
     """Tile the volumes, deal GPU groups and render every batch script into the workdir."""
-    from hpcffn.planner import check_workdir_owner, make_plan
-    from hpcffn.render import write_workdir
-    from hpcffn.summary import print_plan_summary
+    from hpcffn.plan.planner import check_workdir_owner, make_plan
+    from hpcffn.plan.render import write_workdir
+    from hpcffn.plan.summary import print_plan_summary
 
     planned = make_plan(spec, templates)
     check_workdir_owner(planned, force)
@@ -36,9 +36,9 @@ def plan(
 
 def _check_queued_jobs(new_plan) -> None:
     """A re-plan must not change the tiles of tasks still in the queue (see submit.check_replan)."""
-    from hpcffn.errors import HpcffnError
-    from hpcffn.plan_model import load_plan
-    from hpcffn.submit import check_replan
+    from hpcffn.core.errors import HpcffnError
+    from hpcffn.core.plan_model import load_plan
+    from hpcffn.jobs.submit import check_replan
 
     try:
         old = load_plan(new_plan.layout.plan)
@@ -52,7 +52,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter spec to edit."""
-    from hpcffn.starter import write_starter
+    from hpcffn.plan.starter import write_starter
 
     write_starter(path, force=force)
     typer.echo(f"wrote {path}: edit it, then run `hpcffn validate {path}` and `hpcffn plan {path}`")
@@ -60,7 +60,7 @@ def init(
 
 def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")]) -> None:
     """Check a spec and its inputs (files, datasets, shapes, templates); write nothing."""
-    from hpcffn.planner import check_workdir_owner, make_plan
+    from hpcffn.plan.planner import check_workdir_owner, make_plan
 
     planned = make_plan(spec)
     check_workdir_owner(planned, force=False)

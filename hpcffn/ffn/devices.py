@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 # Variables SLURM (or the user) sets when a job has GPUs.
 _GPU_VARS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")

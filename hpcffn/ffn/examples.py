@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import ModelParams
-from hpcffn.volumes import Location, open_dataset, parse_location
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ModelParams
+from hpcffn.io.volumes import Location, open_dataset, parse_location
 
 # Volumes up to this size (bytes, raw + labels) are read into memory once instead of per patch.
 PRELOAD_BYTES = 512 * 1024**2

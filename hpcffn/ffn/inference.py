@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
-from hpcffn.ffn_params import InferenceParams, ModelParams
+from hpcffn.core.params import InferenceParams, ModelParams
 
 STATE_FORMAT = 1
 
@@ -218,7 +218,7 @@ def save_state(path: Path, seg: np.ndarray, seeds: np.ndarray, next_seed: int, n
     """Resumable progress, written atomically (HDF5)."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("seg", data=seg, compression="gzip", compression_opts=1)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hpcffn.ffn_params import ModelParams
+from hpcffn.core.params import ModelParams
 
 LOGIT_095 = math.log(0.95 / 0.05)
 LOGIT_005 = -LOGIT_095

@@ -51,7 +51,7 @@ def write_coordinates(path, centers_zyx, volume_name: str) -> None:
     """GZIP TFRecord in FFN's schema: `center` [x, y, z] int64 and `label_volume_name` bytes."""
     import tensorflow as tf
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     opts = tf.io.TFRecordOptions(compression_type="GZIP")
     with atomic_path(path, suffix=".tfrecord.gz") as tmp, tf.io.TFRecordWriter(str(tmp), opts) as w:
@@ -67,7 +67,7 @@ def write_volume(path, raw: np.ndarray, labels: np.ndarray | None = None) -> Non
     """HDF5 with `raw` (and `stack`), FFN's dataset names."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("raw", data=raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 TF1_PROBE = "seed_update/conv0_a/weights"
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn.examples import TrainingVolume
 from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
-from hpcffn.ffn_params import ModelParams, TrainingParams
-from hpcffn.layout import EXIT_REQUEUE
+from hpcffn.core.params import ModelParams, TrainingParams
+from hpcffn.core.layout import EXIT_REQUEUE
 
 SUMMARY_EVERY = 50  # steps between TensorBoard summaries / log lines
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 RESCALES = ("none", "dtype", "minmax")
 _CHUNK = (64, 64, 64)
@@ -93,9 +93,9 @@ def convert(
     """Write `raw` and/or `stack` into `output`; returns shape and object count."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
-    from hpcffn.labeling import check_options, default_slab, label_volume
-    from hpcffn.tif import open_volume
+    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.labeling import check_options, default_slab, label_volume
+    from hpcffn.io.tif import open_volume
 
     if raw is None and groundtruth is None:
         raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
@@ -185,7 +185,7 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
                   progress: bool | None = None, slab: int | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
     from hpcffn.stages.markers import mark_done
-    from hpcffn.volumes import parse_location
+    from hpcffn.io.volumes import parse_location
 
     vol = plan.volume(plan.task_unit("convert", volume_key))
     target = plan.layout.converted_volume(vol.name)
@@ -231,8 +231,8 @@ def write_tile_files(plan, vol) -> int:
     """
     import h5py
 
-    from hpcffn.atomic import atomic_path
-    from hpcffn.volumes import read_box
+    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import read_box
 
     tiles = [t for t in plan.tiles if t.volume == vol.name]
     for tile in tiles:

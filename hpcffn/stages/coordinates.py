@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.tfrecord import _MAX_COORD
-from hpcffn.volumes import HDF5_SUFFIXES, Location, open_dataset, parse_location
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.tfrecord import _MAX_COORD
+from hpcffn.io.volumes import HDF5_SUFFIXES, Location, open_dataset, parse_location
 
 IGNORE = 255
 _VOL_SHIFT = 40
@@ -153,8 +153,8 @@ def build_coordinates(
     progress: bool = False,
 ) -> dict:
     """Write the coordinates TFRecord for `volumes`; returns a summary (counts per class)."""
-    from hpcffn.atomic import atomic_path
-    from hpcffn.tfrecord import GzipRecordWriter
+    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.tfrecord import GzipRecordWriter
 
     if not volumes:
         raise HpcffnError("no partition volumes given: pass --input name:af.h5:af at least once")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.labeling import pair_counts
-from hpcffn.plan_model import Plan
-from hpcffn.volumes import (
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.labeling import pair_counts
+from hpcffn.core.plan_model import Plan
+from hpcffn.io.volumes import (
     Location,
     dataset_offset,
     open_dataset,
@@ -132,7 +132,7 @@ def evaluate_files(seg: str, groundtruth: str, output: str | Path | None = None,
     When the groundtruth is larger than the segmentation, the segmentation's `offset` attribute
     places it (infer outputs carry one).
     """
-    from hpcffn.volumes import dataset_shape, segmentation_box
+    from hpcffn.io.volumes import dataset_shape, segmentation_box
 
     seg_loc = parse_location(seg, "seg")
     offset, shape = segmentation_box(seg_loc)
@@ -155,7 +155,7 @@ def evaluate_files(seg: str, groundtruth: str, output: str | Path | None = None,
 
 
 def write_report(path: Path, report: dict) -> None:
-    from hpcffn.atomic import atomic_write_text
+    from hpcffn.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
@@ -181,7 +181,7 @@ def evaluate_stitched(path: Path, volume) -> dict:
 
     Unlike the per-tile figures, these count objects split or merged across tile borders.
     """
-    from hpcffn.volumes import dataset_shape
+    from hpcffn.io.volumes import dataset_shape
 
     gt_loc = parse_location(volume.groundtruth, "stack")
     shape, gt_shape = dataset_shape(Location(path, "seg")), dataset_shape(gt_loc)

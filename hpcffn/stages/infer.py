@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import InferenceParams, ModelParams, TrainingParams
-from hpcffn.layout import EXIT_REQUEUE
-from hpcffn.plan_model import Plan
-from hpcffn.volumes import dataset_shape, parse_location, read_box
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import InferenceParams, ModelParams, TrainingParams
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.plan_model import Plan
+from hpcffn.io.volumes import dataset_shape, parse_location, read_box
 
 
 def state_path(output: Path) -> Path:
@@ -27,7 +27,7 @@ def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
     """`seg` (uint64) with attr `offset` (z,y,x start in the volume), written atomically."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("seg", data=seg.astype(np.uint64, copy=False), compression="gzip", compression_opts=1)

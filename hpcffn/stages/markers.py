@@ -10,8 +10,8 @@ import os
 import socket
 import time
 
-from hpcffn.atomic import atomic_write_text
-from hpcffn.plan_model import Plan
+from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.plan_model import Plan
 
 
 def mark_done(plan: Plan, stage: str, unit: str, **info) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 EXCLUDED = 255
 
@@ -242,13 +242,13 @@ def write_partitions(
     """Write `af` with FFN's attributes (bounding_boxes, partition_counts) plus ours, atomically."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     path = Path(path)
     if path.exists():
         try:
             with h5py.File(path, "r") as fh:
-                from hpcffn.volumes import list_datasets
+                from hpcffn.io.volumes import list_datasets
 
                 others = [d for d in list_datasets(fh) if d != dataset]
         except OSError:
@@ -304,7 +304,7 @@ def partitions_standalone(
     mask_loc: str | None = None,
 ) -> dict:
     """`hpcffn stage partitions --input gt.h5:stack --output af.h5:af` (FFN's flags)."""
-    from hpcffn.volumes import open_dataset, parse_location
+    from hpcffn.io.volumes import open_dataset, parse_location
 
     src = parse_location(input_loc, "stack")
     dst = parse_location(output_loc, "af")
@@ -339,7 +339,7 @@ def read_labels_compact(location: str, start, size, slab_voxels: int = 1 << 23) 
     The stack is uint64 on disk; a 500^3 tile is 1 GB as uint64 but 500 MB as uint32, and
     ids rarely need more than 32 bits. Read in z slabs so no full uint64 copy exists.
     """
-    from hpcffn.volumes import open_dataset, read_box
+    from hpcffn.io.volumes import open_dataset, read_box
 
     with open_dataset(location, "stack") as ds:
         stop = [a + n for a, n in zip(start, size)]
@@ -374,7 +374,7 @@ def run_from_plan(plan, tile_key, params=None) -> dict:
     seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
     mask = None
     if vol.mask:
-        from hpcffn.volumes import read_box
+        from hpcffn.io.volumes import read_box
 
         mask = read_box(vol.mask, tile.box.start, tile.box.size, "mask") != 0
     af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist, mask=mask)

@@ -18,8 +18,8 @@ import socket
 import time
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import Plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import Plan
 
 CHECK_ENV = "HPCFFN_CHECK"
 
@@ -86,7 +86,7 @@ def _inputs(plan: Plan, stage: str, unit: str | None) -> list:
 
 def _readable(source: str) -> str | None:
     """None when the input can be read here, else why not."""
-    from hpcffn.volumes import HDF5_SUFFIXES, open_dataset, parse_location
+    from hpcffn.io.volumes import HDF5_SUFFIXES, open_dataset, parse_location
 
     head = source.rpartition(":")[0]
     if source.lower().endswith(HDF5_SUFFIXES) or head.lower().endswith(HDF5_SUFFIXES):
@@ -112,8 +112,8 @@ def _readable(source: str) -> str | None:
 def run_probe(job: str, stage: str, argv: list[str]) -> Path:
     """Write WORKDIR/checks/<job>.json for the stage command in `argv`; returns its path."""
     from hpcffn import __version__
-    from hpcffn.atomic import atomic_write_text
-    from hpcffn.plan_model import load_plan
+    from hpcffn.core.atomic import atomic_write_text
+    from hpcffn.core.plan_model import load_plan
 
     plan_arg = _flag(argv, "--plan")
     if plan_arg is None:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import StitchParams
-from hpcffn.labeling import merge_ids, pair_counts
-from hpcffn.plan_model import Plan
-from hpcffn.volumes import Location, open_dataset, parse_location, segmentation_box
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import StitchParams
+from hpcffn.io.labeling import merge_ids, pair_counts
+from hpcffn.core.plan_model import Plan
+from hpcffn.io.volumes import Location, open_dataset, parse_location, segmentation_box
 
 SLAB_VOXELS = 8 * 2**20  # voxels read at a time (64 MB of uint64 ids): 26 slices of a 564^2 tile
 
@@ -111,7 +111,7 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
     import h5py
 
-    from hpcffn.atomic import atomic_path
+    from hpcffn.core.atomic import atomic_path
 
     for t in tiles:
         offset, size = segmentation_box(t.location)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import ModelParams, TrainingParams
-from hpcffn.plan_model import Plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ModelParams, TrainingParams
+from hpcffn.core.plan_model import Plan
 
 
 def train_model(coordinates: list[str | Path], volumes: list, model_params: ModelParams,
@@ -26,7 +26,7 @@ def train_model(coordinates: list[str | Path], volumes: list, model_params: Mode
 def plan_volumes(plan: Plan) -> list:
     """Every planned volume with groundtruth, as training volumes named as in the coordinates."""
     from hpcffn.ffn.examples import TrainingVolume
-    from hpcffn.volumes import parse_location
+    from hpcffn.io.volumes import parse_location
 
     out = []
     for v in plan.volumes:

@@ -13,12 +13,12 @@ import signal
 import socket
 from pathlib import Path
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import Plan
-from hpcffn.slurm import expand_pattern, sbatch_options
-from hpcffn.state import load_state
-from hpcffn.submit import (
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import Plan
+from hpcffn.jobs.slurm import expand_pattern, sbatch_options
+from hpcffn.jobs.state import load_state
+from hpcffn.jobs.submit import (
     TaskView,
     check_filters,
     job_tasks,

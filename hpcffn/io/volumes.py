@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 TIF_SUFFIXES = (".tif", ".tiff")

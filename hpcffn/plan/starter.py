@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcffn.atomic import atomic_write_text
-from hpcffn.errors import HpcffnError
+from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.errors import HpcffnError
 
 STARTER = """\
 # hpcffn experiment spec. Check it with `hpcffn validate THIS.yaml`, then `hpcffn plan THIS.yaml`.

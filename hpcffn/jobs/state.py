@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpcffn.atomic import atomic_write_text
-from hpcffn.errors import HpcffnError
+from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.errors import HpcffnError
 
 STATE_FORMAT = 1
 

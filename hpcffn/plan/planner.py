@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn import __version__, grid
-from hpcffn import container as containers
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import FFNParams
-from hpcffn.layout import STAGE_UNIT, STAGES, Layout
-from hpcffn.plan_model import Dependency, JobPlan, Plan, VolumePlan
-from hpcffn.resources import profiles_dir
-from hpcffn.sources import Source, classify, read_shape
-from hpcffn.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
+from hpcffn import __version__
+from hpcffn.plan import grid
+from hpcffn.plan import container as containers
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import FFNParams
+from hpcffn.core.layout import STAGE_UNIT, STAGES, Layout
+from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
+from hpcffn.plan.resources import profiles_dir
+from hpcffn.io.sources import Source, classify, read_shape
+from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
 
 LONG_STAGES = ("train", "infer")  # checkpoint on USR1/TERM and requeue
 
@@ -289,7 +290,7 @@ def sbatch_lines(spec: Spec, job: JobPlan, res: dict, layout: Layout, throttle: 
 def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], layout: Layout,
                    binds: list[str], template_dir: Path | None) -> dict[str, str]:
     """Render every job's script and record its sha256 in the job."""
-    from hpcffn.render import environment, render, sha256
+    from hpcffn.plan.render import environment, render, sha256
 
     env = environment(template_dir)
     scripts: dict[str, str] = {}

@@ -3,18 +3,19 @@
 Conversion must handle stacks larger than memory, so every reader here knows its z,y,x
 shape and dtype from headers alone and hands out slabs of consecutive slices. Slice files
 are ordered by natural sort (slice2 before slice10), the order the planner uses
-(hpcffn.sources.tif_slices). Problems (empty directory, slice of another size or dtype,
+(`tif_slices`). Problems (empty directory, slice of another size or dtype,
 colour images) are one-line HpcffnErrors naming the file.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.volumes import HDF5_SUFFIXES, TIF_SUFFIXES
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.volumes import HDF5_SUFFIXES, TIF_SUFFIXES
 
 
 class VolumeReader:
@@ -35,6 +36,20 @@ class VolumeReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(name)]
+
+
+def tif_slices(directory: Path) -> list[Path]:
+    """The .tif/.tiff files of a slice directory in z order (natural sort: 2 before 10)."""
+    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.lower().endswith(TIF_SUFFIXES)
+             and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: _natural_key(p.name))
 
 
 def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
@@ -69,8 +84,6 @@ class TifDirectory(VolumeReader):
     """A directory of single-slice TIF files, z = natural-sort order of the file names."""
 
     def __init__(self, directory: str | Path):
-        from hpcffn.sources import tif_slices
-
         self.path = Path(directory)
         self.name = str(self.path)
         if not self.path.is_dir():
@@ -159,12 +172,12 @@ class Hdf5Volume(VolumeReader):
     def __init__(self, location: str, default_dataset: str):
         import h5py
 
-        from hpcffn.volumes import parse_location
+        from hpcffn.io.volumes import parse_location
 
         self.loc = parse_location(location, default_dataset)
         self.name = str(self.loc)
         self._cm = None
-        from hpcffn.volumes import open_dataset
+        from hpcffn.io.volumes import open_dataset
 
         self._cm = open_dataset(self.loc)
         self._ds: h5py.Dataset = self._cm.__enter__()

@@ -18,12 +18,12 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
-from hpcffn.layout import EXIT_REQUEUE
-from hpcffn.plan_model import JobPlan, Plan
-from hpcffn.slurm import expand_pattern, sbatch_options
-from hpcffn.state import LocalTask, Submission, load_state, locked, now, updating
-from hpcffn.submit import (
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.jobs.slurm import expand_pattern, sbatch_options
+from hpcffn.jobs.state import LocalTask, Submission, load_state, locked, now, updating
+from hpcffn.jobs.submit import (
     Step,
     check_scripts,
     observe,

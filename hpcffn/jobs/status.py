@@ -14,15 +14,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import Plan
-from hpcffn.state import load_state
-from hpcffn.submit import TaskView, observe
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import Plan
+from hpcffn.jobs.state import load_state
+from hpcffn.jobs.submit import TaskView, observe
 
 
 def expected_output(plan: Plan, stage: str, unit: str):
-    """The file a finished stage unit leaves, per hpcffn/layout.py (train: the checkpoint at max_steps)."""
+    """The file a finished stage unit leaves, per hpcffn/core/layout.py (train: the checkpoint at max_steps)."""
     lay = plan.layout
     return {
         "convert": lay.converted_volume,

@@ -2,18 +2,18 @@
 
 Planning needs only shapes, so nothing here reads pixels: HDF5 shapes come from the dataset
 header, TIF shapes from the page headers (a slice directory is number of slices x the first
-slice's shape). The convert stage must order slices the same way: use `tif_slices`.
+slice's shape). The convert stage orders slices the same way: both use `hpcffn.io.tif.tif_slices`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hpcffn.errors import HpcffnError
-from hpcffn.volumes import HDF5_SUFFIXES, TIF_SUFFIXES, Location, parse_location
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.tif import stack_shape, tif_slices
+from hpcffn.io.volumes import HDF5_SUFFIXES, TIF_SUFFIXES, Location, parse_location
 
 Kind = Literal["hdf5", "tif", "tifdir"]
 
@@ -59,24 +59,10 @@ def _abspath(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-_DIGITS = re.compile(r"(\d+)")
-
-
-def _natural_key(name: str) -> list:
-    return [int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(name)]
-
-
-def tif_slices(directory: Path) -> list[Path]:
-    """The .tif/.tiff files of a slice directory in z order (natural sort: 2 before 10)."""
-    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.lower().endswith(TIF_SUFFIXES)
-             and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: _natural_key(p.name))
-
-
 def read_shape(src: Source) -> tuple[int, int, int]:
     """The z,y,x shape of an existing input, from headers only. Raises HpcffnError."""
     if src.kind == "hdf5":
-        from hpcffn.volumes import dataset_shape
+        from hpcffn.io.volumes import dataset_shape
 
         shape = dataset_shape(Location(src.path, src.dataset or "raw"))
         if len(shape) != 3:
@@ -85,7 +71,6 @@ def read_shape(src: Source) -> tuple[int, int, int]:
                 "point at a 3-D grayscale or label dataset"
             )
         return shape  # type: ignore[return-value]
-    from hpcffn.tif import stack_shape
 
     if src.kind == "tif":
         return stack_shape(src.path)

@@ -8,7 +8,7 @@ every side, clipped to the volume. Groups are balanced by voxel count, determini
 
 from __future__ import annotations
 
-from hpcffn.plan_model import Box, GroupPlan, TilePlan
+from hpcffn.core.plan_model import Box, GroupPlan, TilePlan
 
 ZYX = tuple[int, int, int]
 

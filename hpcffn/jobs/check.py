@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.plan_model import JobPlan, Plan
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.probe import CHECK_ENV
 
 CHECK_TIME = "00:15:00"  # the time limit of a check job (and of a local check run)
@@ -84,8 +84,8 @@ def _rows(plan: Plan, jobs: list[JobPlan], logs: dict[str, str]) -> list[dict]:
 
 
 def _run_here(plan: Plan, job: JobPlan) -> str:
-    from hpcffn.local_runner import task_env
-    from hpcffn.slurm import sbatch_options
+    from hpcffn.jobs.local_runner import task_env
+    from hpcffn.jobs.slurm import sbatch_options
 
     script = plan.layout.root / job.script
     log = plan.layout.root / "logs" / "check" / f"{job.name}_local.out"

@@ -21,12 +21,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcffn import slurm
-from hpcffn.errors import HpcffnError
-from hpcffn.layout import STAGES
-from hpcffn.plan_model import JobPlan, Plan
+from hpcffn.jobs import slurm
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import STAGES
+from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.markers import is_done
-from hpcffn.state import State, Submission, load_state, locked, now, updating
+from hpcffn.jobs.state import State, Submission, load_state, locked, now, updating
 
 Task = int | None  # array task id, or None for a plain job
 

@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 # States after which a job never runs again by itself.
 DONE_STATES = {"COMPLETED"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from hpcffn.spec import ContainerSpec
+from hpcffn.plan.spec import ContainerSpec
 
 
 def bind_list(container: ContainerSpec, auto_paths: list[str]) -> list[str]:

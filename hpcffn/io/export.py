@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
-from hpcffn.tif import Hdf5Volume
-from hpcffn.volumes import TIF_SUFFIXES
+from hpcffn.core.errors import HpcffnError
+from hpcffn.io.tif import Hdf5Volume
+from hpcffn.io.volumes import TIF_SUFFIXES
 
 SLAB = 16
 

@@ -14,11 +14,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn.atomic import atomic_write_text
-from hpcffn.errors import HpcffnError
-from hpcffn.layout import STAGES, Layout
-from hpcffn.plan_model import Plan, write_plan
-from hpcffn.resources import templates_dir
+from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import STAGES, Layout
+from hpcffn.core.plan_model import Plan, write_plan
+from hpcffn.plan.resources import templates_dir
 
 
 def environment(user_dir: Path | None = None):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hpcffn.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError
 
 POLARITIES = ("white", "black", "labels")
 CONNECTIVITIES = (6, 18, 26)

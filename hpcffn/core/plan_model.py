@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpcffn import PLAN_FORMAT
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import FFNParams
-from hpcffn.layout import Layout
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import FFNParams
+from hpcffn.core.layout import Layout
 
 ZYX = tuple[int, int, int]
 
@@ -214,6 +214,6 @@ def load_plan(path: str | Path) -> Plan:
 
 def write_plan(plan: Plan, path: str | Path) -> None:
     """Write plan.json atomically (temp file + rename)."""
-    from hpcffn.atomic import atomic_write_text
+    from hpcffn.core.atomic import atomic_write_text
 
     atomic_write_text(Path(path), plan.model_dump_json(indent=1))

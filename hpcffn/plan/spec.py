@@ -22,8 +22,8 @@ from pydantic import (
     field_validator,
 )
 
-from hpcffn.errors import HpcffnError
-from hpcffn.ffn_params import FFNParams
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import FFNParams
 
 ZYX = tuple[int, int, int]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -419,7 +419,7 @@ def load_spec(path: str | Path) -> Spec:
 
 def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[ProfileSpec, Path]:
     """A shipped profile by name, or a profile YAML path relative to the spec."""
-    from hpcffn.resources import profiles_dir
+    from hpcffn.plan.resources import profiles_dir
 
     shipped = profiles_dir() / f"{name_or_path}.yaml"
     if NAME_RE.match(name_or_path) and not name_or_path.endswith((".yaml", ".yml")):

@@ -1,0 +1,4 @@
+"""The contracts both sides share: errors, atomic writes, the workdir layout, plan.json's model, FFN parameters.
+
+Imports nothing else from hpcffn, and nothing heavier than pydantic.
+"""
