@@ -75,3 +75,19 @@ def test_check_on_slurm(job_tmp, slurm):
     logs = list((root / "logs" / "check").glob("infer_*.out"))
     assert len(logs) == 1 and "hpcffn check: infer ->" in logs[0].read_text()
     assert not (root / "state.json").exists()
+
+
+def test_wait_keeps_waiting_for_an_array_check_job_that_answers_per_task(monkeypatch):
+    """squeue names an array's tasks "7_0" (or "7_*" while pending), never "7": still alive."""
+    from hpcffn.jobs import check, slurm
+
+    answers = iter([
+        {"7_*": slurm.TaskInfo(id="7_*", state="PENDING", reason="Priority"), "8": slurm.TaskInfo(id="8", state="COMPLETED")},
+        {"7_0": slurm.TaskInfo(id="7_0", state="RUNNING", reason="None")},
+        {"7_0": slurm.TaskInfo(id="7_0", state="COMPLETED", reason="None")},
+    ])
+    calls = []
+    monkeypatch.setattr(slurm, "query", lambda ids: calls.append(ids) or next(answers))
+    monkeypatch.setattr(check.time, "sleep", lambda s: None)
+    check._wait(["7", "8"], timeout=60, poll=0, echo=print)
+    assert len(calls) == 3

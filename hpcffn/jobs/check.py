@@ -101,7 +101,8 @@ def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
     deadline = time.monotonic() + timeout
     while True:
         states = slurm.query(ids)
-        alive = [i for i in ids if i in states and states[i].alive]
+        # An array check job answers per task ("157_0", or "157_*" while pending), never as "157".
+        alive = sorted({key.split("_")[0] for key, info in states.items() if info.alive} & set(ids))
         if not alive:
             return
         if time.monotonic() > deadline:
