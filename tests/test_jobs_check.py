@@ -77,17 +77,16 @@ def test_check_on_slurm(job_tmp, slurm):
     assert not (root / "state.json").exists()
 
 
-def test_wait_keeps_waiting_for_an_array_check_job_that_answers_per_task(monkeypatch):
-    """squeue names an array's tasks "7_0" (or "7_*" while pending), never "7": still alive."""
+
+def test_an_array_check_job_is_waited_for_by_its_task_id(job_tmp, monkeypatch):
+    """SLURM answers for an array's task ("7_0"), never for the bare id: the wait must ask for that."""
     from hpcffn.jobs import check, slurm
 
-    answers = iter([
-        {"7_*": slurm.TaskInfo(id="7_*", state="PENDING", reason="Priority"), "8": slurm.TaskInfo(id="8", state="COMPLETED")},
-        {"7_0": slurm.TaskInfo(id="7_0", state="RUNNING", reason="None")},
-        {"7_0": slurm.TaskInfo(id="7_0", state="COMPLETED", reason="None")},
-    ])
-    calls = []
-    monkeypatch.setattr(slurm, "query", lambda ids: calls.append(ids) or next(answers))
-    monkeypatch.setattr(check.time, "sleep", lambda s: None)
-    check._wait(["7", "8"], timeout=60, poll=0, echo=print)
-    assert len(calls) == 3
+    plan = _planned(job_tmp)
+    submitted = iter(range(1, 100))
+    monkeypatch.setattr(slurm, "sbatch", lambda cmd, cwd=None: str(next(submitted)))
+    waited = []
+    monkeypatch.setattr(check, "_wait", lambda ids, *a: waited.extend(ids))
+    check.run_checks(plan, echo=lambda *a: None)
+    infer_id = waited[[job.name for job in plan.jobs].index("infer")]
+    assert infer_id.endswith("_0") and all("_" not in i for i, job in zip(waited, plan.jobs) if not job.array)

@@ -65,7 +65,8 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
         for job in jobs:
             ids[job.name] = slurm.sbatch(check_command(plan, job), cwd=plan.layout.root)
             echo(f"check {job.name}: submitted as job {ids[job.name]}")
-        _wait(list(ids.values()), timeout, poll, echo)
+        # An array check runs task 0 only, and SLURM answers for "<id>_0", never for the bare id.
+        _wait([f"{ids[job.name]}_0" if job.array else ids[job.name] for job in jobs], timeout, poll, echo)
         logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
     return _rows(plan, jobs, logs)
 
@@ -101,8 +102,7 @@ def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
     deadline = time.monotonic() + timeout
     while True:
         states = slurm.query(ids)
-        # An array check job answers per task ("157_0", or "157_*" while pending), never as "157".
-        alive = sorted({key.split("_")[0] for key, info in states.items() if info.alive} & set(ids))
+        alive = [i for i in ids if i in states and states[i].alive]
         if not alive:
             return
         if time.monotonic() > deadline:
