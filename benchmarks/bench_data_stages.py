@@ -59,9 +59,24 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def make_volume(n: int, tubes: int, small: int = 0, seed: int = 0) -> np.ndarray:
+def make_volume(n: int, objects: int, seed: int = 0) -> np.ndarray:
+    """Touching tubes: a 2-D Voronoi partition of the y,x plane, drifting along z."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    pts = rng.random((objects, 2)) * n
+    yy, xx = np.mgrid[:n, :n]
+    base = cKDTree(pts).query(np.stack([yy.ravel(), xx.ravel()], 1))[1].reshape(n, n).astype(np.uint32) + 1
+    seg = np.empty((n, n, n), np.uint32)
+    for z in range(n):
+        seg[z] = np.roll(base, (int(8 * np.sin(z / 40)), z // 25), axis=(0, 1))
+    return seg
+
+
+def fib25_like_volume(n: int, tubes: int, small: int = 0, seed: int = 0) -> np.ndarray:
     """Touching tubes (a 2-D Voronoi partition of y,x drifting along z, cropped from a larger
-    plane so nothing wraps around) plus `small` round bodies of 3-12 voxels radius on top."""
+    plane: unlike make_volume's rolled tubes, no body wraps around to the far side, which
+    real bodies never do) plus `small` round bodies of 3-12 voxels radius on top."""
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(seed)
@@ -275,7 +290,7 @@ def main() -> None:
     n, tubes, small = (500, 1000, 0) if a.large else (250, 110, 430)
     tmp = tempfile.TemporaryDirectory(prefix="bench_data_", dir=a.workdir)
     work = Path(tmp.name)
-    seg = make_volume(n, tubes, small)
+    seg = fib25_like_volume(n, tubes, small)
     with h5py.File(work / "gt.h5", "w") as fh:
         fh["stack"] = seg
     ids, sizes = np.unique(seg, return_counts=True)
