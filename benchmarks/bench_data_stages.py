@@ -263,6 +263,16 @@ def _fmt(m: dict, key: str, unit: str, digits: int = 1) -> str:
     return f"{lo:.{digits}f}/{med:.{digits}f} {unit}"
 
 
+def _busy_note() -> str:
+    """A note when other jobs hold the cores: the wall times then mostly measure the queue.
+
+    Both commands keep the cores busy in parallel (threads), so on a quiet machine their wall
+    time is at most their CPU time: the CPU verdict is what a quiet machine would show.
+    """
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    return f" [machine busy: load {load:.1f} on {cores} cores; quiet wall <= CPU]" if load > cores else ""
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -308,7 +318,8 @@ def main() -> None:
           f"peak {_fmt(po, 'peak_mb', 'MB', 0)}; `hpcffn stage partitions` end to end")
     if not a.large:
         print(f"partitions  target   : <= 3 s wall and <= 400 MB: "
-              f"{_verdict(po['seconds'][0] <= 3 and po['peak_mb'][1] <= 400)} (best wall, median peak)")
+              f"{_verdict(po['seconds'][0] <= 3 and po['peak_mb'][1] <= 400)} (best wall, median peak); "
+              f"by CPU time: {_verdict(po['cpu'][0] <= 3 and po['peak_mb'][1] <= 400)}{_busy_note()}")
     if not a.skip_baselines:
         pr = run_worker("part_ref", work, args)
         print(f"partitions  baseline : {pr['seconds_sample']:.1f} s for {pr['ids_sample']} of {pr['ids_total']} ids "
@@ -328,8 +339,11 @@ def main() -> None:
     print(f"coordinates ours     : {records:,} records in {_fmt(co, 'seconds', 's wall')} (CPU {_fmt(co, 'cpu', 's')}) "
           f"= {best:.2f}/{median:.2f} M records/s, {out.stat().st_size / 1e6:.0f} MB gz, "
           f"peak {_fmt(co, 'peak_mb', 'MB', 0)}")
+    by_cpu = records / co["cpu"][0] / 1e6
     print(f"coordinates target   : <= 200 MB and >= 1 M records/s: "
-          f"{_verdict(co['peak_mb'][1] <= 200 and best >= 1)} (median peak, best rate)")
+          f"{_verdict(co['peak_mb'][1] <= 200 and best >= 1)} (median peak, best rate); "
+          f"by CPU time ({by_cpu:.2f} M records per CPU second): {_verdict(co['peak_mb'][1] <= 200 and by_cpu >= 1)}"
+          f"{_busy_note()}")
     if not a.skip_baselines:
         try:
             cr = run_worker("coord_ref", work, args)
