@@ -266,3 +266,15 @@ def test_shuffle_mb_setting_sets_the_shard_size(tmp_path, monkeypatch):
     bad = CliRunner().invoke(app, ["stage", "coordinates", "--input", f"v:{tmp_path}/a.h5:af", "--output",
                                    str(tmp_path / "x.gz"), "--shuffle-mb", "0"])
     assert isinstance(bad.exception, HpcffnError) and "coordinates.shuffle_mb" in str(bad.exception)
+
+
+def test_slab_reads_get_a_chunk_cache_for_a_row_of_chunks(tmp_path):
+    """Thin slabs of a gzip-chunked af re-decompress chunks unless a chunk row stays cached."""
+    from hpcffn.io.volumes import open_dataset
+    from hpcffn.stages.coordinates import _CHUNK_CACHE
+
+    make_af(tmp_path / "a.h5", (4, 4, 4), 0)
+    with open_dataset(f"{tmp_path}/a.h5:af", cache_bytes=_CHUNK_CACHE) as ds:
+        assert ds.file.id.get_access_plist().get_cache()[2] == _CHUNK_CACHE >= 64 * 500 * 500
+    with open_dataset(f"{tmp_path}/a.h5:af") as ds:
+        assert ds.file.id.get_access_plist().get_cache()[2] == 1 << 20  # HDF5's default otherwise
