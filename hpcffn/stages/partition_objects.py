@@ -89,7 +89,7 @@ def _span(flags: np.ndarray) -> tuple[int, int]:
 _ROW_COST = 3000
 
 
-def _pieces(rows_y: np.ndarray, cols_x: np.ndarray, centres_z, inner_y, inner_x, rad, depths=None) -> list:
+def _pieces(rows_y: np.ndarray, cols_x: np.ndarray, centres_z, inner_y, inner_x, rad) -> list:
     """Cheapest cut of centre rows into z pieces: [(z range, y/x input ranges, y/x centre ranges)].
 
     `rows_y`/`cols_x` say which y/x hold object voxels in each input row. A piece reads its
@@ -99,7 +99,8 @@ def _pieces(rows_y: np.ndarray, cols_x: np.ndarray, centres_z, inner_y, inner_x,
     c0, c1 = centres_z
     rz = int(rad[0])
     best, best_cost = [], None
-    for depth in depths or sorted({c1 - c0, max(8, 4 * rz), max(8, 2 * rz), max(8, rz)}, reverse=True):
+    # Candidates: one piece, or pieces of 4, 2 or 1 radius deep (at least 8 rows).
+    for depth in sorted({c1 - c0, max(8, 4 * rz), max(8, 2 * rz), max(8, rz)}, reverse=True):
         plan, cost = [], 0
         for s0 in range(c0, c1, depth):
             s1 = min(c1, s0 + depth)
