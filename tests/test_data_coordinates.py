@@ -208,3 +208,73 @@ def test_bulk_writer_round_trip_mixed_lengths(tmp_path):
         w.write(centers, vols, names, batch=700)
     recs = read_records(tmp_path / "w.gz")
     assert recs == [(tuple(int(v) for v in c), names[i].decode()) for c, i in zip(centers, vols)]
+
+
+def shuffle_defects(recs, af) -> list[str]:
+    """What a uniformly shuffled record stream would not show (empty list: looks shuffled).
+
+    Pass 2 deals records class by class and slab by slab, so an unshuffled or poorly mixed
+    stream has runs of one class (lag-1 correlation) and classes or depths bunched in parts
+    of the file (uneven quarters).
+    """
+    cls = np.array([class_of(c, af) for c, _ in recs], float)
+    z = np.array([c[2] for c, _ in recs], float)
+    defects = []
+    for name, v in (("class", cls), ("z", z)):
+        r = np.corrcoef(v[:-1], v[1:])[0, 1]
+        if abs(r) > 5 / np.sqrt(len(v)):
+            defects.append(f"lag-1 correlation of {name} {r:.3f}")
+    quarters = np.array_split(np.arange(len(recs)), 4)
+    for label, member in [(f"class {c}", cls == c) for c in np.unique(cls)] + [("low z", z < np.median(z))]:
+        share = np.array([member[q].sum() for q in quarters]) / member.sum()
+        if np.abs(share - 0.25).max() > 0.05:
+            defects.append(f"{label} per quarter {np.round(share, 3).tolist()}")
+    return defects
+
+
+def test_small_shuffle_memory_keeps_records_and_shuffle(tmp_path):
+    """Many small shards (the memory setting) give the same record multiset, well shuffled."""
+    af = make_af(tmp_path / "a.h5", (24, 30, 30), 6)
+    vols = [parse_input(f"v:{tmp_path}/a.h5:af")]
+    outs = {}
+    for shard in (1 << 20, 300):  # one in-memory shard; ~50 shards of 300 records
+        build_coordinates(vols, tmp_path / f"{shard}.tfrecord.gz", (2, 2, 2), seed=7, shard_records=shard)
+        outs[shard] = read_records(tmp_path / f"{shard}.tfrecord.gz")
+    one, many = outs[1 << 20], outs[300]
+    assert len(many) > 40 * 300 and sorted(many) == sorted(one)
+    assert shuffle_defects(one, af) == [] and shuffle_defects(many, af) == []
+    assert shuffle_defects(sorted(many, key=lambda r: class_of(r[0], af)), af)  # the check can fail
+
+
+def test_shuffle_mb_setting_sets_the_shard_size(tmp_path, monkeypatch):
+    """--shuffle-mb (ffn.coordinates.shuffle_mb) bounds the records held in memory at once."""
+    from typer.testing import CliRunner
+
+    from hpcffn.cli import app
+    from hpcffn.stages import coordinates
+
+    make_af(tmp_path / "a.h5", (10, 12, 14), 8)
+    seen = []
+    real = coordinates.build_coordinates
+    monkeypatch.setattr(coordinates, "build_coordinates", lambda *a, **k: seen.append(k["shard_records"]) or real(*a, **k))
+    for extra, want in (([], 8 << 17), (["--shuffle-mb", "1"], 1 << 17)):
+        out = tmp_path / f"c{len(seen)}.tfrecord.gz"
+        res = CliRunner().invoke(app, ["stage", "coordinates", "--input", f"v:{tmp_path}/a.h5:af", "--output", str(out),
+                                       "--margin", "1,1,1", *extra])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] == want
+    bad = CliRunner().invoke(app, ["stage", "coordinates", "--input", f"v:{tmp_path}/a.h5:af", "--output",
+                                   str(tmp_path / "x.gz"), "--shuffle-mb", "0"])
+    assert isinstance(bad.exception, HpcffnError) and "coordinates.shuffle_mb" in str(bad.exception)
+
+
+def test_slab_reads_get_a_chunk_cache_for_a_row_of_chunks(tmp_path):
+    """Thin slabs of a gzip-chunked af re-decompress chunks unless a chunk row stays cached."""
+    from hpcffn.io.volumes import open_dataset
+    from hpcffn.stages.coordinates import _CHUNK_CACHE
+
+    make_af(tmp_path / "a.h5", (4, 4, 4), 0)
+    with open_dataset(f"{tmp_path}/a.h5:af", cache_bytes=_CHUNK_CACHE) as ds:
+        assert ds.file.id.get_access_plist().get_cache()[2] == _CHUNK_CACHE >= 64 * 500 * 500
+    with open_dataset(f"{tmp_path}/a.h5:af") as ds:
+        assert ds.file.id.get_access_plist().get_cache()[2] == 1 << 20  # HDF5's default otherwise

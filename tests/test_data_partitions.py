@@ -190,3 +190,75 @@ def test_read_labels_compact(tmp_path):
     np.testing.assert_array_equal(got, big[1:9, 2:10, 3:11])
     with pytest.raises(HpcffnError, match="outside"):
         read_labels_compact(f"{tmp_path}/s.h5:small", (5, 0, 0), (8, 8, 8))
+
+
+def diagonal_tubes(shape, radius, slope, seed):
+    """Touching tubes running obliquely through z (long bounding boxes, small footprints)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    seg = np.zeros(shape, np.uint64)
+    for i, (y0, x0) in enumerate(rng.integers(0, shape[1], size=(8, 2))):
+        d2 = (yy - y0 + zz * slope[0]) ** 2 + (xx - x0 - zz * slope[1]) ** 2
+        seg[(d2 <= radius**2) & (seg == 0)] = 10 + i
+    return seg
+
+
+def test_oblique_objects_cut_into_trimmed_pieces_match_reference(monkeypatch):
+    from hpcffn.stages import partition_objects
+
+    cuts = []
+    pieces = partition_objects._pieces
+
+    def spy(*args):
+        cuts.append(pieces(*args))
+        return cuts[-1]
+
+    # Tiny arrays make per-row overhead dominate; without it the model cuts long objects.
+    monkeypatch.setattr(partition_objects, "_ROW_COST", 0)
+    monkeypatch.setattr(partition_objects, "_pieces", spy)
+    seg = diagonal_tubes((40, 16, 16), 2.5, (0.3, 0.2), 0)
+    radius = (2, 2, 3)  # x,y,z
+    got = compute_partitions(seg, THRESHOLDS, radius, 20, threads=2)
+    np.testing.assert_array_equal(got, reference(seg, THRESHOLDS, radius, 20))
+    # Some object was cut into z pieces narrower than its bounding box.
+    assert any(len(c) > 1 for c in cuts)
+
+
+def test_window_sum_clips_to_the_array():
+    from hpcffn.stages.partition_objects import window_sum
+
+    a = np.random.default_rng(1).integers(0, 3, size=(9, 5, 4)).astype(np.uint8)
+    for axis in (0, 1):
+        for radius, centres in ((0, (0, 4)), (1, (1, 4)), (2, (0, 5)), (7, (2, 3))):
+            got = window_sum(a, axis, radius, centres, np.uint16)
+            src = np.moveaxis(a.astype(np.int64), axis, 0)
+            want = np.stack([src[max(0, c - radius):c + radius + 1].sum(axis=0) for c in range(*centres)])
+            np.testing.assert_array_equal(np.moveaxis(got, axis, 0), want)
+
+
+def test_object_boxes_match_scipy_find_objects():
+    from scipy.ndimage import find_objects
+
+    from hpcffn.stages.partition_objects import object_boxes
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        k = int(rng.integers(1, 9))
+        dense = rng.integers(0, k + 1, shape).astype(np.uint16)
+        dense[dense == k] = 0  # label k absent: None, as find_objects says
+        assert object_boxes(dense, k, slab_voxels=int(rng.integers(1, 300))) == find_objects(dense, max_label=k)
+
+
+def test_partitions_do_not_import_scipy():
+    """scipy.ndimage costs ~1 s to import: partitions without a mask must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from hpcffn.stages.partitions import compute_partitions\n"
+            "seg = np.zeros((20, 20, 20), np.uint64); seg[:, :, 10:] = 5; seg[:, 4:8] = 2**40\n"
+            "assert (compute_partitions(seg, (0.5,), (2, 2, 2), 10, threads=2) > 0).any()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('scipy')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

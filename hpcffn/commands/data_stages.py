@@ -163,13 +163,15 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         max_records: Annotated[int | None, typer.Option(help="Cap on records, split evenly over classes.")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed (resampling and shuffling).")] = None,
         tmpdir: Annotated[Path | None, typer.Option(help="Folder for temporary shards (default: beside the output).")] = None,
+        shuffle_mb: Annotated[int | None, typer.Option(help="MB of records shuffled in memory at a time (bounds peak memory; default 8).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Stage 2: class-balanced training coordinates (build_coordinates) -> GZIP TFRecord."""
         from hpcffn.core.params import CoordinateParams
         from hpcffn.stages import coordinates as stage
 
-        overrides = {"margin": _ints(margin, "--margin"), "max_records": max_records, "seed": seed}
+        overrides = {"margin": _ints(margin, "--margin"), "max_records": max_records, "seed": seed,
+                     "shuffle_mb": shuffle_mb}
         if plan is not None:
             if group is None:
                 raise HpcffnError("--plan needs --group NAME|INDEX")
@@ -188,6 +190,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         import sys
 
         summary = stage.build_coordinates(
-            vols, output, params.margin, params.max_records, params.seed, tmpdir=tmpdir, progress=sys.stderr.isatty()
+            vols, output, params.margin, params.max_records, params.seed, tmpdir=tmpdir, progress=sys.stderr.isatty(),
+            shard_records=stage.shard_records(params.shuffle_mb),
         )
         _echo_coordinates(summary, str(output))

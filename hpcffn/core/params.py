@@ -62,6 +62,10 @@ class CoordinateParams(_Strict):
     )
     max_records: int | None = Field(None, ge=1, description="cap per group file, split evenly over classes")
     seed: int = Field(0, description="random seed for resampling and shuffling")
+    shuffle_mb: int = Field(
+        8, ge=1, description="MB of records (8 bytes each) shuffled in memory at a time; the rest wait in "
+        "temporary shard files. Bounds the stage's peak memory (about 110 MB plus this)",
+    )
 
 
 class ModelParams(_Strict):

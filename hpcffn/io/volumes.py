@@ -60,8 +60,13 @@ def list_datasets(h5file) -> list[str]:
 
 
 @contextmanager
-def open_dataset(loc: Location | str, default_dataset: str | None = None) -> Iterator[h5py.Dataset]:  # noqa: F821
-    """Open a dataset read-only; missing file or dataset -> one line listing what exists."""
+def open_dataset(loc: Location | str, default_dataset: str | None = None,
+                 cache_bytes: int | None = None) -> Iterator[h5py.Dataset]:  # noqa: F821
+    """Open a dataset read-only; missing file or dataset -> one line listing what exists.
+
+    `cache_bytes` sizes HDF5's chunk cache (default 1 MB): thin slabs of a compressed
+    dataset decompress each chunk again unless a whole row of chunks stays cached.
+    """
     import h5py
 
     if not isinstance(loc, Location):
@@ -69,7 +74,7 @@ def open_dataset(loc: Location | str, default_dataset: str | None = None) -> Ite
     if not loc.path.is_file():
         raise HpcffnError(f"HDF5 file {loc.path} does not exist: check the path (dataset {loc.dataset!r})")
     try:
-        fh = h5py.File(loc.path, "r")
+        fh = h5py.File(loc.path, "r", **({"rdcc_nbytes": int(cache_bytes)} if cache_bytes else {}))
     except OSError as exc:
         raise HpcffnError(f"{loc.path} is not a readable HDF5 file ({exc})") from None
     try:

@@ -33,6 +33,9 @@ _VOL_SHIFT = 40
 _INDEX_MASK = (1 << _VOL_SHIFT) - 1
 _HYPERGEOMETRIC_LIMIT = 10**9 - 1
 _MAX_SHARDS = 512
+# HDF5 chunk cache for the slab reads: one row of our 64^3 chunks of a 500^2 plane (16 MB),
+# so thin slabs do not decompress every chunk again (8x the work with the 1 MB default).
+_CHUNK_CACHE = 16 << 20
 
 
 @dataclass
@@ -147,12 +150,16 @@ def build_coordinates(
     max_records: int | None = None,
     seed: int = 0,
     tmpdir: str | Path | None = None,
-    slab_voxels: int = 1 << 20,
-    block_records: int = 1 << 18,
-    shard_records: int = 8 << 20,
+    slab_voxels: int = 1 << 18,
+    block_records: int = 1 << 16,
+    shard_records: int = 1 << 20,
     progress: bool = False,
 ) -> dict:
-    """Write the coordinates TFRecord for `volumes`; returns a summary (counts per class)."""
+    """Write the coordinates TFRecord for `volumes`; returns a summary (counts per class).
+
+    Peak memory is about 110 MB plus one shard (`shard_records` x 8 bytes): slabs, blocks
+    and the writer's buffers are kept to a few MB each.
+    """
     from hpcffn.core.atomic import atomic_path
     from hpcffn.io.tfrecord import GzipRecordWriter
 
@@ -163,13 +170,15 @@ def build_coordinates(
     margin = tuple(int(m) for m in margin_zyx)
     if len(margin) != 3 or any(m < 0 for m in margin):
         raise HpcffnError(f"margin {margin_zyx!r} must be three non-negative integers z,y,x")
-    rng = np.random.default_rng(seed)
+    # Two streams: which records (resampling) never depends on how they are shuffled, so the
+    # memory setting (shard count) changes only the order.
+    rng, deal = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
 
     # Pass 1: shapes, offsets, counts per class.
     per_volume = []
     totals = np.zeros(256, dtype=np.int64)
     for v in volumes:
-        with open_dataset(v.location) as ds:
+        with open_dataset(v.location, cache_bytes=_CHUNK_CACHE) as ds:
             if ds.ndim != 3 or ds.dtype != np.uint8:
                 raise HpcffnError(
                     f"{v.location}: expected a 3-D uint8 partition map (stage partitions output), "
@@ -211,8 +220,9 @@ def build_coordinates(
     copies[classes] = per_class // totals[classes]
     extra_left[classes] = per_class % totals[classes]
     total_records = per_class * len(classes)
-    # Shards hold ~shard_records each (8 M x 8 bytes); past 512 of them (4 G records, e.g. a
-    # whole group without max_records) shards grow instead, to stay within open-file limits.
+    # Shards hold ~shard_records each (1 M x 8 bytes by default); past 512 of them (512 M
+    # records, e.g. a whole group without max_records) shards grow instead, to stay within
+    # open-file limits.
     n_shards = min(_MAX_SHARDS, max(1, -(-total_records // shard_records)))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     if tmpdir is not None and not Path(tmpdir).is_dir():
@@ -228,7 +238,7 @@ def build_coordinates(
                 if not all(h > low for low, h in zip(lo, hi)) or per_volume[vid][classes].sum() == 0:
                     continue
                 plane = v.shape[1] * v.shape[2]
-                with open_dataset(v.location) as ds:
+                with open_dataset(v.location, cache_bytes=_CHUNK_CACHE) as ds:
                     for z0, z1 in _slabs(v.shape, lo, hi, slab_voxels):
                         slab = ds[z0:z1, lo[1]:hi[1], lo[2]:hi[2]].reshape(-1)
                         order = np.argsort(slab, kind="stable")
@@ -247,7 +257,7 @@ def build_coordinates(
                             extra_left[c] -= e
                             members_left[c] -= m
                             for block in _expand(packed, int(copies[c]), e, rng, block_records):
-                                shards.add(block, rng)
+                                shards.add(block, deal)
                                 if bar:
                                     bar.advance(task, len(block))
             # Pass 3: shuffle each shard and write it.
@@ -255,9 +265,9 @@ def build_coordinates(
             shapes = np.array([v.shape for v in volumes], dtype=np.int64)
             offsets = np.array([v.offset for v in volumes], dtype=np.int64)
             written = 0
-            with atomic_path(output, suffix=".tfrecord.gz") as tmp, GzipRecordWriter(tmp) as writer:
+            with atomic_path(output, suffix=".tfrecord.gz") as tmp, GzipRecordWriter(tmp, block_bytes=2 << 20) as writer:
                 for shard in shards:
-                    rng.shuffle(shard)
+                    deal.shuffle(shard)
                     for i in range(0, len(shard), block_records):
                         part = shard[i:i + block_records]
                         vid = (part >> np.uint64(_VOL_SHIFT)).astype(np.int64)
@@ -281,6 +291,11 @@ def build_coordinates(
         "volumes": len(volumes),
         "records_per_class": int(per_class),
     }
+
+
+def shard_records(shuffle_mb: int) -> int:
+    """Records per in-memory shard for a `shuffle_mb` budget (8 bytes per packed record)."""
+    return max(1, int(shuffle_mb) << 17)
 
 
 def _expand(members: np.ndarray, k: int, extra: int, rng, block: int):
@@ -345,7 +360,8 @@ def run_from_plan(plan, group_key, params=None, tmpdir=None, progress: bool | No
 
         progress = sys.stderr.isatty()
     summary = build_coordinates(
-        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, tmpdir=tmpdir, progress=progress
+        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, tmpdir=tmpdir, progress=progress,
+        shard_records=shard_records(c.shuffle_mb),
     )
     mark_done(plan, "coordinates", group.name, records=summary["records"])
     return summary

@@ -8,9 +8,9 @@ Voxels closer than the radius to the array border cannot be computed and are 255
 output keeps the input's shape; Google fills them with 255 too), as are excluded voxels.
 
 FFN loops over every id with full-volume passes (cost: volume x objects). Here each object is
-processed inside its bounding box grown by the radius, with separable running sums in
-modular small integers, and the count -> class mapping is a lookup table computed with the
-very same float64 division Google uses, so the values are identical.
+processed only where it has voxels (hpcffn.stages.partition_objects), with separable running
+sums in modular small integers, and the count -> class mapping is a lookup table computed with
+the very same float64 division Google uses, so the values are identical.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.stages.partition_objects import ObjectPartitioner, object_boxes
 
 EXCLUDED = 255
 
@@ -41,8 +42,9 @@ def class_table(thresholds: Sequence[float], fov_volume: int) -> np.ndarray:
     return (np.searchsorted(th, fraction, side="right") + 1).astype(np.uint8)
 
 
-def _bincount(values: np.ndarray, minlength: int = 0, chunk: int = 1 << 24) -> np.ndarray:
-    """np.bincount in chunks: bincount casts its input to int64, 8x the memory of uint8 data."""
+def _bincount(values: np.ndarray, minlength: int = 0, chunk: int = 1 << 20) -> np.ndarray:
+    """np.bincount in chunks: bincount casts its input to int64, 8x the memory of uint8 data
+    (small chunks also keep that copy in cache)."""
     flat = values.reshape(-1)
     counts = np.zeros(minlength, dtype=np.int64)
     for i in range(0, flat.size, chunk):
@@ -76,39 +78,12 @@ def _dense_objects(seg: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
         lut[ids] = new
         # Slab by slab: fancy indexing casts the whole index array to int64 otherwise.
         dense = np.empty(seg.shape, dtype=dtype)
-        step = max(1, (1 << 22) // max(1, seg[0].size))
+        step = max(1, (1 << 20) // max(1, seg[0].size))
         for z in range(0, seg.shape[0], step):
             dense[z:z + step] = lut[seg[z:z + step]]
     else:
         dense = new[inverse].reshape(seg.shape)
     return dense, k
-
-
-def _window_sum(a: np.ndarray, axis: int, diam: int, dtype) -> np.ndarray:
-    """Sums over a centered window of `diam` along `axis`, VALID mode, modulo 2**bits.
-
-    Exact as long as every true sum fits `dtype` (unsigned wrap-around cancels out).
-    """
-    if diam == 1:
-        return a.astype(dtype, copy=False)
-    c = np.cumsum(a, axis=axis, dtype=dtype)
-    n = a.shape[axis]
-    head = [slice(None)] * a.ndim
-    head[axis] = slice(diam - 1, None)
-    out = c[tuple(head)].copy()
-    lo = [slice(None)] * a.ndim
-    lo[axis] = slice(0, n - diam)
-    rest = [slice(None)] * a.ndim
-    rest[axis] = slice(1, None)
-    out[tuple(rest)] -= c[tuple(lo)]
-    return out
-
-
-def _uint_for(limit: int):
-    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
-        if limit <= np.iinfo(dt).max:
-            return dt
-    raise ValueError("window too large")
 
 
 def exclusion_mask(shape, regions: Iterable[Sequence[float]]) -> np.ndarray | None:
@@ -158,10 +133,10 @@ def compute_partitions(
     diam = 2 * rad + 1
     fov = int(np.prod(diam))
     lut = class_table(thresholds, fov)
-    shape = np.array(seg.shape)
+    shape = tuple(int(n) for n in seg.shape)
 
     out = np.full(seg.shape, EXCLUDED, dtype=np.uint8)
-    if np.any(shape - 2 * rad <= 0):
+    if any(n - 2 * r <= 0 for n, r in zip(shape, rad)):
         return out
     inner = tuple(slice(r, n - r) for r, n in zip(rad, shape))
     out[inner] = 0
@@ -179,48 +154,20 @@ def compute_partitions(
     dense, k = _dense_objects(seg, min_size)
     if k == 0:
         return out
-    from scipy.ndimage import find_objects
-
-    boxes = find_objects(dense)
-    dts = (_uint_for(diam[0]), _uint_for(diam[0] * diam[1]), _uint_for(fov))
-
-    def piece(label: int, lo, hi) -> None:
-        """Values of `label`'s voxels whose centres lie in the grown box lo..hi shrunk by r."""
-        grown = tuple(slice(a, b) for a, b in zip(lo, hi))
-        obj = dense[grown] == label
-        counts = obj
-        for axis in range(3):
-            counts = _window_sum(counts, axis, int(diam[axis]), dts[axis])
-        centre = tuple(slice(r, h - low - r) for r, low, h in zip(rad, lo, hi))
-        target = out[tuple(slice(a + r, b - r) for a, b, r in zip(lo, hi, rad))]
-        sel = obj[centre] & (target == 0)
-        target[sel] = lut[counts[sel]]
+    boxes = object_boxes(dense, k)
+    kernel = ObjectPartitioner(dense, out, lut, rad, piece_voxels)
 
     def one(label: int) -> None:
-        box = boxes[label - 1]
-        if box is None:
-            return
-        lo = [max(0, s.start - r) for s, r in zip(box, rad)]
-        hi = [min(n, s.stop + r) for s, n, r in zip(box, shape, rad)]
-        # Centres computed: the grown box shrunk by the radius, i.e. the object's box
-        # clipped to the computable interior.
-        if any(h - low - 2 * r <= 0 for low, h, r in zip(lo, hi, rad)):
-            return
-        # Objects with huge boxes go in z pieces (each with its r halo) so the temporaries
-        # stay near `piece_voxels` whatever the object's extent.
-        plane = (hi[1] - lo[1]) * (hi[2] - lo[2])
-        depth = max(1, piece_voxels // max(1, plane) - 2 * int(rad[0]))
-        z_first, z_last = lo[0] + rad[0], hi[0] - rad[0]
-        for z0 in range(z_first, z_last, depth):
-            z1 = min(z_last, z0 + depth)
-            piece(label, [z0 - rad[0], lo[1], lo[2]], [z1 + rad[0], hi[1], hi[2]])
+        kernel.partition(label, boxes[label - 1])
 
-    labels = range(1, k + 1)
+    # Largest boxes first, so the threads finish together.
+    labels = sorted((i + 1 for i, b in enumerate(boxes) if b is not None),
+                    key=lambda i: -np.prod([s.stop - s.start for s in boxes[i - 1]], dtype=np.int64))
     workers = threads or _cpu_count()
-    if workers > 1 and k > 1:
+    if workers > 1 and len(labels) > 1:
         # Objects own disjoint voxels, so threads never write the same output element.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(one, labels, chunksize=8):
+            for _ in pool.map(one, labels):
                 pass
     else:
         for label in labels:
@@ -311,9 +258,10 @@ def partitions_standalone(
     with open_dataset(src) as ds:
         if ds.ndim != 3:
             raise HpcffnError(f"{src}: dataset has {ds.ndim} dimensions, expected 3 (z,y,x)")
-        seg = ds[...]
+        shape = ds.shape
         offset = tuple(int(v) for v in ds.attrs.get("offset", (0, 0, 0)))
         boxes = input_bounding_boxes(ds)
+    seg = read_labels_compact(src, (0, 0, 0), shape)  # uint32 where the ids fit: half the memory
     mask = None
     if mask_loc is not None:
         with open_dataset(parse_location(mask_loc, "mask")) as mds:
