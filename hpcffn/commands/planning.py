@@ -26,11 +26,19 @@ def plan(
     from hpcffn.plan.render import write_workdir
     from hpcffn.plan.summary import print_plan_summary
 
+    from contextlib import nullcontext
+
+    from hpcffn.core.locks import exclusive
+
     planned = make_plan(spec, templates)
     check_workdir_owner(planned, force)
-    if not force and not dry_run:
-        _check_queued_jobs(planned.plan)
-    report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
+    layout = planned.plan.layout
+    # Two plans writing one workdir at once would leave scripts out of step with plan.json.
+    with nullcontext() if dry_run else exclusive(layout.plan_lock, f"the plan of {layout.root}",
+                                                 "wait for that `hpcffn plan` to finish, then plan again"):
+        if not force and not dry_run:
+            _check_queued_jobs(planned.plan)
+        report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
     print_plan_summary(planned, report, dry_run=dry_run)
 
 

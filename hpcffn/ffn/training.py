@@ -43,11 +43,14 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        from hpcffn.core.signals import STOP_SIGNALS, take_early
+
+        for sig in STOP_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a test runner thread): no signals
                 pass
+        self.signum = take_early()  # one that came while TensorFlow was loading
         return self
 
     def _handle(self, signum, frame):

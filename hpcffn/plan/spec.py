@@ -31,7 +31,7 @@ StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "s
 
 
 def _name(v: str) -> str:
-    if not NAME_RE.match(v) or len(v) > 100:
+    if not NAME_RE.fullmatch(v) or len(v) > 100:
         raise ValueError("must start with a letter or digit and hold only letters, digits, '_', '.', '-' (at most 100)")
     return v
 
@@ -155,7 +155,7 @@ def _extra_line(line: str) -> str:
     text = line.strip()
     if text.startswith("#SBATCH"):
         text = text[len("#SBATCH"):].strip()
-    if not _EXTRA.match(text):
+    if not _EXTRA.fullmatch(text):
         raise ValueError(f"{line!r} is not one sbatch option like --exclusive or --nodelist=node1 (no spaces, quotes or shell characters)")
     opt = text.lstrip("-").split("=")[0].split(" ")[0]
     key = _SHORT.get(opt, opt) if not text.startswith("--") else opt
@@ -185,7 +185,7 @@ class StageResources(_Strict):
     @field_validator("partition", "account", "qos", "constraint", "mail_user")
     @classmethod
     def _word(cls, v):
-        if v and not _WORD.match(v):
+        if v and not _WORD.fullmatch(v):
             raise ValueError(f"{v!r} holds characters SLURM does not accept here (spaces, quotes, shell characters)")
         return v
 
@@ -202,14 +202,14 @@ class StageResources(_Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, v):
-        if v and not _TIME.match(v):
+        if v and not _TIME.fullmatch(v):
             raise ValueError(f"{v!r} is not a SLURM time: use MM, HH:MM:SS or D-HH:MM:SS")
         return v
 
     @field_validator("memory")
     @classmethod
     def _mem(cls, v):
-        if v and not _MEM.match(v):
+        if v and not _MEM.fullmatch(v):
             raise ValueError(f"{v!r} is not a SLURM memory size: use e.g. 64G or 8000M")
         return v
 
@@ -226,7 +226,7 @@ class StageResources(_Strict):
     @classmethod
     def _modules(cls, v):
         for m in v or []:
-            if not _MODULE.match(m):
+            if not _MODULE.fullmatch(m):
                 raise ValueError(f"module name {m!r} holds characters that are not allowed (letters, digits, _ . / + - only)")
         return v
 
@@ -280,7 +280,7 @@ class ContainerSpec(_Strict):
     @field_validator("command")
     @classmethod
     def _command(cls, v):
-        if not re.match(r"^[A-Za-z0-9_./+\-]+$", v):
+        if not re.fullmatch(r"[A-Za-z0-9_./+\-]+", v):
             raise ValueError(f"{v!r} must be a command name or path (letters, digits, _ . / + - only)")
         return v
 
@@ -422,7 +422,7 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
     from hpcffn.plan.resources import profiles_dir
 
     shipped = profiles_dir() / f"{name_or_path}.yaml"
-    if NAME_RE.match(name_or_path) and not name_or_path.endswith((".yaml", ".yml")):
+    if NAME_RE.fullmatch(name_or_path) and not name_or_path.endswith((".yaml", ".yml")):
         if not shipped.is_file():
             known = ", ".join(sorted(p.stem for p in profiles_dir().glob("*.yaml")))
             raise HpcffnError(

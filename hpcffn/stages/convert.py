@@ -184,7 +184,7 @@ def convert(
 def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
                   progress: bool | None = None, slab: int | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
     from hpcffn.io.volumes import parse_location
 
     vol = plan.volume(plan.task_unit("convert", volume_key))
@@ -201,25 +201,28 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             f"volume {vol.name} needs no conversion: its raw and groundtruth are read from "
             f"{vol.raw} and {vol.groundtruth}"
         )
-    rescale = rescale or vol.rescale
-    connectivity = connectivity or vol.connectivity
-    info = convert(
-        target,
-        raw=vol.raw_source if want_raw else None,
-        groundtruth=vol.groundtruth_source if want_gt else None,
-        polarity=vol.polarity,
-        rescale=rescale,
-        raw_dataset=raw_loc.dataset,
-        gt_dataset=gt_loc.dataset if gt_loc else "stack",
-        connectivity=connectivity,
-        slab=slab,
-        overwrite=True,  # our own output of an earlier run
-        progress=progress,
-        expected_shape=vol.shape,
-    )
-    if vol.tile_files:
-        info["tile_files"] = write_tile_files(plan, vol)
-    mark_done(plan, "convert", vol.name, **info)
+    tile_files = [plan.layout.tile_file(t.name) for t in plan.tiles if t.volume == vol.name] if vol.tile_files else []
+    outputs = (target, *tile_files)
+    with hold_unit(plan, "convert", vol.name, outputs):
+        rescale = rescale or vol.rescale
+        connectivity = connectivity or vol.connectivity
+        info = convert(
+            target,
+            raw=vol.raw_source if want_raw else None,
+            groundtruth=vol.groundtruth_source if want_gt else None,
+            polarity=vol.polarity,
+            rescale=rescale,
+            raw_dataset=raw_loc.dataset,
+            gt_dataset=gt_loc.dataset if gt_loc else "stack",
+            connectivity=connectivity,
+            slab=slab,
+            overwrite=True,  # our own output of an earlier run
+            progress=progress,
+            expected_shape=vol.shape,
+        )
+        if vol.tile_files:
+            info["tile_files"] = write_tile_files(plan, vol)
+        mark_done(plan, "convert", vol.name, **info)
     return info
 
 

@@ -96,10 +96,12 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     return 0
 
 
-def plan_checkpoint(plan: Plan, tile) -> Path | str:
-    """The spec's inference checkpoint, else the tile's group's (or the first group's) train dir."""
-    if plan.ffn.inference.checkpoint:
-        return plan.ffn.inference.checkpoint
+def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> Path | str:
+    """`params.checkpoint` (the --checkpoint flag over the spec's ffn.inference.checkpoint), else
+    the tile's group's (or the first group's) train dir."""
+    chosen = (params or plan.ffn.inference).checkpoint
+    if chosen:
+        return chosen
     group = tile.group or (plan.groups[0].name if plan.groups else None)
     if group is None:
         raise HpcffnError(
@@ -112,14 +114,16 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
                   params: InferenceParams | None = None, training: TrainingParams | None = None,
                   log=print) -> int:
     """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     tile = plan.tile(plan.task_unit("infer", tile_key))
     volume = plan.volume(tile.volume)
     output = plan.layout.segmentation(tile.name)
-    code = segment_location(volume.raw, plan_checkpoint(plan, tile), output, model_params or plan.ffn.model,
-                            params or plan.ffn.inference, tile.infer_box.start, tile.infer_box.size,
-                            xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
-    if code == 0:
-        mark_done(plan, "infer", tile.name)
+    params = params or plan.ffn.inference
+    with hold_unit(plan, "infer", tile.name, (output, state_path(output))):
+        code = segment_location(volume.raw, plan_checkpoint(plan, tile, params), output, model_params or plan.ffn.model,
+                                params, tile.infer_box.start, tile.infer_box.size,
+                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
+        if code == 0:
+            mark_done(plan, "infer", tile.name)
     return code

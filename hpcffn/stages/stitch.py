@@ -194,7 +194,7 @@ def stitch_files(segmentations: list[str], output: str, params: StitchParams, sh
 
 def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
     """Stitch one volume of a plan into workdir/stitch/<volume>.h5:seg and mark it done."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     volume = plan.volume(volume_name)
     tiles = []
@@ -207,7 +207,8 @@ def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = No
                               f"(`hpcffn submit --resume` or `hpcffn stage infer --plan {plan.layout.plan} --tile {t.name}`)")
         tiles.append(TileSegmentation(t.name, Location(path, "seg"), tuple(t.infer_box.start), tuple(t.infer_box.size),
                                       tuple(t.box.start), tuple(t.box.size)))
-    summary = stitch(tiles, volume.shape, Location(plan.layout.stitched(volume.name), "seg"), params or plan.ffn.stitch,
-                     log=log)
-    mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
+    out = plan.layout.stitched(volume.name)
+    with hold_unit(plan, "stitch", volume.name, (out,)):
+        summary = stitch(tiles, volume.shape, Location(out, "seg"), params or plan.ffn.stitch, log=log)
+        mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
     return summary

@@ -38,7 +38,7 @@ def plan_volumes(plan: Plan) -> list:
 def run_from_plan(plan: Plan, group: str, model_params: ModelParams | None = None,
                   train_params: TrainingParams | None = None, log=print) -> int:
     """Train group `group` (name or index) as planned; marker written when max_steps is reached."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     g = plan.group(group)
     coords = plan.layout.coordinates(g.name)
@@ -52,7 +52,8 @@ def run_from_plan(plan: Plan, group: str, model_params: ModelParams | None = Non
         raise HpcffnError(f"the plan of {plan.spec_file} has no volume with groundtruth: training needs labels")
     mp = model_params or plan.ffn.model
     tp = train_params or plan.ffn.training
-    code = train_model([coords], volumes, mp, tp, plan.layout.train_dir(g.name), log=log)
-    if code == 0:
-        mark_done(plan, "train", g.name, max_steps=tp.max_steps)
+    with hold_unit(plan, "train", g.name):
+        code = train_model([coords], volumes, mp, tp, plan.layout.train_dir(g.name), log=log)
+        if code == 0:
+            mark_done(plan, "train", g.name, max_steps=tp.max_steps)
     return code

@@ -1,0 +1,197 @@
+"""What docs/guarantees.md promises: one writer per unit, inputs never written, no stale
+temporaries, one plan at a time, signals caught from the start, whole names only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from plan_helpers import spec_dict, write_h5, write_spec
+from test_data_stages_plan import make_plan as make_data_plan
+from test_plan_cli import assert_one_line_error, hpcffn
+
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.locks import exclusive
+from hpcffn.plan.planner import make_plan
+from hpcffn.stages import convert, coordinates, partitions
+from hpcffn.stages.markers import hold_unit
+
+
+# ------------------------------------------------------------------ 1. one writer per unit
+
+def test_a_second_writer_of_a_unit_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    plan, _, _ = make_data_plan(tmp_path)
+    convert.run_from_plan(plan, "v", progress=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with hold_unit(plan, "partitions", "v_z0_y0_x0"):
+        proc = hpcffn("stage", "partitions", "--plan", plan.layout.plan, "--tile", "v_z0_y0_x0")
+        assert_one_line_error(proc, "partitions v_z0_y0_x0", f"host {socket.gethostname()}",
+                              f"pid {os.getpid()}", "SLURM job 4242")
+        assert not plan.layout.partitions("v_z0_y0_x0").exists()
+        # Another unit of the same stage is free.
+        assert hpcffn("stage", "partitions", "--plan", plan.layout.plan, "--tile", "v_z0_y0_x1").returncode == 0
+    # Released with the block: the unit runs now.
+    assert hpcffn("stage", "partitions", "--plan", plan.layout.plan, "--tile", "v_z0_y0_x0").returncode == 0
+
+
+@pytest.mark.parametrize("stage,unit", [("train", "g0"), ("infer", "v_z0_y0_x0"), ("stitch", "v"),
+                                        ("coordinates", "g0"), ("convert", "v")])
+def test_every_writing_stage_takes_its_units_lock(tmp_path, stage, unit):
+    """Each stage's plan entry refuses while its unit is held (before reading any input)."""
+    from hpcffn.stages import infer, stitch, train
+
+    plan, _, _ = make_data_plan(tmp_path)
+    convert.run_from_plan(plan, "v", progress=False)
+    for t in plan.tiles:
+        partitions.run_from_plan(plan, t.name)
+    coordinates.run_from_plan(plan, "g0", progress=False)
+    for t in plan.tiles:  # stitch needs the tiles' segmentations to exist
+        from hpcffn.stages.infer import write_segmentation
+
+        write_segmentation(plan.layout.segmentation(t.name), np.zeros(t.infer_box.size, np.uint64), t.infer_box.start)
+    run = {"train": lambda: train.run_from_plan(plan, "g0"), "infer": lambda: infer.run_from_plan(plan, unit),
+           "stitch": lambda: stitch.run_from_plan(plan, "v"),
+           "coordinates": lambda: coordinates.run_from_plan(plan, "g0", progress=False),
+           "convert": lambda: convert.run_from_plan(plan, "v", progress=False)}[stage]
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from hpcffn.core.plan_model import load_plan\n"
+        "from hpcffn.stages.markers import hold_unit\n"
+        f"with hold_unit(load_plan({str(plan.layout.plan)!r}), {stage!r}, {unit!r}):\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(HpcffnError, match=rf"{stage} {unit} of .* another run \(host .*pid {child.pid}"):
+            run()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path):
+    lock = tmp_path / "u.lock"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom hpcffn.core.locks import exclusive\n"
+        f"with exclusive({str(lock)!r}, 'u', 'wait'):\n    print('held', flush=True); time.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert child.stdout.readline().strip() == "held"
+    with pytest.raises(HpcffnError, match="u is being written by another run"):
+        with exclusive(lock, "u", "wait"):
+            pass
+    child.kill()
+    child.wait()
+    with exclusive(lock, "u", "wait"):  # kill -9 leaves the file, never the lock
+        pass
+
+
+def test_killing_the_local_runner_ends_its_tasks(job_tmp):
+    """kill -9 of `hpcffn run` must not leave a task writing beside the one a resume starts."""
+    from conftest import build_mini_plan
+    from test_jobs_local import HPCFFN, _patch_partitions
+
+    plan = build_mini_plan(job_tmp / "work", throttle=None)
+    _patch_partitions(plan, 'echo $$ > "pid_$unit"; sleep 120\n')
+    root = plan.layout.root
+    runner = subprocess.Popen([*HPCFFN, "run", str(root), "--no-progress", "--stage", "partitions"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(root.glob("pid_*")):
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in root.glob("pid_*") if p.read_text().strip()]
+        assert pids
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for p in root.glob("pid_*"):
+            try:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------ 2. inputs never written
+
+def test_plan_refuses_an_input_in_the_file_convert_writes(tmp_path):
+    spec = spec_dict(volumes=[{"name": "v", "raw": "work/data/v.h5:raw", "groundtruth": "work/data/v.h5:stack",
+                               "polarity": "white"}])
+    path = write_spec(tmp_path, spec, data=False)
+    write_h5(tmp_path / "work" / "data" / "v.h5", datasets=("raw", "stack", "my_annotations"))
+    assert_one_line_error(hpcffn("plan", path), "volumes.0.raw", "convert writes", "move your input")
+    with h5py.File(tmp_path / "work" / "data" / "v.h5") as fh:
+        assert set(fh) == {"raw", "stack", "my_annotations"}
+
+
+# ------------------------------------------------------------------ 5. whole names only
+
+@pytest.mark.parametrize("where", ["name", "volume"])
+def test_names_with_a_trailing_newline_are_refused(tmp_path, where):
+    spec = spec_dict()
+    if where == "name":
+        spec["name"] = "tiny\n"
+    else:
+        spec["volumes"][0]["name"] = "blobs\n"
+    path = write_spec(tmp_path, spec)
+    proc = hpcffn("validate", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()
+
+
+# ------------------------------------------------------------------ 6. stale temporaries
+
+def test_the_next_run_of_a_unit_removes_what_a_killed_run_left(tmp_path):
+    plan, _, _ = make_data_plan(tmp_path)
+    target = plan.layout.converted_volume("v")
+    target.parent.mkdir(parents=True)
+    stale = target.parent / f".{target.name}.k2j_x9ab.tmp.h5"
+    other = target.parent / ".w.h5.k2j_x9ab.tmp.h5"  # another volume's: not this unit's
+    stale.write_bytes(b"x" * 1000)
+    other.write_bytes(b"x")
+    convert.run_from_plan(plan, "v", progress=False)
+    assert not stale.exists() and other.exists()
+    for t in plan.tiles:
+        partitions.run_from_plan(plan, t.name)
+    out = plan.layout.coordinates("g0")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shards = out.parent / f"{coordinates.shard_prefix(out)}abc123"
+    shards.mkdir()
+    (shards / "shard00000.u64").write_bytes(b"0" * 80)
+    tmp_rec = out.parent / f".{out.name}.abcdefgh.tmp.tfrecord.gz"
+    tmp_rec.write_bytes(b"x")
+    coordinates.run_from_plan(plan, "g0", progress=False)
+    assert not shards.exists() and not tmp_rec.exists() and out.is_file()
+
+
+# ------------------------------------------------------------------ 7. one plan at a time
+
+def test_plan_refuses_while_another_plan_writes_the_workdir(tmp_path):
+    path = write_spec(tmp_path)
+    assert hpcffn("plan", path).returncode == 0
+    planned = make_plan(path)
+    with exclusive(planned.plan.layout.plan_lock, "x", "y"):
+        assert_one_line_error(hpcffn("plan", path), "the plan of", "another run", f"pid {os.getpid()}")
+        assert hpcffn("plan", path, "--dry-run").returncode == 0  # writes nothing, needs no lock
+    assert hpcffn("plan", path).returncode == 0
