@@ -195,3 +195,70 @@ def test_plan_refuses_while_another_plan_writes_the_workdir(tmp_path):
         assert_one_line_error(hpcffn("plan", path), "the plan of", "another run", f"pid {os.getpid()}")
         assert hpcffn("plan", path, "--dry-run").returncode == 0  # writes nothing, needs no lock
     assert hpcffn("plan", path).returncode == 0
+
+
+# ------------------------------------------------------------------ 11. SLURM down: short waits, said plainly
+
+def _fake_tools(folder, tools: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in tools.items():
+        path = folder / name
+        path.write_text("#!/bin/bash\n" + body + "\n")
+        path.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def _submitted(plan, ids):
+    from hpcffn.jobs.state import State, Submission, save_state
+
+    subs = [Submission(job=j.name, job_id=jid, submitted="t", sha256="x",
+                       tasks=list(range(len(j.units))) if j.array else None) for j, jid in zip(plan.jobs, ids)]
+    save_state(plan.layout.state, State(submissions=subs))
+
+
+def test_status_with_a_hanging_scheduler_answers_quickly_and_says_so(mini_plan, tmp_path):
+    _submitted(mini_plan, [str(100 + i) for i in range(len(mini_plan.jobs))])
+    hang = "sleep 300"
+    path = _fake_tools(tmp_path / "bin", {"squeue": hang, "sacct": hang, "scontrol": hang, "sbatch": hang})
+    env = {**os.environ, "PATH": path, "HPCFFN_SLURM_TIMEOUT": "2"}
+    start = time.monotonic()
+    proc = subprocess.run(["hpcffn", "status", str(mini_plan.layout.root)], capture_output=True, text=True,
+                          env=env, timeout=100, check=False)
+    assert time.monotonic() - start < 30, "a hanging scheduler must not hold status for minutes"
+    assert proc.returncode == 0, proc.stderr
+    assert "SLURM did not answer" in proc.stdout + proc.stderr and "did not answer within 2 s" in proc.stdout + proc.stderr
+
+
+def test_status_says_when_only_accounting_answered(mini_plan, tmp_path, monkeypatch):
+    from hpcffn.jobs.status import collect
+
+    _submitted(mini_plan, ["100"])
+    path = _fake_tools(tmp_path / "bin", {
+        "squeue": 'echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2; exit 1',
+        "sacct": 'echo "100|RUNNING|0:0|None"',
+        "scontrol": 'echo "scontrol: error: Unable to contact slurm controller" >&2; exit 1'})
+    monkeypatch.setenv("PATH", path)
+    report = collect(mini_plan)
+    assert any("scheduler did not answer `squeue`" in w for w in report.warnings), report.warnings
+
+
+# ------------------------------------------------------------------ 12. all-or-nothing submit
+
+def test_submit_queues_nothing_when_sbatch_would_refuse_any_script(mini_plan, tmp_path, monkeypatch):
+    from hpcffn.jobs.state import load_state
+    from hpcffn.jobs.submit import submit
+
+    script = mini_plan.layout.root / mini_plan.job("train_g0").script
+    script.write_text(script.read_text().replace("#SBATCH", "#SBATCH --partition=bogus\n#SBATCH", 1))
+    log = tmp_path / "queued"
+    path = _fake_tools(tmp_path / "bin", {"sbatch": f"""script="${{@: -1}}"
+if grep -q "partition=bogus" "$script"; then echo "sbatch: error: invalid partition specified: bogus" >&2; exit 1; fi
+for a in "$@"; do [ "$a" = "--test-only" ] && {{ echo "sbatch: Job 1 to start at now" >&2; exit 0; }}; done
+echo "$script" >> {log}; wc -l < {log}"""})
+    monkeypatch.setenv("PATH", path)
+    with pytest.raises(HpcffnError, match=r"nothing was submitted: .*train_g0 \(sbatch: error: invalid partition"):
+        submit(mini_plan, echo=lambda *_: None)
+    assert not log.exists() and not load_state(mini_plan.layout.state).submissions
+    script.write_text(script.read_text().replace("#SBATCH --partition=bogus\n", "", 1))
+    assert len(submit(mini_plan, echo=lambda *_: None)) == len(mini_plan.jobs)
+    assert len(log.read_text().splitlines()) == len(mini_plan.jobs)
