@@ -24,7 +24,6 @@ from hpcffn.plan.planner import make_plan
 from hpcffn.stages import convert, coordinates, partitions
 from hpcffn.stages.markers import hold_unit
 
-
 # ------------------------------------------------------------------ 1. one writer per unit
 
 def test_a_second_writer_of_a_unit_is_refused_naming_the_holder(tmp_path, monkeypatch):

@@ -22,13 +22,12 @@ def plan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be written; write nothing.")] = False,
 ) -> None:
     """Tile the volumes, deal GPU groups and render every batch script into the workdir."""
-    from hpcffn.plan.planner import check_workdir_owner, make_plan
-    from hpcffn.plan.render import write_workdir
-    from hpcffn.plan.summary import print_plan_summary
-
     from contextlib import nullcontext
 
     from hpcffn.core.locks import exclusive
+    from hpcffn.plan.planner import check_workdir_owner, make_plan
+    from hpcffn.plan.render import write_workdir
+    from hpcffn.plan.summary import print_plan_summary
 
     planned = make_plan(spec, templates)
     check_workdir_owner(planned, force)
@@ -68,13 +67,19 @@ def init(
 
 def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")]) -> None:
     """Check a spec and its inputs (files, datasets, shapes, templates); write nothing."""
+    from hpcffn.core.errors import HpcffnError
+    from hpcffn.plan.inputs import check_inputs
     from hpcffn.plan.planner import check_workdir_owner, make_plan
 
     planned = make_plan(spec)
     check_workdir_owner(planned, force=False)
     p = planned.plan
-    for w in planned.warnings:
+    errors, warnings = check_inputs(p)
+    for w in planned.warnings + warnings:
         typer.echo(f"warning: {w}", err=True)
+    if errors:
+        more = f" (and {len(errors) - 1} more: {' | '.join(errors[1:])})" if len(errors) > 1 else ""
+        raise HpcffnError(f"{spec}: {errors[0]}{more}")
     counts = ", ".join(_count(n, what) for n, what in ((len(p.volumes), "volume"), (len(p.tiles), "tile"),
                                                        (len(p.groups), "group"), (len(p.jobs), "job")))
     typer.echo(f"{spec}: ok ({counts} into {p.workdir})")

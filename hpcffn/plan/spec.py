@@ -259,6 +259,14 @@ class ProfileSpec(_PerStage):
     """A cluster profile file (templates/profiles/<name>.yaml or the user's own)."""
 
     description: str = ""
+    max_time: str | None = Field(None, description="the longest time limit the cluster's partitions allow")
+
+    @field_validator("max_time")
+    @classmethod
+    def _max_time(cls, v):
+        if v and not _TIME.fullmatch(v):
+            raise ValueError("must be a SLURM time like 5-00:00:00")
+        return v
 
 
 class ClusterSpec(_PerStage):
@@ -333,6 +341,37 @@ def _unique_keys_loader():
     return Loader
 
 
+# Values a spec may expand to once YAML aliases (*name) are followed: real specs hold a few
+# hundred; nested aliases can make an 18 KB file expand to hundreds of MB of scripts.
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(root, path: Path) -> None:
+    """Count the values of the document with every alias expanded, without expanding it."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(node, open_: frozenset) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise HpcffnError(f"{path}: a YAML alias refers to itself (a recursive structure); write the values out")
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child, open_ | {id(node)}) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k, open_ | {id(node)}) + size(v, open_ | {id(node)}) for k, v in node.value)
+        if n > MAX_YAML_VALUES:
+            raise HpcffnError(f"{path}: expands to more than {MAX_YAML_VALUES} values through YAML aliases (&name/*name); "
+                              "write the spec without nesting aliases inside aliases")
+        sizes[id(node)] = n
+        return n
+
+    if root is not None:
+        size(root, frozenset())
+
+
 def load_yaml(path: Path, what: str = "spec") -> dict:
     """Read a YAML mapping with one-line errors."""
     import yaml
@@ -340,7 +379,13 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
     if not path.is_file():
         raise HpcffnError(f"{what} file {path} does not exist; check the path (or run `hpcffn init {path}`)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
+        loader = _unique_keys_loader()(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            _check_expanded_size(node, path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -354,11 +399,18 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
 
 
 def validate_model(model: type[BaseModel], data: dict, path: Path):
-    """model.model_validate with the first error as one line: FILE: field a.b: problem; fix."""
+    """model.model_validate with every error on one line: FILE: field a.b: problem; fix (| next ...)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HpcffnError(format_error(path, exc.errors()[0], model)) from None
+        seen, lines = set(), []
+        for err in exc.errors():  # a union field fails once per branch: report each field once
+            key = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            if key not in seen:
+                seen.add(key)
+                lines.append(format_error(path, err, model).removeprefix(f"{path}: "))
+        more = f" ({len(lines)} problems)" if len(lines) > 1 else ""
+        raise HpcffnError(f"{path}{more}: " + " | ".join(lines)) from None
 
 
 def format_error(path: Path, err: dict, root: type[BaseModel]) -> str:

@@ -25,11 +25,10 @@ def state_path(output: Path) -> Path:
 
 def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
     """`seg` (uint64) with attr `offset` (z,y,x start in the volume), written atomically."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
-    with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(output) as f:
         ds = f.create_dataset("seg", data=seg.astype(np.uint64, copy=False), compression="gzip", compression_opts=1)
         # The contract names an `offset` attribute; it is on the file and on the dataset so
         # readers looking at either find it.

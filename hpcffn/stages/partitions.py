@@ -242,7 +242,7 @@ def write_partitions(
     """Write `af` with FFN's attributes (bounding_boxes, partition_counts) plus ours, atomically."""
     import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
     path = Path(path)
     if path.exists():
@@ -272,7 +272,7 @@ def write_partitions(
     hist = _bincount(np.ascontiguousarray(interior), minlength=256)
     values = np.flatnonzero(hist)
     counts = hist[values]
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+    with atomic_h5(path) as fh:
         chunks = tuple(min(64, max(1, n)) for n in af.shape)
         ds = fh.create_dataset(dataset, data=af, chunks=chunks, compression="gzip", compression_opts=1)
         ds.attrs["offset"] = np.asarray(offset, dtype=np.int64)

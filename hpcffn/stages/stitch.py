@@ -109,9 +109,8 @@ def _intersection(t: TileSegmentation, u: TileSegmentation):
 def stitch(tiles: list[TileSegmentation], shape, output: Location, params: StitchParams,
            log: Callable[[str], None] = print) -> dict:
     """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
     for t in tiles:
         offset, size = segmentation_box(t.location)
@@ -153,7 +152,7 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
     lut = final[lut]
     # Pass 2: write what each tile owns.
-    with atomic_path(output.path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(output.path) as f:
         chunks = tuple(min(64, s) for s in shape) if all(shape) else None
         ds = f.create_dataset(output.dataset, shape=tuple(shape), dtype=np.uint64, chunks=chunks,
                               compression="gzip", compression_opts=1, fillvalue=0)
