@@ -261,3 +261,166 @@ echo "$script" >> {log}; wc -l < {log}"""})
     script.write_text(script.read_text().replace("#SBATCH --partition=bogus\n", "", 1))
     assert len(submit(mini_plan, echo=lambda *_: None)) == len(mini_plan.jobs)
     assert len(log.read_text().splitlines()) == len(mini_plan.jobs)
+
+
+# ------------------------------------------------------------------ 4. no silent wrong input
+
+def _spec_with_h5(tmp_path, raw, stack, polarity=None):
+    path = write_spec(tmp_path, data=False)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    with h5py.File(tmp_path / "data" / "v1.h5", "w") as fh:
+        fh["raw"], fh["stack"] = raw, stack
+    if polarity:
+        spec = yaml.safe_load(path.read_text())
+        spec["volumes"][0]["polarity"] = polarity
+        path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+SHAPE = (100, 130, 70)
+
+
+def _labels():
+    stack = np.zeros(SHAPE, np.uint32)
+    stack[:, 10:60, 10:40] = 1
+    stack[:, 70:120, 20:60] = 2
+    return stack
+
+
+def _gray():
+    return np.random.default_rng(0).integers(0, 256, SHAPE).astype(np.uint8)
+
+
+@pytest.mark.parametrize("raw,words", [
+    (lambda: _gray().astype(np.float32) / 255, ["float32", "0..1", "rescale minmax"]),
+    (lambda: _gray() > 128, ["bool", "not grayscale"]),
+    (lambda: (_gray().astype(np.int16) - 128).astype(np.int8), ["int8", "uint8"]),
+])
+def test_validate_refuses_raw_that_is_not_uint8_grayscale(tmp_path, raw, words):
+    assert_one_line_error(hpcffn("validate", _spec_with_h5(tmp_path, raw(), _labels())), "volume v1", *words)
+
+
+def test_validate_refuses_all_background_groundtruth(tmp_path):
+    path = _spec_with_h5(tmp_path, _gray(), np.zeros(SHAPE, np.uint32))
+    assert_one_line_error(hpcffn("validate", path), "no object voxels", "background only")
+
+
+def test_validate_refuses_groundtruth_of_the_wrong_polarity(tmp_path):
+    # Black background, white objects, declared as `polarity: white` (dark = object).
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[:, 10:30, 10:30] = 255
+    path = _spec_with_h5(tmp_path, _gray(), mask, polarity="white")
+    assert_one_line_error(hpcffn("validate", path), "polarity white", "objects cover", "set polarity: black")
+    ok = _spec_with_h5(tmp_path / "ok", _gray(), mask, polarity="black")
+    proc = hpcffn("validate", ok)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_convert_refuses_groundtruth_without_objects(tmp_path):
+    with h5py.File(tmp_path / "in.h5", "w") as fh:
+        fh["stack"] = np.full((4, 8, 8), 255, np.uint8)
+    proc = hpcffn("convert", "--groundtruth", f"{tmp_path}/in.h5:stack", "--polarity", "white",
+                  "--output", tmp_path / "out.h5")
+    assert_one_line_error(proc, "no object", "all background")
+    assert not (tmp_path / "out.h5").exists() and [p.name for p in tmp_path.iterdir()] == ["in.h5"]
+
+
+# ------------------------------------------------------------------ 9. one line, never a traceback
+
+def test_zero_length_dataset_is_a_one_line_error(tmp_path):
+    path = _spec_with_h5(tmp_path, np.zeros((0, 130, 70), np.uint8), np.zeros((0, 130, 70), np.uint32))
+    assert_one_line_error(hpcffn("plan", path), "volumes.0.raw", "empty")
+
+
+def test_truncated_tif_slice_is_a_one_line_error(tmp_path):
+    import tifffile
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(folder / f"s{z}.tif", np.full((64, 64), z, np.uint8))
+    data = (folder / "s1.tif").read_bytes()
+    (folder / "s1.tif").write_bytes(data[:len(data) - 2000])
+    proc = hpcffn("convert", "--raw", folder, "--output", tmp_path / "out.h5")
+    assert_one_line_error(proc, "s1.tif", "truncated or damaged")
+
+
+@pytest.mark.parametrize("command", [["status"], ["submit", "--dry-run"], ["cancel"], ["run", "--no-progress"]])
+@pytest.mark.parametrize("which", ["plan.json", "state.json"])
+def test_invalid_utf8_in_plan_or_state_is_a_one_line_error(mini_plan, command, which):
+    from hpcffn.jobs.state import State, save_state
+
+    save_state(mini_plan.layout.state, State())
+    path = mini_plan.layout.root / which
+    path.write_bytes(path.read_bytes()[:-3] + b"\xff\xfe\n")
+    proc = hpcffn(command[0], mini_plan.layout.root, *command[1:])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and which in proc.stderr
+
+
+def test_disk_full_while_converting_is_a_one_line_error(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount as root) to fill the disk")
+    try:
+        with h5py.File(tmp_path / "in.h5", "w") as fh:
+            fh["raw"] = np.random.default_rng(0).integers(0, 256, (40, 256, 256)).astype(np.uint8)
+        proc = hpcffn("convert", "--raw", f"{tmp_path}/in.h5:raw", "--output", mnt / "out.h5")
+        assert_one_line_error(proc, "no space left", "nothing was replaced")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+# ------------------------------------------------------------------ 13. validate says everything wrong, early
+
+def test_validate_reports_every_spec_error(tmp_path):
+    spec = spec_dict()
+    spec["subvolume"]["bogus"] = 1
+    spec["ffn"]["model"]["depth"] = "deep"
+    spec["name"] = "bad name"
+    proc = hpcffn("validate", write_spec(tmp_path, spec))
+    assert_one_line_error(proc, "3 problems", "subvolume.bogus", "ffn.model.depth", "name")
+
+
+def test_train_time_above_the_profile_limit_is_refused(tmp_path):
+    (tmp_path / "site.yaml").write_text('max_time: "5-00:00:00"\ntrain:\n  gpus: 1\n  time: "2-00:00:00"\n')
+    spec = spec_dict(cluster={"profile": "site.yaml", "train": {"time": "6-00:00:00"}})
+    assert_one_line_error(hpcffn("validate", write_spec(tmp_path, spec)), "cluster.train.time", "6-00:00:00",
+                          "profile site.yaml", "max_time 5-00:00:00")
+    spec["cluster"]["train"]["time"] = "4-00:00:00"
+    proc = hpcffn("validate", write_spec(tmp_path, spec))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_without_gpus_is_refused(tmp_path):
+    spec = spec_dict(cluster={"profile": "generic", "train": {"gpus": 0}})
+    assert_one_line_error(hpcffn("validate", write_spec(tmp_path, spec)), "cluster.train.gpus", "CPUs")
+
+
+@pytest.mark.parametrize("odd", ["size", "dtype"])
+def test_a_tif_slice_of_another_size_or_dtype_is_found_when_planning(tmp_path, odd):
+    import tifffile
+
+    from plan_helpers import write_tif_dir
+
+    folder = write_tif_dir(tmp_path / "raw", shape=(20, 130, 70))
+    bad = np.zeros((130, 71), np.uint8) if odd == "size" else np.zeros((130, 70), np.uint16)
+    tifffile.imwrite(folder / "s13.tif", bad)
+    spec = spec_dict(volumes=[{"name": "v1", "raw": "raw"}])
+    spec["subvolume"]["size"] = [16, 64, 64]
+    assert_one_line_error(hpcffn("validate", write_spec(tmp_path, spec, data=False)), "s13.tif")
+
+
+# ------------------------------------------------------------------ 14. YAML alias amplification
+
+def test_yaml_alias_amplification_is_capped(tmp_path):
+    lines = ['l0: &l0 ["x","x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 7):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    assert_one_line_error(hpcffn("validate", path), "bomb.yaml", "YAML aliases")
+    assert time.monotonic() - start < 30
