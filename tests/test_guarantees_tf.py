@@ -59,3 +59,34 @@ def test_plan_mode_infer_uses_the_checkpoint_flag(tmp_path):
                           capture_output=True, text=True, env=ENV, timeout=300, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"no checkpoint at {tmp_path / 'nonexistent' / 'ck'}" in proc.stderr
+
+
+def test_disk_full_while_training_says_so_and_leaves_no_partial_checkpoint(data, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs (mount as root) to fill the disk")
+    cmd = _cli_train(data, mnt / "t", 5)
+    cmd[cmd.index("--features") + 1] = "64"  # weights and optimizer slots of several MB: more than the disk
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "no space left" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not list((mnt / "t").glob("ckpt-*_temp"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path):
+    from hpcffn.ffn import synthetic
+
+    raw, _labels = synthetic.balls_volume((24, 24, 24), seed=1)
+    synthetic.write_volume(tmp_path / "img.h5", raw, _labels)
+    (tmp_path / "ck.index").write_bytes(b"not a checkpoint index" * 10)
+    (tmp_path / "ck.data-00000-of-00001").write_bytes(b"\\0" * 100)
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", "infer", "--image", f"{tmp_path}/img.h5:raw",
+                           "--checkpoint", str(tmp_path / "ck"), "--output", str(tmp_path / "seg.h5"),
+                           "--depth", "2", "--fov-size", "9,9,9", "--deltas", "2,2,2"],
+                          capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "truncated or damaged" in proc.stderr
