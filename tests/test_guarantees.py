@@ -424,3 +424,12 @@ def test_yaml_alias_amplification_is_capped(tmp_path):
     start = time.monotonic()
     assert_one_line_error(hpcffn("validate", path), "bomb.yaml", "YAML aliases")
     assert time.monotonic() - start < 30
+
+
+# ------------------------------------------------------------------ 3. stage flags override the plan or are refused
+
+def test_plan_mode_convert_refuses_a_polarity_flag_it_would_ignore(tmp_path):
+    plan, _, _ = make_data_plan(tmp_path)
+    proc = hpcffn("stage", "convert", "--plan", plan.layout.plan, "--volume", "v", "--polarity", "black")
+    assert_one_line_error(proc, "--polarity", "volumes[].polarity")
+    assert not plan.layout.converted_volume("v").exists()
