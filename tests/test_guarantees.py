@@ -433,3 +433,11 @@ def test_plan_mode_convert_refuses_a_polarity_flag_it_would_ignore(tmp_path):
     proc = hpcffn("stage", "convert", "--plan", plan.layout.plan, "--volume", "v", "--polarity", "black")
     assert_one_line_error(proc, "--polarity", "volumes[].polarity")
     assert not plan.layout.converted_volume("v").exists()
+
+
+def test_standalone_train_refuses_a_train_dir_in_use(tmp_path):
+    train_dir = tmp_path / "t"
+    with exclusive(train_dir / ".hpcffn.lock", "x", "y"):
+        proc = hpcffn("stage", "train", "--coordinates", tmp_path / "c.tfrecord.gz",
+                      "--volume", f"v:{tmp_path}/a.h5:raw:{tmp_path}/a.h5:stack", "--train-dir", train_dir)
+        assert_one_line_error(proc, f"train dir {train_dir}", f"pid {os.getpid()}")

@@ -16,10 +16,17 @@ from hpcffn.core.plan_model import Plan
 
 def train_model(coordinates: list[str | Path], volumes: list, model_params: ModelParams,
                 train_params: TrainingParams, train_dir: str | Path, log=print) -> int:
-    """Train (or continue training) into `train_dir`; `volumes` are examples.TrainingVolume."""
+    """Train (or continue training) into `train_dir`; `volumes` are examples.TrainingVolume.
+
+    Holds the train dir's own lock (`.hpcffn.lock`), so a standalone run never trains into a
+    dir another run (standalone or from a plan) is training into.
+    """
+    from hpcffn.core.locks import exclusive
     from hpcffn.ffn.training import train
 
-    result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
+    with exclusive(Path(train_dir) / ".hpcffn.lock", f"train dir {train_dir}",
+                   "wait for that training to end (or stop it), or give another --train-dir"):
+        result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
     return result.exit_code
 
 
