@@ -24,8 +24,10 @@ class Reaper:
 
     def __init__(self):
         self._lock = threading.Lock()
+        # Not the runner's stdout/stderr: a caller reading them to EOF would wait for the reaper too.
         self._proc = subprocess.Popen([sys.executable, "-m", "hpcffn.jobs.reaper"], stdin=subprocess.PIPE,
-                                      text=True, start_new_session=True)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                                      start_new_session=True)
 
     def _say(self, line: str) -> None:
         with self._lock:
