@@ -47,6 +47,10 @@ def _stage(ctx: typer.Context) -> None:
     # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
     # of running: the job script is exercised on its node without doing the work.
     job = os.environ.get("HPCFFN_CHECK")
+    if ctx.invoked_subcommand in ("train", "infer") and not job:
+        from hpcffn.core.signals import catch_early
+
+        catch_early()  # before TensorFlow loads: a time-limit USR1 then still checkpoints
     if job and ctx.invoked_subcommand:
         from hpcffn.stages.probe import run_probe
 

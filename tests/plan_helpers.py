@@ -30,7 +30,9 @@ def write_h5(path: Path, shape=SHAPE, datasets=("raw", "stack")) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         for name in datasets:
-            f.create_dataset(name, shape=shape, dtype="uint8")
+            data = np.zeros(shape, np.uint8)  # validate samples the data: give it a little content
+            data[:, : shape[1] // 2] = 1 if name == "stack" else 200
+            f.create_dataset(name, data=data)
     return path
 
 

@@ -299,7 +299,7 @@ def test_whole_array_record_stands_for_every_task(monkeypatch):
     class Proc:
         returncode, stdout, stderr = 0, text, ""
 
-    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True: Proc())
+    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True, timeout=120: Proc())
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     got = slurm.query(["103_0", "103_2", "7"])
     assert set(got) == {"103_0", "103_2"} and got["103_2"].state == "CANCELLED" and got["103_2"].id == "103_2"
@@ -312,7 +312,7 @@ def _procs(monkeypatch, answers: dict[str, tuple[int, str]]):
         def __init__(self, rc, err):
             self.returncode, self.stdout, self.stderr = rc, "", err
 
-    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True: Proc(*answers[args[0]]))
+    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True, timeout=120: Proc(*answers[args[0]]))
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
 
 

@@ -66,7 +66,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         raw: Annotated[str | None, typer.Option(help="Grayscale: path.h5[:dataset], a .tif stack or a directory of .tif slices.")] = None,
         groundtruth: Annotated[str | None, typer.Option(help="Groundtruth, same forms as --raw.")] = None,
         output: Annotated[Path | None, typer.Option(help="HDF5 file to write (datasets raw and stack).")] = None,
-        polarity: Annotated[str, typer.Option(help="white: white background, black objects; black: zero background; labels: ids as they are.")] = "labels",
+        polarity: Annotated[str | None, typer.Option(help="white: white background, black objects; black: zero background; labels: ids as they are (default).")] = None,
         rescale: Annotated[str | None, typer.Option(help="Non-uint8 grayscale: dtype (full dtype range -> 0..255) or minmax (stack min..max -> 0..255).")] = None,
         connectivity: Annotated[int | None, typer.Option(help="Connected components for white/black: 6, 18 or 26.")] = None,
         slab: Annotated[int | None, typer.Option(help="Slices per streamed slab (default: from a 512 MB budget).")] = None,
@@ -80,15 +80,16 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         if plan is not None:
             if volume is None:
                 raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")
-            if raw or groundtruth or output:
-                raise HpcffnError("--plan reads the sources from the plan: drop --raw/--groundtruth/--output")
+            if raw or groundtruth or output or polarity:
+                raise HpcffnError("--plan reads the sources and their polarity from the plan: drop "
+                                  "--raw/--groundtruth/--output/--polarity (set volumes[].polarity in the spec)")
             info = stage.run_from_plan(_load_plan(plan), volume, rescale=rescale, connectivity=connectivity, slab=slab)
             typer.echo(f"convert: volume {volume} -> {info}")
             return
         if output is None:
             raise HpcffnError("give --output out.h5 (or --plan plan.json --volume V)")
         info = stage.convert(
-            output, raw=raw, groundtruth=groundtruth, polarity=polarity, rescale=rescale or "none",
+            output, raw=raw, groundtruth=groundtruth, polarity=polarity or "labels", rescale=rescale or "none",
             connectivity=connectivity or 6, slab=slab, overwrite=overwrite,
         )
         typer.echo(f"convert -> {output}: {info}")

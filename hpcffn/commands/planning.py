@@ -22,15 +22,22 @@ def plan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be written; write nothing.")] = False,
 ) -> None:
     """Tile the volumes, deal GPU groups and render every batch script into the workdir."""
+    from contextlib import nullcontext
+
+    from hpcffn.core.locks import exclusive
     from hpcffn.plan.planner import check_workdir_owner, make_plan
     from hpcffn.plan.render import write_workdir
     from hpcffn.plan.summary import print_plan_summary
 
     planned = make_plan(spec, templates)
     check_workdir_owner(planned, force)
-    if not force and not dry_run:
-        _check_queued_jobs(planned.plan)
-    report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
+    layout = planned.plan.layout
+    # Two plans writing one workdir at once would leave scripts out of step with plan.json.
+    with nullcontext() if dry_run else exclusive(layout.plan_lock, f"the plan of {layout.root}",
+                                                 "wait for that `hpcffn plan` to finish, then plan again"):
+        if not force and not dry_run:
+            _check_queued_jobs(planned.plan)
+        report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
     print_plan_summary(planned, report, dry_run=dry_run)
 
 
@@ -60,13 +67,19 @@ def init(
 
 def validate(spec: Annotated[Path, typer.Argument(help="The experiment spec (YAML).")]) -> None:
     """Check a spec and its inputs (files, datasets, shapes, templates); write nothing."""
+    from hpcffn.core.errors import HpcffnError
+    from hpcffn.plan.inputs import check_inputs
     from hpcffn.plan.planner import check_workdir_owner, make_plan
 
     planned = make_plan(spec)
     check_workdir_owner(planned, force=False)
     p = planned.plan
-    for w in planned.warnings:
+    errors, warnings = check_inputs(p)
+    for w in planned.warnings + warnings:
         typer.echo(f"warning: {w}", err=True)
+    if errors:
+        more = f" (and {len(errors) - 1} more: {' | '.join(errors[1:])})" if len(errors) > 1 else ""
+        raise HpcffnError(f"{spec}: {errors[0]}{more}")
     counts = ", ".join(_count(n, what) for n, what in ((len(p.volumes), "volume"), (len(p.tiles), "tile"),
                                                        (len(p.groups), "group"), (len(p.jobs), "job")))
     typer.echo(f"{spec}: ok ({counts} into {p.workdir})")

@@ -52,3 +52,29 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
 
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def remove_stale_temporaries(path: str | Path, extra_prefixes: tuple[str, ...] = ()) -> list[Path]:
+    """Delete the temp files `atomic_path(path)` left behind when a writer was killed (kill -9).
+
+    Call only while holding the unit's lock (hpcffn.core.locks), so no live writer owns them.
+    `extra_prefixes`: other temp names of this one output (files or folders beside it).
+    """
+    import re
+    import shutil
+
+    path = Path(path)
+    # mkstemp's names: prefix, 8 random characters, suffix
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for entry in path.parent.iterdir():
+        name = entry.name
+        if pattern.match(name) or any(name.startswith(p) for p in extra_prefixes):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

@@ -19,6 +19,7 @@ are relative to the workdir the spec names (plan.json records it).
       evaluate/report.json          evaluation of infer against groundtruth
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
       checks/<job>.json             `hpcffn check` probe reports (logs in logs/check/)
+      locks/<stage>/<unit>.lock     held (flock) by the one run writing that unit; names it
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ class Layout:
     @property
     def evaluation_report(self) -> Path:
         return self.root / "evaluate" / "report.json"
+
+    def unit_lock(self, stage: str, unit: str) -> Path:
+        return self.root / "locks" / stage / f"{unit}.lock"
+
+    @property
+    def plan_lock(self) -> Path:
+        return self.root / "locks" / "plan.lock"
 
     def marker(self, stage: str, unit: str) -> Path:
         return self.root / "markers" / stage / f"{unit}.done"

@@ -196,7 +196,7 @@ def load_plan(path: str | Path) -> Plan:
         raise HpcffnError(f"no plan at {p}: run `hpcffn plan SPEC.yaml` first, or pass the workdir")
     try:
         raw = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HpcffnError(f"{p} is not readable JSON ({exc}); re-run `hpcffn plan`") from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt != PLAN_FORMAT:

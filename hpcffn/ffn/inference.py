@@ -216,11 +216,10 @@ def fingerprint(**inputs) -> str:
 
 def save_state(path: Path, seg: np.ndarray, seeds: np.ndarray, next_seed: int, next_id: int, fp: str) -> None:
     """Resumable progress, written atomically (HDF5)."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.create_dataset("seg", data=seg, compression="gzip", compression_opts=1)
         f.create_dataset("seeds", data=seeds)
         f.attrs.update({"format": STATE_FORMAT, "next_seed": next_seed, "next_id": next_id, "fingerprint": fp})

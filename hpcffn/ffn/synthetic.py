@@ -65,11 +65,10 @@ def write_coordinates(path, centers_zyx, volume_name: str) -> None:
 
 def write_volume(path, raw: np.ndarray, labels: np.ndarray | None = None) -> None:
     """HDF5 with `raw` (and `stack`), FFN's dataset names."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.create_dataset("raw", data=raw)
         if labels is not None:
             f.create_dataset("stack", data=labels)

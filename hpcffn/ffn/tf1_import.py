@@ -83,12 +83,22 @@ def load_weights(model, path: str | Path) -> int:
     import tensorflow as tf
 
     prefix = resolve_checkpoint(path)
-    if checkpoint_kind(prefix) == "tf1":
-        return load_tf1(model, prefix)
+    try:
+        kind = checkpoint_kind(prefix)
+        if kind == "tf1":
+            return load_tf1(model, prefix)
+    except tf.errors.OpError as exc:  # DataLossError and friends: truncated or not a checkpoint
+        raise HpcffnError(
+            f"checkpoint {prefix} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}): it is "
+            "truncated or damaged; give another checkpoint (e.g. an earlier ckpt-N of the train dir)"
+        ) from None
     step = tf.Variable(0, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=model, step=step)
     try:
         ckpt.read(prefix).expect_partial().assert_existing_objects_matched()
+    except tf.errors.DataLossError as exc:
+        raise HpcffnError(f"checkpoint {prefix} cannot be read ({str(exc).splitlines()[0][:160]}): it is truncated "
+                          "or damaged; give another checkpoint") from None
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as exc:
         raise HpcffnError(
             f"checkpoint {prefix} does not fit a depth-{model.depth}, {model.features}-feature model "

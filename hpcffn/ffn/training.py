@@ -43,11 +43,14 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        from hpcffn.core.signals import STOP_SIGNALS, take_early
+
+        for sig in STOP_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a test runner thread): no signals
                 pass
+        self.signum = take_early()  # one that came while TensorFlow was loading
         return self
 
     def _handle(self, signum, frame):
@@ -343,6 +346,15 @@ class Trainer:
         return loss
 
 
+def remove_partial_checkpoints(train_dir: Path) -> None:
+    """TensorFlow saves into ckpt-N_temp/ and renames; a failed or killed save leaves the folder."""
+    import shutil
+
+    for partial in Path(train_dir).glob("ckpt-*_temp"):
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_params: ModelParams,
           train_params: TrainingParams, train_dir: str | Path, log=print) -> TrainResult:
     """Train one model; 0 when max_steps is reached, EXIT_REQUEUE after a signal-triggered checkpoint."""
@@ -377,6 +389,7 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
     reader.check_centers(records)
     train_dir = Path(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(train_dir)  # left by a run killed while saving
     tf.random.set_seed(train_params.seed)
     if train_params.deterministic:
         # Deterministic kernels, and tf.data runs maps with random ops in order.
@@ -389,6 +402,11 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
         try:
             return trainer.run(ds, stop, log)
         except tf.errors.OpError as exc:
+            if "No space left on device" in str(exc):
+                remove_partial_checkpoints(train_dir)
+                raise HpcffnError(
+                    f"no space left on the device of {train_dir} while saving a checkpoint: free space there and "
+                    "run again (training continues from the last complete checkpoint)") from None
             msg = op_error_lines(exc)
             ours = [m.split("HpcffnError: ", 1)[1] for m in msg if "HpcffnError: " in m]
             hint = ours[0] if ours else next((m for m in msg if "coordinate" in m), msg[0] if msg else "")

@@ -1,8 +1,8 @@
 """What a volume input is (HDF5 dataset, multi-page TIF, directory of TIF slices) and its shape.
 
 Planning needs only shapes, so nothing here reads pixels: HDF5 shapes come from the dataset
-header, TIF shapes from the page headers (a slice directory is number of slices x the first
-slice's shape). The convert stage orders slices the same way: both use `hpcffn.io.tif.tif_slices`.
+header, TIF shapes from the page headers (every slice's or page's, so one of another size or
+dtype is refused when planning). The convert stage orders slices the same way: both use `hpcffn.io.tif.tif_slices`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.io.tif import stack_shape, tif_slices
+from hpcffn.io.tif import TifDirectory, TifStack, stack_shape, tif_slices
 from hpcffn.io.volumes import HDF5_SUFFIXES, TIF_SUFFIXES, Location, parse_location
 
 Kind = Literal["hdf5", "tif", "tifdir"]
@@ -70,10 +70,14 @@ def read_shape(src: Source) -> tuple[int, int, int]:
                 f"{src.location}: dataset has shape {shape}, expected 3 dimensions (z,y,x); "
                 "point at a 3-D grayscale or label dataset"
             )
+        if 0 in shape:
+            raise HpcffnError(f"{src.location}: dataset is empty (shape {shape}); point at the dataset with the data")
         return shape  # type: ignore[return-value]
 
     if src.kind == "tif":
-        return stack_shape(src.path)
+        stack_shape(src.path)  # one-line errors for what is not a 3-D grayscale stack
+        with TifStack(src.path) as stack:  # every page's header: one of another size is refused now
+            return stack.shape
     files = tif_slices(src.path)
     if not files:
         raise HpcffnError(f"{src.path} contains no .tif/.tiff slices; point at the directory holding the slices")
@@ -83,4 +87,7 @@ def read_shape(src: Source) -> tuple[int, int, int]:
             f"{files[0]} holds {first[0]} pages but the files of a slice directory must be single 2-D "
             "slices; give the multi-page file itself as the input instead"
         )
-    return (len(files), first[1], first[2])
+    # Every slice's header, not the first only: a slice of another size or dtype would
+    # otherwise be found by convert, after a queue wait.
+    with TifDirectory(src.path) as slices:
+        return slices.shape

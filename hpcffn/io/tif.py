@@ -65,6 +65,17 @@ def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
         raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
 
 
+def _pixels(what, read) -> np.ndarray:
+    """Pixel data of a slice/page; a truncated or damaged file is a one-line error, not a traceback."""
+    import tifffile
+
+    try:
+        return read()
+    except (OSError, ValueError, EOFError, IndexError, tifffile.TiffFileError) as exc:
+        raise HpcffnError(f"{what}: the pixel data cannot be read ({type(exc).__name__}: {exc}); the file is "
+                          "truncated or damaged: copy it again") from None
+
+
 def check_gray(path: Path, shape, axes: str) -> None:
     if len(shape) != 2:
         raise HpcffnError(
@@ -118,7 +129,7 @@ class TifDirectory(VolumeReader):
 
         out = np.empty((z1 - z0,) + self.shape[1:], dtype=self.dtype)
         for i, f in enumerate(self.files[z0:z1]):
-            img = tifffile.imread(f)
+            img = _pixels(f, lambda f=f: tifffile.imread(f))
             if img.shape != self.shape[1:] or img.dtype != self.dtype:
                 raise HpcffnError(f"{f} changed while converting (now {img.shape} {img.dtype}); re-run convert")
             out[i] = img
@@ -159,7 +170,7 @@ class TifStack(VolumeReader):
                     f"{self.path}: page {i} is {tuple(page.shape)} {page.dtype} but page 0 is "
                     f"{self.shape[1:]} {self.dtype}; every page must have the same size and dtype"
                 )
-            out[i - z0] = page.asarray()
+            out[i - z0] = _pixels(f"{self.path} page {i}", page.asarray)
         return out
 
     def close(self) -> None:

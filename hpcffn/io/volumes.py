@@ -8,7 +8,7 @@ the caller's default (`raw` for grayscale, `stack` for groundtruth, FFN's names)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +122,33 @@ def segmentation_box(loc: Location) -> tuple[tuple[int, int, int], tuple[int, in
 def dataset_offset(ds) -> tuple[int, int, int]:
     """An open dataset's `offset` attribute, or its file's, or (0,0,0)."""
     return tuple(int(v) for v in ds.attrs.get("offset", ds.file.attrs.get("offset", (0, 0, 0))))  # type: ignore[return-value]
+
+
+@contextmanager
+def atomic_h5(path: str | Path):
+    """A new HDF5 file, written beside `path` and renamed onto it when the block succeeds.
+
+    On failure the temp file is emptied before HDF5 closes it: with the disk full, HDF5 can
+    flush nothing, keeps the file open, and the process dies with a segfault at exit. Disk
+    full becomes one line naming the folder; nothing at `path` is replaced.
+    """
+    import os
+
+    import h5py
+
+    from hpcffn.core.atomic import atomic_path
+
+    with atomic_path(path, suffix=".h5") as tmp:
+        fh = h5py.File(tmp, "w")
+        try:
+            yield fh
+            fh.close()
+        except BaseException as exc:
+            os.truncate(tmp, 0)  # frees the blocks, so the close below can flush
+            with suppress(Exception):  # the first error is the one to report
+                fh.close()
+            if isinstance(exc, (OSError, RuntimeError)) and (
+                    getattr(exc, "errno", None) == 28 or "No space left on device" in str(exc)):
+                raise HpcffnError(f"no space left on the device of {Path(path).parent} while writing "
+                                  f"{Path(path).name}: free space there and run again (nothing was replaced)") from None
+            raise

@@ -21,6 +21,7 @@ from pathlib import Path
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import EXIT_REQUEUE
 from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.jobs.reaper import Reaper
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import LocalTask, Submission, load_state, locked, now, updating
 from hpcffn.jobs.submit import (
@@ -81,6 +82,7 @@ class _Running:
         self._procs: set[subprocess.Popen] = set()
         self.stopping = False
         self.slots = threading.BoundedSemaphore(parallel)
+        self.reaper = Reaper()  # ends the tasks if this runner is killed (SIGKILL included)
 
     def add(self, proc: subprocess.Popen) -> None:
         with self._lock:
@@ -130,10 +132,12 @@ def _run_held(plan: Plan, job: JobPlan, sub: Submission, task: int | None, num_i
                                     env={**task_env(plan, job, opts, num_id, task, rec.restarts), **extra_env},
                                     start_new_session=True)
             running.add(proc)
+            running.reaper.watch(proc.pid)  # start_new_session: the task's pid is its group id
             try:
                 rc = proc.wait()
             finally:
                 running.discard(proc)
+                running.reaper.forget(proc.pid)
         rec.exit_code = rc
         if running.stopping:
             rec.state, rec.reason, rec.end = "CANCELLED", "CancelledByUser", now()
@@ -203,7 +207,7 @@ def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None,
         if not steps:
             echo("nothing to run: every selected job already ran (see `hpcffn status`; `--resume` reruns failed work)")
             return True
-        old = signal.signal(signal.SIGTERM, _raise_stopped)
+        old = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             return _run_steps(plan, steps, echo, progress, max_requeues, parallel)
         except _Stopped:
@@ -211,7 +215,8 @@ def run_local(plan: Plan, resume: bool = False, stages: list[str] | None = None,
                 "the local run was stopped (SIGTERM, e.g. `hpcffn cancel`); `hpcffn run --resume` continues it"
             ) from None
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def _raise_stopped(signum, frame):
@@ -225,6 +230,15 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
     upstream cancels its dependants. The main thread only schedules and waits, so SIGTERM and
     Ctrl-C land here: every running task is stopped (CANCELLED), nothing new starts.
     """
+    running = _Running(parallel)
+    try:
+        return _run_with(plan, steps, echo, progress, max_requeues, parallel, running)
+    finally:
+        running.reaper.close()
+
+
+def _run_with(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int, parallel: int,
+              running: _Running) -> bool:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -237,7 +251,6 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
     finished: dict[str, bool] = {}  # job name -> every task completed
     waiting = list(steps)  # in dependency order
     started: dict = {}  # future -> step
-    running = _Running(parallel)
     # Tasks sharing this machine's GPU: TensorFlow would give all of its memory to the first.
     extra_env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if parallel > 1 and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ else {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -68,12 +68,33 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(args: list[str], cwd: str | Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def query_timeout() -> float:
+    """Seconds a read-only SLURM call (squeue, sacct, scontrol show) may take: a down controller
+    makes them retry for minutes, and `status` must answer before that (HPCFFN_SLURM_TIMEOUT)."""
+    try:
+        return max(1.0, float(os.environ.get("HPCFFN_SLURM_TIMEOUT", "20")))
+    except ValueError:
+        return 20.0
+
+
+def _ask(args: list[str]) -> subprocess.CompletedProcess:
+    """A read-only query with the short timeout; no answer in time reads as a failed call (124)."""
+    limit = query_timeout()
+    try:
+        return _run(args, check=False, timeout=limit)
+    except HpcffnError as exc:
+        if "did not answer" not in str(exc):
+            raise
+        return subprocess.CompletedProcess(args, 124, "", f"`{args[0]}` did not answer within {limit:g} s")
+
+
+def _run(args: list[str], cwd: str | Path | None = None, check: bool = True,
+         timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = [_tool(args[0]), *args[1:]]
     try:
-        proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise HpcffnError(f"`{args[0]}` did not answer within 120 s: is slurmctld reachable? (`scontrol ping`)") from None
+        raise HpcffnError(f"`{args[0]}` did not answer within {timeout:g} s: is slurmctld reachable? (`scontrol ping`)") from None
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().replace("\n", " ") or f"exit code {proc.returncode}"
         raise HpcffnError(f"`{' '.join(args[:3])} ...` failed: {msg}")
@@ -337,12 +358,15 @@ def _base_ids(ids: list[str]) -> list[str]:
     return sorted({i.split("_", 1)[0] for i in ids}, key=int)
 
 
-def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontrol")) -> dict[str, TaskInfo]:
+def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontrol"),
+          problems: list[str] | None = None) -> dict[str, TaskInfo]:
     """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
 
     Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
     When no source answers at all (controller down, no slurm.conf), raise instead: an empty
     answer would make every submitted job look forgotten, and `submit --resume` resubmit it.
+    Every call has the short `query_timeout`; once the controller has not answered, it is not
+    asked again (scontrol, per job). `problems` gets a line for each source that did not answer.
     """
     ids = [i for i in ids if i]
     if not ids:
@@ -352,30 +376,37 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     bases = _base_ids(ids)
     answered, errors = False, []
 
-    def heard(proc: subprocess.CompletedProcess, forgotten: str | None = None) -> bool:
-        nonlocal answered
+    controller_down = False
+
+    def heard(tool: str, proc: subprocess.CompletedProcess, forgotten: str | None = None) -> bool:
+        nonlocal answered, controller_down
         ok = proc.returncode == 0 or (forgotten is not None and forgotten in proc.stderr)
         answered |= ok
         if not ok:
             errors.append(_last_line(proc))
+            if problems is not None:
+                problems.append(f"the scheduler did not answer `{tool}` ({_last_line(proc)})")
+            controller_down |= tool in ("squeue", "scontrol") and _unreachable(proc)
         return proc.returncode == 0
 
     if "squeue" in sources:
-        proc = _run(["squeue", "--json"], check=False)
-        if heard(proc):
+        proc = _ask(["squeue", "--json"])
+        if heard("squeue", proc):
             found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
                           if k in want or k.split("_")[0] in bases})
     missing = [i for i in ids if i not in found]
     if missing and "sacct" in sources and shutil.which("sacct"):
-        proc = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
-                     "-j", ",".join(_base_ids(missing))], check=False)
-        if heard(proc):
+        proc = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
+                     "-j", ",".join(_base_ids(missing))])
+        if heard("sacct", proc):
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
     missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
     for base in _base_ids(missing) if "scontrol" in sources else []:
-        proc = _run(["scontrol", "show", "job", "-o", base], check=False)
-        if heard(proc, forgotten="Invalid job id"):
+        if controller_down:
+            break
+        proc = _ask(["scontrol", "show", "job", "-o", base])
+        if heard("scontrol", proc, forgotten="Invalid job id"):
             for k, v in parse_scontrol(proc.stdout).items():
                 found.setdefault(k, v)
     if not answered and errors:
@@ -385,6 +416,16 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         if "_" in i and i not in found and whole is not None:
             found[i] = TaskInfo(**{**whole.__dict__, "id": i})
     return {i: found[i] for i in ids if i in found}
+
+
+# What SLURM's tools print when the controller (or its config) cannot be reached: asking it
+# again, per job, would only wait out the same retries.
+_UNREACHABLE = ("did not answer within", "Unable to contact slurm controller", "Could not establish a configuration",
+                "Socket timed out", "Connection refused", "No such file or directory")
+
+
+def _unreachable(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == 124 or any(m in (proc.stderr or "") for m in _UNREACHABLE)
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

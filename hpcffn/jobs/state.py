@@ -99,7 +99,7 @@ def load_state(path: Path) -> State:
                 "move it aside and check the queue with squeue"
             )
         return State.model_validate(raw)
-    except (OSError, json.JSONDecodeError, AttributeError, ValidationError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ValidationError) as exc:
         raise HpcffnError(
             f"{path} is not a readable hpcffn state file ({type(exc).__name__}); "
             "move it aside (job ids in it are lost) and re-run"

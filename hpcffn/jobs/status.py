@@ -103,8 +103,11 @@ def collect(plan: Plan) -> Report:
     state = load_state(plan.layout.state)
 
     def query(ids):
+        problems: list[str] = []
         try:
-            return slurm.query(ids)
+            found = slurm.query(ids, problems=problems)
+            report.warnings += [f"{p}; states come from what did answer (and markers)" for p in problems]
+            return found
         except HpcffnError as exc:
             report.slurm_answered = False
             report.warnings.append(f"{exc}; states come from markers only")

@@ -26,6 +26,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.markers import is_done
+from hpcffn.jobs import pretest
 from hpcffn.jobs.state import State, Submission, load_state, locked, now, updating
 
 Task = int | None  # array task id, or None for a plain job
@@ -384,6 +385,7 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         if dry_run:
             echo(dry_run_script(plan, steps).rstrip("\n"))
             return []
+        pretest.require_all_accepted(plan, steps)  # all or nothing: sbatch must accept every script first
         new_ids: dict[str, str] = {}
         made: list[Submission] = []
         for step in steps:

@@ -20,6 +20,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import STAGE_UNIT, STAGES, Layout
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
+from hpcffn.plan.limits import check_resources
 from hpcffn.plan.resources import profiles_dir
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
@@ -75,6 +76,9 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
         if gt is not None:
             gt_loc = gt.location if (gt.kind == "hdf5" and polarity == "labels") else f"{converted}:stack"
         needs_convert = raw_loc.startswith(converted + ":") or bool(gt_loc and gt_loc.startswith(converted + ":"))
+        if needs_convert:
+            refuse_convert_over_inputs(vol.name, where, {"raw": raw, "groundtruth": gt, "mask": mask},
+                                       Path(converted), spec_path)
         if vol.tile_files and not needs_convert:
             warnings.append(f"{where}.tile_files: {vol.name} is HDF5 read in place, so no convert job runs "
                             "and no tile files are written; drop tile_files or give TIF inputs")
@@ -92,6 +96,15 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
     # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
     order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
     return [plans[i] for i in order], resolved, folders
+
+
+def refuse_convert_over_inputs(volume: str, where: str, sources: dict, target: Path, spec_path: Path) -> None:
+    """Convert replaces data/<volume>.h5 whole: an input there would be lost with all it holds."""
+    for name, src in sources.items():
+        if src is not None and os.path.realpath(src.path) == os.path.realpath(target):
+            raise _fail(spec_path, f"{where}.{name}", f"{src.path} is the file convert writes volume {volume}'s "
+                        "converted data to, and it would replace the file (and every dataset in it); "
+                        "move your input out of the workdir's data/ folder or rename the volume")
 
 
 def _source(text: str, default_dataset: str, base: Path, spec_path: Path, where: str) -> Source:
@@ -360,6 +373,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                     "needs a trained model; set ffn.inference.checkpoint")
     warn_uncapped_coordinates(stages, groups, ffn, warnings)
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
+    check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
     jobs = plan_jobs(stages, volumes, tiles, groups)
     # render
     image, binds = container_setup(spec, base, [workdir, *folders], spec_path)

@@ -31,7 +31,7 @@ StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "s
 
 
 def _name(v: str) -> str:
-    if not NAME_RE.match(v) or len(v) > 100:
+    if not NAME_RE.fullmatch(v) or len(v) > 100:
         raise ValueError("must start with a letter or digit and hold only letters, digits, '_', '.', '-' (at most 100)")
     return v
 
@@ -155,7 +155,7 @@ def _extra_line(line: str) -> str:
     text = line.strip()
     if text.startswith("#SBATCH"):
         text = text[len("#SBATCH"):].strip()
-    if not _EXTRA.match(text):
+    if not _EXTRA.fullmatch(text):
         raise ValueError(f"{line!r} is not one sbatch option like --exclusive or --nodelist=node1 (no spaces, quotes or shell characters)")
     opt = text.lstrip("-").split("=")[0].split(" ")[0]
     key = _SHORT.get(opt, opt) if not text.startswith("--") else opt
@@ -185,7 +185,7 @@ class StageResources(_Strict):
     @field_validator("partition", "account", "qos", "constraint", "mail_user")
     @classmethod
     def _word(cls, v):
-        if v and not _WORD.match(v):
+        if v and not _WORD.fullmatch(v):
             raise ValueError(f"{v!r} holds characters SLURM does not accept here (spaces, quotes, shell characters)")
         return v
 
@@ -202,14 +202,14 @@ class StageResources(_Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, v):
-        if v and not _TIME.match(v):
+        if v and not _TIME.fullmatch(v):
             raise ValueError(f"{v!r} is not a SLURM time: use MM, HH:MM:SS or D-HH:MM:SS")
         return v
 
     @field_validator("memory")
     @classmethod
     def _mem(cls, v):
-        if v and not _MEM.match(v):
+        if v and not _MEM.fullmatch(v):
             raise ValueError(f"{v!r} is not a SLURM memory size: use e.g. 64G or 8000M")
         return v
 
@@ -226,7 +226,7 @@ class StageResources(_Strict):
     @classmethod
     def _modules(cls, v):
         for m in v or []:
-            if not _MODULE.match(m):
+            if not _MODULE.fullmatch(m):
                 raise ValueError(f"module name {m!r} holds characters that are not allowed (letters, digits, _ . / + - only)")
         return v
 
@@ -259,6 +259,14 @@ class ProfileSpec(_PerStage):
     """A cluster profile file (templates/profiles/<name>.yaml or the user's own)."""
 
     description: str = ""
+    max_time: str | None = Field(None, description="the longest time limit the cluster's partitions allow")
+
+    @field_validator("max_time")
+    @classmethod
+    def _max_time(cls, v):
+        if v and not _TIME.fullmatch(v):
+            raise ValueError("must be a SLURM time like 5-00:00:00")
+        return v
 
 
 class ClusterSpec(_PerStage):
@@ -280,7 +288,7 @@ class ContainerSpec(_Strict):
     @field_validator("command")
     @classmethod
     def _command(cls, v):
-        if not re.match(r"^[A-Za-z0-9_./+\-]+$", v):
+        if not re.fullmatch(r"[A-Za-z0-9_./+\-]+", v):
             raise ValueError(f"{v!r} must be a command name or path (letters, digits, _ . / + - only)")
         return v
 
@@ -333,6 +341,37 @@ def _unique_keys_loader():
     return Loader
 
 
+# Values a spec may expand to once YAML aliases (*name) are followed: real specs hold a few
+# hundred; nested aliases can make an 18 KB file expand to hundreds of MB of scripts.
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(root, path: Path) -> None:
+    """Count the values of the document with every alias expanded, without expanding it."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(node, open_: frozenset) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise HpcffnError(f"{path}: a YAML alias refers to itself (a recursive structure); write the values out")
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child, open_ | {id(node)}) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k, open_ | {id(node)}) + size(v, open_ | {id(node)}) for k, v in node.value)
+        if n > MAX_YAML_VALUES:
+            raise HpcffnError(f"{path}: expands to more than {MAX_YAML_VALUES} values through YAML aliases (&name/*name); "
+                              "write the spec without nesting aliases inside aliases")
+        sizes[id(node)] = n
+        return n
+
+    if root is not None:
+        size(root, frozenset())
+
+
 def load_yaml(path: Path, what: str = "spec") -> dict:
     """Read a YAML mapping with one-line errors."""
     import yaml
@@ -340,7 +379,13 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
     if not path.is_file():
         raise HpcffnError(f"{what} file {path} does not exist; check the path (or run `hpcffn init {path}`)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
+        loader = _unique_keys_loader()(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            _check_expanded_size(node, path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -354,11 +399,18 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
 
 
 def validate_model(model: type[BaseModel], data: dict, path: Path):
-    """model.model_validate with the first error as one line: FILE: field a.b: problem; fix."""
+    """model.model_validate with every error on one line: FILE: field a.b: problem; fix (| next ...)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HpcffnError(format_error(path, exc.errors()[0], model)) from None
+        seen, lines = set(), []
+        for err in exc.errors():  # a union field fails once per branch: report each field once
+            key = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            if key not in seen:
+                seen.add(key)
+                lines.append(format_error(path, err, model).removeprefix(f"{path}: "))
+        more = f" ({len(lines)} problems)" if len(lines) > 1 else ""
+        raise HpcffnError(f"{path}{more}: " + " | ".join(lines)) from None
 
 
 def format_error(path: Path, err: dict, root: type[BaseModel]) -> str:
@@ -422,7 +474,7 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
     from hpcffn.plan.resources import profiles_dir
 
     shipped = profiles_dir() / f"{name_or_path}.yaml"
-    if NAME_RE.match(name_or_path) and not name_or_path.endswith((".yaml", ".yml")):
+    if NAME_RE.fullmatch(name_or_path) and not name_or_path.endswith((".yaml", ".yml")):
         if not shipped.is_file():
             known = ", ".join(sorted(p.stem for p in profiles_dir().glob("*.yaml")))
             raise HpcffnError(

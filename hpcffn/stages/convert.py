@@ -91,11 +91,10 @@ def convert(
     expected_shape=None,
 ) -> dict:
     """Write `raw` and/or `stack` into `output`; returns shape and object count."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
     from hpcffn.io.labeling import check_options, default_slab, label_volume
     from hpcffn.io.tif import open_volume
+    from hpcffn.io.volumes import atomic_h5
 
     if raw is None and groundtruth is None:
         raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
@@ -137,7 +136,7 @@ def convert(
             shape[0] if raw_r and rescale == "minmax" and raw_r.dtype != np.uint8 else 0
         )
         info: dict = {"shape": list(shape)}
-        with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh, _Progress(
+        with atomic_h5(output) as fh, _Progress(
             total, f"convert {output.name}", progress
         ) as bar:
             if raw_r:
@@ -171,6 +170,7 @@ def convert(
                 info["objects"] = label_volume(
                     gt_r, write, read_back, polarity, connectivity, step, bar.advance
                 )
+                _check_objects(gt_r.name, info["objects"], polarity)
                 ds.attrs["source"] = gt_r.name
                 ds.attrs["polarity"] = polarity
                 if polarity != "labels":
@@ -184,8 +184,8 @@ def convert(
 def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
                   progress: bool | None = None, slab: int | None = None) -> dict:
     """Convert one planned volume into workdir/data/<volume>.h5 (only the datasets planned there)."""
-    from hpcffn.stages.markers import mark_done
     from hpcffn.io.volumes import parse_location
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     vol = plan.volume(plan.task_unit("convert", volume_key))
     target = plan.layout.converted_volume(vol.name)
@@ -201,26 +201,43 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             f"volume {vol.name} needs no conversion: its raw and groundtruth are read from "
             f"{vol.raw} and {vol.groundtruth}"
         )
-    rescale = rescale or vol.rescale
-    connectivity = connectivity or vol.connectivity
-    info = convert(
-        target,
-        raw=vol.raw_source if want_raw else None,
-        groundtruth=vol.groundtruth_source if want_gt else None,
-        polarity=vol.polarity,
-        rescale=rescale,
-        raw_dataset=raw_loc.dataset,
-        gt_dataset=gt_loc.dataset if gt_loc else "stack",
-        connectivity=connectivity,
-        slab=slab,
-        overwrite=True,  # our own output of an earlier run
-        progress=progress,
-        expected_shape=vol.shape,
-    )
-    if vol.tile_files:
-        info["tile_files"] = write_tile_files(plan, vol)
-    mark_done(plan, "convert", vol.name, **info)
+    tile_files = [plan.layout.tile_file(t.name) for t in plan.tiles if t.volume == vol.name] if vol.tile_files else []
+    outputs = (target, *tile_files)
+    with hold_unit(plan, "convert", vol.name, outputs):
+        rescale = rescale or vol.rescale
+        connectivity = connectivity or vol.connectivity
+        info = convert(
+            target,
+            raw=vol.raw_source if want_raw else None,
+            groundtruth=vol.groundtruth_source if want_gt else None,
+            polarity=vol.polarity,
+            rescale=rescale,
+            raw_dataset=raw_loc.dataset,
+            gt_dataset=gt_loc.dataset if gt_loc else "stack",
+            connectivity=connectivity,
+            slab=slab,
+            overwrite=True,  # our own output of an earlier run
+            progress=progress,
+            expected_shape=vol.shape,
+        )
+        if vol.tile_files:
+            info["tile_files"] = write_tile_files(plan, vol)
+        mark_done(plan, "convert", vol.name, **info)
     return info
+
+
+def _check_objects(name: str, objects: int, polarity: str) -> None:
+    """What `hpcffn validate` samples, on the full data: no objects at all is refused (nothing is
+    written), one object with a white/black mask is most likely the background taken for it."""
+    if objects == 0:
+        raise HpcffnError(f"groundtruth {name} holds no object with polarity {polarity} (all background): training "
+                          "would learn background only; check the dataset and the volume's polarity")
+    if objects == 1 and polarity in ("white", "black"):
+        import sys
+
+        other = "black" if polarity == "white" else "white"
+        print(f"hpcffn: warning: groundtruth {name} is one single object with polarity {polarity}: if the "
+              f"background is {other}, set polarity: {other} and convert again", file=sys.stderr)
 
 
 def write_tile_files(plan, vol) -> int:
@@ -229,15 +246,13 @@ def write_tile_files(plan, vol) -> int:
 
     For users who feed sub-volume files to FFN's own scripts, as the lab did by hand.
     """
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
-    from hpcffn.io.volumes import read_box
+    from hpcffn.io.volumes import atomic_h5, read_box
 
     tiles = [t for t in plan.tiles if t.volume == vol.name]
     for tile in tiles:
         start, size = tile.box.start, tile.box.size
-        with atomic_path(plan.layout.tile_file(tile.name), suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+        with atomic_h5(plan.layout.tile_file(tile.name)) as fh:
             sources = [("raw", vol.raw, "raw")] + ([("stack", vol.groundtruth, "stack")] if vol.groundtruth else [])
             for name, location, default in sources:
                 data = read_box(location, start, size, default)

@@ -98,16 +98,21 @@ def _hypergeometric(rng, good: int, bad: int, draws: int) -> int:
     return max(draws - bad, min(good, k))
 
 
+def shard_prefix(output: str | Path) -> str:
+    """Name start of the shard folder of one output, so its next run can find stale ones."""
+    return f".hpcffn-coords-{Path(output).name}-"
+
+
 class _Shards:
     """Temporary shard files of packed uint64 records (in memory when there is only one)."""
 
-    def __init__(self, count: int, directory: Path | None):
+    def __init__(self, count: int, directory: Path | None, prefix: str = ".hpcffn-coords-"):
         self.count = count
         self._mem: list[np.ndarray] = []
         self._tmp = None
         self._files = []
         if count > 1:
-            self._tmp = tempfile.TemporaryDirectory(prefix=".hpcffn-coords-", dir=directory)
+            self._tmp = tempfile.TemporaryDirectory(prefix=prefix, dir=directory)
             self._paths = [Path(self._tmp.name) / f"shard{i:05d}.u64" for i in range(count)]
             self._files = [open(p, "wb") for p in self._paths]  # noqa: SIM115 - closed in close()
 
@@ -227,7 +232,7 @@ def build_coordinates(
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     if tmpdir is not None and not Path(tmpdir).is_dir():
         raise HpcffnError(f"--tmpdir {tmpdir} is not a directory; create it or choose another")
-    shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent)
+    shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent, shard_prefix(output))
 
     try:
         with _progress(progress) as bar:
@@ -339,7 +344,7 @@ def _progress(enabled: bool):
 
 def run_from_plan(plan, group_key, params=None, tmpdir=None, progress: bool | None = None) -> dict:
     """All partition maps of a group's tiles -> workdir/coordinates/<group>.tfrecord.gz."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     group = plan.group(group_key)
     tiles = plan.group_tiles(group.name)
@@ -359,9 +364,11 @@ def run_from_plan(plan, group_key, params=None, tmpdir=None, progress: bool | No
         import sys
 
         progress = sys.stderr.isatty()
-    summary = build_coordinates(
-        vols, plan.layout.coordinates(group.name), c.margin, c.max_records, c.seed, tmpdir=tmpdir, progress=progress,
-        shard_records=shard_records(c.shuffle_mb),
-    )
-    mark_done(plan, "coordinates", group.name, records=summary["records"])
+    out = plan.layout.coordinates(group.name)
+    with hold_unit(plan, "coordinates", group.name, (out,), (shard_prefix(out),)):
+        summary = build_coordinates(
+            vols, out, c.margin, c.max_records, c.seed, tmpdir=tmpdir, progress=progress,
+            shard_records=shard_records(c.shuffle_mb),
+        )
+        mark_done(plan, "coordinates", group.name, records=summary["records"])
     return summary

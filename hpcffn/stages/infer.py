@@ -25,11 +25,10 @@ def state_path(output: Path) -> Path:
 
 def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
     """`seg` (uint64) with attr `offset` (z,y,x start in the volume), written atomically."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
-    with atomic_path(output, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(output) as f:
         ds = f.create_dataset("seg", data=seg.astype(np.uint64, copy=False), compression="gzip", compression_opts=1)
         # The contract names an `offset` attribute; it is on the file and on the dataset so
         # readers looking at either find it.
@@ -96,10 +95,12 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     return 0
 
 
-def plan_checkpoint(plan: Plan, tile) -> Path | str:
-    """The spec's inference checkpoint, else the tile's group's (or the first group's) train dir."""
-    if plan.ffn.inference.checkpoint:
-        return plan.ffn.inference.checkpoint
+def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> Path | str:
+    """`params.checkpoint` (the --checkpoint flag over the spec's ffn.inference.checkpoint), else
+    the tile's group's (or the first group's) train dir."""
+    chosen = (params or plan.ffn.inference).checkpoint
+    if chosen:
+        return chosen
     group = tile.group or (plan.groups[0].name if plan.groups else None)
     if group is None:
         raise HpcffnError(
@@ -112,14 +113,16 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
                   params: InferenceParams | None = None, training: TrainingParams | None = None,
                   log=print) -> int:
     """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     tile = plan.tile(plan.task_unit("infer", tile_key))
     volume = plan.volume(tile.volume)
     output = plan.layout.segmentation(tile.name)
-    code = segment_location(volume.raw, plan_checkpoint(plan, tile), output, model_params or plan.ffn.model,
-                            params or plan.ffn.inference, tile.infer_box.start, tile.infer_box.size,
-                            xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
-    if code == 0:
-        mark_done(plan, "infer", tile.name)
+    params = params or plan.ffn.inference
+    with hold_unit(plan, "infer", tile.name, (output, state_path(output))):
+        code = segment_location(volume.raw, plan_checkpoint(plan, tile, params), output, model_params or plan.ffn.model,
+                                params, tile.infer_box.start, tile.infer_box.size,
+                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
+        if code == 0:
+            mark_done(plan, "infer", tile.name)
     return code

@@ -1,6 +1,8 @@
-"""Success markers: each stage unit writes workdir/markers/<stage>/<unit>.done when done.
+"""Success markers and unit locks: what a stage run from a plan does around its work.
 
-`status` reads them to tell "the output exists" apart from what SLURM remembers.
+Each stage unit writes workdir/markers/<stage>/<unit>.done when done; `status` reads them to
+tell "the output exists" apart from what SLURM remembers. While it works, it holds the
+unit's lock (`hold_unit`), so a resubmitted or resumed job never writes beside a live one.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
-from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.atomic import atomic_write_text, remove_stale_temporaries
+from hpcffn.core.locks import exclusive
 from hpcffn.core.plan_model import Plan
 
 
@@ -28,3 +33,13 @@ def mark_done(plan: Plan, stage: str, unit: str, **info) -> None:
 
 def is_done(plan: Plan, stage: str, unit: str) -> bool:
     return plan.layout.marker(stage, unit).is_file()
+
+
+@contextmanager
+def hold_unit(plan: Plan, stage: str, unit: str, outputs: tuple = (), extra_prefixes: tuple[str, ...] = ()):
+    """Be the one writer of `stage` unit `unit`; then clear temporaries a killed run left at `outputs`."""
+    fix = ("wait for it to end, or cancel that job (`hpcffn cancel`, `scancel`, or end the process) and run this again")
+    with exclusive(plan.layout.unit_lock(stage, unit), f"{stage} {unit} of {plan.layout.root}", fix):
+        for out in outputs:
+            remove_stale_temporaries(Path(out), extra_prefixes)
+        yield

@@ -189,7 +189,7 @@ def write_partitions(
     """Write `af` with FFN's attributes (bounding_boxes, partition_counts) plus ours, atomically."""
     import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
     path = Path(path)
     if path.exists():
@@ -219,7 +219,7 @@ def write_partitions(
     hist = _bincount(np.ascontiguousarray(interior), minlength=256)
     values = np.flatnonzero(hist)
     counts = hist[values]
-    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as fh:
+    with atomic_h5(path) as fh:
         chunks = tuple(min(64, max(1, n)) for n in af.shape)
         ds = fh.create_dataset(dataset, data=af, chunks=chunks, compression="gzip", compression_opts=1)
         ds.attrs["offset"] = np.asarray(offset, dtype=np.int64)
@@ -309,7 +309,7 @@ def read_labels_compact(location: str, start, size, slab_voxels: int = 1 << 23) 
 
 def run_from_plan(plan, tile_key, params=None) -> dict:
     """Partitions of one tile: its box of the volume's groundtruth -> workdir/partitions/<tile>.h5."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     tile = plan.tile(plan.task_unit("partitions", tile_key))
     vol = plan.volume(tile.volume)
@@ -318,18 +318,20 @@ def run_from_plan(plan, tile_key, params=None) -> dict:
             f"tile {tile.name}: volume {vol.name} has no groundtruth, so it has no partitions; "
             "only tiles with a group are partitioned"
         )
-    p = params or plan.ffn.partitions
-    seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
-    mask = None
-    if vol.mask:
-        from hpcffn.io.volumes import read_box
+    out = plan.layout.partitions(tile.name)
+    with hold_unit(plan, "partitions", tile.name, (out,)):
+        p = params or plan.ffn.partitions
+        seg = read_labels_compact(vol.groundtruth, tile.box.start, tile.box.size)
+        mask = None
+        if vol.mask:
+            from hpcffn.io.volumes import read_box
 
-        mask = read_box(vol.mask, tile.box.start, tile.box.size, "mask") != 0
-    af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist, mask=mask)
-    write_partitions(
-        plan.layout.partitions(tile.name), "af", af, offset=tile.box.start,
-        lom_radius_xyz=p.lom_radius, thresholds=p.thresholds, min_size=p.min_size,
-    )
-    counts = summarize(af)
-    mark_done(plan, "partitions", tile.name, counts={str(k): v for k, v in counts.items()})
+            mask = read_box(vol.mask, tile.box.start, tile.box.size, "mask") != 0
+        af = compute_partitions(seg, p.thresholds, p.lom_radius, p.min_size, id_whitelist=p.id_whitelist, mask=mask)
+        write_partitions(
+            out, "af", af, offset=tile.box.start,
+            lom_radius_xyz=p.lom_radius, thresholds=p.thresholds, min_size=p.min_size,
+        )
+        counts = summarize(af)
+        mark_done(plan, "partitions", tile.name, counts={str(k): v for k, v in counts.items()})
     return counts

@@ -109,9 +109,8 @@ def _intersection(t: TileSegmentation, u: TileSegmentation):
 def stitch(tiles: list[TileSegmentation], shape, output: Location, params: StitchParams,
            log: Callable[[str], None] = print) -> dict:
     """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
-    import h5py
 
-    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.volumes import atomic_h5
 
     for t in tiles:
         offset, size = segmentation_box(t.location)
@@ -153,7 +152,7 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
     lut = final[lut]
     # Pass 2: write what each tile owns.
-    with atomic_path(output.path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(output.path) as f:
         chunks = tuple(min(64, s) for s in shape) if all(shape) else None
         ds = f.create_dataset(output.dataset, shape=tuple(shape), dtype=np.uint64, chunks=chunks,
                               compression="gzip", compression_opts=1, fillvalue=0)
@@ -194,7 +193,7 @@ def stitch_files(segmentations: list[str], output: str, params: StitchParams, sh
 
 def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
     """Stitch one volume of a plan into workdir/stitch/<volume>.h5:seg and mark it done."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     volume = plan.volume(volume_name)
     tiles = []
@@ -207,7 +206,8 @@ def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = No
                               f"(`hpcffn submit --resume` or `hpcffn stage infer --plan {plan.layout.plan} --tile {t.name}`)")
         tiles.append(TileSegmentation(t.name, Location(path, "seg"), tuple(t.infer_box.start), tuple(t.infer_box.size),
                                       tuple(t.box.start), tuple(t.box.size)))
-    summary = stitch(tiles, volume.shape, Location(plan.layout.stitched(volume.name), "seg"), params or plan.ffn.stitch,
-                     log=log)
-    mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
+    out = plan.layout.stitched(volume.name)
+    with hold_unit(plan, "stitch", volume.name, (out,)):
+        summary = stitch(tiles, volume.shape, Location(out, "seg"), params or plan.ffn.stitch, log=log)
+        mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
     return summary

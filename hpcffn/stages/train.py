@@ -16,10 +16,17 @@ from hpcffn.core.plan_model import Plan
 
 def train_model(coordinates: list[str | Path], volumes: list, model_params: ModelParams,
                 train_params: TrainingParams, train_dir: str | Path, log=print) -> int:
-    """Train (or continue training) into `train_dir`; `volumes` are examples.TrainingVolume."""
+    """Train (or continue training) into `train_dir`; `volumes` are examples.TrainingVolume.
+
+    Holds the train dir's own lock (`.hpcffn.lock`), so a standalone run never trains into a
+    dir another run (standalone or from a plan) is training into.
+    """
+    from hpcffn.core.locks import exclusive
     from hpcffn.ffn.training import train
 
-    result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
+    with exclusive(Path(train_dir) / ".hpcffn.lock", f"train dir {train_dir}",
+                   "wait for that training to end (or stop it), or give another --train-dir"):
+        result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
     return result.exit_code
 
 
@@ -38,7 +45,7 @@ def plan_volumes(plan: Plan) -> list:
 def run_from_plan(plan: Plan, group: str, model_params: ModelParams | None = None,
                   train_params: TrainingParams | None = None, log=print) -> int:
     """Train group `group` (name or index) as planned; marker written when max_steps is reached."""
-    from hpcffn.stages.markers import mark_done
+    from hpcffn.stages.markers import hold_unit, mark_done
 
     g = plan.group(group)
     coords = plan.layout.coordinates(g.name)
@@ -52,7 +59,8 @@ def run_from_plan(plan: Plan, group: str, model_params: ModelParams | None = Non
         raise HpcffnError(f"the plan of {plan.spec_file} has no volume with groundtruth: training needs labels")
     mp = model_params or plan.ffn.model
     tp = train_params or plan.ffn.training
-    code = train_model([coords], volumes, mp, tp, plan.layout.train_dir(g.name), log=log)
-    if code == 0:
-        mark_done(plan, "train", g.name, max_steps=tp.max_steps)
+    with hold_unit(plan, "train", g.name):
+        code = train_model([coords], volumes, mp, tp, plan.layout.train_dir(g.name), log=log)
+        if code == 0:
+            mark_done(plan, "train", g.name, max_steps=tp.max_steps)
     return code

@@ -1,0 +1,106 @@
+"""`hpcffn validate` looks at the data, not only the headers: a few sampled slices per input.
+
+Wrong inputs that every stage accepts cost days: raw that is float 0..1 or bool trains on
+nonsense, all-background groundtruth trains on background only, and groundtruth of the wrong
+polarity turns the background into one huge object (found as `objects: 1` in a log after a
+5-day training run). Reading SAMPLES evenly spaced z slices is cheap on a login node and
+catches all of them. Convert checks the object count again on the full data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpcffn.core.plan_model import Plan, VolumePlan
+
+SAMPLES = 5
+# With polarity white/black, objects are a minority of voxels in EM masks; when they cover
+# this much of the sample the background was almost surely taken for the objects.
+WRONG_POLARITY = 0.9
+SUSPECT_POLARITY = 0.5
+
+
+def check_inputs(plan: Plan) -> tuple[list[str], list[str]]:
+    """(errors, warnings) from sampling every volume's raw and groundtruth, each one line."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    for vol in plan.volumes:
+        where = f"volume {vol.name}"
+        if _exists(vol.raw_source, "raw"):
+            _check_raw(vol, where, errors, warnings)
+        if vol.groundtruth_source and _exists(vol.groundtruth_source, "stack"):
+            _check_groundtruth(vol, where, errors, warnings)
+    return errors, warnings
+
+
+def _exists(location: str, default_dataset: str) -> bool:
+    """Inputs planned before they are copied (declared shape) cannot be sampled yet."""
+    from pathlib import Path
+
+    from hpcffn.io.sources import classify
+
+    return classify(location, default_dataset, Path("/")).exists
+
+
+def sample_slices(location: str, default_dataset: str) -> tuple[np.dtype, list[np.ndarray]]:
+    """dtype and SAMPLES z slices (evenly spaced) of an input, as its readers see it."""
+    from hpcffn.io.tif import open_volume
+
+    with open_volume(location, default_dataset) as reader:
+        nz = reader.shape[0]
+        zs = sorted({int(z) for z in np.linspace(0, nz - 1, min(SAMPLES, nz))})
+        return np.dtype(reader.dtype), [reader.read(z, z + 1)[0] for z in zs]
+
+
+def _check_raw(vol: VolumePlan, where: str, errors: list[str], warnings: list[str]) -> None:
+    dtype, slices = sample_slices(vol.raw_source, "raw")
+    in_place = vol.raw == vol.raw_source  # HDF5 raw is read as it is; TIF raw goes through convert's rescale
+    if dtype == bool:
+        errors.append(f"{where}: raw {vol.raw_source} is bool (a mask?), not grayscale: point raw at the image data")
+        return
+    if dtype != np.uint8 and in_place:
+        lo, hi = min(float(s.min()) for s in slices), max(float(s.max()) for s in slices)
+        errors.append(
+            f"{where}: raw {vol.raw_source} is {dtype} (sampled values {lo:g}..{hi:g}) but FFN reads raw as uint8 "
+            "grayscale 0..255: convert it with `hpcffn convert --raw SRC --rescale minmax --output raw.h5` "
+            "and point raw at raw.h5:raw"
+        )
+        return
+    values = np.unique(np.concatenate([np.unique(s) for s in slices]))
+    if len(values) == 1:
+        warnings.append(f"{where}: raw {vol.raw_source} is {values[0]} in every sampled slice: is it the right dataset?")
+
+
+def _check_groundtruth(vol: VolumePlan, where: str, errors: list[str], warnings: list[str]) -> None:
+    from hpcffn.io.labeling import foreground
+
+    src = vol.groundtruth_source
+    dtype, slices = sample_slices(src, "stack")
+    if vol.polarity == "labels":
+        if not (np.issubdtype(dtype, np.integer) or dtype == bool):
+            errors.append(f"{where}: groundtruth {src} is {dtype}; polarity labels needs integer ids (or set "
+                          "polarity white/black for a mask)")
+            return
+        fg = [s != 0 for s in slices]
+    else:
+        fg = [foreground(s, vol.polarity) for s in slices]
+    voxels = sum(m.size for m in fg)
+    fraction = sum(int(m.sum()) for m in fg) / max(voxels, 1)
+    sampled = f"{len(slices)} sampled slices"
+    if fraction == 0:
+        errors.append(f"{where}: groundtruth {src} has no object voxels in {sampled} (all background with polarity "
+                      f"{vol.polarity}): training would learn background only; check the dataset and polarity")
+        return
+    if vol.polarity in ("white", "black"):
+        other = "black" if vol.polarity == "white" else "white"
+        text = (f"{where}: with polarity {vol.polarity} the objects cover {fraction:.0%} of {sampled} of {src}; "
+                f"the background is probably {other}: set polarity: {other}")
+        if fraction >= WRONG_POLARITY:
+            errors.append(text + " (or fix the data)")
+        elif fraction > SUSPECT_POLARITY:
+            warnings.append(text + " if so")
+    else:
+        ids, counts = np.unique(np.concatenate([s[s != 0] for s in slices]), return_counts=True)
+        if len(ids) == 1 and counts[0] / voxels >= WRONG_POLARITY:
+            warnings.append(f"{where}: groundtruth {src} is one object (id {ids[0]}) over {counts[0] / voxels:.0%} "
+                            f"of {sampled}: is it a mask? then set polarity white or black")

@@ -1,0 +1,49 @@
+"""Stage resources a cluster would refuse or that cannot work, found when planning.
+
+A train `time` above what the profile's partitions allow is refused by sbatch only at submit
+(after a queue wait for the jobs before it), and `gpus: 0` for train renders a job that trains
+on CPUs for weeks. Both are spec mistakes, so `validate` and `plan` name them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hpcffn.core.errors import HpcffnError
+
+_PARTS = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def time_seconds(text: str) -> float:
+    """Seconds of a SLURM time ("MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS");
+    inf for UNLIMITED/INFINITE."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return float("inf")
+    m = _PARTS.fullmatch(text)
+    if m is None:
+        raise HpcffnError(f"time {text!r} is not a SLURM time (e.g. 12:00:00 or 2-00:00:00)")
+    days, a, b, c = (int(v) if v is not None else None for v in m.groups())
+    if days is not None:  # D-HH[:MM[:SS]]
+        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:  # HH:MM:SS
+        return a * 3600 + b * 60 + c
+    return a * 60 + (b or 0)  # MM[:SS]
+
+
+def check_resources(resources: dict[str, dict], stages: list[str], max_time: str | None, profile: str,
+                    spec_path: Path) -> None:
+    """Refuse times above the profile's `max_time` and a GPU-less train."""
+    for stage in stages:
+        res = resources[stage]
+        if max_time and res.get("time") and time_seconds(res["time"]) > time_seconds(max_time):
+            raise HpcffnError(
+                f"{spec_path}: field cluster.{stage}.time: {res['time']} is above the limit of profile {profile} "
+                f"(max_time {max_time}), so SLURM would refuse the job; give at most {max_time} "
+                "(train and infer continue across requeues)"
+            )
+    if "train" in stages and resources["train"].get("gpus") == 0:
+        raise HpcffnError(
+            f"{spec_path}: field cluster.train.gpus: 0 trains FFN on CPUs, which takes weeks; give 1 or more "
+            "(or leave gpus out with a profile without GPUs, such as local, to try a pipeline on CPUs)"
+        )
