@@ -7,6 +7,8 @@ the objects the same way), written with chunks that never straddle two tiles' co
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -15,18 +17,20 @@ import zarr
 from test_model_stitch import fake_inference, planned, same_objects  # noqa: F401 (fixture)
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import StitchParams
 from hpcffn.io import ome_zarr
 from hpcffn.stages import joins, pyramid, relabel, resolve
 from hpcffn.stages import stitch as single
 
 
-def run_steps(plan, log=lambda s: None) -> None:
+def run_steps(plan, params=None, log=lambda s: None) -> None:
     """Every task of the planned stitch jobs, in plan order (what submit would run)."""
     modules = {"joins": joins, "resolve": resolve, "relabel": relabel, "pyramid": pyramid}
     for job in plan.jobs:
         if job.stage in modules:
             for unit in reversed(job.units):  # any order within a job must do
-                modules[job.stage].run_from_plan(plan, unit, log=log)
+                extra = {"params": params} if job.stage == "joins" else {}
+                modules[job.stage].run_from_plan(plan, unit, log=log, **extra)
 
 
 def test_parallel_stitch_gives_the_single_task_result(planned, monkeypatch):  # noqa: F811
@@ -100,3 +104,49 @@ def test_relabel_before_resolve_is_one_clear_error(planned):  # noqa: F811
         resolve.run_from_plan(plan, "v1")
     with pytest.raises(HpcffnError, match="no relabelling .*run its resolve task first"):
         relabel.run_from_plan(plan, plan.tiles[0].name)
+
+
+def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):  # noqa: F811
+    import hpcffn.stages.evaluate as evaluate_mod
+    from hpcffn.stages.evaluate import Contingency, compare, evaluate_stitched
+    from hpcffn.stages.evaluate import run_from_plan as evaluate
+
+    plan, labels = planned
+    monkeypatch.setattr(evaluate_mod, "SLAB_VOXELS", 2 * 130 * 70)  # 50 slabs of 2 slices: partial tables merge
+    fake_inference(plan, labels)
+    # Without joins every object crossing a tile border stays split: only the whole-volume
+    # figures see that; per tile, each tile is perfect.
+    run_steps(plan, StitchParams(min_overlap_voxels=10**9))
+    report = evaluate(plan, log=lambda s: None)
+    assert report["overall"]["adapted_rand_error"] == pytest.approx(0.0)
+    split = report["stitched"]["v1"]
+    assert split["adapted_rand_error"] > 0.01 and split["rand_recall"] < 0.97 and split["rand_precision"] == pytest.approx(1.0)
+    whole = compare(zarr.open_array(str(plan.layout.stitched("v1") / "labels" / "seg" / "0"), mode="r")[...], labels)
+    assert split == pytest.approx(whole)  # slab by slab == all at once
+    run_steps(plan)
+    assert evaluate(plan, log=lambda s: None)["stitched"]["v1"]["adapted_rand_error"] == pytest.approx(0.0)
+    assert evaluate_stitched(plan.layout.stitched("v1"), plan.volume("v1"))["objects"] == len(np.unique(labels)) - 1
+    assert Contingency().metrics()["adapted_rand_error"] is None
+
+
+def test_export_writes_the_volume_as_tif_slices(planned, tmp_path):  # noqa: F811
+    import tifffile
+
+    plan, labels = planned
+    fake_inference(plan, labels)
+    run_steps(plan)
+    store = plan.layout.stitched("v1")
+    out = tmp_path / "slices"
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "export", str(store), str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    stack = np.stack([tifffile.imread(p) for p in sorted(out.glob("*.tif"))])
+    assert stack.dtype == np.uint8 and same_objects(stack, labels)
+    level1 = tmp_path / "level1.tif"
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "export", f"{store}:labels/seg/1", str(level1)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert tifffile.imread(level1).shape == tuple(-(-n // 2) for n in labels.shape)
+    bad = subprocess.run([sys.executable, "-m", "hpcffn.cli", "export", f"{store}:labels/nothing/0", str(tmp_path / "x")],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "has no array 'labels/nothing/0'" in bad.stderr and "Traceback" not in bad.stderr
