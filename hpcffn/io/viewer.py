@@ -120,13 +120,14 @@ def serve(plan: Plan, volume_name: str | None = None, bind: str = "127.0.0.1", p
         close.insert(0, lambda: gt_cm.__exit__(None, None, None))
         layers.append("groundtruth")
     with viewer.txn() as s:
-        s.dimensions = dims
+        # Shown x, y (, z) like Fiji; the data stay z,y,x (named axes line them up).
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="", scales=[1, 1, 1])
         s.layers["raw"] = neuroglancer.ImageLayer(source=f"zarr://{base}/")
         s.layers["stitched"] = neuroglancer.SegmentationLayer(source=f"zarr://{base}/labels/seg/")
         if gt_data is not None:
             s.layers["groundtruth"] = neuroglancer.SegmentationLayer(
                 source=neuroglancer.LocalVolume(_CountingArray(gt_data, served), dimensions=dims))
-        s.position = [n / 2 for n in volume.shape]
+        s.position = [n / 2 for n in reversed(volume.shape)]
         s.cross_section_scale = max(volume.shape) / 400  # voxels per screen pixel: the volume fills a panel
         s.layout = "4panel"
     return Session(url=viewer.get_viewer_url(), port=server.port, ssh=ssh_line(server.port), layers=layers,
