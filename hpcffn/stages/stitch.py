@@ -126,8 +126,12 @@ def global_ids(top: int, edges: list[np.ndarray], used: list[np.ndarray]) -> tup
     overlaps map to 0 (another tile owns those voxels).
     """
     lut = merge_ids(top, edges)
-    present = np.unique(lut[np.concatenate(used)]) if used else np.zeros(0, np.uint64)
-    final = np.zeros(int(lut.max()) + 1 if len(lut) else 1, np.uint64)
+    owning = np.zeros(int(lut.max()) + 1 if len(lut) else 1, bool)  # a mask, not np.unique: O(ids)
+    if used:
+        owning[lut[np.concatenate(used)]] = True
+    owning[0] = False
+    present = np.flatnonzero(owning).astype(np.uint64)
+    final = np.zeros(len(owning), np.uint64)
     final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
     return final[lut], present
 
