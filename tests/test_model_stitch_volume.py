@@ -150,3 +150,30 @@ def test_export_writes_the_volume_as_tif_slices(planned, tmp_path):  # noqa: F81
     bad = subprocess.run([sys.executable, "-m", "hpcffn.cli", "export", f"{store}:labels/nothing/0", str(tmp_path / "x")],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "has no array 'labels/nothing/0'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rendered_scripts_run_the_steps(planned):  # noqa: F811
+    """Each array task as SLURM would start it: the script, with SLURM_ARRAY_TASK_ID."""
+    import os
+
+    plan, labels = planned
+    fake_inference(plan, labels)
+    for job in plan.jobs:
+        if job.stage in ("joins", "resolve", "relabel", "pyramid"):
+            for i in range(len(job.units)):
+                env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(i)}
+                proc = subprocess.run(["bash", str(plan.layout.root / job.script)], env=env,
+                                      capture_output=True, text=True, check=False)
+                assert proc.returncode == 0, proc.stdout + proc.stderr
+    seg = zarr.open_array(str(plan.layout.stitched("v1") / "labels" / "seg" / "0"), mode="r")[...]
+    assert same_objects(seg, labels)
+    assert all(plan.layout.marker("pyramid", u).is_file() for j in plan.jobs if j.stage == "pyramid" for u in j.units)
+
+
+def test_step_commands_need_their_unit(planned):  # noqa: F811
+    plan, _ = planned
+    for args, needs in ((["joins"], "--tile"), (["relabel"], "--tile"), (["resolve"], "--volume"),
+                        (["pyramid", "--block", "0"], "--job pyramid_s<level>"), (["pyramid", "--block", "v1_s9_b0"], "re-run `hpcffn plan`")):
+        proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", *args[:1], "--plan", str(plan.layout.plan), *args[1:]],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and needs in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
