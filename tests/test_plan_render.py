@@ -131,7 +131,7 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
     assert plan.job("evaluate").units == ["experiment"]
     assert plan.job("resolve").units == [v.name for v in plan.volumes]
     assert plan.job("joins").units == plan.job("relabel").units == [t.name for t in plan.tiles]
-    assert plan.job("pyramid_s1").units == [f"{v.name}_s1_b0" for v in plan.volumes]
+    assert plan.job("pyramid_s1").units == ["v1_s1_b0", "v1_s1_b1"]  # level 1 is 50 x 65 x 35: two 64-voxel blocks in y
     for stage in ("convert", "partitions", "train", "infer", "joins", "resolve", "relabel", "pyramid", "evaluate"):
         assert (tmp_path / "work" / "logs" / stage).is_dir()
     assert (tmp_path / "work" / "spec.resolved.yaml").is_file()
