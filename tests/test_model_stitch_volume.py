@@ -84,6 +84,14 @@ def test_chunks_align_with_tile_cores(planned):  # noqa: F811
         assert all(s % c == 0 for s, c in zip(t.box.start, chunks))
         stop = [s + n for s, n in zip(t.box.start, t.box.size)]
         assert all(e % c == 0 or e == d for e, c, d in zip(stop, chunks, plan.volumes[0].shape))
+    shapes = ome_zarr.level_shapes(plan.volumes[0].shape, chunks)
+    for level, blocks in enumerate(ome_zarr.pyramid_blocks(plan.volumes[0].shape, size), start=1):
+        covered = np.zeros(shapes[level], int)
+        for start, extent in blocks:  # whole chunks of the level, each voxel in exactly one block
+            assert all(s % c == 0 for s, c in zip(start, chunks))
+            assert all((s + n) % c == 0 or s + n == d for s, n, c, d in zip(start, extent, chunks, shapes[level]))
+            covered[tuple(slice(s, s + n) for s, n in zip(start, extent))] += 1
+        assert (covered == 1).all()
     assert ome_zarr.chunk_edge(500, 4000) == 50 and ome_zarr.chunk_edge(64, 128) == 64
     assert ome_zarr.label_dtype(255) == np.uint8 and ome_zarr.label_dtype(256) == np.uint16
 
