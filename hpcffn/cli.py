@@ -60,9 +60,9 @@ def _stage(ctx: typer.Context) -> None:
 
 
 def _register_all() -> None:
-    from hpcffn.commands import data_stages, jobs, model_stages, planning
+    from hpcffn.commands import data_stages, jobs, model_stages, planning, stitch_steps, view
 
-    for module in (planning, jobs, data_stages, model_stages):
+    for module in (planning, jobs, data_stages, model_stages, stitch_steps, view):
         module.register(app, stage_app)
 
 

@@ -51,3 +51,15 @@ def test_login_node_commands_need_no_stage_packages(tmp_path):
     want = ("hpcffn: error: this command needs scipy, part of the stage code's extra: pip install 'hpcffn[ffn]', "
             "or run it inside the hpcffn container")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [want], proc.stderr
+
+
+def test_the_stitched_ome_zarr_exports_on_a_login_node(tmp_path):
+    import zarr
+
+    from hpcffn.io import ome_zarr
+
+    store = tmp_path / "v.ome.zarr"
+    ome_zarr.create(store, (2, 3, 4), (2, 3, 4), np.dtype(np.uint16))
+    zarr.open_array(str(store / "labels" / "seg" / "0"), mode="r+")[...] = np.arange(24).reshape(2, 3, 4)
+    proc = _base("export", str(store), str(tmp_path / "seg.tif"))
+    assert proc.returncode == 0 and "uint8" in proc.stdout, proc.stderr

@@ -56,7 +56,7 @@ def test_local_check_names_unreadable_inputs_and_exits_1(job_tmp):
 
 def test_a_script_that_fails_before_hpcffn_runs_has_no_report(job_tmp):
     plan = _planned(job_tmp)
-    script = plan.layout.root / plan.job("stitch").script
+    script = plan.layout.root / plan.job("resolve").script
     script.write_text(script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nmodule_that_is_missing\n", 1))
     proc = _check(plan.layout.root, "--local", "--stage", "stitch")
     assert proc.returncode == 1 and "no report: the job failed (often before hpcffn ran" in proc.stdout

@@ -114,7 +114,7 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
 
 def _stage_commands_missing() -> list[str]:
     proc = subprocess.run([*HPCFFN, "stage", "--help"], capture_output=True, text=True, check=False)
-    return [s for s in ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
+    return [s for s in ("convert", "partitions", "coordinates", "train", "infer", "joins", "resolve", "relabel", "pyramid", "evaluate")
             if not re.search(rf"(?m)^\W*{s}\b", proc.stdout)]
 
 

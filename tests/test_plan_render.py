@@ -48,7 +48,7 @@ def test_all_scripts_pass_bash_n_and_shellcheck(tmp_path):
     for spec_path in (write_spec(tmp_path / "a"), apptainer_spec(tmp_path / "b")):
         planned, _ = do_plan(spec_path)
         scripts += [planned.plan.layout.root / rel for rel in planned.scripts]
-    assert len(scripts) == 8 + 9  # the apptainer spec also converts its white groundtruth
+    assert len(scripts) == 12 + 13  # stitch: joins, resolve, relabel, pyramid_s1..2; the apptainer spec also converts
     for path in scripts:
         subprocess.run(["bash", "-n", str(path)], check=True)
     proc = subprocess.run(["shellcheck", "--shell=bash", *map(str, scripts)], check=False, capture_output=True, text=True)
@@ -115,8 +115,12 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
         ("train_g0", False, ["coordinates_g0"]),
         ("train_g1", False, ["coordinates_g1"]),
         ("infer", True, ["train_g0", "train_g1"]),
-        ("stitch", True, ["infer"]),
-        ("evaluate", False, ["stitch"]),
+        ("joins", True, ["infer"]),
+        ("resolve", True, ["joins"]),
+        ("relabel", True, ["resolve"]),
+        ("pyramid_s1", True, ["relabel"]),
+        ("pyramid_s2", True, ["pyramid_s1"]),
+        ("evaluate", False, ["relabel"]),
     ]
     for job in plan.jobs:
         assert job.sha256 == sha256((plan.layout.root / job.script).read_text())
@@ -125,8 +129,10 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
     assert infer.units == [t.name for t in plan.tiles]
     assert plan.job("train_g1").units == ["g1"] and plan.job("train_g1").group == "g1"
     assert plan.job("evaluate").units == ["experiment"]
-    assert plan.job("stitch").units == [v.name for v in plan.volumes]
-    for stage in ("convert", "partitions", "train", "infer", "stitch", "evaluate"):
+    assert plan.job("resolve").units == [v.name for v in plan.volumes]
+    assert plan.job("joins").units == plan.job("relabel").units == [t.name for t in plan.tiles]
+    assert plan.job("pyramid_s1").units == ["v1_s1_b0", "v1_s1_b1"]  # level 1 is 50 x 65 x 35: two 64-voxel blocks in y
+    for stage in ("convert", "partitions", "train", "infer", "joins", "resolve", "relabel", "pyramid", "evaluate"):
         assert (tmp_path / "work" / "logs" / stage).is_dir()
     assert (tmp_path / "work" / "spec.resolved.yaml").is_file()
     assert plan.spec["subvolume"]["min_edge"] == [21, 21, 21]
@@ -198,7 +204,7 @@ def test_existing_script_without_plan_is_not_overwritten(tmp_path):
 def test_dry_run_writes_nothing(tmp_path):
     spec_path = write_spec(tmp_path)
     _, report = do_plan(spec_path, dry_run=True)
-    assert len(report.written) == 8 and not (tmp_path / "work").exists()
+    assert len(report.written) == 12 and not (tmp_path / "work").exists()
 
 
 def test_user_template_overrides_one_stage(tmp_path):
@@ -294,7 +300,7 @@ def test_plan_is_deterministic(tmp_path):
     first = (tmp_path / "work" / "plan.json").read_bytes()
     _, report = do_plan(spec_path)
     assert (tmp_path / "work" / "plan.json").read_bytes() == first
-    assert report.written == [] and len(report.unchanged) == 8
+    assert report.written == [] and len(report.unchanged) == 12
 
 
 def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
@@ -302,7 +308,7 @@ def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
                                "shape": [5000, 10000, 25000]}],
                      subvolume={"size": [500, 500, 500], "groups": 50, "array_throttle": 100})
     planned = make_plan(write_spec(tmp_path, spec, data=False))
-    assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 1 + 1 + 1
+    assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 1 + 3 + 9 + 1  # stitch: 3 steps + a pyramid level each
     # 200 tiles of 500^3 per group and no max_records: the plan warns about the coordinate files.
     assert any(w.startswith("ffn.coordinates.max_records is not set: group g0 (25.0 G voxels) may get ~75 G")
                for w in planned.warnings), planned.warnings

@@ -192,7 +192,7 @@ def test_infer_only_needs_checkpoint(tmp_path):
     assert "ffn.inference.checkpoint" in msg
     spec["ffn"]["inference"] = {"checkpoint": "model/ckpt-100"}
     plan = make_plan(write_spec(tmp_path, spec)).plan
-    assert [j.name for j in plan.jobs] == ["infer", "stitch"]
+    assert [j.name for j in plan.jobs] == ["infer", "joins", "resolve", "relabel", "pyramid_s1", "pyramid_s2"]
     assert plan.ffn.inference.checkpoint == f"{tmp_path}/model/ckpt-100"
 
 

@@ -49,3 +49,6 @@ echo "== status"
 hpcffn status "$here/work"
 echo "== evaluation ($here/work/evaluate/report.json)"
 cat "$here/work/evaluate/report.json"
+echo
+echo "== the stitched volume: $here/work/stitch/blobs.ome.zarr (OME-Zarr); look at it in neuroglancer with"
+echo "   pip install '${repo}[view]' && hpcffn view $here/work"

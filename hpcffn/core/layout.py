@@ -15,7 +15,10 @@ are relative to the workdir the spec names (plan.json records it).
       coordinates/<group>.tfrecord.gz   stage 2: GZIP TFRecord of tf.train.Example
       train/<group>/                stage 3: checkpoints + TensorBoard events
       infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x)
-      stitch/<volume>.h5            the tiles of a volume joined: dataset `seg` (uint64), volume-sized
+      stitch/joins/<tile>.npz       stitch step joins: the tile's id range, owned ids, agreeing pairs
+      stitch/<volume>.lut.npy       stitch step resolve: every tile id -> final id (+ .tiles.json: id bases)
+      stitch/<volume>.ome.zarr/     the stitched volume: OME-Zarr raw + labels/seg pyramid (io/ome_zarr.py)
+      stitch/<volume>.h5            single-task stitch (`hpcffn stage stitch`): dataset `seg` (uint64)
       evaluate/report.json          evaluation of infer against groundtruth
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
       checks/<job>.json             `hpcffn check` probe reports (logs in logs/check/)
@@ -26,7 +29,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
+# The stages a spec's `stages:` names; "stitch" runs as the four steps of STITCH_STEPS.
+SPEC_STAGES = ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
+STITCH_STEPS = ("joins", "resolve", "relabel", "pyramid")
+STAGES = ("convert", "partitions", "coordinates", "train", "infer", *STITCH_STEPS, "evaluate")
 
 # What one unit of work of each stage is: a volume, a tile, a group, or the whole experiment.
 STAGE_UNIT = {
@@ -35,7 +41,10 @@ STAGE_UNIT = {
     "coordinates": "group",
     "train": "group",
     "infer": "tile",
-    "stitch": "volume",
+    "joins": "tile",
+    "resolve": "volume",
+    "relabel": "tile",
+    "pyramid": "block",
     "evaluate": "experiment",
 }
 
@@ -90,7 +99,19 @@ class Layout:
         return self.root / "infer" / f"{tile}.h5"
 
     def stitched(self, volume: str) -> Path:
+        return self.root / "stitch" / f"{volume}.ome.zarr"
+
+    def stitched_hdf5(self, volume: str) -> Path:
         return self.root / "stitch" / f"{volume}.h5"
+
+    def joins(self, tile: str) -> Path:
+        return self.root / "stitch" / "joins" / f"{tile}.npz"
+
+    def relabelling(self, volume: str) -> Path:
+        return self.root / "stitch" / f"{volume}.lut.npy"
+
+    def id_bases(self, volume: str) -> Path:
+        return self.root / "stitch" / f"{volume}.tiles.json"
 
     @property
     def evaluation_report(self) -> Path:
@@ -105,3 +126,15 @@ class Layout:
 
     def marker(self, stage: str, unit: str) -> Path:
         return self.root / "markers" / stage / f"{unit}.done"
+
+
+def spec_stage(stage: str) -> str:
+    """The spec-level stage a stage belongs to (its resources, its `stages:` name)."""
+    return "stitch" if stage in STITCH_STEPS else stage
+
+
+def expand_stages(names: list[str] | None) -> list[str] | None:
+    """`--stage stitch` means all of its steps."""
+    if not names:
+        return names
+    return list(dict.fromkeys(s for n in names for s in (STITCH_STEPS if n == "stitch" else (n,))))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.io.volumes import HDF5_SUFFIXES, TIF_SUFFIXES
+from hpcffn.io.volumes import ARRAY_SUFFIXES, TIF_SUFFIXES
 
 
 class VolumeReader:
@@ -212,8 +212,8 @@ def open_volume(text: str, default_dataset: str = "raw") -> VolumeReader:
     """A reader for "path.h5[:dataset]", a .tif/.tiff stack or a directory of slices."""
     path_text = str(text)
     head = path_text.rpartition(":")[0]
-    if path_text.lower().endswith(HDF5_SUFFIXES) or head.lower().endswith(HDF5_SUFFIXES):
-        return Hdf5Volume(path_text, default_dataset)
+    if path_text.lower().rstrip("/").endswith(ARRAY_SUFFIXES) or head.lower().endswith(ARRAY_SUFFIXES):
+        return Hdf5Volume(path_text, default_dataset)  # HDF5 or OME-Zarr: both open with open_dataset
     p = Path(path_text).expanduser()
     if p.name.lower().endswith(TIF_SUFFIXES):
         return TifStack(p)

@@ -17,6 +17,8 @@ import numpy as np
 from hpcffn.core.errors import HpcffnError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+ZARR_SUFFIXES = (".zarr",)  # an OME-Zarr store (the stitched volume): "v.ome.zarr:seg", ":raw", ":labels/seg/1"
+ARRAY_SUFFIXES = HDF5_SUFFIXES + ZARR_SUFFIXES
 TIF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -38,7 +40,7 @@ def parse_location(text: str, default_dataset: str | None = None, base: Path | N
     head, sep, tail = text.rpartition(":")
     # HDF5 names may be written absolute (`gt.h5:/stack`); they mean the same dataset.
     tail = tail.lstrip("/")
-    if sep and tail and not tail.startswith("\\") and head.lower().endswith(HDF5_SUFFIXES):
+    if sep and tail and not tail.startswith("\\") and head.lower().rstrip("/").endswith(ARRAY_SUFFIXES):
         path_part, dataset = head, tail
     if dataset is None:
         if default_dataset is None:
@@ -71,6 +73,11 @@ def open_dataset(loc: Location | str, default_dataset: str | None = None,
 
     if not isinstance(loc, Location):
         loc = parse_location(loc, default_dataset)
+    if loc.path.name.lower().endswith(ZARR_SUFFIXES):
+        from hpcffn.io.ome_zarr import open_array
+
+        yield open_array(loc.path, loc.dataset)  # zarr arrays slice like h5py datasets; nothing to close
+        return
     if not loc.path.is_file():
         raise HpcffnError(f"HDF5 file {loc.path} does not exist: check the path (dataset {loc.dataset!r})")
     try:

@@ -30,7 +30,10 @@ def expected_output(plan: Plan, stage: str, unit: str):
         "coordinates": lay.coordinates,
         "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
         "infer": lay.segmentation,
-        "stitch": lay.stitched,
+        "joins": lay.joins,
+        "resolve": lay.relabelling,
+        "relabel": lambda t: lay.stitched(plan.tile(t).volume),
+        "pyramid": lambda b: lay.stitched(b.rpartition("_s")[0]),
         "evaluate": lambda _u: lay.evaluation_report,
     }.get(stage, lambda _u: None)(unit)
 

@@ -18,10 +18,11 @@ from hpcffn.plan import grid
 from hpcffn.plan import container as containers
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import FFNParams
-from hpcffn.core.layout import STAGE_UNIT, STAGES, Layout
+from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, spec_stage
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.plan.limits import check_resources
 from hpcffn.plan.resources import profiles_dir
+from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
 
@@ -201,15 +202,18 @@ _DEPENDS = {
     "coordinates": ["partitions"],
     "train": ["coordinates"],
     "infer": ["train", "convert"],
-    "stitch": ["infer"],
-    "evaluate": ["stitch"],  # infer when stitch is not planned
+    "joins": ["infer"],
+    "resolve": ["joins"],
+    "relabel": ["resolve"],
+    "pyramid": ["relabel"],  # pyramid_s<k> waits for pyramid_s<k-1> instead (plan_jobs)
+    "evaluate": ["relabel"],  # infer when stitch is not planned
 }
 
 
 def applicable_stages(volumes: list[VolumePlan]) -> list[str]:
     has_gt = any(v.groundtruth for v in volumes)
     out = []
-    for s in STAGES:
+    for s in SPEC_STAGES:
         if s == "convert" and not any(v.needs_convert for v in volumes):
             continue
         if s in ("partitions", "coordinates", "train", "evaluate") and not has_gt:
@@ -227,10 +231,10 @@ def choose_stages(spec: Spec, volumes: list[VolumePlan], spec_path: Path, warnin
             why = "no volume needs converting (HDF5 inputs with polarity labels)" if s == "convert" \
                 else "no volume has groundtruth"
             raise _fail(spec_path, "stages", f"{s!r} does not apply: {why}; remove it from stages")
-    return [s for s in STAGES if s in spec.stages]
+    return [s for s in SPEC_STAGES if s in spec.stages]
 
 
-def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
+def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list[JobPlan]:
     """Jobs (without script hashes yet) in submission order, with afterok dependencies."""
     names_by_stage: dict[str, list[str]] = {}
     jobs: list[JobPlan] = []
@@ -250,8 +254,13 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
             add("infer", stage, True, [t.name for t in tiles])
-        elif stage == "stitch":
-            add("stitch", stage, True, [v.name for v in volumes])
+        elif stage == "stitch":  # the steps of docs/stitch.md
+            add("joins", "joins", True, [t.name for t in tiles])
+            add("resolve", "resolve", True, [v.name for v in volumes])
+            add("relabel", "relabel", True, [t.name for t in tiles])
+            per_volume = [pyramid_units(v.name, v.shape, tile_size) for v in volumes]
+            for level in range(max(map(len, per_volume), default=0)):
+                add(f"pyramid_s{level + 1}", "pyramid", True, [u for p in per_volume if level < len(p) for u in p[level]])
         elif stage == "evaluate":
             add("evaluate", stage, False, ["experiment"])
 
@@ -268,6 +277,8 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
             if job.group and d in ("coordinates", "train"):
                 names = [n for n in names if n.endswith(f"_{job.group}")]
             targets += names
+        if job.stage == "pyramid" and job.name != "pyramid_s1":
+            targets = [f"pyramid_s{int(job.name.rpartition('_s')[2]) - 1}"]
         job.depends_on = [Dependency(job=n) for n in targets]
     return jobs
 
@@ -372,9 +383,9 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
         raise _fail(spec_path, "ffn.inference.checkpoint", "no volume has groundtruth to train on, so inference "
                     "needs a trained model; set ffn.inference.checkpoint")
     warn_uncapped_coordinates(stages, groups, ffn, warnings)
-    resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
+    resources = {s: stage_resources(profile, spec.cluster, spec_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
-    jobs = plan_jobs(stages, volumes, tiles, groups)
+    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size)
     # render
     image, binds = container_setup(spec, base, [workdir, *folders], spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():
@@ -395,7 +406,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     resolved["container"].update(image=image, binds=binds)
     shipped = profile_path.parent == profiles_dir()
     resolved["cluster"] = {"profile": spec.cluster.profile if shipped else str(profile_path),
-                           **{s: _cluster_view(resources[s]) for s in STAGES}}
+                           **{s: _cluster_view(resources[s]) for s in SPEC_STAGES}}
     plan = Plan(
         hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
         spec=resolved, ffn=ffn, volumes=volumes, tiles=tiles, groups=groups, jobs=jobs,

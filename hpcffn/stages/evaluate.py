@@ -180,6 +180,7 @@ def evaluate_stitched(path: Path, volume) -> dict:
     """Metrics of a volume's stitched segmentation against its groundtruth.
 
     Unlike the per-tile figures, these count objects split or merged across tile borders.
+    `path` is the OME-Zarr volume (its labels, level 0) or a single-task stitch's HDF5.
     """
     from hpcffn.io.volumes import dataset_shape
 
@@ -217,7 +218,7 @@ def run_from_plan(plan: Plan, log=print) -> dict:
     for name in dict.fromkeys(r["volume"] for r in rows):
         by_volume[name] = weighted_mean([r for r in rows if r["volume"] == name])
     stitched = {v.name: evaluate_stitched(plan.layout.stitched(v.name), v) for v in plan.volumes
-                if v.groundtruth and plan.layout.stitched(v.name).is_file()}
+                if v.groundtruth and plan.layout.stitched(v.name).is_dir()}
     report = {"plan": str(plan.layout.plan), "tiles": rows, "volumes": by_volume,
               "overall": weighted_mean(rows), "stitched": stitched, "missing_segmentations": missing}
     if rows:

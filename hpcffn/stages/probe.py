@@ -31,9 +31,13 @@ STAGE_NEEDS = {
     "train": ("h5py", "tensorflow"),
     "infer": ("h5py", "tensorflow", "scipy", "skimage", "edt"),
     "stitch": ("h5py", "scipy"),
+    "joins": ("h5py", "scipy"),
+    "resolve": ("h5py", "scipy", "zarr"),
+    "relabel": ("h5py", "zarr"),
+    "pyramid": ("zarr",),
     "evaluate": ("h5py", "scipy", "skimage"),
 }
-UNIT_FLAGS = ("--tile", "--group", "--volume")
+UNIT_FLAGS = ("--tile", "--group", "--volume", "--block")
 
 
 def _flag(argv: list[str], name: str) -> str | None:
@@ -70,10 +74,10 @@ def _inputs(plan: Plan, stage: str, unit: str | None) -> list:
     """The user's input files this job reads (sources outside the workdir)."""
     if stage == "convert" and unit is not None:
         volumes = [plan.volume(plan.task_unit("convert", unit))]
-    elif stage in ("partitions", "infer") and unit is not None:
+    elif stage in ("partitions", "infer", "joins", "relabel") and unit is not None:
         volumes = [plan.volume(plan.tile(plan.task_unit(stage, unit)).volume)]
-    elif stage == "stitch" and unit is not None:
-        volumes = [plan.volume(plan.task_unit("stitch", unit))]
+    elif stage in ("stitch", "resolve") and unit is not None:
+        volumes = [plan.volume(plan.task_unit(stage, unit))]
     else:
         volumes = [v for v in plan.volumes if v.groundtruth]
     paths = []

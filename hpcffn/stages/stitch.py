@@ -106,6 +106,52 @@ def _intersection(t: TileSegmentation, u: TileSegmentation):
     return (start, tuple(e - s for s, e in zip(start, stop))) if all(e > s for s, e in zip(start, stop)) else None
 
 
+def tile_ids(t: TileSegmentation) -> tuple[int, np.ndarray]:
+    """A tile's largest id (its id range) and the sorted ids in the part it owns: one read of the tile."""
+    biggest, own = 0, []
+    rel = [c - s for c, s in zip(t.core_start, t.start)]  # the core inside the tile
+    for z, block in _slabs(t, t.start, t.size):
+        biggest = max(biggest, int(block.max()) if block.size else 0)
+        z0, z1 = max(rel[0] - z, 0), min(rel[0] + t.core_size[0] - z, len(block))
+        if z0 < z1:
+            core = block[z0:z1, rel[1]:rel[1] + t.core_size[1], rel[2]:rel[2] + t.core_size[2]]
+            own.append(np.unique(core[core > 0]))
+    return biggest, (np.unique(np.concatenate(own)).astype(np.uint64) if own else np.zeros(0, np.uint64))
+
+
+def global_ids(top: int, edges: list[np.ndarray], used: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Lookup (offset tile id -> final id) after joining `edges`, and the merged ids that own voxels.
+
+    Objects that own voxels are numbered 1..K in order of first appearance; ids seen only in
+    overlaps map to 0 (another tile owns those voxels).
+    """
+    lut = merge_ids(top, edges)
+    owning = np.zeros(int(lut.max()) + 1 if len(lut) else 1, bool)  # a mask, not np.unique: O(ids)
+    if used:
+        owning[lut[np.concatenate(used)]] = True
+    owning[0] = False
+    present = np.flatnonzero(owning).astype(np.uint64)
+    final = np.zeros(len(owning), np.uint64)
+    final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
+    return final[lut], present
+
+
+def neighbour_pairs(t: TileSegmentation, u: TileSegmentation, params: StitchParams) -> np.ndarray | None:
+    """Agreeing (t id, u id) pairs where two tiles' infer boxes meet; None when they do not."""
+    box = _intersection(t, u)
+    return None if box is None else agreeing_pairs(_read(t, *box), _read(u, *box), params)
+
+
+def check_tile(t: TileSegmentation, shape) -> None:
+    """The tile's segmentation file covers its infer box, and its core lies in the volume."""
+    offset, size = segmentation_box(t.location)
+    if offset != t.start or size != t.size:
+        raise HpcffnError(f"{t.location} covers offset {offset} shape {size}, not tile {t.name}'s infer box "
+                          f"{t.start} {t.size}: it is from another plan; re-run that tile's infer task")
+    if any(c < 0 or c + n > s for c, n, s in zip(t.core_start, t.core_size, shape)):
+        raise HpcffnError(f"tile {t.name} owns {t.core_start} size {t.core_size}, outside the volume {tuple(shape)}")
+
+
 def stitch(tiles: list[TileSegmentation], shape, output: Location, params: StitchParams,
            log: Callable[[str], None] = print) -> dict:
     """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
@@ -113,44 +159,26 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     from hpcffn.io.volumes import atomic_h5
 
     for t in tiles:
-        offset, size = segmentation_box(t.location)
-        if offset != t.start or size != t.size:
-            raise HpcffnError(f"{t.location} covers offset {offset} shape {size}, not tile {t.name}'s infer box "
-                              f"{t.start} {t.size}: it is from another plan; re-run that tile's infer task")
-        if any(c < 0 or c + n > s for c, n, s in zip(t.core_start, t.core_size, shape)):
-            raise HpcffnError(f"tile {t.name} owns {t.core_start} size {t.core_size}, outside the volume {tuple(shape)}")
+        check_tile(t, shape)
     # Pass 1: each tile's id range, and the ids that appear in the part it owns.
     bases, used, top = [], [], 0
     for t in tiles:
-        biggest, own = 0, []
-        rel = [c - s for c, s in zip(t.core_start, t.start)]  # the core inside the tile, one read for both
-        for z, block in _slabs(t, t.start, t.size):
-            biggest = max(biggest, int(block.max()) if block.size else 0)
-            z0, z1 = max(rel[0] - z, 0), min(rel[0] + t.core_size[0] - z, len(block))
-            if z0 < z1:
-                core = block[z0:z1, rel[1]:rel[1] + t.core_size[1], rel[2]:rel[2] + t.core_size[2]]
-                own.append(np.unique(core[core > 0]))
+        biggest, own = tile_ids(t)
         bases.append(top)
-        used.append(np.unique(np.concatenate(own)).astype(np.uint64) + np.uint64(top) if own else np.zeros(0, np.uint64))
+        used.append(own + np.uint64(top))
         top += biggest
     # Join segments that agree where neighbouring tiles overlap.
     edges, joins = [], 0
     for i, t in enumerate(tiles):
         for j in range(i + 1, len(tiles)):
-            box = _intersection(t, tiles[j])
-            if box is None:
+            pairs = neighbour_pairs(t, tiles[j], params)
+            if pairs is None:
                 continue
-            pairs = agreeing_pairs(_read(t, *box), _read(tiles[j], *box), params)
             pairs[:, 0] += np.uint64(bases[i])
             pairs[:, 1] += np.uint64(bases[j])
             edges.append(pairs)
             joins += len(pairs)
-    lut = merge_ids(top, edges)
-    # Number the objects that own voxels 1..K (ids seen only in overlaps are dropped).
-    present = np.unique(lut[np.concatenate(used)]) if used else np.zeros(0, np.uint64)
-    final = np.zeros(int(lut.max()) + 1 if len(lut) else 1, np.uint64)
-    final[present] = np.arange(1, len(present) + 1, dtype=np.uint64)
-    lut = final[lut]
+    lut, present = global_ids(top, edges, used)
     # Pass 2: write what each tile owns.
     with atomic_h5(output.path) as f:
         chunks = tuple(min(64, s) for s in shape) if all(shape) else None
@@ -191,14 +219,11 @@ def stitch_files(segmentations: list[str], output: str, params: StitchParams, sh
     return stitch(tiles, full, parse_location(output, "seg"), params, log=log)
 
 
-def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
-    """Stitch one volume of a plan into workdir/stitch/<volume>.h5:seg and mark it done."""
-    from hpcffn.stages.markers import hold_unit, mark_done
-
-    volume = plan.volume(volume_name)
+def plan_tiles(plan: Plan, volume_name: str, names=None) -> list[TileSegmentation]:
+    """The tiles of a plan's volume (or only `names` of them) with their infer outputs."""
     tiles = []
     for t in plan.tiles:
-        if t.volume != volume.name:
+        if t.volume != volume_name or (names is not None and t.name not in names):
             continue
         path = plan.layout.segmentation(t.name)
         if not path.is_file():
@@ -206,7 +231,20 @@ def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = No
                               f"(`hpcffn submit --resume` or `hpcffn stage infer --plan {plan.layout.plan} --tile {t.name}`)")
         tiles.append(TileSegmentation(t.name, Location(path, "seg"), tuple(t.infer_box.start), tuple(t.infer_box.size),
                                       tuple(t.box.start), tuple(t.box.size)))
-    out = plan.layout.stitched(volume.name)
+    return tiles
+
+
+def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
+    """Single-task stitch of one volume of a plan into workdir/stitch/<volume>.h5:seg, and mark it done.
+
+    The planned jobs stitch in parallel instead (joins, resolve, relabel, pyramid); this one
+    task is the reference they are tested against and suits small volumes.
+    """
+    from hpcffn.stages.markers import hold_unit, mark_done
+
+    volume = plan.volume(volume_name)
+    tiles = plan_tiles(plan, volume.name)
+    out = plan.layout.stitched_hdf5(volume.name)
     with hold_unit(plan, "stitch", volume.name, (out,)):
         summary = stitch(tiles, volume.shape, Location(out, "seg"), params or plan.ffn.stitch, log=log)
         mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
