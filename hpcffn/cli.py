@@ -56,9 +56,9 @@ def _stage(ctx: typer.Context) -> None:
 
 
 def _register_all() -> None:
-    from hpcffn.commands import data_stages, jobs, model_stages, planning
+    from hpcffn.commands import data_stages, jobs, model_stages, planning, reporting
 
-    for module in (planning, jobs, data_stages, model_stages):
+    for module in (planning, jobs, reporting, data_stages, model_stages):
         module.register(app, stage_app)
 
 
@@ -67,6 +67,8 @@ _register_all()
 
 # Imported only by stage code; the base install (plan, submit, status, export) has none of them.
 STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
+# Imported only by `hpcffn report`.
+REPORT_PACKAGES = ("matplotlib", "tensorboard")
 
 
 def main() -> None:
@@ -83,7 +85,12 @@ def main() -> None:
         sys.exit(130)
     except ModuleNotFoundError as exc:
         # A stage command on a base install (a login node): say which extra brings it.
-        if os.environ.get("HPCFFN_DEBUG") or (exc.name or "").split(".")[0] not in STAGE_PACKAGES:
+        package = (exc.name or "").split(".")[0]
+        if package in REPORT_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
+            print(f"hpcffn: error: this command needs {package}, part of the report extra: "
+                  "pip install 'hpcffn[report]'", file=sys.stderr)
+            sys.exit(2)
+        if os.environ.get("HPCFFN_DEBUG") or package not in STAGE_PACKAGES:
             raise
         print(f"hpcffn: error: this command needs {exc.name.split('.')[0]}, part of the stage code's extra: "
               "pip install 'hpcffn[ffn]', or run it inside the hpcffn container", file=sys.stderr)

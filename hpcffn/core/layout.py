@@ -17,6 +17,7 @@ are relative to the workdir the spec names (plan.json records it).
       infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x)
       stitch/<volume>.h5            the tiles of a volume joined: dataset `seg` (uint64), volume-sized
       evaluate/report.json          evaluation of infer against groundtruth
+      report/index.html, *.png      `hpcffn report`: the experiment's page and its pictures
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
       checks/<job>.json             `hpcffn check` probe reports (logs in logs/check/)
 """
@@ -94,6 +95,10 @@ class Layout:
     @property
     def evaluation_report(self) -> Path:
         return self.root / "evaluate" / "report.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     def marker(self, stage: str, unit: str) -> Path:
         return self.root / "markers" / stage / f"{unit}.done"
