@@ -44,6 +44,11 @@ def _root(
 
 @stage_app.callback()
 def _stage(ctx: typer.Context) -> None:
+    # Stage logs start with what the stage says, not TensorFlow's C++ start-up notices
+    # (HPCFFN_TF_LOGS=1 shows them again).
+    from hpcffn.core.native_logs import quiet_tensorflow
+
+    quiet_tensorflow()
     # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
     # of running: the job script is exercised on its node without doing the work.
     job = os.environ.get("HPCFFN_CHECK")

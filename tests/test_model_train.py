@@ -141,7 +141,7 @@ def test_sigusr1_checkpoints_and_a_second_run_continues(data, tmp_path):
     train_dir = tmp_path / "t"
     returncode, log = _usr1_when(_cli_train(data, train_dir, 100000), "hpcffn train: step 50 ")
     assert returncode == EXIT_REQUEUE, log
-    assert "requeue to continue" in log
+    assert "SIGUSR1 at step" in log and "work remains (exit 75)" in log
     step = int(tf.train.latest_checkpoint(str(train_dir)).rsplit("-", 1)[1])
     assert step >= 50
     second = subprocess.run(_cli_train(data, train_dir, step + 10), capture_output=True, text=True, env=ENV,
