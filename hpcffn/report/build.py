@@ -11,13 +11,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hpcffn.core.atomic import atomic_write_bytes, atomic_write_text
 from hpcffn.core.plan_model import Plan
 from hpcffn.report import figures
 from hpcffn.report.accounting import stage_usage
 from hpcffn.report.evaluation import HOW_TO_READ, evaluation_rows, load_evaluation
 from hpcffn.report.events import read_scalars
-from hpcffn.report.slices import stitched_slice, tile_middle, tile_segmentation_slice, volume_slice
+from hpcffn.report.slices import stitched_slice, tile_candidates, tile_segmentation_slice, volume_slice
 
 TILE_STAGES = ("partitions", "infer")
 MAX_PIXELS = 1024  # a stitched slice wider than this is shown every n-th voxel
@@ -104,9 +106,10 @@ def overlay_pictures(plan: Plan, tiles_shown: int) -> list[Picture]:
     out = []
     for tile in _shown_tiles(plan, tiles_shown):
         volume = plan.volume(tile.volume)
-        z = tile_middle(tile)
         ys, xs = (slice(s, s + n) for s, n in zip(tile.box.start[1:], tile.box.size[1:]))
-        seg = tile_segmentation_slice(plan, tile, z)
+        slices = {z: tile_segmentation_slice(plan, tile, z) for z in tile_candidates(tile)}
+        z = max(slices, key=lambda k: 0 if slices[k] is None else len(np.unique(slices[k])))
+        seg = slices[z]
         if seg is None:
             continue
         raw = volume_slice(volume.raw, z, ys, xs, "raw")

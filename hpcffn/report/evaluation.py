@@ -4,19 +4,20 @@ overall and per stitched volume, from evaluate/report.json."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
 from hpcffn.stages.evaluate import format_table, weighted_mean
 
 HOW_TO_READ = (
-    "Lower is better everywhere. VI split (bits) grows when one true object is cut into several "
-    "segments (over-segmentation), VI merge when separate objects are joined into one "
-    "(under-segmentation); adapted Rand error is 1 - F-score of voxel pairs (0 perfect, 1 nothing "
-    "right), and its precision falls with merges, its recall with splits. Merges cost more to "
-    "proofread than splits, so prefer a result with the lower VI merge; the stitched rows also "
-    "count objects split or merged where tiles meet, so compare them with the tile rows to judge "
-    "the stitching."
+    "How to read it: adapted Rand error (ARE; 0 perfect, 1 nothing right) is 1 - the F-score of "
+    "voxel pairs; its precision falls when objects are merged, its recall when they are split. "
+    "VI split and VI merge (bits; 0 perfect) measure the same two mistakes: VI split grows when one "
+    "true object is cut into several segments, VI merge when separate objects are joined into one. "
+    "Merges cost more to proofread than splits, so between two results prefer the one with the "
+    "lower VI merge. The stitched row also counts mistakes where tiles meet: compare it with "
+    "[overall] to judge the stitching."
 )
 
 
@@ -55,4 +56,4 @@ def evaluation_text(plan: Plan) -> str:
     rows = evaluation_rows(plan, report)
     if not rows:
         return "the evaluation holds no tile: no tile with groundtruth had a segmentation when evaluate ran"
-    return format_table(rows) + "\n\n" + HOW_TO_READ
+    return format_table(rows) + "\n\n" + textwrap.fill(HOW_TO_READ, 100)

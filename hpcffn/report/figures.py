@@ -110,7 +110,7 @@ def overlay(title: str, raw: np.ndarray, groundtruth: np.ndarray | None, segment
     if groundtruth is not None:
         panels.append(("groundtruth", random_colours(groundtruth), None))
     panels.append(("segmentation", random_colours(segmentation), None))
-    height = 3.2
+    height = 2.6
     width = height * raw.shape[1] / max(raw.shape[0], 1)
     fig = _figure(width * len(panels) + 0.4, height + 0.5)
     for ax, (name, image, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):

@@ -23,9 +23,11 @@ def volume_slice(location: str, z: int, y: slice = slice(None), x: slice = slice
     return _slice(parse_location(location, default), z, y, x, default)
 
 
-def tile_middle(tile: TilePlan) -> int:
-    """The z the report shows for a tile: the middle of the box it owns."""
-    return tile.box.start[0] + tile.box.size[0] // 2
+def tile_candidates(tile: TilePlan) -> list[int]:
+    """The z-slices the report may show for a tile: at a quarter, half and three quarters of the
+    box it owns (it shows the one with the most segments, reading three slices, not the tile)."""
+    z0, n = tile.box.start[0], tile.box.size[0]
+    return list(dict.fromkeys(z0 + (n * k) // 4 for k in (2, 1, 3)))
 
 
 def tile_segmentation_slice(plan: Plan, tile: TilePlan, z: int) -> np.ndarray | None:
