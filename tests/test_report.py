@@ -219,3 +219,25 @@ def test_report_before_any_run_says_what_is_missing(tmp_path):
     text = (workdir / "report" / "index.html").read_text()
     assert "No segmentation yet" in text and "No training curves yet" in text
     assert text.count("<img ") == 1  # the tile grid: every tile not submitted
+
+
+def test_report_runs_on_a_login_node_without_tensorflow_or_scipy(tmp_path):
+    from test_cli_login_node import _base
+
+    workdir = _tiny_workdir(tmp_path)
+    proc = _base("report", str(workdir))
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "report" / "index.html").is_file()
+
+
+def test_report_without_its_extra_names_it(tmp_path):
+    workdir = _tiny_workdir(tmp_path)
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'matplotlib':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Block())\nfrom hpcffn.cli import main\n"
+            f"sys.argv = ['hpcffn', 'report', {str(workdir)!r}]\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("hpcffn: error: this command needs matplotlib, part of the report extra: "
+                                   "pip install 'hpcffn[report]'")
