@@ -440,9 +440,14 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
 
 
 def stage_resources(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> dict:
-    """Merge profile defaults < profile stage < spec defaults < spec stage; "" clears a value."""
+    """Merge profile defaults < spec defaults < profile stage < spec stage; "" clears a value.
+
+    The more specific setting wins before the later source: a profile's limit for one stage
+    (Ibex: infer 2 days) holds against a spec's generic `defaults.time`; only the spec's own
+    per-stage setting overrides it.
+    """
     merged: dict = {}
-    for layer in (profile.defaults, getattr(profile, stage), cluster.defaults, getattr(cluster, stage)):
+    for layer in (profile.defaults, cluster.defaults, getattr(profile, stage), getattr(cluster, stage)):
         merged.update(layer.model_dump(exclude_none=True))
     out = {k: (None if v == "" else v) for k, v in merged.items()}
     for key in StageResources.model_fields:
