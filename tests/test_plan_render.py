@@ -96,7 +96,7 @@ def test_sbatch_header_from_profile_and_overrides(tmp_path):
     first_cmd = min(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert last_sbatch < first_cmd
     assert 'HPCFFN=(apptainer exec --nv --bind "$BINDS" "$IMAGE" hpcffn)' in train
-    assert f"BINDS=/scratch/ref:/ref:ro,{tmp_path}/inputs,{wd}" in train
+    assert f"BINDS=/scratch/ref:/ref:ro,{tmp_path}/inputs:{tmp_path}/inputs:ro,{wd}" in train
     assert "module load cuda/11.8" in train and "\necho preparing\n" in train
     parts = planned.scripts["jobs/partitions/partitions.sbatch"]
     assert "#SBATCH --array=0-3%3" in parts and "%x_%A_%a.out" in parts
