@@ -4,6 +4,7 @@ would hit; on this machine (--local) and on the real test SLURM."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,7 +60,26 @@ def test_a_script_that_fails_before_hpcffn_runs_has_no_report(job_tmp):
     script = plan.layout.root / plan.job("stitch").script
     script.write_text(script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nmodule_that_is_missing\n", 1))
     proc = _check(plan.layout.root, "--local", "--stage", "stitch")
-    assert proc.returncode == 1 and "no report: the job failed (often before hpcffn ran" in proc.stdout
+    # The row says why, from the log's own words (here bash's).
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 1 and "no report; the log ends:" in out, proc.stdout
+    assert "module_that_is_missing: command not found" in out.replace("│ ", "").replace(" │", ""), proc.stdout
+
+
+def test_the_cause_line_is_the_last_telling_line_of_the_newest_log(tmp_path):
+    from hpcffn.jobs.check import cause_line
+
+    assert cause_line(str(tmp_path / "none_*.out")) is None
+    (tmp_path / "a_1.out").write_text("[2026-01-01] exp train_g0 on n1, SLURM job 1\nold failure: error 1\n")
+    os.utime(tmp_path / "a_1.out", (1, 1))
+    (tmp_path / "a_2.out").write_text(
+        "[2026-01-01] exp train_g0 on n1, SLURM job 2\n/var/spool/slurmd/job2/slurm_script: line 40: "
+        "apptainer: command not found\n[2026-01-01] train_g0 finished with exit code 127\n\n")
+    assert cause_line(str(tmp_path / "a_*.out")).endswith("apptainer: command not found")
+    (tmp_path / "b.out").write_text("one\nlast words\n")
+    assert cause_line(str(tmp_path / "b.out")) == "last words"
+    (tmp_path / "c.out").write_text("")
+    assert cause_line(str(tmp_path / "c.out")) == ""
 
 
 @pytest.mark.slurm
