@@ -154,7 +154,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         spec: Path = SPEC,
         tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
     ) -> None:
-        """Print the log of a stage's job (the newest run of the given group/tile)."""
+        """Print the logs of a stage's job for a group/tile: every run, oldest first (a resume is a
+        new run; a requeue appends to its run's log)."""
         from hpcffn.jobs.admin import log_paths
 
         paths = log_paths(find_plan(plan_dir, spec), stage_name, which)
