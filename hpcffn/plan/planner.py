@@ -359,6 +359,11 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
         raise _fail(spec_path, "ffn.inference.checkpoint", "no volume has groundtruth to train on, so inference "
                     "needs a trained model; set ffn.inference.checkpoint")
     warn_uncapped_coordinates(stages, groups, ffn, warnings)
+    if spec.convert.clahe.enabled:
+        in_place = [v.name for v in volumes if not v.raw.startswith(f"{layout.converted_volume(v.name)}:")]
+        if in_place:
+            warnings.append(f"convert.clahe applies to grayscale that convert writes; {', '.join(in_place)} "
+                            "read their HDF5 raw in place, unequalised (give them as TIF to convert them)")
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
     jobs = plan_jobs(stages, volumes, tiles, groups)
     # render

@@ -296,6 +296,27 @@ class ContainerSpec(_Strict):
         return v
 
 
+class ClaheSpec(_Strict):
+    """Contrast-limited adaptive histogram equalisation of the grayscale during convert."""
+
+    enabled: bool = Field(False, description="equalise local contrast (CLAHE) of every converted grayscale stack")
+    kernel_size: ZYX = Field((16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
+    clip_limit: float = Field(0.01, gt=0, le=1, description="contrast limit (scikit-image's clip_limit, 0..1)")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _kernel(cls, v):
+        if any(k < 1 for k in v):
+            raise ValueError("every size must be >= 1")
+        return v
+
+
+class ConvertSpec(_Strict):
+    """What convert does to the grayscale beyond the uint8 mapping."""
+
+    clahe: ClaheSpec = ClaheSpec()
+
+
 class Spec(_Strict):
     """The whole experiment."""
 
@@ -303,6 +324,7 @@ class Spec(_Strict):
     workdir: SafePath = Field(description="where the plan, scripts, logs, checkpoints and outputs go")
     volumes: list[VolumeSpec] = Field(min_length=1)
     subvolume: SubvolumeSpec = SubvolumeSpec()
+    convert: ConvertSpec = ConvertSpec()
     ffn: FFNParams = FFNParams()
     cluster: ClusterSpec = ClusterSpec()
     container: ContainerSpec = ContainerSpec()

@@ -32,6 +32,9 @@ subvolume:
   # array_throttle: 32         # at most N array tasks at once
   # min_edge: [65, 65, 65]     # edge remainders shorter than this merge into the previous tile
 
+# convert:                     # uneven contrast across/within sections? equalise it (CLAHE)
+#   clahe: {enabled: true, kernel_size: [16, 128, 128], clip_limit: 0.01}
+
 ffn:                           # everything here has FFN's usual default; a few common ones:
   partitions:
     lom_radius: [24, 24, 24]   # x,y,z

@@ -89,8 +89,13 @@ def convert(
     overwrite: bool = False,
     progress: bool | None = None,
     expected_shape=None,
+    clahe: dict | None = None,
 ) -> dict:
-    """Write `raw` and/or `stack` into `output`; returns shape and object count."""
+    """Write `raw` and/or `stack` into `output`; returns shape and object count.
+
+    `clahe` ({"kernel_size": [z, y, x], "clip_limit": c}) equalises the grayscale's local
+    contrast after the uint8 mapping (hpcffn/stages/clahe.py).
+    """
     import h5py
 
     from hpcffn.core.atomic import atomic_path
@@ -150,12 +155,23 @@ def convert(
                     raw_dataset, shape=shape, dtype=np.uint8, chunks=_chunks(shape), compression="gzip",
                     compression_opts=1,
                 )
-                for z0 in range(0, shape[0], step):
-                    block = raw_r.read(z0, min(shape[0], z0 + step))
-                    ds[z0:z0 + len(block)] = _to_uint8(block, rescale, lo, hi)
+                def read_uint8(a, b, raw_r=raw_r, lo=lo, hi=hi):
+                    return _to_uint8(raw_r.read(a, b), rescale, lo, hi)
+
+                if clahe:
+                    from hpcffn.stages.clahe import clahe_slabs
+
+                    blocks = clahe_slabs(read_uint8, shape[0], step, clahe["kernel_size"], clahe["clip_limit"])
+                else:
+                    blocks = ((z0, read_uint8(z0, min(shape[0], z0 + step))) for z0 in range(0, shape[0], step))
+                for z0, block in blocks:
+                    ds[z0:z0 + len(block)] = block
                     bar.advance(len(block))
                 ds.attrs["source"] = raw_r.name
                 ds.attrs["rescale"] = rescale if raw_r.dtype != np.uint8 else "none"
+                if clahe:
+                    ds.attrs["clahe_kernel_size"] = list(clahe["kernel_size"])
+                    ds.attrs["clahe_clip_limit"] = clahe["clip_limit"]
             if gt_r:
                 ds = fh.create_dataset(
                     gt_dataset, shape=shape, dtype=np.uint64, chunks=_chunks(shape), compression="gzip",
@@ -216,11 +232,20 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
         overwrite=True,  # our own output of an earlier run
         progress=progress,
         expected_shape=vol.shape,
+        clahe=planned_clahe(plan) if want_raw else None,
     )
     if vol.tile_files:
         info["tile_files"] = write_tile_files(plan, vol)
     mark_done(plan, "convert", vol.name, **info)
     return info
+
+
+def planned_clahe(plan) -> dict | None:
+    """The spec's convert.clahe settings when it is enabled (None otherwise)."""
+    clahe = (plan.spec.get("convert") or {}).get("clahe") or {}
+    if not clahe.get("enabled"):
+        return None
+    return {"kernel_size": clahe["kernel_size"], "clip_limit": clahe["clip_limit"]}
 
 
 def write_tile_files(plan, vol) -> int:
