@@ -95,3 +95,14 @@ def test_the_spec_switches_clahe_on_for_converted_volumes(tmp_path):
     planned = make_plan(write_spec(tmp_path, spec, name="tif.yaml"))
     assert not any("convert.clahe" in w for w in planned.warnings)
     assert planned_clahe(make_plan(write_spec(tmp_path, spec_dict(), name="off.yaml")).plan) is None
+
+
+def test_a_bad_clahe_setting_is_one_line_naming_the_field(tmp_path):
+    from plan_helpers import spec_dict, write_spec
+
+    from hpcffn.core.errors import HpcffnError
+    from hpcffn.plan.spec import load_spec
+
+    path = write_spec(tmp_path, spec_dict(convert={"clahe": {"enabled": True, "kernel_size": [0, 64, 64]}}))
+    with pytest.raises(HpcffnError, match=r"convert\.clahe\.kernel_size"):
+        load_spec(path)

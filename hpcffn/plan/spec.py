@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
 )
@@ -300,15 +301,9 @@ class ClaheSpec(_Strict):
     """Contrast-limited adaptive histogram equalisation of the grayscale during convert."""
 
     enabled: bool = Field(False, description="equalise local contrast (CLAHE) of every converted grayscale stack")
-    kernel_size: ZYX = Field((16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
+    kernel_size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
     clip_limit: float = Field(0.01, gt=0, le=1, description="contrast limit (scikit-image's clip_limit, 0..1)")
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _kernel(cls, v):
-        if any(k < 1 for k in v):
-            raise ValueError("every size must be >= 1")
-        return v
 
 
 class ConvertSpec(_Strict):
