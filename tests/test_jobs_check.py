@@ -95,3 +95,21 @@ def test_check_on_slurm(job_tmp, slurm):
     logs = list((root / "logs" / "check").glob("infer_*.out"))
     assert len(logs) == 1 and "hpcffn check: infer ->" in logs[0].read_text()
     assert not (root / "state.json").exists()
+
+
+def test_check_waits_for_an_array_check_known_to_slurm_by_its_task(job_tmp, monkeypatch):
+    from hpcffn.jobs import check, slurm
+
+    plan = _planned(job_tmp)
+    asked, polls = [], []
+
+    def fake_query(ids):
+        asked.append(list(ids))
+        polls.append(1)
+        running = slurm.TaskInfo(id="7_0", state="RUNNING") if len(polls) < 3 else slurm.TaskInfo(id="7_0", state="COMPLETED")
+        return {"7_0": running}  # squeue lists the running array task, never the bare "7"
+
+    monkeypatch.setattr(slurm, "sbatch", lambda cmd, cwd: "7")
+    monkeypatch.setattr(slurm, "query", fake_query)
+    check.run_checks(plan, stages=["infer"], timeout=60, poll=0.01, echo=lambda *_: None)
+    assert asked[0] == ["7_0"] and len(polls) == 3

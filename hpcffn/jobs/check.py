@@ -66,7 +66,8 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
         for job in jobs:
             ids[job.name] = slurm.sbatch(check_command(plan, job), cwd=plan.layout.root)
             echo(f"check {job.name}: submitted as job {ids[job.name]}")
-        _wait(list(ids.values()), timeout, poll, echo)
+        # SLURM knows an array check by its one task ("<id>_0"), not by the bare array id.
+        _wait([f"{ids[j.name]}_0" if j.array else ids[j.name] for j in jobs], timeout, poll, echo)
         logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
     return _rows(plan, jobs, logs)
 
