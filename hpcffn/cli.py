@@ -44,6 +44,11 @@ def _root(
 
 @stage_app.callback()
 def _stage(ctx: typer.Context) -> None:
+    # Stage logs start with what the stage says, not TensorFlow's C++ start-up notices
+    # (HPCFFN_TF_LOGS=1 shows them again).
+    from hpcffn.core.native_logs import quiet_tensorflow
+
+    quiet_tensorflow()
     # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
     # of running: the job script is exercised on its node without doing the work.
     job = os.environ.get("HPCFFN_CHECK")
@@ -60,9 +65,9 @@ def _stage(ctx: typer.Context) -> None:
 
 
 def _register_all() -> None:
-    from hpcffn.commands import data_stages, jobs, model_stages, planning, stitch_steps, view
+    from hpcffn.commands import data_stages, jobs, model_stages, planning, reporting, stitch_steps, view
 
-    for module in (planning, jobs, data_stages, model_stages, stitch_steps, view):
+    for module in (planning, jobs, reporting, data_stages, model_stages, stitch_steps, view):
         module.register(app, stage_app)
 
 
@@ -71,6 +76,8 @@ _register_all()
 
 # Imported only by stage code; the base install (plan, submit, status, export) has none of them.
 STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
+# Imported only by `hpcffn report`.
+REPORT_PACKAGES = ("matplotlib", "tensorboard")
 
 
 def main() -> None:
@@ -87,7 +94,12 @@ def main() -> None:
         sys.exit(130)
     except ModuleNotFoundError as exc:
         # A stage command on a base install (a login node): say which extra brings it.
-        if os.environ.get("HPCFFN_DEBUG") or (exc.name or "").split(".")[0] not in STAGE_PACKAGES:
+        package = (exc.name or "").split(".")[0]
+        if package in REPORT_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
+            print(f"hpcffn: error: this command needs {package}, part of the report extra: "
+                  "pip install 'hpcffn[report]'", file=sys.stderr)
+            sys.exit(2)
+        if os.environ.get("HPCFFN_DEBUG") or package not in STAGE_PACKAGES:
             raise
         print(f"hpcffn: error: this command needs {exc.name.split('.')[0]}, part of the stage code's extra: "
               "pip install 'hpcffn[ffn]', or run it inside the hpcffn container", file=sys.stderr)

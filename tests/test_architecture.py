@@ -14,8 +14,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "hpcffn"
 # Which layers each layer may import (besides itself and the root package's constants).
 ALLOWED = {
-    "cli": {"commands", "jobs", "plan", "stages", "ffn", "io", "core"},
-    "commands": {"jobs", "plan", "stages", "ffn", "io", "core"},
+    "cli": {"commands", "report", "jobs", "plan", "stages", "ffn", "io", "core"},
+    "commands": {"report", "jobs", "plan", "stages", "ffn", "io", "core"},
+    "report": {"jobs", "plan", "stages", "io", "core"},
     "plan": {"io", "core"},
     "jobs": {"plan", "stages", "io", "core"},
     "stages": {"ffn", "io", "core"},

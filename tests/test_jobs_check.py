@@ -4,6 +4,7 @@ would hit; on this machine (--local) and on the real test SLURM."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,7 +60,26 @@ def test_a_script_that_fails_before_hpcffn_runs_has_no_report(job_tmp):
     script = plan.layout.root / plan.job("resolve").script
     script.write_text(script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nmodule_that_is_missing\n", 1))
     proc = _check(plan.layout.root, "--local", "--stage", "stitch")
-    assert proc.returncode == 1 and "no report: the job failed (often before hpcffn ran" in proc.stdout
+    # The row says why, from the log's own words (here bash's).
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 1 and "no report; the log ends:" in out, proc.stdout
+    assert "module_that_is_missing: command not found" in out.replace("│ ", "").replace(" │", ""), proc.stdout
+
+
+def test_the_cause_line_is_the_last_telling_line_of_the_newest_log(tmp_path):
+    from hpcffn.jobs.check import cause_line
+
+    assert cause_line(str(tmp_path / "none_*.out")) is None
+    (tmp_path / "a_1.out").write_text("[2026-01-01] exp train_g0 on n1, SLURM job 1\nold failure: error 1\n")
+    os.utime(tmp_path / "a_1.out", (1, 1))
+    (tmp_path / "a_2.out").write_text(
+        "[2026-01-01] exp train_g0 on n1, SLURM job 2\n/var/spool/slurmd/job2/slurm_script: line 40: "
+        "apptainer: command not found\n[2026-01-01] train_g0 finished with exit code 127\n\n")
+    assert cause_line(str(tmp_path / "a_*.out")).endswith("apptainer: command not found")
+    (tmp_path / "b.out").write_text("one\nlast words\n")
+    assert cause_line(str(tmp_path / "b.out")) == "last words"
+    (tmp_path / "c.out").write_text("")
+    assert cause_line(str(tmp_path / "c.out")) == ""
 
 
 @pytest.mark.slurm
@@ -77,16 +97,19 @@ def test_check_on_slurm(job_tmp, slurm):
     assert not (root / "state.json").exists()
 
 
-
-def test_an_array_check_job_is_waited_for_by_its_task_id(job_tmp, monkeypatch):
-    """SLURM answers for an array's task ("7_0"), never for the bare id: the wait must ask for that."""
+def test_check_waits_for_an_array_check_known_to_slurm_by_its_task(job_tmp, monkeypatch):
     from hpcffn.jobs import check, slurm
 
     plan = _planned(job_tmp)
-    submitted = iter(range(1, 100))
-    monkeypatch.setattr(slurm, "sbatch", lambda cmd, cwd=None: str(next(submitted)))
-    waited = []
-    monkeypatch.setattr(check, "_wait", lambda ids, *a: waited.extend(ids))
-    check.run_checks(plan, echo=lambda *a: None)
-    infer_id = waited[[job.name for job in plan.jobs].index("infer")]
-    assert infer_id.endswith("_0") and all("_" not in i for i, job in zip(waited, plan.jobs) if not job.array)
+    asked, polls = [], []
+
+    def fake_query(ids):
+        asked.append(list(ids))
+        polls.append(1)
+        running = slurm.TaskInfo(id="7_0", state="RUNNING") if len(polls) < 3 else slurm.TaskInfo(id="7_0", state="COMPLETED")
+        return {"7_0": running}  # squeue lists the running array task, never the bare "7"
+
+    monkeypatch.setattr(slurm, "sbatch", lambda cmd, cwd: "7")
+    monkeypatch.setattr(slurm, "query", fake_query)
+    check.run_checks(plan, stages=["infer"], timeout=60, poll=0.01, echo=lambda *_: None)
+    assert asked[0] == ["7_0"] and len(polls) == 3

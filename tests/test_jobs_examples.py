@@ -137,6 +137,14 @@ def test_tiny_example_end_to_end_on_slurm(slurm, job_tmp):
                             capture_output=True, text=True, check=False)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     assert plan.layout.evaluation_report.is_file()
+    # The report of the real run: the table, and a page whose every picture loads in a browser.
+    from test_report import chromium_dom
+
+    proc = subprocess.run([*HPCFFN, "report", str(workdir)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "[blobs stitched]" in proc.stdout, proc.stderr
+    html = workdir / "report" / "index.html"
+    images = html.read_text().count("<img ")
+    assert images >= 5 and f'data-images="{images}/{images}"' in chromium_dom(html)
 
 
 def _first_failed_log(plan) -> str:

@@ -116,6 +116,7 @@ def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path
     # Progress is saved after every seed: signal after the first.
     returncode, log = _usr1_when(cmd, "state saved")
     assert returncode == EXIT_REQUEUE, log
+    assert "hpcffn infer: SIGUSR1 after" in log and "work remains (exit 75)" in log, log
     state = tmp_path / "seg.h5.state"
     assert state.is_file() and not out.exists()
     with h5py.File(state, "r") as f:
@@ -141,7 +142,9 @@ def test_sigusr1_checkpoints_and_a_second_run_continues(data, tmp_path):
     train_dir = tmp_path / "t"
     returncode, log = _usr1_when(_cli_train(data, train_dir, 100000), "hpcffn train: step 50 ")
     assert returncode == EXIT_REQUEUE, log
-    assert "requeue to continue" in log
+    assert "SIGUSR1 at step" in log and "work remains (exit 75)" in log
+    # A stage log starts with the stage's words, not TensorFlow's C++ start-up notices.
+    assert "absl::InitializeLog" not in log and "cudart_stub" not in log and "cpu_feature_guard" not in log, log
     step = int(tf.train.latest_checkpoint(str(train_dir)).rsplit("-", 1)[1])
     assert step >= 50
     second = subprocess.run(_cli_train(data, train_dir, step + 10), capture_output=True, text=True, env=ENV,

@@ -33,9 +33,10 @@ def test_plan_writes_workdir_and_summary(tmp_path):
     assert "2 GPU groups" in proc.stdout and "partitions" in proc.stdout
     assert (tmp_path / "work" / "plan.json").is_file()
     assert (tmp_path / "work" / "jobs" / "train" / "train_g1.sbatch").is_file()
-    # re-plan after a hand edit: edit kept, warning printed, .new written
+    # re-plan after a hand edit and a spec change: edit kept, warning printed, .new written
     script = tmp_path / "work" / "jobs" / "evaluate" / "evaluate.sbatch"
     script.write_text(script.read_text() + "echo mine\n")
+    write_spec(tmp_path, spec_dict(cluster={"profile": "local", "evaluate": {"time": "00:45:00"}}), data=False)
     proc = hpcffn("plan", spec)
     assert proc.returncode == 0 and "edited by hand" in proc.stdout
     assert script.read_text().endswith("echo mine\n") and script.with_name("evaluate.sbatch.new").is_file()

@@ -14,11 +14,24 @@ from hpcffn.plan.spec import ContainerSpec
 
 def test_auto_binds_skip_what_a_same_path_bind_covers():
     c = ContainerSpec(image="x.sif", binds=["/scratch", "/data:/in:ro"])
-    binds = bind_list(c, ["/scratch/me/work", "/data/raw", "/data/raw/sub", "/home/me/gt"])
+    binds = bind_list(c, ["/data/raw", "/data/raw/sub", "/home/me/gt"], ["/scratch/me/work"])
     # /scratch/me/work is visible through /scratch; /data is mounted elsewhere (/in), so
     # /data/raw still needs its own bind; /data/raw/sub lies inside /data/raw.
-    assert binds == ["/scratch", "/data:/in:ro", "/data/raw", "/home/me/gt"]
-    assert bind_list(ContainerSpec(image="x.sif", auto_bind=False, binds=["/a"]), ["/b"]) == ["/a"]
+    assert binds == ["/scratch", "/data:/in:ro", "/data/raw:/data/raw:ro", "/home/me/gt:/home/me/gt:ro"]
+    assert bind_list(ContainerSpec(image="x.sif", auto_bind=False, binds=["/a"]), ["/b"], ["/c"]) == ["/a"]
+
+
+def test_inputs_are_bound_read_only_and_the_workdir_writable():
+    c = ContainerSpec(image="x.sif")
+    # A workdir inside an input folder is mounted writable on top of the read-only input;
+    # an input inside the workdir (converted data) is reached through the workdir.
+    assert bind_list(c, ["/data", "/scratch/work/data"], ["/scratch/work"]) == ["/data:/data:ro", "/scratch/work"]
+    assert bind_list(c, ["/data"], ["/data/work"]) == ["/data:/data:ro", "/data/work"]
+    assert bind_list(c, ["/same"], ["/same"]) == ["/same"]
+    # The user's read-only bind of a parent does not make the workdir writable; a plain one does.
+    assert bind_list(ContainerSpec(image="x.sif", binds=["/proj:/proj:ro"]), ["/proj/in"], ["/proj/work"]) == [
+        "/proj:/proj:ro", "/proj/work"]
+    assert bind_list(ContainerSpec(image="x.sif", binds=["/proj"]), ["/proj/in"], ["/proj/work"]) == ["/proj"]
 
 
 def test_exec_prefix_per_runtime():
@@ -35,7 +48,7 @@ def test_relative_binds_and_image_resolve_against_the_spec(tmp_path):
     planned = make_plan(write_spec(tmp_path, spec))
     text = planned.scripts["jobs/train/train_g0.sbatch"]
     assert f"IMAGE={tmp_path}/img/h.sif\n" in text
-    assert f"BINDS={tmp_path}/ref:/ref:ro,{tmp_path}/data,{tmp_path}/work\n" in text
+    assert f"BINDS={tmp_path}/ref:/ref:ro,{tmp_path}/data:{tmp_path}/data:ro,{tmp_path}/work\n" in text
     assert planned.plan.spec["container"]["image"] == f"{tmp_path}/img/h.sif"
 
 

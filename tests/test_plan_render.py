@@ -96,7 +96,7 @@ def test_sbatch_header_from_profile_and_overrides(tmp_path):
     first_cmd = min(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert last_sbatch < first_cmd
     assert 'HPCFFN=(apptainer exec --nv --bind "$BINDS" "$IMAGE" hpcffn)' in train
-    assert f"BINDS=/scratch/ref:/ref:ro,{tmp_path}/inputs,{wd}" in train
+    assert f"BINDS=/scratch/ref:/ref:ro,{tmp_path}/inputs:{tmp_path}/inputs:ro,{wd}" in train
     assert "module load cuda/11.8" in train and "\necho preparing\n" in train
     parts = planned.scripts["jobs/partitions/partitions.sbatch"]
     assert "#SBATCH --array=0-3%3" in parts and "%x_%A_%a.out" in parts
@@ -183,12 +183,44 @@ def test_hand_edit_kept_and_new_written_then_force(tmp_path):
     assert new.read_text() == planned.scripts["jobs/train/train_g0.sbatch"] and "00:45:00" in new.read_text()
     other = tmp_path / "work" / "jobs" / "train" / "train_g1.sbatch"  # not edited: updated silently
     assert "00:45:00" in other.read_text() and not other.with_name("train_g1.sbatch.new").exists()
-    # a second re-plan still keeps the edit (the recorded hash is the render's, not the edit's)
+    # a second re-plan still keeps the edit (the recorded hash is the render's, not the edit's);
+    # its render is the one already waiting in .new, so nothing new is written
+    new.write_text(new.read_text() + "# my merge notes\n")
     _, report = do_plan(spec_path)
-    assert report.kept_edited == ["jobs/train/train_g0.sbatch"] and script.read_text() == edited
+    assert report.kept_edited == [] and script.read_text() == edited and new.read_text().endswith("notes\n")
     _, report = do_plan(spec_path, force=True)
     assert report.overwritten_edited == ["jobs/train/train_g0.sbatch"]
     assert "MY_FLAG" not in script.read_text() and not new.exists()
+
+
+def test_replan_after_a_hand_edit_writes_no_new_when_the_render_is_the_one_edited(tmp_path):
+    spec_path = write_spec(tmp_path)
+    do_plan(spec_path)
+    script = tmp_path / "work" / "jobs" / "train" / "train_g0.sbatch"
+    edited = script.read_text().replace("set -euo pipefail\n", "set -euo pipefail\nexport MY_FLAG=1\n")
+    script.write_text(edited)
+    _, report = do_plan(spec_path)
+    assert report.kept_edited == [] and "jobs/train/train_g0.sbatch" in report.unchanged
+    assert script.read_text() == edited and not script.with_name("train_g0.sbatch.new").exists()
+
+
+def test_submit_and_run_list_the_renders_waiting_in_new_files(tmp_path):
+    import subprocess
+    import sys
+
+    from hpcffn.plan.render import pending_renders
+
+    spec_path = write_spec(tmp_path)
+    planned, _ = do_plan(spec_path)
+    script = tmp_path / "work" / "jobs" / "train" / "train_g0.sbatch"
+    script.write_text(script.read_text() + "# mine\n")
+    write_spec(tmp_path, spec_dict(cluster={"profile": "local", "train": {"time": "00:45:00"}}), data=False)
+    do_plan(spec_path)
+    assert pending_renders(planned.plan.layout) == ["jobs/train/train_g0.sbatch.new"]
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "submit", str(tmp_path / "work"), "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert "note: 1 newer render(s) wait beside scripts you edited" in proc.stderr
+    assert "jobs/train/train_g0.sbatch.new" in proc.stderr
 
 
 def test_existing_script_without_plan_is_not_overwritten(tmp_path):

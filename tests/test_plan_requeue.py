@@ -122,3 +122,32 @@ def test_array_script_needs_task_id(rendered):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert read(rendered, "args").split()[-2:] == ["--tile", "3"]
+
+
+@pytest.mark.parametrize("sig,says", [
+    (signal.SIGTERM, "stopped by SIGTERM (scancel or preemption): checkpoint saved, not requeueing; "
+                     "`hpcffn submit --resume` continues it"),
+    (signal.SIGUSR1, "checkpoint saved, work remains: requeueing 77"),
+])
+def test_the_log_tells_one_story_for_scancel_and_for_the_time_limit(rendered, sig, says):
+    proc = start(rendered, "train/train_g0.sbatch", "checkpoint", SLURM_JOB_ID="77")
+    wait_for(rendered / "ready", proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert says in out and out.count("requeueing") == 1, out
+    assert "SLURM job 77" in out.splitlines()[0]
+
+
+def test_a_local_run_names_the_id_status_shows(rendered):
+    proc = start(rendered, "train/train_g0.sbatch", "done", HPCFFN_LOCAL="1", HPCFFN_LOCAL_ID="L5",
+                 SLURM_JOB_ID="900005")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "local run L5" in out.splitlines()[0] and "900005" not in out, out
+
+
+def test_tensorflow_log_knob_in_the_tensorflow_stages_only(rendered):
+    jobs = rendered / "work" / "jobs"
+    knob = 'export HPCFFN_TF_LOGS="${HPCFFN_TF_LOGS:-0}"'
+    assert knob in (jobs / "train" / "train_g0.sbatch").read_text()
+    assert knob in (jobs / "infer" / "infer.sbatch").read_text()
+    assert knob not in (jobs / "partitions" / "partitions.sbatch").read_text()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install hpcffn with its FFN stage code, make the tiny
 # synthetic dataset, plan it, check every job script, run all seven stages, and print the
-# status and the evaluation.
+# status, the evaluation table and where the report (an HTML page with pictures) is.
 #
 #   bash examples/tiny/run.sh            # run on this machine with the local runner
 #   bash examples/tiny/run.sh --slurm    # submit to the SLURM this machine talks to, and wait
@@ -14,8 +14,8 @@ repo="$(cd "$here/../.." && pwd)"
 mode="${1:-local}"
 python="${PYTHON:-python3}"
 
-echo "== installing hpcffn with the ffn extra"
-"$python" -m pip install -q -e "${repo}[ffn]"
+echo "== installing hpcffn with the ffn and report extras"
+"$python" -m pip install -q -e "${repo}[ffn,report]"
 
 if [[ ! -d "$here/data/raw" || ! -d "$here/data/gt" ]]; then
   echo "== making the tiny dataset (64x128x128 TIF slices, white-background groundtruth)"
@@ -47,8 +47,7 @@ esac
 
 echo "== status"
 hpcffn status "$here/work"
-echo "== evaluation ($here/work/evaluate/report.json)"
-cat "$here/work/evaluate/report.json"
-echo
+echo "== evaluation and report (open the HTML file in a browser)"
+hpcffn report "$here/work"
 echo "== the stitched volume: $here/work/stitch/blobs.ome.zarr (OME-Zarr); look at it in neuroglancer with"
 echo "   pip install '${repo}[view]' && hpcffn view $here/work"

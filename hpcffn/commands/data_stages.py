@@ -59,6 +59,21 @@ def _echo_coordinates(summary: dict, where: str) -> None:
         typer.echo(f"  class {c:>3}: {row['voxels']:>12} voxels -> {row['records']} records")
 
 
+def _clahe_option(text: str | None, clip_limit: float) -> dict | None:
+    """--clahe z,y,x and --clahe-clip-limit as convert's clahe settings."""
+    if text is None:
+        return None
+    try:
+        kernel = [int(v) for v in text.split(",")]
+    except ValueError:
+        kernel = []
+    if len(kernel) != 3 or min(kernel) < 1:
+        raise HpcffnError(f"--clahe {text!r}: give the z,y,x size of the contextual regions, e.g. --clahe 16,128,128")
+    if not 0 < clip_limit <= 1:
+        raise HpcffnError(f"--clahe-clip-limit {clip_limit}: give a number in (0, 1], e.g. 0.01")
+    return {"kernel_size": kernel, "clip_limit": clip_limit}
+
+
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     """Attach this area's commands to the root app and the `stage` sub-app."""
 
@@ -71,6 +86,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         connectivity: Annotated[int | None, typer.Option(help="Connected components for white/black: 6, 18 or 26.")] = None,
         slab: Annotated[int | None, typer.Option(help="Slices per streamed slab (default: from a 512 MB budget).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing --output.")] = False,
+        clahe: Annotated[str | None, typer.Option(help="Equalise local contrast (CLAHE) with contextual regions of z,y,x voxels, e.g. 16,128,128 (standalone; in a plan: convert.clahe).")] = None,
+        clahe_clip_limit: Annotated[float, typer.Option(help="CLAHE contrast limit (0..1).")] = 0.01,
         plan: Annotated[Path | None, typer.Option(help="plan.json (or workdir): convert a planned volume.")] = None,
         volume: Annotated[str | None, typer.Option(help="With --plan: volume name or index.")] = None,
     ) -> None:
@@ -80,9 +97,10 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         if plan is not None:
             if volume is None:
                 raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")
-            if raw or groundtruth or output or polarity:
-                raise HpcffnError("--plan reads the sources and their polarity from the plan: drop "
-                                  "--raw/--groundtruth/--output/--polarity (set volumes[].polarity in the spec)")
+            if raw or groundtruth or output or polarity or clahe:
+                raise HpcffnError("--plan reads the sources, their polarity and convert.clahe from the plan: drop "
+                                  "--raw/--groundtruth/--output/--polarity/--clahe (set volumes[].polarity and "
+                                  "convert.clahe in the spec)")
             info = stage.run_from_plan(_load_plan(plan), volume, rescale=rescale, connectivity=connectivity, slab=slab)
             typer.echo(f"convert: volume {volume} -> {info}")
             return
@@ -91,6 +109,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         info = stage.convert(
             output, raw=raw, groundtruth=groundtruth, polarity=polarity or "labels", rescale=rescale or "none",
             connectivity=connectivity or 6, slab=slab, overwrite=overwrite,
+            clahe=_clahe_option(clahe, clahe_clip_limit),
         )
         typer.echo(f"convert -> {output}: {info}")
 

@@ -52,6 +52,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     ) -> None:
         """Submit the rendered scripts (as they are on disk) to SLURM in dependency order."""
         plan = find_plan(plan_dir, spec)
+        _note_pending_renders(plan)
         if local:
             if dry_run:
                 raise HpcffnError("--dry-run prints sbatch calls; it does not combine with --local")
@@ -72,7 +73,18 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         parallel: int = typer.Option(1, "--parallel", "-j", help="Array tasks of a job to run at the same time (at most the array's throttle)."),
     ) -> None:
         """Run the rendered scripts on this machine without SLURM, in dependency order."""
-        _run_local(find_plan(plan_dir, spec), resume, stage, group, progress, parallel)
+        plan = find_plan(plan_dir, spec)
+        _note_pending_renders(plan)
+        _run_local(plan, resume, stage, group, progress, parallel)
+
+    def _note_pending_renders(plan) -> None:
+        from hpcffn.plan.render import pending_renders
+
+        pending = pending_renders(plan.layout)
+        if pending:
+            typer.echo(f"note: {len(pending)} newer render(s) wait beside scripts you edited, and the edited "
+                       f"scripts are what runs: {', '.join(pending)} (diff each with its script, merge, then "
+                       "delete the .new)", err=True)
 
     def _run_local(plan, resume, stage, group, progress=True, parallel=1):
         from hpcffn.jobs.local_runner import run_local
@@ -144,7 +156,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         spec: Path = SPEC,
         tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
     ) -> None:
-        """Print the log of a stage's job (the newest run of the given group/tile)."""
+        """Print the logs of a stage's job for a group/tile: every run, oldest first (a resume is a
+        new run; a requeue appends to its run's log)."""
         from hpcffn.jobs.admin import log_paths
 
         paths = log_paths(find_plan(plan_dir, spec), stage_name, which)

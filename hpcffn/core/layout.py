@@ -20,6 +20,7 @@ are relative to the workdir the spec names (plan.json records it).
       stitch/<volume>.ome.zarr/     the stitched volume: OME-Zarr raw + labels/seg pyramid (io/ome_zarr.py)
       stitch/<volume>.h5            single-task stitch (`hpcffn stage stitch`): dataset `seg` (uint64)
       evaluate/report.json          evaluation of infer against groundtruth
+      report/index.html, *.png      `hpcffn report`: the experiment's page and its pictures
       markers/<stage>/<unit>.done   written (atomically) by a stage when a unit succeeds
       checks/<job>.json             `hpcffn check` probe reports (logs in logs/check/)
       locks/<stage>/<unit>.lock     held (flock) by the one run writing that unit; names it
@@ -123,6 +124,9 @@ class Layout:
     @property
     def plan_lock(self) -> Path:
         return self.root / "locks" / "plan.lock"
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     def marker(self, stage: str, unit: str) -> Path:
         return self.root / "markers" / stage / f"{unit}.done"

@@ -35,6 +35,14 @@ class TrainResult:
     fov_examples: int = 0  # (example, FOV position) pairs trained by this run
 
 
+def signal_name(signum: int | None) -> str:
+    """"SIGUSR1" for 10: logs name signals the way `scancel --signal` and sbatch do."""
+    try:
+        return signal.Signals(signum).name
+    except (TypeError, ValueError):
+        return f"signal {signum}"
+
+
 class StopFlag:
     """Set by SIGUSR1/SIGTERM; the loop checks it between steps."""
 
@@ -325,7 +333,8 @@ class Trainer:
         path = self.save()
         writer.flush()
         if stop and step < tp.max_steps:
-            log(f"hpcffn train: signal {stop.signum} at step {step}: saved {path}; requeue to continue")
+            log(f"hpcffn train: {signal_name(stop.signum)} at step {step}: checkpoint saved to {path}; "
+                "work remains (exit 75)")
             return TrainResult(EXIT_REQUEUE, step, losses, total_fovs)
         log(f"hpcffn train: reached max_steps {tp.max_steps}: saved {path}")
         return TrainResult(0, step, losses, total_fovs)

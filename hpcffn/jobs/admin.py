@@ -19,7 +19,6 @@ from hpcffn.core.plan_model import Plan
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
-    TaskView,
     check_filters,
     job_tasks,
     observe,
@@ -80,32 +79,42 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
     return out
 
 
-def _log_of(plan: Plan, v: TaskView) -> list[Path]:
-    if v.info is not None and v.info.log and "%" not in v.info.log and Path(v.info.log).is_file():
-        return [Path(v.info.log)]
-    job = plan.job(v.job)
+def _log_of(plan: Plan, job_name: str, sub, task, info=None) -> list[Path]:
+    """Log files of one submission's task: SLURM's or the local runner's record, else the
+    script's --output pattern expanded with the submission's job id."""
+    if info is not None and info.log and "%" not in info.log and Path(info.log).is_file():
+        return [Path(info.log)]
+    local = sub.local_tasks.get(str(task if task is not None else 0)) if sub.local else None
+    if local is not None and local.log and Path(local.log).is_file():
+        return [Path(local.log)]
+    job = plan.job(job_name)
     script = plan.layout.root / job.script
     opts = sbatch_options(script) if script.is_file() else {}
     pattern = opts.get("output", "slurm-%j.out")
     name = opts.get("job-name", job.name)
-    base = v.sub.job_id
-    if "%j" in pattern and v.task is not None:
+    base = sub.job_id
+    if "%j" in pattern and task is not None:
         pattern = pattern.replace("%j", "*")
-    path = expand_pattern(pattern, name, base, v.task)
+    path = expand_pattern(pattern, name, base, task)
     if not os.path.isabs(path):
         path = str(plan.layout.root / path)
     return [Path(p) for p in sorted(glob.glob(path))]
 
 
 def log_paths(plan: Plan, stage: str, which: str | None) -> list[Path]:
-    """Log files of the newest run of the matching tasks (one clear line when there are none)."""
+    """Log files of every run of the matching tasks, oldest first: each submission (a resume
+    is a new job id and log); a requeue appends to its job's log (--open-mode=append)."""
     wanted = _match(plan, stage, which)
-    views = observe(plan, load_state(plan.layout.state), query=_quiet_query)
+    state = load_state(plan.layout.state)
+    views = observe(plan, state, query=_quiet_query)
     paths: list[Path] = []
     for job_name, task in wanted:
-        for v in views[job_name]:
-            if v.task == task and v.sub is not None:
-                paths += [p for p in _log_of(plan, v) if p not in paths]
+        newest = next((v for v in views[job_name] if v.task == task and v.sub is not None), None)
+        for sub in state.of_job(job_name):
+            if task is not None and sub.tasks is not None and task not in sub.tasks:
+                continue
+            info = newest.info if newest is not None and newest.sub is sub else None
+            paths += [p for p in _log_of(plan, job_name, sub, task, info) if p not in paths]
     if not paths:
         raise HpcffnError(
             f"no log yet for {stage}{' ' + which if which else ''}: it has not started (see `hpcffn status`)"

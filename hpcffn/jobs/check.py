@@ -10,6 +10,7 @@ checks are not part of the pipeline. `--local` runs the scripts here with bash i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -65,10 +66,32 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
         for job in jobs:
             ids[job.name] = slurm.sbatch(check_command(plan, job), cwd=plan.layout.root)
             echo(f"check {job.name}: submitted as job {ids[job.name]}")
-        # An array check runs task 0 only, and SLURM answers for "<id>_0", never for the bare id.
-        _wait([f"{ids[job.name]}_0" if job.array else ids[job.name] for job in jobs], timeout, poll, echo)
+        # SLURM knows an array check by its one task ("<id>_0"), not by the bare array id.
+        _wait([f"{ids[j.name]}_0" if j.array else ids[j.name] for j in jobs], timeout, poll, echo)
         logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
     return _rows(plan, jobs, logs)
+
+
+# A log line that says why a job ended: shell, module, container, Python and SLURM messages.
+_CAUSE = re.compile(r"command not found|not found|no such file|permission denied|error|cannot|can't|failed|"
+                    r"killed|cancelled|time limit|exceeded|out of memory|unable|denied|refused|invalid",
+                    re.IGNORECASE)
+
+
+def cause_line(log: str) -> str | None:
+    """The line of a check job's log that best says why it wrote no report: the last line that
+    reads like an error, else the last line; None when there is no log (newest of a glob)."""
+    matches = sorted(Path(log).parent.glob(Path(log).name), key=lambda p: p.stat().st_mtime)
+    if not matches:
+        return None
+    try:
+        lines = [line.strip() for line in matches[-1].read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    tail = lines[-40:]
+    telling = [line for line in tail if _CAUSE.search(line)]
+    line = (telling or tail or [""])[-1]
+    return line[:300] + ("..." if len(line) > 300 else "")
 
 
 def _rows(plan: Plan, jobs: list[JobPlan], logs: dict[str, str]) -> list[dict]:
@@ -77,10 +100,15 @@ def _rows(plan: Plan, jobs: list[JobPlan], logs: dict[str, str]) -> list[dict]:
         path = report_path(plan, job)
         if path.is_file():
             rows.append({**json.loads(path.read_text()), "log": logs[job.name]})
+            continue
+        cause = cause_line(logs[job.name])
+        if cause is None:
+            why = f"no report and no log yet ({logs[job.name]}): the check job has not run; wait, then --collect"
+        elif cause:
+            why = f"no report; the log ends: {cause} ({logs[job.name]})"
         else:
-            why = (f"no report: the job failed (often before hpcffn ran: a module, conda or container line) "
-                   f"or did not finish; read {logs[job.name]}")
-            rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name], "problems": [why]})
+            why = f"no report and an empty log ({logs[job.name]}): the job failed before it printed anything"
+        rows.append({"job": job.name, "stage": job.stage, "log": logs[job.name], "problems": [why]})
     return rows
 
 

@@ -36,6 +36,10 @@ from hpcffn.jobs.submit import (
 MAX_REQUEUES = 100
 
 
+# Local run L<n> poses as SLURM job LOCAL_ID_BASE + n (scripts and log names want a number).
+LOCAL_ID_BASE = 900000
+
+
 class _Stopped(Exception):
     """SIGTERM (e.g. `hpcffn cancel`) reached the runner."""
 
@@ -45,6 +49,7 @@ def task_env(plan: Plan, job: JobPlan, opts: dict[str, str], num_id: str, task: 
     env = dict(os.environ)
     env.update({
         "HPCFFN_LOCAL": "1",
+        "HPCFFN_LOCAL_ID": f"L{int(num_id) - LOCAL_ID_BASE}",  # the id `hpcffn status` shows
         "SLURM_JOB_ID": num_id,
         "SLURM_JOBID": num_id,
         "SLURM_JOB_NAME": opts.get("job-name") or job.name,
@@ -289,7 +294,7 @@ def _new_submission(plan: Plan, step: Step) -> tuple[Submission, str]:
     job = step.job
     with updating(plan.layout.state) as st:
         lid = st.next_local_id()
-        num_id = str(900000 + len([s for s in st.submissions if s.local]) + 1)
+        num_id = str(LOCAL_ID_BASE + int(lid[1:]))
         sub = Submission(job=job.name, job_id=lid, submitted=now(),
                          sha256=sha256_file(plan.layout.root / job.script),
                          tasks=[t for t in step.tasks if t is not None] if job.array else None,

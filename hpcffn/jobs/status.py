@@ -150,7 +150,7 @@ def render_table(plan: Plan, report: Report):
     from rich.table import Table
 
     table = Table(title=f"hpcffn status: {plan.name} ({plan.workdir})")
-    for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs"):
+    for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs", "requeues"):
         table.add_column(col)
     for r in report.rows:
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
@@ -161,9 +161,34 @@ def render_table(plan: Plan, report: Report):
         seeds = [t["seeds"] for t in r["detail"] if t.get("seeds")]
         if seeds:  # tiles part-way through inference (a requeued or running task)
             outputs += f" ({len(seeds)} part-way: seed {sum(d for d, _ in seeds)}/{sum(n for _, n in seeds)})"
+        requeues = sum(t["restarts"] or 0 for t in r["detail"])  # SLURM's restart count, or the local runner's
         table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
-                      " ".join(r["job_ids"]) or "-", outputs)
+                      " ".join(r["job_ids"]) or "-", outputs, str(requeues) if requeues else "-")
     return table
+
+
+def next_step(plan: Plan, report: Report) -> str:
+    """What to run after --watch ends: resume what failed, submit what never ran, or read the report."""
+    def bad(t) -> bool:
+        return t["category"] in ("failed", "lost")
+
+    def waited(t) -> bool:  # cancelled only because something it depends on failed
+        return t["state"] == "CANCELLED (DependencyNeverSatisfied)"
+
+    tasks = [(r, t) for r in report.rows for t in r["detail"]]
+    causes = [(r, t) for r, t in tasks if bad(t) and not waited(t)] or [(r, t) for r, t in tasks if bad(t)]
+    local = any(str(t.get("id") or "").startswith("L") for _, t in tasks)
+    where = plan.workdir
+    if causes:
+        row, task = causes[0]
+        followers = sum(bad(t) for _, t in tasks) - len(causes)
+        more = f" ({followers} more cancelled because they depend on them)" if followers else ""
+        rerun = f"hpcffn run {where} --resume" if local else f"hpcffn submit {where} --resume"
+        return (f"next: {len(causes)} task(s) failed or were cancelled{more}; read `hpcffn logs {row['stage']} "
+                f"{task['unit']} --plan-dir {where}`, fix the cause, then `{rerun}`")
+    if report.all_done:
+        return f"next: every job is done; `hpcffn report {where}` writes the page with the results"
+    return f"next: some jobs were never submitted; `hpcffn submit {where}` submits them"
 
 
 def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
@@ -203,6 +228,8 @@ def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float
             report = collect(plan)
             emit(report)
             if not watch or report.finished:
+                if watch and not as_json:
+                    echo(next_step(plan, report))
                 return report
             snapshot = [r["states"] for r in report.rows]
             delay = interval if snapshot != last else min(delay * 1.5, max_interval)

@@ -383,11 +383,16 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
         raise _fail(spec_path, "ffn.inference.checkpoint", "no volume has groundtruth to train on, so inference "
                     "needs a trained model; set ffn.inference.checkpoint")
     warn_uncapped_coordinates(stages, groups, ffn, warnings)
+    if spec.convert.clahe.enabled:
+        in_place = [v.name for v in volumes if not v.raw.startswith(f"{layout.converted_volume(v.name)}:")]
+        if in_place:
+            warnings.append(f"convert.clahe applies to grayscale that convert writes; {', '.join(in_place)} "
+                            "read their HDF5 raw in place, unequalised (give them as TIF to convert them)")
     resources = {s: stage_resources(profile, spec.cluster, spec_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
     jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size)
     # render
-    image, binds = container_setup(spec, base, [workdir, *folders], spec_path)
+    image, binds = container_setup(spec, base, folders, workdir, spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():
         warnings.append(f"container.image: {image} does not exist yet; build it (apptainer build {image} "
                         "containers/hpcffn.def) before submitting, or every job fails at its start")
@@ -434,8 +439,9 @@ def plan_grid(spec: Spec, volumes: list[VolumePlan], spec_path: Path):
     return tiles, groups, min_edge
 
 
-def container_setup(spec: Spec, base: Path, auto: list[str], spec_path: Path) -> tuple[str | None, list[str]]:
-    """The absolute image path and the bind list (the user's, then workdir and input folders)."""
+def container_setup(spec: Spec, base: Path, inputs: list[str], workdir: str,
+                    spec_path: Path) -> tuple[str | None, list[str]]:
+    """The absolute image path and the bind list (the user's, input folders read-only, the workdir)."""
     c = spec.container
     if c.runtime == "none":
         return (_abs(base, c.image) if c.image else None), []
@@ -443,14 +449,14 @@ def container_setup(spec: Spec, base: Path, auto: list[str], spec_path: Path) ->
         raise _fail(spec_path, "container.image", f"required with runtime {c.runtime}; give the .sif path "
                     "(build it from containers/hpcffn.def) or set container.runtime: none")
     if c.auto_bind:
-        for p in auto:
+        for p in [*inputs, workdir]:
             try:
                 _safe_path(p)
             except ValueError as exc:
                 raise _fail(spec_path, "container.auto_bind", f"cannot bind {p}: {exc}; set auto_bind: false and list "
                             "container.binds yourself") from None
     user = c.model_copy(update={"binds": [_abs_bind(base, b) for b in c.binds]})
-    return _abs(base, c.image), containers.bind_list(user, auto)
+    return _abs(base, c.image), containers.bind_list(user, inputs, [workdir])
 
 
 def _template_dir(spec: Spec, base: Path, given: str | Path | None, spec_path: Path) -> Path | None:

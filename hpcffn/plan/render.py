@@ -78,6 +78,12 @@ def previous_hashes(layout: Layout) -> dict[str, str]:
         return {}
 
 
+def pending_renders(layout: Layout) -> list[str]:
+    """`<script>.new` files a re-plan left beside hand-edited scripts (relative to the workdir)."""
+    jobs = layout.root / "jobs"
+    return sorted(str(p.relative_to(layout.root)) for p in jobs.glob("*/*.sbatch.new")) if jobs.is_dir() else []
+
+
 def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
     """Write scripts (edit-safe), log dirs, spec.resolved.yaml and plan.json (last)."""
     try:
@@ -109,6 +115,10 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
                     new_path.unlink()
                 continue
             edited = recorded.get(rel) != sha256(current)
+            if edited and not force and recorded.get(rel) == sha256(text):
+                # Edited by hand, and the new render is the render the user edited: nothing to merge.
+                report.unchanged.append(rel)
+                continue
             if edited and not force:
                 report.kept_edited.append(rel)
                 if not dry_run:

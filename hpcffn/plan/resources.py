@@ -12,13 +12,18 @@ from pathlib import Path
 
 def templates_dir() -> Path:
     """Directory holding the shipped *.sbatch.j2 templates."""
+    # A source checkout uses its own templates/, even when another checkout is pip-installed
+    # in editable mode (that install maps hpcffn.templates to its own tree).
+    checkout = Path(__file__).resolve().parents[2] / "templates"
+    if (checkout / "base.sbatch.j2").is_file():
+        return checkout
     try:
         path = Path(str(resources.files("hpcffn.templates")))
         if path.is_dir():
             return path
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parents[2] / "templates"
+    return checkout
 
 
 def profiles_dir() -> Path:

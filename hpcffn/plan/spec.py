@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
 )
@@ -304,6 +305,21 @@ class ContainerSpec(_Strict):
         return v
 
 
+class ClaheSpec(_Strict):
+    """Contrast-limited adaptive histogram equalisation of the grayscale during convert."""
+
+    enabled: bool = Field(False, description="equalise local contrast (CLAHE) of every converted grayscale stack")
+    kernel_size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
+    clip_limit: float = Field(0.01, gt=0, le=1, description="contrast limit (scikit-image's clip_limit, 0..1)")
+
+
+class ConvertSpec(_Strict):
+    """What convert does to the grayscale beyond the uint8 mapping."""
+
+    clahe: ClaheSpec = ClaheSpec()
+
+
 class Spec(_Strict):
     """The whole experiment."""
 
@@ -311,6 +327,7 @@ class Spec(_Strict):
     workdir: SafePath = Field(description="where the plan, scripts, logs, checkpoints and outputs go")
     volumes: list[VolumeSpec] = Field(min_length=1)
     subvolume: SubvolumeSpec = SubvolumeSpec()
+    convert: ConvertSpec = ConvertSpec()
     ffn: FFNParams = FFNParams()
     cluster: ClusterSpec = ClusterSpec()
     container: ContainerSpec = ContainerSpec()
@@ -492,9 +509,14 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
 
 
 def stage_resources(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> dict:
-    """Merge profile defaults < profile stage < spec defaults < spec stage; "" clears a value."""
+    """Merge profile defaults < spec defaults < profile stage < spec stage; "" clears a value.
+
+    The more specific setting wins before the later source: a profile's limit for one stage
+    (Ibex: infer 2 days) holds against a spec's generic `defaults.time`; only the spec's own
+    per-stage setting overrides it.
+    """
     merged: dict = {}
-    for layer in (profile.defaults, getattr(profile, stage), cluster.defaults, getattr(cluster, stage)):
+    for layer in (profile.defaults, cluster.defaults, getattr(profile, stage), getattr(cluster, stage)):
         merged.update(layer.model_dump(exclude_none=True))
     out = {k: (None if v == "" else v) for k, v in merged.items()}
     for key in StageResources.model_fields:

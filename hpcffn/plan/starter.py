@@ -32,6 +32,9 @@ subvolume:
   # array_throttle: 32         # at most N array tasks at once
   # min_edge: [65, 65, 65]     # edge remainders shorter than this merge into the previous tile
 
+# convert:                     # uneven contrast across/within sections? equalise it (CLAHE)
+#   clahe: {enabled: true, kernel_size: [16, 128, 128], clip_limit: 0.01}
+
 ffn:                           # everything here has FFN's usual default; a few common ones:
   partitions:
     lom_radius: [24, 24, 24]   # x,y,z
@@ -55,16 +58,18 @@ ffn:                           # everything here has FFN's usual default; a few 
 
 cluster:
   profile: generic             # generic, local, ibex, or the path of your own profile .yaml
-  defaults:                    # applies to every stage; per stage below wins
+  # Later wins: profile defaults < these defaults < the profile's per-stage settings < per stage
+  # here. `hpcffn plan` prints the time, memory and GPUs each job gets.
+  defaults:                    # every stage, unless the profile or a stage below sets the key
     # account: my-account
     # mail_user: me@example.org
     # mail_type: END,FAIL
     time: "12:00:00"
-  train:
-    time: "2-00:00:00"
-    # partition: gpu
-    # gpus: 1
-    # constraint: "[v100]"
+  # train:                     # one stage only: wins over the profile too
+  #   time: "3-00:00:00"
+  #   partition: gpu
+  #   gpus: 1
+  #   constraint: "[v100]"
   # partitions: {partition: cpu, cpus: 8, memory: 64G}   # stages 1-2 need no GPU
   # modules: [cuda/11.8]  setup: ["source ~/miniconda3/bin/activate ffn"]  extra_sbatch: [--exclusive]
 

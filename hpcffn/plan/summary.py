@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from hpcffn.plan.render import pending_renders
+
+
+def resource_cells(resolved_spec: dict, stage: str) -> list[str]:
+    """time, memory, CPUs, GPUs a stage's jobs ask for ("-": SLURM's default)."""
+    res = resolved_spec.get("cluster", {}).get(stage, {})
+    return [str(res.get(k) or "-") for k in ("time", "memory", "cpus", "gpus")]
+
 
 def print_plan_summary(planned, report, dry_run: bool) -> None:
     from rich.console import Console
@@ -26,8 +34,8 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
         sizes = sorted({len(g.tiles) for g in plan.groups})
         console.print(f"{len(plan.groups)} GPU groups of {'/'.join(map(str, sizes))} tiles")
 
-    jt = Table(title="jobs", title_justify="left")
-    for col in ("stage", "jobs", "tasks", "waits for"):
+    jt = Table(title="jobs (resources: profile and spec merged)", title_justify="left")
+    for col in ("stage", "jobs", "tasks", "waits for", "time", "memory", "CPUs", "GPUs"):
         jt.add_column(col)
     by_stage: dict[str, list] = {}
     for j in plan.jobs:
@@ -35,7 +43,7 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
     for stage, jobs in by_stage.items():
         tasks = sum(len(j.units) for j in jobs) if jobs[0].array else len(jobs)
         deps = sorted({d.job.split("_g")[0] for j in jobs for d in j.depends_on})
-        jt.add_row(stage, str(len(jobs)), str(tasks), ", ".join(deps) or "-")
+        jt.add_row(stage, str(len(jobs)), str(tasks), ", ".join(deps) or "-", *resource_cells(plan.spec, stage))
     console.print(jt)
 
     verb = "would write" if dry_run else "wrote"
@@ -46,6 +54,9 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
                       f"{'would go' if dry_run else 'went'} to {rel}.new (use --force to overwrite)")
     for rel in report.overwritten_edited:
         console.print(f"[yellow]warning:[/] {rel} was edited by hand and is {'to be ' if dry_run else ''}overwritten (--force)")
+    waiting = [rel for rel in pending_renders(plan.layout) if rel.removesuffix(".new") not in report.kept_edited]
+    if waiting and not dry_run:
+        console.print(f"[yellow]note:[/] earlier renders still wait beside edited scripts: {', '.join(waiting)}")
     if report.stale:
         console.print(f"[yellow]warning:[/] no longer planned (left in place, not submitted): {', '.join(report.stale)}")
     if dry_run:

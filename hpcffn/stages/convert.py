@@ -89,8 +89,14 @@ def convert(
     overwrite: bool = False,
     progress: bool | None = None,
     expected_shape=None,
+    clahe: dict | None = None,
 ) -> dict:
-    """Write `raw` and/or `stack` into `output`; returns shape and object count."""
+    """Write `raw` and/or `stack` into `output`; returns shape and object count.
+
+    `clahe` ({"kernel_size": [z, y, x], "clip_limit": c}) equalises the grayscale's local
+    contrast after the uint8 mapping (hpcffn/stages/clahe.py).
+    """
+    import h5py
 
     from hpcffn.io.labeling import check_options, default_slab, label_volume
     from hpcffn.io.tif import open_volume
@@ -149,12 +155,23 @@ def convert(
                     raw_dataset, shape=shape, dtype=np.uint8, chunks=_chunks(shape), compression="gzip",
                     compression_opts=1,
                 )
-                for z0 in range(0, shape[0], step):
-                    block = raw_r.read(z0, min(shape[0], z0 + step))
-                    ds[z0:z0 + len(block)] = _to_uint8(block, rescale, lo, hi)
+                def read_uint8(a, b, raw_r=raw_r, lo=lo, hi=hi):
+                    return _to_uint8(raw_r.read(a, b), rescale, lo, hi)
+
+                if clahe:
+                    from hpcffn.stages.clahe import clahe_slabs
+
+                    blocks = clahe_slabs(read_uint8, shape[0], step, clahe["kernel_size"], clahe["clip_limit"])
+                else:
+                    blocks = ((z0, read_uint8(z0, min(shape[0], z0 + step))) for z0 in range(0, shape[0], step))
+                for z0, block in blocks:
+                    ds[z0:z0 + len(block)] = block
                     bar.advance(len(block))
                 ds.attrs["source"] = raw_r.name
                 ds.attrs["rescale"] = rescale if raw_r.dtype != np.uint8 else "none"
+                if clahe:
+                    ds.attrs["clahe_kernel_size"] = list(clahe["kernel_size"])
+                    ds.attrs["clahe_clip_limit"] = clahe["clip_limit"]
             if gt_r:
                 ds = fh.create_dataset(
                     gt_dataset, shape=shape, dtype=np.uint64, chunks=_chunks(shape), compression="gzip",

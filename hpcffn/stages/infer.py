@@ -44,7 +44,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
-    from hpcffn.ffn.training import StopFlag
+    from hpcffn.ffn.training import StopFlag, signal_name
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -85,8 +85,8 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
         result = segment_volume(data, make_predict(model, xla=xla), model_params, params,
                                 state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked)
     if not result.finished:
-        log(f"hpcffn infer: stopped by signal after {result.seeds_tried} seeds; state saved to "
-            f"{state_path(output)}; requeue to continue")
+        log(f"hpcffn infer: {signal_name(stop.signum)} after {result.seeds_tried} seeds: state saved to "
+            f"{state_path(output)}; work remains (exit 75)")
         return EXIT_REQUEUE
     write_segmentation(output, result.segmentation, start, checkpoint=str(prefix), segments=result.segments)
     state_path(output).unlink(missing_ok=True)
