@@ -96,7 +96,6 @@ def convert(
     `clahe` ({"kernel_size": [z, y, x], "clip_limit": c}) equalises the grayscale's local
     contrast after the uint8 mapping (hpcffn/stages/clahe.py).
     """
-    import h5py
 
     from hpcffn.io.labeling import check_options, default_slab, label_volume
     from hpcffn.io.tif import open_volume
