@@ -13,11 +13,11 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from test_data_stages_plan import make_plan as make_data_plan  # noqa: E402
-from test_model_train import ENV, _cli_train, data  # noqa: E402,F401 - data is a fixture
+from test_data_stages_plan import make_plan as make_data_plan
+from test_model_train import ENV, _cli_train, data  # noqa: F401 - data is a fixture
 
-from hpcffn.core.layout import EXIT_REQUEUE  # noqa: E402
-from hpcffn.stages import convert  # noqa: E402
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.stages import convert
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def _catches_usr1(pid: int) -> bool:
     return False
 
 
-def test_usr1_during_the_tensorflow_import_checkpoints_and_asks_for_a_requeue(data, tmp_path):
+def test_usr1_during_the_tensorflow_import_checkpoints_and_asks_for_a_requeue(data, tmp_path):  # noqa: F811
     train_dir = tmp_path / "t"
     proc = subprocess.Popen(_cli_train(data, train_dir, 1000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=ENV)
@@ -61,10 +61,10 @@ def test_plan_mode_infer_uses_the_checkpoint_flag(tmp_path):
     assert f"no checkpoint at {tmp_path / 'nonexistent' / 'ck'}" in proc.stderr
 
 
-def test_disk_full_while_training_says_so_and_leaves_no_partial_checkpoint(data, tmp_path):
+def test_disk_full_while_training_says_so_and_leaves_no_partial_checkpoint(data, tmp_path):  # noqa: F811
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, check=False).returncode:
         pytest.skip("needs a small tmpfs (mount as root) to fill the disk")
     cmd = _cli_train(data, mnt / "t", 5)
     cmd[cmd.index("--features") + 1] = "64"  # weights and optimizer slots of several MB: more than the disk
