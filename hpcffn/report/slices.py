@@ -1,7 +1,7 @@
 """The z-slices the report draws: raw, groundtruth, a tile's segmentation, a stitched volume.
 
-Every read goes through these functions, so a change of the stitched output's format (for
-example to OME-Zarr) touches `stitched_slice` only.
+Every read goes through these functions; `stitched_slice` reads the OME-Zarr volume of the
+planned stitch, or the HDF5 of a single-task `hpcffn stage stitch`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def tile_segmentation_slice(plan: Plan, tile: TilePlan, z: int) -> np.ndarray | 
 
 def stitched_slice(plan: Plan, volume: str, z: int) -> np.ndarray | None:
     """A volume's stitched segmentation at z (whole y,x plane); None before stitch."""
-    path = plan.layout.stitched(volume)
-    if not path.is_file():
-        return None
+    path = plan.layout.stitched(volume)  # the OME-Zarr volume of the planned stitch
+    if not path.is_dir():
+        path = plan.layout.stitched_hdf5(volume)  # or a single-task stitch's HDF5
+        if not path.is_file():
+            return None
     return _slice(Location(path, "seg"), z, slice(None), slice(None), "seg")
