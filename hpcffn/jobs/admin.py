@@ -69,10 +69,11 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
         known = ", ".join(sorted({j.stage for j in plan.jobs}))
         raise HpcffnError(f"no {stage!r} job in {plan.layout.plan}; stages planned: {known}")
     out = []
+    tile_groups = {x.name: x.group for x in plan.tiles}
     for job in jobs:
         for t in job_tasks(job):
             unit = unit_of(job, t)
-            tile_group = next((x.group for x in plan.tiles if x.name == unit), None)
+            tile_group = tile_groups.get(unit)
             if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)):
                 out.append((job.name, t))
     if not out:

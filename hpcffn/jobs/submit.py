@@ -26,6 +26,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.markers import is_done
+from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.state import State, Submission, load_state, locked, now, updating
 
 Task = int | None  # array task id, or None for a plain job
@@ -84,12 +85,15 @@ def topo_order(plan: Plan) -> list[JobPlan]:
     return done
 
 
-def _local_info(sub: Submission, task: Task) -> slurm.TaskInfo | None:
+def _local_info(sub: Submission, task: Task, alive: dict[str, bool]) -> slurm.TaskInfo | None:
+    """The local runner's record of a task; `alive` caches runner_alive per submission."""
     rec = sub.local_tasks.get(str(task if task is not None else 0))
     if rec is None:
         return None
     state = rec.state
-    if state in ("RUNNING", "PENDING") and not runner_alive(sub):
+    if state in ("RUNNING", "PENDING") and sub.job_id not in alive:
+        alive[sub.job_id] = runner_alive(sub)
+    if state in ("RUNNING", "PENDING") and not alive[sub.job_id]:
         state, reason = "CANCELLED", "LocalRunnerGone"
     else:
         reason = rec.reason
@@ -128,8 +132,11 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
     if ids:
         infos = (query or slurm.query)(ids)
     views: dict[str, list[TaskView]] = {}
+    runners: dict[str, bool] = {}
+    listing = Listing()
     for job in plan.jobs:
         per = latest[job.name]
+        marker = path_pattern(lambda u, stage=job.stage: plan.layout.marker(stage, u))
         out = []
         for task in job_tasks(job):
             sub = per.get(task if job.array else None)
@@ -140,9 +147,9 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
             if sub is None:
                 cat = "never"
             else:
-                info = _local_info(sub, task) if sub.local else infos.get(sub.task_id(task))
+                info = _local_info(sub, task, runners) if sub.local else infos.get(sub.task_id(task))
                 if info is None:
-                    cat = "done" if is_done(plan, job.stage, unit) else "lost"
+                    cat = "done" if listing.exists(marker(unit)) else "lost"
                 elif info.state in slurm.DONE_STATES:
                     cat = "done"
                 elif info.alive:
@@ -181,18 +188,20 @@ def check_replan(old: Plan, new: Plan, query=None) -> None:
         )
 
 
-def _unit_groups(plan: Plan, unit: str) -> set[str]:
-    """Groups a unit belongs to (a group, a tile's group, a volume's groups)."""
-    if unit in {g.name for g in plan.groups}:
-        return {unit}
+def unit_groups(plan: Plan) -> dict[str, set[str]]:
+    """Groups of every unit name at once (a group, a tile's group, a volume's groups): one pass."""
+    out: dict[str, set[str]] = {g.name: {g.name} for g in plan.groups}
     for t in plan.tiles:
-        if t.name == unit:
-            return {t.group} if t.group else set()
-    return {t.group for t in plan.tiles if t.volume == unit and t.group}
+        out.setdefault(t.name, set()).update({t.group} if t.group else set())
+        vol = out.setdefault(t.volume, set())
+        if t.group:
+            vol.add(t.group)
+    return out
 
 
-def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: list[str] | None) -> list[Task]:
-    """Tasks of `job` kept by the --stage/--group filters."""
+def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: list[str] | None,
+                   of_unit: dict[str, set[str]] | None = None) -> list[Task]:
+    """Tasks of `job` kept by the --stage/--group filters (`of_unit`: unit_groups(plan), if at hand)."""
     if stages and job.stage not in stages:
         return []
     tasks = job_tasks(job)
@@ -200,7 +209,9 @@ def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: l
         return tasks
     if job.group is not None:
         return tasks if job.group in groups else []
-    return [t for t in tasks if _unit_groups(plan, unit_of(job, t)) & set(groups)]
+    of_unit = of_unit if of_unit is not None else unit_groups(plan)
+    wanted = set(groups)
+    return [t for t in tasks if of_unit.get(unit_of(job, t), set()) & wanted]
 
 
 def check_filters(plan: Plan, stages: list[str] | None, groups: list[str] | None) -> None:
@@ -233,19 +244,29 @@ class Step:
 
 def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                stages: list[str] | None = None, groups: list[str] | None = None) -> list[Step]:
-    """What to submit, in dependency order, and what each step waits for."""
+    """What to submit, in dependency order, and what each step waits for.
+
+    Linear in jobs + tasks: every per-task question is a set or dict lookup.
+    """
     check_filters(plan, stages, groups)
     redo = {"never", "failed", "lost"} if resume else {"never"}
+    of_unit = unit_groups(plan) if groups else None
+    order = topo_order(plan)
     todo: dict[str, list[Task]] = {}
-    for job in topo_order(plan):
-        keep = set(selected_tasks(plan, job, stages, groups))
+    redone: dict[str, set[str]] = {}  # job -> queue ids of its failed/alive work submitted again now
+    for job in order:
+        keep = set(selected_tasks(plan, job, stages, groups, of_unit))
+        waits_on = _redone_upstream(job, redone)
         tasks = [v.task for v in views[job.name] if v.task in keep
-                 and (v.category in redo or (resume and _doomed(v, job, views, todo)))]
+                 and (v.category in redo or (resume and _doomed(v, waits_on)))]
         if tasks:
             todo[job.name] = tasks
+            chosen = set(tasks)
+            redone[job.name] = _queue_ids([v for v in views[job.name] if v.task in chosen
+                                           and v.category in ("failed", "alive") and v.sub is not None])
     by_name = {j.name: j for j in plan.jobs}
     steps = []
-    for job in topo_order(plan):
+    for job in order:
         if job.name not in todo:
             continue
         deps, old = [], []
@@ -255,8 +276,9 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
             if dep.job in todo:
                 deps.append((dep.type, dep.job))
             # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
-            relevant = set(selected_tasks(plan, by_name[dep.job], None, groups))
-            upstream = [v for v in views[dep.job] if v.task in relevant and v.task not in set(todo.get(dep.job, []))]
+            relevant = set(selected_tasks(plan, by_name[dep.job], None, groups, of_unit))
+            again = set(todo.get(dep.job, []))
+            upstream = [v for v in views[dep.job] if v.task in relevant and v.task not in again]
             # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
             blocked = [v for v in upstream if v.category in ("failed", "lost")
                        or (v.category == "never" and not is_done(plan, by_name[dep.job].stage, v.unit))]
@@ -274,28 +296,40 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
     return steps
 
 
-def _doomed(v: TaskView, job: JobPlan, views: dict[str, list[TaskView]], todo: dict[str, list[Task]]) -> bool:
+def _queue_ids(views: list[TaskView]) -> set[str]:
+    """Every id a --dependency may name for these tasks: the task's own and its submission's."""
+    out: set[str] = set()
+    for v in views:
+        out.add(v.slurm_id)
+        out.add(v.sub.job_id)
+    return out
+
+
+def _redone_upstream(job: JobPlan, redone: dict[str, set[str]]) -> set[str]:
+    """Queue ids of failed (or doomed) upstream work of `job` that this run submits again."""
+    out: set[str] = set()
+    for dep in job.depends_on:
+        out |= redone.get(dep.job, set())
+    return out
+
+
+def _doomed(v: TaskView, redone_ids: set[str]) -> bool:
     """A task still pending on afterok upstream work that failed and is resubmitted now.
 
     SLURM keeps it PENDING (Dependency) until the rest of the upstream array ends, then kills
     it (--kill-on-invalid-dep): resume submits it again now instead of needing a second resume.
+    `redone_ids`: ids of the upstream work submitted again (failed or itself doomed, never
+    "lost": a job SLURM forgot may have satisfied it).
     """
-    if v.category != "alive" or v.sub is None or v.sub.local or v.info is None or v.info.state != "PENDING":
+    if not redone_ids or v.category != "alive" or v.sub is None or v.sub.local or v.info is None \
+            or v.info.state != "PENDING":
         return False
-    waits: set[str] = set()
     for word in v.sub.command:
         if word.startswith("--dependency="):
             for part in word.split("=", 1)[1].split(","):
                 typ, *ids = part.split(":")
-                if typ == "afterok":
-                    waits.update(ids)
-    for dep in job.depends_on:
-        redone = set(todo.get(dep.job, []))
-        for u in views.get(dep.job, []):
-            # Failed (or itself doomed) upstream work, not "lost": a job SLURM forgot may have satisfied it.
-            if u.task in redone and u.category in ("failed", "alive") and u.sub is not None \
-                    and (u.slurm_id in waits or u.sub.job_id in waits):
-                return True
+                if typ == "afterok" and not redone_ids.isdisjoint(ids):
+                    return True
     return False
 
 
