@@ -236,7 +236,13 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
             for g in groups:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
-            add("infer", stage, True, [t.name for t in tiles])
+            # One array per group, each waiting only for its own group's training (below);
+            # tiles without a group (volumes without groundtruth) in one more array.
+            for g in groups:
+                add(f"infer_{g.name}", stage, True, [t.name for t in tiles if t.group == g.name], g.name)
+            rest = [t.name for t in tiles if not t.group]
+            if rest or not groups:
+                add("infer_ungrouped" if groups else "infer", stage, True, rest)
         elif stage == "stitch":
             add("stitch", stage, True, [v.name for v in volumes])
         elif stage == "evaluate":
@@ -254,6 +260,8 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
             names = names_by_stage[d]
             if job.group and d in ("coordinates", "train"):
                 names = [n for n in names if n.endswith(f"_{job.group}")]
+            elif job.stage == "infer" and d == "train" and names:
+                names = names[:1]  # ungrouped tiles are segmented with the first group's model
             targets += names
         job.depends_on = [Dependency(job=n) for n in targets]
     return jobs
