@@ -92,7 +92,8 @@ def _log_of(plan: Plan, v: TaskView) -> list[Path]:
     base = v.sub.job_id
     if "%j" in pattern and v.task is not None:
         pattern = pattern.replace("%j", "*")
-    path = expand_pattern(pattern, name, base, v.task)
+    # %a is SLURM's task id: within a piece of a split array, the task minus the piece's offset.
+    path = expand_pattern(pattern, name, base, v.task - v.sub.array_offset if v.task is not None else None)
     if not os.path.isabs(path):
         path = str(plan.layout.root / path)
     return [Path(p) for p in sorted(glob.glob(path))]

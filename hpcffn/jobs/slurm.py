@@ -392,6 +392,32 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit code {proc.returncode}"
 
 
+def parse_config_value(text: str, key: str) -> int | None:
+    """An integer setting from `scontrol show config` ("MaxArraySize            = 1001")."""
+    m = re.search(rf"(?m)^\s*{re.escape(key)}\s*=\s*(\d+)\s*$", text)
+    return int(m.group(1)) if m else None
+
+
+def array_limits() -> tuple[int | None, int | None]:
+    """(MaxArraySize, MaxSubmitJobs of this user's association), None where SLURM does not say.
+
+    MaxArraySize comes from `scontrol show config`; MaxSubmitJobs from sacctmgr (needs
+    slurmdbd): the smallest limit set on the user's associations.
+    """
+    size = submit = None
+    if shutil.which("scontrol"):
+        proc = _run(["scontrol", "show", "config"], check=False)
+        if proc.returncode == 0:
+            size = parse_config_value(proc.stdout, "MaxArraySize")
+    if shutil.which("sacctmgr"):
+        user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+        proc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit"], check=False)
+        if proc.returncode == 0:
+            values = [int(v) for v in proc.stdout.split() if v.strip().isdigit()]
+            submit = min(values) if values else None
+    return size, submit
+
+
 def scancel(ids: list[str]) -> None:
     """Cancel jobs/array tasks (unknown ids are ignored by scancel itself)."""
     if ids:

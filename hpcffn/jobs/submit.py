@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcffn.jobs import slurm
+from hpcffn.jobs import limits, slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
@@ -241,6 +241,14 @@ class Step:
             return None
         return slurm.array_spec([t for t in self.tasks if t is not None], self.job.throttle)
 
+    def calls(self, max_array_size: int | None = None) -> list[tuple[int, list[Task], str | None]]:
+        """(offset, tasks, --array value) of each sbatch call: one, or pieces under MaxArraySize."""
+        if not self.job.array:
+            return [(0, self.tasks, None)]
+        ids = [t for t in self.tasks if t is not None]
+        return [(off, part, slurm.array_spec([t - off for t in part], self.job.throttle))
+                for off, part in limits.pieces(ids, max_array_size or max(ids) + 1)]
+
 
 def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                stages: list[str] | None = None, groups: list[str] | None = None) -> list[Step]:
@@ -349,11 +357,15 @@ def _alive_ids(views: list[TaskView]) -> list[str]:
     return ids
 
 
-def dependency_string(step: Step, new_ids: dict[str, str]) -> str | None:
-    """`--dependency` value, always with the type written out (sbatch's default is afterany)."""
+def dependency_string(step: Step, new_ids: dict[str, str | list[str]]) -> str | None:
+    """`--dependency` value, always with the type written out (sbatch's default is afterany).
+
+    `new_ids`: the id of each upstream job submitted in this run, or the ids of its pieces.
+    """
     by_type: dict[str, list[str]] = {}
     for typ, name in step.deps:
-        by_type.setdefault(typ, []).append(new_ids[name])
+        ids = new_ids[name]
+        by_type.setdefault(typ, []).extend([ids] if isinstance(ids, str) else ids)
     for item in step.old_deps:
         typ, jid = item.split(":", 1)
         by_type.setdefault(typ, []).append(jid)
@@ -391,22 +403,32 @@ def _var(name: str) -> str:
     return "JOB_" + re.sub(r"\W", "_", name)
 
 
-def dry_run_script(plan: Plan, steps: list[Step]) -> str:
+def dry_run_script(plan: Plan, steps: list[Step], max_array_size: int | None = None) -> str:
     """The sbatch calls as a bash script a user can read, or run by hand, as they are."""
     lines = ["#!/usr/bin/env bash", "# hpcffn submit --dry-run: the sbatch calls `hpcffn submit` would make.",
              "set -euo pipefail", f"cd {shlex.quote(str(plan.layout.root))}"]
+    names: dict[str, list[str]] = {}
     for step in steps:
-        dep = dependency_string(step, {s.job.name: f"${{{_var(s.job.name)}}}" for s in steps})
-        cmd = slurm.sbatch_command(step.job.script, step.array, dep)
-        quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
-        lines.append(f"{_var(step.job.name)}=$({quoted} | cut -d';' -f1)")
-        lines.append(f'echo "{step.job.name}: ${_var(step.job.name)}"')
+        calls = step.calls(max_array_size)
+        var = _var(step.job.name)
+        names[step.job.name] = [var if len(calls) == 1 else f"{var}_{k}" for k in range(len(calls))]
+    for step in steps:
+        dep = dependency_string(step, {n: [f"${{{v}}}" for v in vs] for n, vs in names.items()})
+        for (offset, _, array), var in zip(step.calls(max_array_size), names[step.job.name]):
+            cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
+            quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
+            lines.append(f"{var}=$({quoted} | cut -d';' -f1)")
+            lines.append(f'echo "{step.job.name}: ${var}"')
     return "\n".join(lines) + "\n"
 
 
 def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
            dry_run: bool = False, echo=print) -> list[Submission]:
-    """Submit what needs submitting; return the new submissions (none on a dry run)."""
+    """Submit what needs submitting; return the new submissions (none on a dry run).
+
+    Arrays longer than the cluster's MaxArraySize go in as several arrays (limits.py); every
+    later step depends on all of their ids, and state.json records each piece's offset.
+    """
     state_path = plan.layout.state
     if not dry_run and not slurm.available():
         slurm._tool("sbatch")  # raises the one-line "not on PATH" error
@@ -415,25 +437,35 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         views = observe(plan, state)
         steps = plan_steps(plan, views, resume, stages, groups)
         check_scripts(plan, steps, views)
+        lim = limits.resolve(plan) if any(s.job.array for s in steps) else None
+        size = lim.max_array_size if lim else None
+        total = sum(len(s.tasks) for s in steps)
+        if lim and lim.max_submit_jobs and total > lim.max_submit_jobs:
+            echo(f"warning: {total:,} tasks to submit, more than your MaxSubmitJobs {lim.max_submit_jobs:,}: SLURM "
+                 "refuses the rest; submit part with --stage/--group, then the rest with --resume")
         if dry_run:
-            echo(dry_run_script(plan, steps).rstrip("\n"))
+            echo(dry_run_script(plan, steps, size).rstrip("\n"))
             return []
-        new_ids: dict[str, str] = {}
+        new_ids: dict[str, list[str]] = {}
         made: list[Submission] = []
         for step in steps:
             script = plan.layout.root / step.job.script
             digest = sha256_file(script)
             slurm.make_log_dirs(script, plan.layout.root)
-            cmd = slurm.sbatch_command(step.job.script, step.array, dependency_string(step, new_ids))
-            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
-            new_ids[step.job.name] = jid
-            sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
-                             tasks=[t for t in step.tasks if t is not None] if step.job.array else None,
-                             command=cmd, units=task_units(step.job, step.tasks))
-            with updating(state_path) as st:
-                st.submissions.append(sub)
-            made.append(sub)
-            echo(f"{step.job.name}: submitted job {jid}" + (f" (array {step.array})" if step.array else ""))
+            dep = dependency_string(step, new_ids)
+            calls = step.calls(size)
+            for offset, tasks, array in calls:
+                cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
+                jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+                new_ids.setdefault(step.job.name, []).append(jid)
+                sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
+                                 tasks=[t for t in tasks if t is not None] if step.job.array else None,
+                                 array_offset=offset, command=cmd, units=task_units(step.job, tasks))
+                with updating(state_path) as st:
+                    st.submissions.append(sub)
+                made.append(sub)
+                piece = f" (piece {len(new_ids[step.job.name])}/{len(calls)}, offset {offset})" if len(calls) > 1 else ""
+                echo(f"{step.job.name}: submitted job {jid}" + (f" (array {array})" if array else "") + piece)
         if not steps:
             echo("nothing to submit: every selected job is submitted (see `hpcffn status`; `--resume` resubmits failed work)")
         return made

@@ -267,6 +267,28 @@ def plan_jobs(stages: list[str], volumes, tiles, groups) -> list[JobPlan]:
     return jobs
 
 
+def array_limits(cluster, profile) -> dict:
+    """The resolved spec's limits: the spec's own (submit prefers them to what SLURM says) and the profile's."""
+    return {"max_array_size": cluster.max_array_size, "max_submit_jobs": cluster.max_submit_jobs,
+            "profile_max_array_size": profile.max_array_size, "profile_max_submit_jobs": profile.max_submit_jobs}
+
+
+def warn_array_limits(jobs: list[JobPlan], limits: dict, profile: str, warnings: list[str]) -> None:
+    """Say at plan time which arrays the cluster's MaxArraySize/MaxSubmitJobs will not take whole."""
+    size = limits["max_array_size"] or limits["profile_max_array_size"]
+    submit = limits["max_submit_jobs"] or limits["profile_max_submit_jobs"]
+    where = "the spec's cluster" if limits["max_array_size"] else f"profile {profile}"
+    for job in jobs:
+        if job.array and size and len(job.units) > size:
+            warnings.append(f"job {job.name} has {len(job.units):,} tasks, more than MaxArraySize {size:,} of {where}: "
+                            f"`hpcffn submit` splits it into {-(-len(job.units) // size)} arrays (set "
+                            "cluster.max_array_size if your cluster's limit differs)")
+    total = sum(len(j.units) for j in jobs)
+    if submit and total > submit:
+        warnings.append(f"the plan has {total:,} tasks in all, more than MaxSubmitJobs {submit:,}: SLURM refuses "
+                        "submissions beyond it; submit part with --stage/--group, then the rest with --resume")
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -369,6 +391,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     warn_uncapped_coordinates(stages, groups, ffn, warnings)
     resources = {s: stage_resources(profile, spec.cluster, s) for s in STAGES}
     jobs = plan_jobs(stages, volumes, tiles, groups)
+    warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, [workdir, *folders], spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():
@@ -389,6 +412,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     resolved["container"].update(image=image, binds=binds)
     shipped = profile_path.parent == profiles_dir()
     resolved["cluster"] = {"profile": spec.cluster.profile if shipped else str(profile_path),
+                           **array_limits(spec.cluster, profile),
                            **{s: _cluster_view(resources[s]) for s in STAGES}}
     plan = Plan(
         hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
