@@ -31,21 +31,25 @@ def head_of(plan: Plan) -> Plan:
     return plan.model_copy(update={"tiles": [], "groups": groups, "jobs": jobs})
 
 
-def unit_lines(plan: Plan, units: list[str]) -> str:
-    """The fixed-width lines of a job's unit index (tiles as their records, other units by name)."""
-    tiles = {t.name: t for t in plan.tiles}
-    records = [tiles[u].model_dump_json() if u in tiles else json.dumps({"name": u}) for u in units]
-    width = max((len(r) for r in records), default=0)
-    return "".join(r.ljust(width) + "\n" for r in records)
+def unit_lines(units: list[str], records: dict[str, str]) -> str:
+    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name)."""
+    lines = [records[u] if u in records else json.dumps({"name": u}) for u in units]
+    width = max((len(x) for x in lines), default=0)
+    return "".join(x.ljust(width) + "\n" for x in lines)
 
 
 def write_unit_indexes(plan: Plan) -> None:
     """units/plan.head.json and units/<job>.units of every array job (temp file + rename each)."""
+    from pydantic import TypeAdapter
+
     lay = plan.layout
     atomic_write_text(lay.plan_head, head_of(plan).model_dump_json(indent=1))
+    # Every tile serialised once (in one call), however many jobs list it.
+    dicts = TypeAdapter(list[TilePlan]).dump_python(plan.tiles, mode="json")
+    records = {d["name"]: json.dumps(d, separators=(",", ":")) for d in dicts}
     for job in plan.jobs:
         if job.array:
-            atomic_write_text(lay.unit_index(job.name), unit_lines(plan, job.units))
+            atomic_write_text(lay.unit_index(job.name), unit_lines(job.units, records))
 
 
 def read_unit(plan_path: str | Path, job: str, index: int) -> dict:

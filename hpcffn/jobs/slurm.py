@@ -364,7 +364,7 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         proc = _run(["squeue", "--json"], check=False)
         if heard(proc):
             found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
-                          if k in want or k.split("_")[0] in bases})
+                          if k in want or k.split("_", 1)[0] in bases})
     missing = [i for i in ids if i not in found]
     if missing and "sacct" in sources and shutil.which("sacct"):
         proc = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
@@ -372,7 +372,7 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         if heard(proc):
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
-    missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
+    missing = [i for i in ids if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
     for base in _base_ids(missing) if "scontrol" in sources else []:
         proc = _run(["scontrol", "show", "job", "-o", base], check=False)
         if heard(proc, forgotten="Invalid job id"):
@@ -381,8 +381,10 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     if not answered and errors:
         raise HpcffnError(f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
     for i in ids:  # array tasks covered by a whole-array record
-        whole = found.get(f"{i.split('_')[0]}_*")
-        if "_" in i and i not in found and whole is not None:
+        if i in found or "_" not in i:
+            continue
+        whole = found.get(f"{i.split('_', 1)[0]}_*")
+        if whole is not None:
             found[i] = TaskInfo(**{**whole.__dict__, "id": i})
     return {i: found[i] for i in ids if i in found}
 

@@ -273,6 +273,7 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
             redone[job.name] = _queue_ids([v for v in views[job.name] if v.task in chosen
                                            and v.category in ("failed", "alive") and v.sub is not None])
     by_name = {j.name: j for j in plan.jobs}
+    upstream_of: dict[str, tuple[TaskView | None, list[str]]] = {}  # per upstream job: asked once
     steps = []
     for job in order:
         if job.name not in todo:
@@ -283,15 +284,10 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                 continue
             if dep.job in todo:
                 deps.append((dep.type, dep.job))
-            # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
-            relevant = set(selected_tasks(plan, by_name[dep.job], None, groups, of_unit))
-            again = set(todo.get(dep.job, []))
-            upstream = [v for v in views[dep.job] if v.task in relevant and v.task not in again]
-            # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
-            blocked = [v for v in upstream if v.category in ("failed", "lost")
-                       or (v.category == "never" and not is_done(plan, by_name[dep.job].stage, v.unit))]
-            if blocked:
-                v = blocked[0]
+            if dep.job not in upstream_of:  # 50 train jobs on one partitions array: look once
+                upstream_of[dep.job] = _upstream(plan, by_name[dep.job], views, todo, groups, of_unit)
+            v, alive = upstream_of[dep.job]
+            if v is not None:
                 what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",
                         "lost": "is unknown to SLURM and has no success marker"}[v.category]
                 hint = "use --resume" if v.category != "never" else "drop the --stage/--group filter"
@@ -299,9 +295,23 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                     f"job {job.name} depends on {dep.job} ({v.unit}), which {what}: {hint} so it is submitted too, "
                     f"or check `hpcffn status`"
                 )
-            old += [f"{dep.type}:{i}" for i in _alive_ids(upstream)]
+            old += [f"{dep.type}:{i}" for i in alive]
         steps.append(Step(job, todo[job.name], deps, old))
     return steps
+
+
+def _upstream(plan: Plan, up: JobPlan, views: dict[str, list[TaskView]], todo: dict[str, list[Task]],
+              groups: list[str] | None, of_unit) -> tuple[TaskView | None, list[str]]:
+    """(the first upstream task that blocks, queue ids of the alive ones) of upstream job `up`,
+    leaving out what this run submits again."""
+    # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
+    relevant = set(selected_tasks(plan, up, None, groups, of_unit))
+    again = set(todo.get(up.name, []))
+    upstream = [v for v in views[up.name] if v.task in relevant and v.task not in again]
+    # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
+    blocked = next((v for v in upstream if v.category in ("failed", "lost")
+                    or (v.category == "never" and not is_done(plan, up.stage, v.unit))), None)
+    return blocked, _alive_ids(upstream)
 
 
 def _queue_ids(views: list[TaskView]) -> set[str]:
@@ -408,13 +418,15 @@ def dry_run_script(plan: Plan, steps: list[Step], max_array_size: int | None = N
     lines = ["#!/usr/bin/env bash", "# hpcffn submit --dry-run: the sbatch calls `hpcffn submit` would make.",
              "set -euo pipefail", f"cd {shlex.quote(str(plan.layout.root))}"]
     names: dict[str, list[str]] = {}
+    calls = {}
     for step in steps:
-        calls = step.calls(max_array_size)
+        calls[step.job.name] = step.calls(max_array_size)
         var = _var(step.job.name)
-        names[step.job.name] = [var if len(calls) == 1 else f"{var}_{k}" for k in range(len(calls))]
+        n = len(calls[step.job.name])
+        names[step.job.name] = [var if n == 1 else f"{var}_{k}" for k in range(n)]
     for step in steps:
         dep = dependency_string(step, {n: [f"${{{v}}}" for v in vs] for n, vs in names.items()})
-        for (offset, _, array), var in zip(step.calls(max_array_size), names[step.job.name]):
+        for (offset, _, array), var in zip(calls[step.job.name], names[step.job.name]):
             cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
             quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
             lines.append(f"{var}=$({quoted} | cut -d';' -f1)")
