@@ -122,18 +122,19 @@ def collect(plan: Plan) -> Report:
     listing = Listing()
     for job in plan.jobs:
         vs = views[job.name]
-        labels = Counter(_label(v) for v in vs)
+        states = [_label(v) for v in vs]
+        labels = Counter(states)
         cats = Counter(v.category for v in vs)
         outputs = 0
         tasks = []
         output = path_pattern(output_of(plan, job.stage))
         progress = path_pattern(lambda u: state_path(plan.layout.segmentation(u)))
-        for v in vs:
+        for v, label in zip(vs, states):
             out = output(v.unit)
             exists = bool(out is not None and listing.exists(out))
             outputs += exists
             tasks.append({
-                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": _label(v),
+                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": label,
                 "exit_code": v.info.exit_code if v.info else None, "restarts": v.info.restarts if v.info else 0,
                 "source": v.info.source if v.info else ("marker" if v.category == "done" else ""),
                 "output": out, "output_exists": exists,
