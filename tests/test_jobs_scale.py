@@ -172,3 +172,18 @@ def test_plan_warns_when_an_array_exceeds_the_profiles_limit(tmp_path):
     assert any("more than MaxSubmitJobs 40" in w for w in planned.warnings), planned.warnings
     _, planned = _plan(tmp_path / "c")
     assert not any("MaxArraySize" in w for w in planned.warnings)
+
+
+def test_real_partitions_stage_reads_its_tile_through_the_index(tmp_path):
+    """`hpcffn stage partitions --job partitions --tile 3` (what the script runs) without plan.json's tiles."""
+    import subprocess
+    import sys
+
+    plan, _ = _plan(tmp_path, ny=2, nx=2)
+    unit = plan.job("partitions").units[3]
+    text = plan.layout.plan.read_text()
+    plan.layout.plan.write_text(text.replace(f'"{unit}"', '"renamed_in_plan_json"'))  # only the index knows it
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", "partitions", "--plan", str(plan.layout.plan),
+                           "--job", "partitions", "--tile", "3"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert plan.layout.partitions(unit).is_file() and plan.layout.marker("partitions", unit).is_file()
