@@ -4,6 +4,8 @@ plan-time limit warnings. (Speed itself is measured in benchmarks/bench_jobs.py.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,9 +178,6 @@ def test_plan_warns_when_an_array_exceeds_the_profiles_limit(tmp_path):
 
 def test_real_partitions_stage_reads_its_tile_through_the_index(tmp_path):
     """`hpcffn stage partitions --job partitions --tile 3` (what the script runs) without plan.json's tiles."""
-    import subprocess
-    import sys
-
     plan, _ = _plan(tmp_path, ny=2, nx=2)
     unit = plan.job("partitions").units[3]
     text = plan.layout.plan.read_text()
@@ -187,3 +186,12 @@ def test_real_partitions_stage_reads_its_tile_through_the_index(tmp_path):
                            "--job", "partitions", "--tile", "3"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert plan.layout.partitions(unit).is_file() and plan.layout.marker("partitions", unit).is_file()
+
+
+def test_status_loads_the_plan_without_its_tile_records(tmp_path):
+    plan, _ = _plan(tmp_path)
+    light = load_plan(plan.layout.plan, tiles=False)
+    assert light.tiles == [] and light.jobs == plan.jobs and light.groups == plan.groups
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "status", str(plan.layout.root)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "infer_g0" in proc.stdout and "NOT SUBMITTED 30" in proc.stdout, proc.stdout
