@@ -195,3 +195,24 @@ def test_status_loads_the_plan_without_its_tile_records(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "status", str(plan.layout.root)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "infer_g0" in proc.stdout and "NOT SUBMITTED 30" in proc.stdout, proc.stdout
+
+
+def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
+    from hpcffn.jobs.admin import cancel
+    from hpcffn.jobs.state import save_state
+
+    plan, _ = _plan(tmp_path, stages=["infer"], ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "m/ckpt-1"}})
+    units = plan.job("infer_g0").units
+    subs = [Submission(job="infer_g0", job_id=jid, submitted="x", sha256="x", tasks=list(range(lo, hi)),
+                       array_offset=lo, units={str(t): units[t] for t in range(lo, hi)})
+            for jid, lo, hi in (("600", 0, 11), ("601", 11, 22), ("602", 22, 30))]
+    save_state(plan.layout.state, State(submissions=subs))
+    states = {s.task_id(t): "RUNNING" for s in subs for t in s.tasks}
+    states["601_3"] = "COMPLETED"  # one task of the second piece is done: that piece goes task by task
+    monkeypatch.setattr(slurm, "query", lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
+    sent = []
+    monkeypatch.setattr(slurm, "scancel", sent.extend)
+    lines = []
+    cancel(plan, echo=lines.append)
+    assert sent == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
+    assert lines == [f"cancelled 29 task(s): {' '.join(sent)}"]

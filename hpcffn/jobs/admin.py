@@ -20,10 +20,12 @@ from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
     TaskView,
+    alive_ids,
     check_filters,
     job_tasks,
     observe,
     selected_tasks,
+    unit_groups,
     unit_of,
 )
 
@@ -33,23 +35,26 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     check_filters(plan, stages, groups)
     state = load_state(plan.layout.state)
     views = observe(plan, state)
-    ids: list[str] = []
+    queued: list[TaskView] = []
     runners: set[int] = set()
     elsewhere: set[str] = set()
     host = socket.gethostname()
+    of_unit = unit_groups(plan) if groups else None
     for job in plan.jobs:
-        keep = set(selected_tasks(plan, job, stages, groups))
+        keep = set(selected_tasks(plan, job, stages, groups, of_unit))
         for v in views[job.name]:
             if v.task in keep and v.category == "alive" and v.sub is not None:
                 if not v.sub.local:
-                    ids.append(v.slurm_id)
+                    queued.append(v)
                 elif v.sub.runner_host and v.sub.runner_host != host:
                     elsewhere.add(f"{v.sub.runner_host} (pid {v.sub.runner_pid})")
                 elif v.sub.runner_pid:
                     runners.add(v.sub.runner_pid)
+    # A whole array (or piece of one) by its job id, so 100,000 tasks stay one short scancel line.
+    ids = alive_ids(queued)
     if ids:
         slurm.scancel(ids)
-        echo(f"cancelled {len(ids)} task(s): {' '.join(ids)}")
+        echo(f"cancelled {len(queued)} task(s): {' '.join(ids)}")
     for pid in runners:
         try:
             os.kill(pid, signal.SIGTERM)

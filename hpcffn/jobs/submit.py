@@ -311,7 +311,7 @@ def _upstream(plan: Plan, up: JobPlan, views: dict[str, list[TaskView]], todo: d
     # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
     blocked = next((v for v in upstream if v.category in ("failed", "lost")
                     or (v.category == "never" and not is_done(plan, up.stage, v.unit))), None)
-    return blocked, _alive_ids(upstream)
+    return blocked, alive_ids(upstream)
 
 
 def _queue_ids(views: list[TaskView]) -> set[str]:
@@ -351,7 +351,7 @@ def _doomed(v: TaskView, redone_ids: set[str]) -> bool:
     return False
 
 
-def _alive_ids(views: list[TaskView]) -> list[str]:
+def alive_ids(views: list[TaskView]) -> list[str]:
     """Queue ids of alive tasks: a whole submission's id when all its tasks are alive."""
     alive = [v for v in views if v.category == "alive" and v.sub is not None]
     by_sub: dict[str, list[TaskView]] = {}
