@@ -7,6 +7,7 @@ happen inside the command bodies so `hpcffn --help` and planning stay fast on a 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -82,6 +83,11 @@ REPORT_PACKAGES = ("matplotlib", "tensorboard")
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
+    if sys.argv[1:2] != ["stage"]:
+        # Login-node commands build 100,000s of small records (tiles, tasks) and free them at exit:
+        # Python's default collector would rescan them over and over (half of `plan`'s time at
+        # 100,000 tiles). Stage processes run for days and keep the default.
+        gc.set_threshold(100_000, 50, 100)
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:

@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("skimage")
 
 from hpcffn.stages.clahe import clahe_slabs, slab_plan  # noqa: E402
-from hpcffn.stages.convert import convert  # noqa: E402
 
 KERNEL = (16, 32, 32)
 

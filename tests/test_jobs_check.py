@@ -92,8 +92,8 @@ def test_check_on_slurm(job_tmp, slurm):
     for job in plan.jobs:
         report = json.loads((root / "checks" / f"{job.name}.json").read_text())
         assert report["problems"] == [] and report["slurm_job_id"]
-    logs = list((root / "logs" / "check").glob("infer_*.out"))
-    assert len(logs) == 1 and "hpcffn check: infer ->" in logs[0].read_text()
+    logs = list((root / "logs" / "check").glob("infer_g0_*.out"))
+    assert len(logs) == 1 and "hpcffn check: infer_g0 ->" in logs[0].read_text()
     assert not (root / "state.json").exists()
 
 

@@ -46,7 +46,7 @@ def test_plan_writes_workdir_and_summary(tmp_path):
 
 def test_plan_dry_run_writes_nothing(tmp_path):
     proc = hpcffn("plan", write_spec(tmp_path), "--dry-run")
-    assert proc.returncode == 0 and "would write jobs/infer/infer.sbatch" in proc.stdout
+    assert proc.returncode == 0 and "would write jobs/infer/infer_g0.sbatch" in proc.stdout
     assert not (tmp_path / "work").exists()
 
 

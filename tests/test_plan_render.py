@@ -48,7 +48,7 @@ def test_all_scripts_pass_bash_n_and_shellcheck(tmp_path):
     for spec_path in (write_spec(tmp_path / "a"), apptainer_spec(tmp_path / "b")):
         planned, _ = do_plan(spec_path)
         scripts += [planned.plan.layout.root / rel for rel in planned.scripts]
-    assert len(scripts) == 12 + 13  # stitch: joins, resolve, relabel, pyramid_s1..2; the apptainer spec also converts
+    assert len(scripts) == 13 + 14  # one infer array per group; stitch: joins, resolve, relabel, pyramid_s1..2; the apptainer spec also converts
     for path in scripts:
         subprocess.run(["bash", "-n", str(path)], check=True)
     proc = subprocess.run(["shellcheck", "--shell=bash", *map(str, scripts)], check=False, capture_output=True, text=True)
@@ -101,7 +101,7 @@ def test_sbatch_header_from_profile_and_overrides(tmp_path):
     parts = planned.scripts["jobs/partitions/partitions.sbatch"]
     assert "#SBATCH --array=0-3%3" in parts and "%x_%A_%a.out" in parts
     assert "--gres" not in parts and "--nv" not in parts and "--signal" not in parts  # CPU stage
-    assert '"${HPCFFN[@]}" stage partitions --plan "$PLAN" --tile "$TASK"' in parts
+    assert '"${HPCFFN[@]}" stage partitions --plan "$PLAN" --job partitions --tile "$TASK"' in parts
     assert '"${HPCFFN[@]}" stage evaluate --plan "$PLAN"\n' in planned.scripts["jobs/evaluate/evaluate.sbatch"]
 
 
@@ -114,8 +114,9 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
         ("coordinates_g1", False, ["partitions"]),
         ("train_g0", False, ["coordinates_g0"]),
         ("train_g1", False, ["coordinates_g1"]),
-        ("infer", True, ["train_g0", "train_g1"]),
-        ("joins", True, ["infer"]),
+        ("infer_g0", True, ["train_g0"]),  # each group's tiles wait only for their own model
+        ("infer_g1", True, ["train_g1"]),
+        ("joins", True, ["infer_g0", "infer_g1"]),
         ("resolve", True, ["joins"]),
         ("relabel", True, ["resolve"]),
         ("pyramid_s1", True, ["relabel"]),
@@ -125,8 +126,11 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
     for job in plan.jobs:
         assert job.sha256 == sha256((plan.layout.root / job.script).read_text())
         assert (plan.layout.root / job.script).stat().st_mode & 0o111
-    infer = plan.job("infer")
-    assert infer.units == [t.name for t in plan.tiles]
+    for g in plan.groups:
+        infer = plan.job(f"infer_{g.name}")
+        assert infer.units == [t.name for t in plan.tiles if t.group == g.name] and infer.group == g.name
+        assert f"--job infer_{g.name} --tile" in (plan.layout.root / infer.script).read_text()
+    assert sorted(plan.job("infer_g0").units + plan.job("infer_g1").units) == sorted(t.name for t in plan.tiles)
     assert plan.job("train_g1").units == ["g1"] and plan.job("train_g1").group == "g1"
     assert plan.job("evaluate").units == ["experiment"]
     assert plan.job("resolve").units == [v.name for v in plan.volumes]
@@ -155,7 +159,11 @@ def test_array_index_matches_plan_order(tmp_path):
     parts, convert = plan.job("partitions"), plan.job("convert")
     assert all(plan.tile(i).name == u for i, u in enumerate(parts.units))
     assert all(plan.volume(i).name == u for i, u in enumerate(convert.units))
-    assert [d.job for d in plan.job("infer").depends_on] == ["train_g0", "convert"]
+    assert [d.job for d in plan.job("infer_g0").depends_on] == ["train_g0", "convert"]
+    # Tiles of volumes without groundtruth: their own array, segmented with the first group's model.
+    assert plan.job("infer_g0").units == ["b_z0_y0_x0"]
+    assert plan.job("infer_ungrouped").units == ["a_z0_y0_x0", "a_z0_y0_x1"]
+    assert [d.job for d in plan.job("infer_ungrouped").depends_on] == ["train_g0", "convert"]
     assert plan.tile("a_z0_y0_x1").group is None
 
 
@@ -163,7 +171,7 @@ def test_stage_subset_drops_dependencies(tmp_path):
     spec = spec_dict(stages=["train", "infer"])
     plan = make_plan(write_spec(tmp_path, spec)).plan
     assert [(j.name, [d.job for d in j.depends_on]) for j in plan.jobs] == [
-        ("train_g0", []), ("train_g1", []), ("infer", ["train_g0", "train_g1"])]
+        ("train_g0", []), ("train_g1", []), ("infer_g0", ["train_g0"]), ("infer_g1", ["train_g1"])]
 
 
 def test_hand_edit_kept_and_new_written_then_force(tmp_path):
@@ -225,18 +233,18 @@ def test_submit_and_run_list_the_renders_waiting_in_new_files(tmp_path):
 
 def test_existing_script_without_plan_is_not_overwritten(tmp_path):
     spec_path = write_spec(tmp_path)
-    mine = tmp_path / "work" / "jobs" / "infer" / "infer.sbatch"
+    mine = tmp_path / "work" / "jobs" / "infer" / "infer_g0.sbatch"
     mine.parent.mkdir(parents=True)
     mine.write_text("#!/bin/bash\necho my own\n")
     _, report = do_plan(spec_path)
     assert mine.read_text() == "#!/bin/bash\necho my own\n"
-    assert report.kept_edited == ["jobs/infer/infer.sbatch"]
+    assert report.kept_edited == ["jobs/infer/infer_g0.sbatch"]
 
 
 def test_dry_run_writes_nothing(tmp_path):
     spec_path = write_spec(tmp_path)
     _, report = do_plan(spec_path, dry_run=True)
-    assert len(report.written) == 12 and not (tmp_path / "work").exists()
+    assert len(report.written) == 13 and not (tmp_path / "work").exists()
 
 
 def test_user_template_overrides_one_stage(tmp_path):
@@ -249,13 +257,13 @@ def test_user_template_overrides_one_stage(tmp_path):
     spec = spec_dict(templates="mytemplates")
     planned, _ = do_plan(write_spec(tmp_path, spec))
     assert "# site override for train_g0" in planned.scripts["jobs/train/train_g0.sbatch"]
-    assert "site override" not in planned.scripts["jobs/infer/infer.sbatch"]
+    assert "site override" not in planned.scripts["jobs/infer/infer_g0.sbatch"]
     # --templates on the command line wins over the spec
     other = tmp_path / "other"
     other.mkdir()
     (other / "infer.sbatch.j2").write_text('{% extends "base.sbatch.j2" %}{% block command %}echo other{% endblock %}')
     planned, _ = do_plan(tmp_path / "exp.yaml", templates=other)
-    assert "echo other" in planned.scripts["jobs/infer/infer.sbatch"]
+    assert "echo other" in planned.scripts["jobs/infer/infer_g0.sbatch"]
     assert "site override" not in planned.scripts["jobs/train/train_g0.sbatch"]
 
 
@@ -315,15 +323,16 @@ def test_replan_with_fewer_groups_reports_stale_scripts(tmp_path):
     do_plan(spec_path)
     write_spec(tmp_path, spec_dict(subvolume={"size": [64, 64, 64], "groups": 1}), data=False)
     _, report = do_plan(spec_path)
-    assert report.stale == ["jobs/coordinates/coordinates_g1.sbatch", "jobs/train/train_g1.sbatch"]
+    assert report.stale == ["jobs/coordinates/coordinates_g1.sbatch", "jobs/infer/infer_g1.sbatch",
+                            "jobs/train/train_g1.sbatch"]
     assert (tmp_path / "work" / "jobs" / "train" / "train_g1.sbatch").exists()  # never deleted
 
 
 def test_infer_again_without_train_uses_the_groups_models(tmp_path):
     """Re-planning only infer+evaluate after training needs no explicit checkpoint."""
     plan = make_plan(write_spec(tmp_path, spec_dict(stages=["infer", "evaluate"]))).plan
-    assert [j.name for j in plan.jobs] == ["infer", "evaluate"] and len(plan.groups) == 2
-    assert plan.job("infer").depends_on == []
+    assert [j.name for j in plan.jobs] == ["infer_g0", "infer_g1", "evaluate"] and len(plan.groups) == 2
+    assert plan.job("infer_g0").depends_on == [] and plan.job("infer_g1").depends_on == []
 
 
 def test_plan_is_deterministic(tmp_path):
@@ -332,7 +341,7 @@ def test_plan_is_deterministic(tmp_path):
     first = (tmp_path / "work" / "plan.json").read_bytes()
     _, report = do_plan(spec_path)
     assert (tmp_path / "work" / "plan.json").read_bytes() == first
-    assert report.written == [] and len(report.unchanged) == 12
+    assert report.written == [] and len(report.unchanged) == 13
 
 
 def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
@@ -340,9 +349,9 @@ def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
                                "shape": [5000, 10000, 25000]}],
                      subvolume={"size": [500, 500, 500], "groups": 50, "array_throttle": 100})
     planned = make_plan(write_spec(tmp_path, spec, data=False))
-    assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 1 + 3 + 9 + 1  # stitch: 3 steps + a pyramid level each
+    assert len(planned.plan.tiles) == 10_000 and len(planned.scripts) == 1 + 1 + 50 + 50 + 50 + 3 + 9 + 1  # stitch: 3 steps + a pyramid level each
     # 200 tiles of 500^3 per group and no max_records: the plan warns about the coordinate files.
     assert any(w.startswith("ffn.coordinates.max_records is not set: group g0 (25.0 G voxels) may get ~75 G")
                for w in planned.warnings), planned.warnings
-    assert "#SBATCH --array=0-9999%100" in planned.scripts["jobs/infer/infer.sbatch"]
+    assert "#SBATCH --array=0-199%100" in planned.scripts["jobs/infer/infer_g0.sbatch"]
     assert {len(g.tiles) for g in planned.plan.groups} == {200}

@@ -98,12 +98,26 @@ def test_exit_75_requeues_plain_job(rendered):
 
 
 def test_exit_75_requeues_array_task(rendered):
-    proc = start(rendered, "infer/infer.sbatch", "requeue", SLURM_JOB_ID="130", SLURM_ARRAY_JOB_ID="127",
+    proc = start(rendered, "infer/infer_g0.sbatch", "requeue", SLURM_JOB_ID="130", SLURM_ARRAY_JOB_ID="127",
                  SLURM_ARRAY_TASK_ID="2")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75, out
     assert read(rendered, "scontrol").split() == ["requeue", "127_2"]
-    assert read(rendered, "args").split()[-2:] == ["--tile", "2"]
+    assert read(rendered, "args").split()[-4:] == ["--job", "infer_g0", "--tile", "2"]
+
+
+def test_array_piece_offset_maps_task_ids_back_to_plan_units(rendered):
+    """A piece of a split array (MaxArraySize) runs task id 2 as unit 2 + HPCFFN_ARRAY_OFFSET; SLURM ids stay its own."""
+    proc = start(rendered, "infer/infer_g0.sbatch", "requeue", SLURM_JOB_ID="140", SLURM_ARRAY_JOB_ID="138",
+                 SLURM_ARRAY_TASK_ID="2", HPCFFN_ARRAY_OFFSET="11")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    assert read(rendered, "args").split()[-2:] == ["--tile", "13"]
+    assert read(rendered, "scontrol").split() == ["requeue", "138_2"]
+    proc = start(rendered, "infer/infer_g0.sbatch", "done", SLURM_JOB_ID="141", SLURM_ARRAY_JOB_ID="138",
+                 SLURM_ARRAY_TASK_ID="2", HPCFFN_ARRAY_OFFSET="1;reboot")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "is not a number" in out
 
 
 @pytest.mark.parametrize("mode,code", [("done", 0), ("fail", 3)])

@@ -130,7 +130,6 @@ def _run_stages_around_a_made_up_segmentation(workdir: Path) -> None:
 
     plan = load_plan(workdir)
     convert.run_from_plan(plan, "blobs", progress=False)
-    volume = plan.volume("blobs")
     with h5py.File(plan.layout.converted_volume("blobs"), "r") as f:
         gt = f["stack"][...]
     for i, tile in enumerate(plan.tiles):

@@ -17,6 +17,7 @@ from hpcffn.commands.options import refuse_existing
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import load_plan as _load_plan
+from hpcffn.commands.options import task_plan
 
 
 def _id_list(text: str | None) -> tuple[int, ...] | None:
@@ -133,6 +134,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     def partitions(
         plan: Annotated[Path | None, typer.Option(help="plan.json (or workdir).")] = None,
         tile: Annotated[str | None, typer.Option(help="With --plan: tile name or index.")] = None,
+        job: Annotated[str | None, typer.Option("--job", help="With --plan and an index: the array job whose task it is.")] = None,
         input: Annotated[str | None, typer.Option("--input", help="Standalone: groundtruth path.h5:dataset (default dataset stack).")] = None,
         output: Annotated[str | None, typer.Option(help="Standalone: partition map path.h5:dataset (default dataset af).")] = None,
         thresholds: Annotated[str | None, typer.Option(help="Comma-separated increasing fractions (FFN --thresholds).")] = None,
@@ -156,7 +158,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             if input or output or exclusion_region or mask:
                 raise HpcffnError("--plan reads the tile's box (and the volume's mask) from the plan: "
                                   "drop --input/--output/--exclusion-region/--mask")
-            p = _load_plan(plan)
+            p, tile = task_plan(plan, job, tile)
             params = _params(PartitionParams, p.ffn.partitions, overrides, "ffn.partitions")
             counts = stage.run_from_plan(p, tile, params)
             _echo_partitions(counts, str(p.layout.partitions(p.tile(tile).name)))

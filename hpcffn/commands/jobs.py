@@ -20,8 +20,8 @@ PLAN_DIR_OPT = typer.Option(None, "--plan-dir", help="The workdir; default: the 
 GROUP = typer.Option(None, "--group", help="Only this group's jobs and tasks (repeatable).")
 
 
-def find_plan(plan_dir: Path | None, spec: Path | None):
-    """Load plan.json from PLAN_DIR, the workdir of --spec, or the current directory."""
+def find_plan(plan_dir: Path | None, spec: Path | None, tiles: bool = True):
+    """Load plan.json from PLAN_DIR, the workdir of --spec, or the current directory (tiles: see load_plan)."""
     from hpcffn.core.plan_model import load_plan
 
     if plan_dir is not None and spec is not None:
@@ -33,8 +33,8 @@ def find_plan(plan_dir: Path | None, spec: Path | None):
         if not workdir.is_absolute():
             candidates = [spec.resolve().parent / workdir, Path.cwd() / workdir]
             workdir = next((c for c in candidates if (c / "plan.json").is_file()), candidates[0])
-        return load_plan(workdir)
-    return load_plan(plan_dir if plan_dir is not None else Path.cwd())
+        return load_plan(workdir, tiles)
+    return load_plan(plan_dir if plan_dir is not None else Path.cwd(), tiles)
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
@@ -134,7 +134,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         """Show every job (stage x group) with its SLURM states, task counts and outputs."""
         from hpcffn.jobs.status import show
 
-        show(find_plan(plan_dir, spec), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
+        # The table needs the jobs, not the tile records (most of plan.json at 100,000 tiles).
+        show(find_plan(plan_dir, spec, tiles=False), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
 
     @app.command()
     def cancel(

@@ -15,6 +15,7 @@ from hpcffn.commands.options import int_list, refuse_existing
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import load_plan as _load_plan
+from hpcffn.commands.options import task_plan
 
 
 def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
@@ -119,6 +120,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     def infer(
         plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
         tile: Annotated[str | None, typer.Option("--tile", help="Tile name or array index, with --plan.")] = None,
+        job: Annotated[str | None, typer.Option("--job", help="With --plan and an index: the array job (e.g. infer_g0) whose task it is.")] = None,
         image: Annotated[str | None, typer.Option("--image", help="Standalone: path.h5:raw to segment.")] = None,
         checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint prefix or train dir (ours or TF1 FFN).")] = None,
         output: Annotated[Path | None, typer.Option("--output", help="Standalone: segmentation HDF5 to write (dataset seg).")] = None,
@@ -154,7 +156,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
                 raise HpcffnError("with --plan give --tile T only (image, box, mask and output come from the plan)")
             from hpcffn.stages.infer import run_from_plan
 
-            p = _load_plan(plan)
+            p, tile = task_plan(plan, job, tile)
             mp = _params(ModelParams, p.ffn.model, mo, "ffn.model")
             ip = _params(InferenceParams, p.ffn.inference, io, "ffn.inference")
             tp = p.ffn.training.model_copy(update={"xla": True}) if xla else None

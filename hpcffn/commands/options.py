@@ -52,3 +52,15 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     """Standalone outputs may be the user's own files (e.g. FFN's): replace them only when asked."""
     if path.exists() and not overwrite:
         raise HpcffnError(f"{path} already exists; remove it or choose another --output (pass --overwrite to replace it)")
+
+
+def task_plan(plan_path: Path, job: str | None, key: str):
+    """(plan, unit key) of a stage command: with --job and an array index, only that task's
+    unit is read (hpcffn/core/units.py), not the whole plan.json."""
+    if job is not None and key.isdigit():
+        from hpcffn.core.units import load_task_plan
+
+        return load_task_plan(plan_path, job, int(key))
+    from hpcffn.core.plan_model import load_plan
+
+    return load_plan(plan_path), key

@@ -5,6 +5,8 @@ are relative to the workdir the spec names (plan.json records it).
 
     workdir/
       plan.json                     what was planned (see plan_model.py)
+      units/plan.head.json          plan.json without the per-tile lists, for array tasks (units.py)
+      units/<job>.units             one fixed-width line per array task of a job: its unit (units.py)
       spec.resolved.yaml            the spec with every default filled in
       state.json                    what was submitted (submit.py)
       jobs/<stage>/<job>.sbatch     rendered batch scripts (hand-editable)
@@ -74,6 +76,17 @@ class Layout:
     @property
     def state(self) -> Path:
         return self.root / STATE_FILE
+
+    @property
+    def units_dir(self) -> Path:
+        return self.root / "units"
+
+    @property
+    def plan_head(self) -> Path:
+        return self.units_dir / "plan.head.json"
+
+    def unit_index(self, job: str) -> Path:
+        return self.units_dir / f"{job}.units"
 
     def jobs_dir(self, stage: str) -> Path:
         return self.root / "jobs" / stage

@@ -187,8 +187,12 @@ def _find(items, key, what: str, spec_file: str):
     raise HpcffnError(f"no {what} named {key!r} in the plan of {spec_file}; known: {known}")
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read plan.json (or the plan.json inside a directory) with one-line errors."""
+def load_plan(path: str | Path, tiles: bool = True) -> Plan:
+    """Read plan.json (or the plan.json inside a directory) with one-line errors.
+
+    tiles=False leaves `tiles` empty (not validated): for readers that need only the jobs, such
+    as `hpcffn status`, to which 100,000 tile records are most of the loading time.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "plan.json"
@@ -204,6 +208,8 @@ def load_plan(path: str | Path) -> Plan:
             f"{p} has plan format {fmt!r} but this hpcffn reads format {PLAN_FORMAT}: "
             "re-run `hpcffn plan SPEC.yaml` with this version"
         )
+    if not tiles and isinstance(raw.get("tiles"), list):
+        raw["tiles"] = []
     try:
         return Plan.model_validate(raw)
     except ValidationError as exc:

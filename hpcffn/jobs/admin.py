@@ -19,10 +19,13 @@ from hpcffn.core.plan_model import Plan
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
+    TaskView,
+    alive_ids,
     check_filters,
     job_tasks,
     observe,
     selected_tasks,
+    unit_groups,
     unit_of,
 )
 
@@ -32,23 +35,26 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     check_filters(plan, stages, groups)
     state = load_state(plan.layout.state)
     views = observe(plan, state)
-    ids: list[str] = []
+    queued: list[TaskView] = []
     runners: set[int] = set()
     elsewhere: set[str] = set()
     host = socket.gethostname()
+    of_unit = unit_groups(plan) if groups else None
     for job in plan.jobs:
-        keep = set(selected_tasks(plan, job, stages, groups))
+        keep = set(selected_tasks(plan, job, stages, groups, of_unit))
         for v in views[job.name]:
             if v.task in keep and v.category == "alive" and v.sub is not None:
                 if not v.sub.local:
-                    ids.append(v.slurm_id)
+                    queued.append(v)
                 elif v.sub.runner_host and v.sub.runner_host != host:
                     elsewhere.add(f"{v.sub.runner_host} (pid {v.sub.runner_pid})")
                 elif v.sub.runner_pid:
                     runners.add(v.sub.runner_pid)
+    # A whole array (or piece of one) by its job id, so 100,000 tasks stay one short scancel line.
+    ids = alive_ids(queued)
     if ids:
         slurm.scancel(ids)
-        echo(f"cancelled {len(ids)} task(s): {' '.join(ids)}")
+        echo(f"cancelled {len(queued)} task(s): {' '.join(ids)}")
     for pid in runners:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -68,10 +74,11 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
         known = ", ".join(sorted({j.stage for j in plan.jobs}))
         raise HpcffnError(f"no {stage!r} job in {plan.layout.plan}; stages planned: {known}")
     out = []
+    tile_groups = {x.name: x.group for x in plan.tiles}
     for job in jobs:
         for t in job_tasks(job):
             unit = unit_of(job, t)
-            tile_group = next((x.group for x in plan.tiles if x.name == unit), None)
+            tile_group = tile_groups.get(unit)
             if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)):
                 out.append((job.name, t))
     if not out:
@@ -95,7 +102,8 @@ def _log_of(plan: Plan, job_name: str, sub, task, info=None) -> list[Path]:
     base = sub.job_id
     if "%j" in pattern and task is not None:
         pattern = pattern.replace("%j", "*")
-    path = expand_pattern(pattern, name, base, task)
+    # %a is SLURM's task id: within a piece of a split array, the task minus the piece's offset.
+    path = expand_pattern(pattern, name, base, task - sub.array_offset if task is not None else None)
     if not os.path.isabs(path):
         path = str(plan.layout.root / path)
     return [Path(p) for p in sorted(glob.glob(path))]

@@ -393,7 +393,7 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         proc = _ask(["squeue", "--json"])
         if heard("squeue", proc):
             found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
-                          if k in want or k.split("_")[0] in bases})
+                          if k in want or k.split("_", 1)[0] in bases})
     missing = [i for i in ids if i not in found]
     if missing and "sacct" in sources and shutil.which("sacct"):
         proc = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
@@ -401,7 +401,7 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         if heard("sacct", proc):
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
-    missing = [i for i in ids if i not in found and f"{i.split('_')[0]}_*" not in found]
+    missing = [i for i in ids if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
     for base in _base_ids(missing) if "scontrol" in sources else []:
         if controller_down:
             break
@@ -412,8 +412,10 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     if not answered and errors:
         raise HpcffnError(f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
     for i in ids:  # array tasks covered by a whole-array record
-        whole = found.get(f"{i.split('_')[0]}_*")
-        if "_" in i and i not in found and whole is not None:
+        if i in found or "_" not in i:
+            continue
+        whole = found.get(f"{i.split('_', 1)[0]}_*")
+        if whole is not None:
             found[i] = TaskInfo(**{**whole.__dict__, "id": i})
     return {i: found[i] for i in ids if i in found}
 
@@ -431,6 +433,32 @@ def _unreachable(proc: subprocess.CompletedProcess) -> bool:
 def _last_line(proc: subprocess.CompletedProcess) -> str:
     lines = (proc.stderr or proc.stdout or "").strip().splitlines()
     return lines[-1].strip() if lines else f"exit code {proc.returncode}"
+
+
+def parse_config_value(text: str, key: str) -> int | None:
+    """An integer setting from `scontrol show config` ("MaxArraySize            = 1001")."""
+    m = re.search(rf"(?m)^\s*{re.escape(key)}\s*=\s*(\d+)\s*$", text)
+    return int(m.group(1)) if m else None
+
+
+def array_limits() -> tuple[int | None, int | None]:
+    """(MaxArraySize, MaxSubmitJobs of this user's association), None where SLURM does not say.
+
+    MaxArraySize comes from `scontrol show config`; MaxSubmitJobs from sacctmgr (needs
+    slurmdbd): the smallest limit set on the user's associations.
+    """
+    size = submit = None
+    if shutil.which("scontrol"):
+        proc = _run(["scontrol", "show", "config"], check=False)
+        if proc.returncode == 0:
+            size = parse_config_value(proc.stdout, "MaxArraySize")
+    if shutil.which("sacctmgr"):
+        user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+        proc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit"], check=False)
+        if proc.returncode == 0:
+            values = [int(v) for v in proc.stdout.split() if v.strip().isdigit()]
+            submit = min(values) if values else None
+    return size, submit
 
 
 def scancel(ids: list[str]) -> None:

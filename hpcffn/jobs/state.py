@@ -44,7 +44,9 @@ class Submission(BaseModel):
     job_id: str = Field(pattern=r"^L?\d+$")  # SLURM id, or "L<n>" for local runs
     submitted: str
     sha256: str
-    tasks: list[int] | None = None  # array task ids covered; None for a plain job
+    tasks: list[int] | None = None  # array task ids covered (positions in the job's units); None for a plain job
+    # A piece of an array split for MaxArraySize: SLURM's task id is the task minus this offset.
+    array_offset: int = 0
     command: list[str] = Field(default_factory=list)
     # Unit name per task ("0" for a plain job) when submitted: after a re-plan that changed the
     # grid, an array index can name another tile, and the old run does not count for it.
@@ -56,7 +58,7 @@ class Submission(BaseModel):
 
     def task_id(self, task: int | None) -> str:
         """SLURM id of one task of this submission ("123_4", or "123" for a plain job)."""
-        return self.job_id if task is None or self.tasks is None else f"{self.job_id}_{task}"
+        return self.job_id if task is None or self.tasks is None else f"{self.job_id}_{task - self.array_offset}"
 
 
 class State(BaseModel):

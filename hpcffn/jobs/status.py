@@ -17,12 +17,18 @@ from pathlib import Path
 from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
+from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import TaskView, observe
 
 
 def expected_output(plan: Plan, stage: str, unit: str):
     """The file a finished stage unit leaves, per hpcffn/core/layout.py (train: the checkpoint at max_steps)."""
+    return output_of(plan, stage)(unit)
+
+
+def output_of(plan: Plan, stage: str):
+    """unit -> the file a finished unit of `stage` leaves (None where there is none)."""
     lay = plan.layout
     return {
         "convert": lay.converted_volume,
@@ -35,7 +41,7 @@ def expected_output(plan: Plan, stage: str, unit: str):
         "relabel": lambda t: lay.stitched(plan.tile(t).volume),
         "pyramid": lambda b: lay.stitched(b.rpartition("_s")[0]),
         "evaluate": lambda _u: lay.evaluation_report,
-    }.get(stage, lambda _u: None)(unit)
+    }.get(stage, lambda _u: None)
 
 
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', re.MULTILINE)
@@ -116,27 +122,34 @@ def collect(plan: Plan) -> Report:
             report.warnings.append(f"{exc}; states come from markers only")
             return {}
 
+    from hpcffn.stages.infer import state_path
+
     views = observe(plan, state, query=query)
+    listing = Listing()
     for job in plan.jobs:
         vs = views[job.name]
-        labels = Counter(_label(v) for v in vs)
+        states = [_label(v) for v in vs]
+        labels = Counter(states)
         cats = Counter(v.category for v in vs)
         outputs = 0
         tasks = []
-        for v in vs:
-            out = expected_output(plan, job.stage, v.unit)
-            exists = bool(out is not None and out.exists())
+        output = path_pattern(output_of(plan, job.stage))
+        progress = path_pattern(lambda u: state_path(plan.layout.segmentation(u)))
+        for v, label in zip(vs, states):
+            out = output(v.unit)
+            exists = bool(out is not None and listing.exists(out))
             outputs += exists
             tasks.append({
-                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": _label(v),
+                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": label,
                 "exit_code": v.info.exit_code if v.info else None, "restarts": v.info.restarts if v.info else 0,
                 "source": v.info.source if v.info else ("marker" if v.category == "done" else ""),
-                "output": str(out) if out is not None else None, "output_exists": exists,
+                "output": out, "output_exists": exists,
             })
             if job.stage == "train":
                 tasks[-1]["step"] = checkpoint_step(plan.layout.train_dir(v.unit))
             elif job.stage == "infer" and not exists:
-                tasks[-1]["seeds"] = infer_progress(out)
+                # Listed first: most tiles have no progress file, and opening each would cost.
+                tasks[-1]["seeds"] = infer_progress(Path(out)) if listing.exists(progress(v.unit)) else None
         ids = sorted({v.sub.job_id for v in vs if v.sub is not None})
         report.rows.append({
             "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(vs),

@@ -21,12 +21,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcffn.jobs import slurm
+from hpcffn.jobs import limits, slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.markers import is_done
 from hpcffn.jobs import pretest
+from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.state import State, Submission, load_state, locked, now, updating
 
 Task = int | None  # array task id, or None for a plain job
@@ -85,12 +86,15 @@ def topo_order(plan: Plan) -> list[JobPlan]:
     return done
 
 
-def _local_info(sub: Submission, task: Task) -> slurm.TaskInfo | None:
+def _local_info(sub: Submission, task: Task, alive: dict[str, bool]) -> slurm.TaskInfo | None:
+    """The local runner's record of a task; `alive` caches runner_alive per submission."""
     rec = sub.local_tasks.get(str(task if task is not None else 0))
     if rec is None:
         return None
     state = rec.state
-    if state in ("RUNNING", "PENDING") and not runner_alive(sub):
+    if state in ("RUNNING", "PENDING") and sub.job_id not in alive:
+        alive[sub.job_id] = runner_alive(sub)
+    if state in ("RUNNING", "PENDING") and not alive[sub.job_id]:
         state, reason = "CANCELLED", "LocalRunnerGone"
     else:
         reason = rec.reason
@@ -129,8 +133,11 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
     if ids:
         infos = (query or slurm.query)(ids)
     views: dict[str, list[TaskView]] = {}
+    runners: dict[str, bool] = {}
+    listing = Listing()
     for job in plan.jobs:
         per = latest[job.name]
+        marker = path_pattern(lambda u, stage=job.stage: plan.layout.marker(stage, u))
         out = []
         for task in job_tasks(job):
             sub = per.get(task if job.array else None)
@@ -141,9 +148,9 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
             if sub is None:
                 cat = "never"
             else:
-                info = _local_info(sub, task) if sub.local else infos.get(sub.task_id(task))
+                info = _local_info(sub, task, runners) if sub.local else infos.get(sub.task_id(task))
                 if info is None:
-                    cat = "done" if is_done(plan, job.stage, unit) else "lost"
+                    cat = "done" if listing.exists(marker(unit)) else "lost"
                 elif info.state in slurm.DONE_STATES:
                     cat = "done"
                 elif info.alive:
@@ -182,18 +189,20 @@ def check_replan(old: Plan, new: Plan, query=None) -> None:
         )
 
 
-def _unit_groups(plan: Plan, unit: str) -> set[str]:
-    """Groups a unit belongs to (a group, a tile's group, a volume's groups)."""
-    if unit in {g.name for g in plan.groups}:
-        return {unit}
+def unit_groups(plan: Plan) -> dict[str, set[str]]:
+    """Groups of every unit name at once (a group, a tile's group, a volume's groups): one pass."""
+    out: dict[str, set[str]] = {g.name: {g.name} for g in plan.groups}
     for t in plan.tiles:
-        if t.name == unit:
-            return {t.group} if t.group else set()
-    return {t.group for t in plan.tiles if t.volume == unit and t.group}
+        out.setdefault(t.name, set()).update({t.group} if t.group else set())
+        vol = out.setdefault(t.volume, set())
+        if t.group:
+            vol.add(t.group)
+    return out
 
 
-def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: list[str] | None) -> list[Task]:
-    """Tasks of `job` kept by the --stage/--group filters."""
+def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: list[str] | None,
+                   of_unit: dict[str, set[str]] | None = None) -> list[Task]:
+    """Tasks of `job` kept by the --stage/--group filters (`of_unit`: unit_groups(plan), if at hand)."""
     if stages and job.stage not in stages:
         return []
     tasks = job_tasks(job)
@@ -201,7 +210,9 @@ def selected_tasks(plan: Plan, job: JobPlan, stages: list[str] | None, groups: l
         return tasks
     if job.group is not None:
         return tasks if job.group in groups else []
-    return [t for t in tasks if _unit_groups(plan, unit_of(job, t)) & set(groups)]
+    of_unit = of_unit if of_unit is not None else unit_groups(plan)
+    wanted = set(groups)
+    return [t for t in tasks if of_unit.get(unit_of(job, t), set()) & wanted]
 
 
 def check_filters(plan: Plan, stages: list[str] | None, groups: list[str] | None) -> None:
@@ -231,22 +242,41 @@ class Step:
             return None
         return slurm.array_spec([t for t in self.tasks if t is not None], self.job.throttle)
 
+    def calls(self, max_array_size: int | None = None) -> list[tuple[int, list[Task], str | None]]:
+        """(offset, tasks, --array value) of each sbatch call: one, or pieces under MaxArraySize."""
+        if not self.job.array:
+            return [(0, self.tasks, None)]
+        ids = [t for t in self.tasks if t is not None]
+        return [(off, part, slurm.array_spec([t - off for t in part], self.job.throttle))
+                for off, part in limits.pieces(ids, max_array_size or max(ids) + 1)]
+
 
 def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                stages: list[str] | None = None, groups: list[str] | None = None) -> list[Step]:
-    """What to submit, in dependency order, and what each step waits for."""
+    """What to submit, in dependency order, and what each step waits for.
+
+    Linear in jobs + tasks: every per-task question is a set or dict lookup.
+    """
     check_filters(plan, stages, groups)
     redo = {"never", "failed", "lost"} if resume else {"never"}
+    of_unit = unit_groups(plan) if groups else None
+    order = topo_order(plan)
     todo: dict[str, list[Task]] = {}
-    for job in topo_order(plan):
-        keep = set(selected_tasks(plan, job, stages, groups))
+    redone: dict[str, set[str]] = {}  # job -> queue ids of its failed/alive work submitted again now
+    for job in order:
+        keep = set(selected_tasks(plan, job, stages, groups, of_unit))
+        waits_on = _redone_upstream(job, redone)
         tasks = [v.task for v in views[job.name] if v.task in keep
-                 and (v.category in redo or (resume and _doomed(v, job, views, todo)))]
+                 and (v.category in redo or (resume and _doomed(v, waits_on)))]
         if tasks:
             todo[job.name] = tasks
+            chosen = set(tasks)
+            redone[job.name] = _queue_ids([v for v in views[job.name] if v.task in chosen
+                                           and v.category in ("failed", "alive") and v.sub is not None])
     by_name = {j.name: j for j in plan.jobs}
+    upstream_of: dict[str, tuple[TaskView | None, list[str]]] = {}  # per upstream job: asked once
     steps = []
-    for job in topo_order(plan):
+    for job in order:
         if job.name not in todo:
             continue
         deps, old = [], []
@@ -255,14 +285,10 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                 continue
             if dep.job in todo:
                 deps.append((dep.type, dep.job))
-            # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
-            relevant = set(selected_tasks(plan, by_name[dep.job], None, groups))
-            upstream = [v for v in views[dep.job] if v.task in relevant and v.task not in set(todo.get(dep.job, []))]
-            # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
-            blocked = [v for v in upstream if v.category in ("failed", "lost")
-                       or (v.category == "never" and not is_done(plan, by_name[dep.job].stage, v.unit))]
-            if blocked:
-                v = blocked[0]
+            if dep.job not in upstream_of:  # 50 train jobs on one partitions array: look once
+                upstream_of[dep.job] = _upstream(plan, by_name[dep.job], views, todo, groups, of_unit)
+            v, alive = upstream_of[dep.job]
+            if v is not None:
                 what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",
                         "lost": "is unknown to SLURM and has no success marker"}[v.category]
                 hint = "use --resume" if v.category != "never" else "drop the --stage/--group filter"
@@ -270,37 +296,63 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                     f"job {job.name} depends on {dep.job} ({v.unit}), which {what}: {hint} so it is submitted too, "
                     f"or check `hpcffn status`"
                 )
-            old += [f"{dep.type}:{i}" for i in _alive_ids(upstream)]
+            old += [f"{dep.type}:{i}" for i in alive]
         steps.append(Step(job, todo[job.name], deps, old))
     return steps
 
 
-def _doomed(v: TaskView, job: JobPlan, views: dict[str, list[TaskView]], todo: dict[str, list[Task]]) -> bool:
+def _upstream(plan: Plan, up: JobPlan, views: dict[str, list[TaskView]], todo: dict[str, list[Task]],
+              groups: list[str] | None, of_unit) -> tuple[TaskView | None, list[str]]:
+    """(the first upstream task that blocks, queue ids of the alive ones) of upstream job `up`,
+    leaving out what this run submits again."""
+    # With --group, only the upstream tasks of those groups matter (e.g. their tiles).
+    relevant = set(selected_tasks(plan, up, None, groups, of_unit))
+    again = set(todo.get(up.name, []))
+    upstream = [v for v in views[up.name] if v.task in relevant and v.task not in again]
+    # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
+    blocked = next((v for v in upstream if v.category in ("failed", "lost")
+                    or (v.category == "never" and not is_done(plan, up.stage, v.unit))), None)
+    return blocked, alive_ids(upstream)
+
+
+def _queue_ids(views: list[TaskView]) -> set[str]:
+    """Every id a --dependency may name for these tasks: the task's own and its submission's."""
+    out: set[str] = set()
+    for v in views:
+        out.add(v.slurm_id)
+        out.add(v.sub.job_id)
+    return out
+
+
+def _redone_upstream(job: JobPlan, redone: dict[str, set[str]]) -> set[str]:
+    """Queue ids of failed (or doomed) upstream work of `job` that this run submits again."""
+    out: set[str] = set()
+    for dep in job.depends_on:
+        out |= redone.get(dep.job, set())
+    return out
+
+
+def _doomed(v: TaskView, redone_ids: set[str]) -> bool:
     """A task still pending on afterok upstream work that failed and is resubmitted now.
 
     SLURM keeps it PENDING (Dependency) until the rest of the upstream array ends, then kills
     it (--kill-on-invalid-dep): resume submits it again now instead of needing a second resume.
+    `redone_ids`: ids of the upstream work submitted again (failed or itself doomed, never
+    "lost": a job SLURM forgot may have satisfied it).
     """
-    if v.category != "alive" or v.sub is None or v.sub.local or v.info is None or v.info.state != "PENDING":
+    if not redone_ids or v.category != "alive" or v.sub is None or v.sub.local or v.info is None \
+            or v.info.state != "PENDING":
         return False
-    waits: set[str] = set()
     for word in v.sub.command:
         if word.startswith("--dependency="):
             for part in word.split("=", 1)[1].split(","):
                 typ, *ids = part.split(":")
-                if typ == "afterok":
-                    waits.update(ids)
-    for dep in job.depends_on:
-        redone = set(todo.get(dep.job, []))
-        for u in views.get(dep.job, []):
-            # Failed (or itself doomed) upstream work, not "lost": a job SLURM forgot may have satisfied it.
-            if u.task in redone and u.category in ("failed", "alive") and u.sub is not None \
-                    and (u.slurm_id in waits or u.sub.job_id in waits):
-                return True
+                if typ == "afterok" and not redone_ids.isdisjoint(ids):
+                    return True
     return False
 
 
-def _alive_ids(views: list[TaskView]) -> list[str]:
+def alive_ids(views: list[TaskView]) -> list[str]:
     """Queue ids of alive tasks: a whole submission's id when all its tasks are alive."""
     alive = [v for v in views if v.category == "alive" and v.sub is not None]
     by_sub: dict[str, list[TaskView]] = {}
@@ -316,11 +368,15 @@ def _alive_ids(views: list[TaskView]) -> list[str]:
     return ids
 
 
-def dependency_string(step: Step, new_ids: dict[str, str]) -> str | None:
-    """`--dependency` value, always with the type written out (sbatch's default is afterany)."""
+def dependency_string(step: Step, new_ids: dict[str, str | list[str]]) -> str | None:
+    """`--dependency` value, always with the type written out (sbatch's default is afterany).
+
+    `new_ids`: the id of each upstream job submitted in this run, or the ids of its pieces.
+    """
     by_type: dict[str, list[str]] = {}
     for typ, name in step.deps:
-        by_type.setdefault(typ, []).append(new_ids[name])
+        ids = new_ids[name]
+        by_type.setdefault(typ, []).extend([ids] if isinstance(ids, str) else ids)
     for item in step.old_deps:
         typ, jid = item.split(":", 1)
         by_type.setdefault(typ, []).append(jid)
@@ -358,22 +414,34 @@ def _var(name: str) -> str:
     return "JOB_" + re.sub(r"\W", "_", name)
 
 
-def dry_run_script(plan: Plan, steps: list[Step]) -> str:
+def dry_run_script(plan: Plan, steps: list[Step], max_array_size: int | None = None) -> str:
     """The sbatch calls as a bash script a user can read, or run by hand, as they are."""
     lines = ["#!/usr/bin/env bash", "# hpcffn submit --dry-run: the sbatch calls `hpcffn submit` would make.",
              "set -euo pipefail", f"cd {shlex.quote(str(plan.layout.root))}"]
+    names: dict[str, list[str]] = {}
+    calls = {}
     for step in steps:
-        dep = dependency_string(step, {s.job.name: f"${{{_var(s.job.name)}}}" for s in steps})
-        cmd = slurm.sbatch_command(step.job.script, step.array, dep)
-        quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
-        lines.append(f"{_var(step.job.name)}=$({quoted} | cut -d';' -f1)")
-        lines.append(f'echo "{step.job.name}: ${_var(step.job.name)}"')
+        calls[step.job.name] = step.calls(max_array_size)
+        var = _var(step.job.name)
+        n = len(calls[step.job.name])
+        names[step.job.name] = [var if n == 1 else f"{var}_{k}" for k in range(n)]
+    for step in steps:
+        dep = dependency_string(step, {n: [f"${{{v}}}" for v in vs] for n, vs in names.items()})
+        for (offset, _, array), var in zip(calls[step.job.name], names[step.job.name]):
+            cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
+            quoted = " ".join(shlex.quote(c) if "${" not in c else f'"{c}"' for c in cmd)
+            lines.append(f"{var}=$({quoted} | cut -d';' -f1)")
+            lines.append(f'echo "{step.job.name}: ${var}"')
     return "\n".join(lines) + "\n"
 
 
 def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
            dry_run: bool = False, echo=print) -> list[Submission]:
-    """Submit what needs submitting; return the new submissions (none on a dry run)."""
+    """Submit what needs submitting; return the new submissions (none on a dry run).
+
+    Arrays longer than the cluster's MaxArraySize go in as several arrays (limits.py); every
+    later step depends on all of their ids, and state.json records each piece's offset.
+    """
     state_path = plan.layout.state
     if not dry_run and not slurm.available():
         slurm._tool("sbatch")  # raises the one-line "not on PATH" error
@@ -382,26 +450,36 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         views = observe(plan, state)
         steps = plan_steps(plan, views, resume, stages, groups)
         check_scripts(plan, steps, views)
+        lim = limits.resolve(plan) if any(s.job.array for s in steps) else None
+        size = lim.max_array_size if lim else None
+        total = sum(len(s.tasks) for s in steps)
+        if lim and lim.max_submit_jobs and total > lim.max_submit_jobs:
+            echo(f"warning: {total:,} tasks to submit, more than your MaxSubmitJobs {lim.max_submit_jobs:,}: SLURM "
+                 "refuses the rest; submit part with --stage/--group, then the rest with --resume")
         if dry_run:
-            echo(dry_run_script(plan, steps).rstrip("\n"))
+            echo(dry_run_script(plan, steps, size).rstrip("\n"))
             return []
-        pretest.require_all_accepted(plan, steps)  # all or nothing: sbatch must accept every script first
-        new_ids: dict[str, str] = {}
+        pretest.require_all_accepted(plan, steps, size)  # all or nothing: sbatch must accept every script first
+        new_ids: dict[str, list[str]] = {}
         made: list[Submission] = []
         for step in steps:
             script = plan.layout.root / step.job.script
             digest = sha256_file(script)
             slurm.make_log_dirs(script, plan.layout.root)
-            cmd = slurm.sbatch_command(step.job.script, step.array, dependency_string(step, new_ids))
-            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
-            new_ids[step.job.name] = jid
-            sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
-                             tasks=[t for t in step.tasks if t is not None] if step.job.array else None,
-                             command=cmd, units=task_units(step.job, step.tasks))
-            with updating(state_path) as st:
-                st.submissions.append(sub)
-            made.append(sub)
-            echo(f"{step.job.name}: submitted job {jid}" + (f" (array {step.array})" if step.array else ""))
+            dep = dependency_string(step, new_ids)
+            calls = step.calls(size)
+            for offset, tasks, array in calls:
+                cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
+                jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+                new_ids.setdefault(step.job.name, []).append(jid)
+                sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
+                                 tasks=[t for t in tasks if t is not None] if step.job.array else None,
+                                 array_offset=offset, command=cmd, units=task_units(step.job, tasks))
+                with updating(state_path) as st:
+                    st.submissions.append(sub)
+                made.append(sub)
+                piece = f" (piece {len(new_ids[step.job.name])}/{len(calls)}, offset {offset})" if len(calls) > 1 else ""
+                echo(f"{step.job.name}: submitted job {jid}" + (f" (array {array})" if array else "") + piece)
         if not steps:
             echo("nothing to submit: every selected job is submitted (see `hpcffn status`; `--resume` resubmits failed work)")
         return made

@@ -29,19 +29,24 @@ def axis_spans(length: int, size: int, min_edge: int) -> list[tuple[int, int]]:
 
 
 def tile_volume(volume: str, shape: ZYX, size: ZYX, min_edge: ZYX, overlap: ZYX) -> list[TilePlan]:
-    """All tiles of one volume in z, y, x order."""
+    """All tiles of one volume in z, y, x order.
+
+    Built with `model_construct` (no validation: every value is computed here from checked
+    ints), which keeps planning 100,000 tiles to a fraction of a second.
+    """
     zs, ys, xs = (axis_spans(n, s, m) for n, s, m in zip(shape, size, min_edge))
     tiles = []
     for k, (z0, zn) in enumerate(zs):
         for i, (y0, yn) in enumerate(ys):
             for j, (x0, xn) in enumerate(xs):
                 start, extent = (z0, y0, x0), (zn, yn, xn)
-                tiles.append(TilePlan(
+                tiles.append(TilePlan.model_construct(
                     name=f"{volume}_z{k}_y{i}_x{j}",
                     volume=volume,
                     index=(k, i, j),
-                    box=Box(start=start, size=extent),
+                    box=Box.model_construct(start=start, size=extent),
                     infer_box=grow(start, extent, overlap, shape),
+                    group=None,
                 ))
     return tiles
 
@@ -50,7 +55,7 @@ def grow(start: ZYX, size: ZYX, by: ZYX, shape: ZYX) -> Box:
     """The box grown by `by` on every side, clipped to [0, shape)."""
     lo = tuple(max(0, s - b) for s, b in zip(start, by))
     hi = tuple(min(d, s + n + b) for s, n, b, d in zip(start, size, by, shape))
-    return Box(start=lo, size=tuple(h - low for h, low in zip(hi, lo)))
+    return Box.model_construct(start=lo, size=tuple(h - low for h, low in zip(hi, lo)))
 
 
 def deal_groups(tiles: list[TilePlan], n_groups: int) -> list[GroupPlan]:

@@ -253,7 +253,13 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list
             for g in groups:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
-            add("infer", stage, True, [t.name for t in tiles])
+            # One array per group, each waiting only for its own group's training (below);
+            # tiles without a group (volumes without groundtruth) in one more array.
+            for g in groups:
+                add(f"infer_{g.name}", stage, True, [t.name for t in tiles if t.group == g.name], g.name)
+            rest = [t.name for t in tiles if not t.group]
+            if rest or not groups:
+                add("infer_ungrouped" if groups else "infer", stage, True, rest)
         elif stage == "stitch":  # the steps of docs/stitch.md
             add("joins", "joins", True, [t.name for t in tiles])
             add("resolve", "resolve", True, [v.name for v in volumes])
@@ -276,11 +282,35 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list
             names = names_by_stage[d]
             if job.group and d in ("coordinates", "train"):
                 names = [n for n in names if n.endswith(f"_{job.group}")]
+            elif job.stage == "infer" and d == "train" and names:
+                names = names[:1]  # ungrouped tiles are segmented with the first group's model
             targets += names
         if job.stage == "pyramid" and job.name != "pyramid_s1":
             targets = [f"pyramid_s{int(job.name.rpartition('_s')[2]) - 1}"]
         job.depends_on = [Dependency(job=n) for n in targets]
     return jobs
+
+
+def array_limits(cluster, profile) -> dict:
+    """The resolved spec's limits: the spec's own (submit prefers them to what SLURM says) and the profile's."""
+    return {"max_array_size": cluster.max_array_size, "max_submit_jobs": cluster.max_submit_jobs,
+            "profile_max_array_size": profile.max_array_size, "profile_max_submit_jobs": profile.max_submit_jobs}
+
+
+def warn_array_limits(jobs: list[JobPlan], limits: dict, profile: str, warnings: list[str]) -> None:
+    """Say at plan time which arrays the cluster's MaxArraySize/MaxSubmitJobs will not take whole."""
+    size = limits["max_array_size"] or limits["profile_max_array_size"]
+    submit = limits["max_submit_jobs"] or limits["profile_max_submit_jobs"]
+    where = "the spec's cluster" if limits["max_array_size"] else f"profile {profile}"
+    for job in jobs:
+        if job.array and size and len(job.units) > size:
+            warnings.append(f"job {job.name} has {len(job.units):,} tasks, more than MaxArraySize {size:,} of {where}: "
+                            f"`hpcffn submit` splits it into {-(-len(job.units) // size)} arrays (set "
+                            "cluster.max_array_size if your cluster's limit differs)")
+    total = sum(len(j.units) for j in jobs)
+    if submit and total > submit:
+        warnings.append(f"the plan has {total:,} tasks in all, more than MaxSubmitJobs {submit:,}: SLURM refuses "
+                        "submissions beyond it; submit part with --stage/--group, then the rest with --resume")
 
 
 # ---------------------------------------------------------------- rendering
@@ -391,6 +421,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     resources = {s: stage_resources(profile, spec.cluster, spec_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
     jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size)
+    warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():
@@ -411,6 +442,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     resolved["container"].update(image=image, binds=binds)
     shipped = profile_path.parent == profiles_dir()
     resolved["cluster"] = {"profile": spec.cluster.profile if shipped else str(profile_path),
+                           **array_limits(spec.cluster, profile),
                            **{s: _cluster_view(resources[s]) for s in SPEC_STAGES}}
     plan = Plan(
         hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),

@@ -18,6 +18,7 @@ from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES, Layout
 from hpcffn.core.plan_model import Plan, write_plan
+from hpcffn.core.units import write_unit_indexes
 from hpcffn.plan.resources import templates_dir
 
 
@@ -133,5 +134,6 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
                 new_path.unlink()
     if not dry_run:
         atomic_write_text(layout.resolved_spec, resolved_yaml, mode=0o644)
+        write_unit_indexes(plan)  # what array tasks read instead of the whole plan
         write_plan(plan, layout.plan)
     return report

@@ -246,6 +246,10 @@ class StageResources(_Strict):
 
 
 class _PerStage(_Strict):
+    # The cluster's array limits: a profile says what its site allows (plan warns beyond it);
+    # in a spec it overrides what `hpcffn submit` reads from `scontrol show config`/sacctmgr.
+    max_array_size: int | None = Field(None, ge=2, description="SLURM MaxArraySize: larger arrays are split")
+    max_submit_jobs: int | None = Field(None, ge=1, description="SLURM MaxSubmitJobs of your association")
     defaults: StageResources = StageResources()
     convert: StageResources = StageResources()
     partitions: StageResources = StageResources()

@@ -70,14 +70,15 @@ def _gpus(problems: list[str]) -> dict:
     return {"assigned": given, "seen": seen}
 
 
-def _inputs(plan: Plan, stage: str, unit: str | None) -> list:
+def _inputs(plan: Plan, stage: str, unit: str | None, job: str | None = None) -> list:
     """The user's input files this job reads (sources outside the workdir)."""
+    job = job if job in {j.name for j in plan.jobs} else stage  # an index is a position in the job's units
     if stage == "convert" and unit is not None:
         volumes = [plan.volume(plan.task_unit("convert", unit))]
     elif stage in ("partitions", "infer", "joins", "relabel") and unit is not None:
-        volumes = [plan.volume(plan.tile(plan.task_unit(stage, unit)).volume)]
+        volumes = [plan.volume(plan.tile(plan.task_unit(job, unit)).volume)]
     elif stage in ("stitch", "resolve") and unit is not None:
-        volumes = [plan.volume(plan.task_unit(stage, unit))]
+        volumes = [plan.volume(plan.task_unit(job, unit))]
     else:
         volumes = [v for v in plan.volumes if v.groundtruth]
     paths = []
@@ -138,7 +139,7 @@ def run_probe(job: str, stage: str, argv: list[str]) -> Path:
     if stage in ("train", "infer") and report["packages"].get("tensorflow"):
         report["gpus"] = _gpus(problems)
     report["inputs"] = {}
-    for source in _inputs(plan, stage, unit):
+    for source in _inputs(plan, stage, unit, job):
         why = _readable(source)
         report["inputs"][source] = why or "ok"
         if why:

@@ -9,7 +9,8 @@
 # It writes STATE_DIR/env (export SLURM_CONF=...; export HPCFFN_TEST_SLURM=...) to be sourced
 # by the caller, and prints its path as the last line. tests/slurm/stop.sh STATE_DIR stops
 # exactly the daemons started here, by the pids recorded in STATE_DIR.
-# Extra partitions (beyond debug and gpu) can be asked for with HPCFFN_TEST_PARTITIONS="a b".
+# Extra partitions (beyond debug and gpu) can be asked for with HPCFFN_TEST_PARTITIONS="a b",
+# and a small MaxArraySize (SLURM's default: 1001) with HPCFFN_TEST_MAX_ARRAY_SIZE=11.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,6 +58,10 @@ mem_mb=$(( free_mb * 3 / 4 ))
 def_mem=$(( mem_mb / (cpus * 4) ))
 [ "$def_mem" -gt 100 ] || def_mem=100
 partitions="debug gpu ${HPCFFN_TEST_PARTITIONS:-}"
+max_array_size="${HPCFFN_TEST_MAX_ARRAY_SIZE:-}"
+case "$max_array_size" in
+  ''|*[!0-9]*) [ -z "$max_array_size" ] || { echo "start.sh: HPCFFN_TEST_MAX_ARRAY_SIZE must be a number" >&2; exit 1; } ;;
+esac
 
 conf="$state/slurm.conf"
 {
@@ -89,6 +94,9 @@ conf="$state/slurm.conf"
   echo "SelectTypeParameters=CR_Core_Memory"
   echo "DefMemPerCPU=$def_mem"
   echo "MinJobAge=600"
+  if [ -n "$max_array_size" ]; then
+    echo "MaxArraySize=$max_array_size"
+  fi
   echo "SchedulerParameters=batch_sched_delay=0,sched_interval=5,bf_interval=5"
   echo "ReturnToService=2"
   echo "MpiDefault=none"

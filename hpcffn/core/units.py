@@ -1,0 +1,95 @@
+"""Per-job unit indexes, so an array task reads only its own unit, never the whole plan.
+
+At 512,000 tiles plan.json is over 200 MB: every task loading it would spend seconds and
+gigabytes before working. `hpcffn plan` therefore also writes, beside plan.json,
+
+- units/plan.head.json: the plan without its per-tile lists (no tiles, groups without their
+  tile names, jobs without units): the experiment-level facts every stage needs;
+- units/<job>.units: one line per array task of the job, all padded to the same width, so
+  task i's line starts at byte i x width: a seek and one read, whatever the tile count.
+  A tile job's line is the tile's record (TilePlan JSON); a volume job's line is {"name": V}.
+
+`load_task_plan` joins the two into a Plan holding just that task's tile (and every volume
+and group, which are few), what partitions and infer read from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import Layout
+from hpcffn.core.plan_model import Plan, TilePlan, load_plan
+
+
+def head_of(plan: Plan) -> Plan:
+    """The plan without what grows with the tile count."""
+    groups = [g.model_copy(update={"tiles": []}) for g in plan.groups]
+    jobs = [j.model_copy(update={"units": []}) for j in plan.jobs]
+    return plan.model_copy(update={"tiles": [], "groups": groups, "jobs": jobs})
+
+
+def unit_lines(units: list[str], records: dict[str, str]) -> str:
+    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name)."""
+    lines = [records[u] if u in records else json.dumps({"name": u}) for u in units]
+    width = max((len(x) for x in lines), default=0)
+    return "".join(x.ljust(width) + "\n" for x in lines)
+
+
+def write_unit_indexes(plan: Plan) -> None:
+    """units/plan.head.json and units/<job>.units of every array job (temp file + rename each)."""
+    from pydantic import TypeAdapter
+
+    lay = plan.layout
+    atomic_write_text(lay.plan_head, head_of(plan).model_dump_json(indent=1))
+    # Every tile serialised once (in one call), however many jobs list it.
+    dicts = TypeAdapter(list[TilePlan]).dump_python(plan.tiles, mode="json")
+    records = {d["name"]: json.dumps(d, separators=(",", ":")) for d in dicts}
+    for job in plan.jobs:
+        if job.array:
+            atomic_write_text(lay.unit_index(job.name), unit_lines(job.units, records))
+
+
+def read_unit(plan_path: str | Path, job: str, index: int) -> dict:
+    """The record of task `index` of `job`: one seek and one read of units/<job>.units."""
+    lay = Layout(_workdir(plan_path))
+    path = lay.unit_index(job)
+    try:
+        with open(path, "rb") as f:
+            width = len(f.readline())
+            f.seek(index * width)
+            line = f.read(width) if index >= 0 else b""
+    except OSError as exc:
+        raise HpcffnError(f"cannot read {path} ({exc.strerror}); re-run `hpcffn plan` to write the unit indexes") from None
+    if width == 0 or len(line) != width or not line.endswith(b"\n"):
+        count = path.stat().st_size // width if width else 0
+        raise HpcffnError(f"task index {index} is out of range: job {job} has {count} tasks in {path} "
+                          f"(0..{count - 1}); re-run `hpcffn plan` if the spec changed")
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise HpcffnError(f"{path}: line {index + 1} is not a unit record; re-run `hpcffn plan`") from None
+
+
+def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, str]:
+    """(plan holding just this task's tile, unit name) for task `index` of array job `job`.
+
+    Falls back to the whole plan.json where no index was written (a plan made before them).
+    """
+    lay = Layout(_workdir(plan_path))
+    if not lay.plan_head.is_file() or not lay.unit_index(job).is_file():
+        plan = load_plan(plan_path)
+        return plan, str(plan.task_unit(job, index))
+    record = read_unit(plan_path, job, index)
+    head = load_plan(lay.plan_head)
+    if set(record) == {"name"}:
+        return head, record["name"]
+    tile = TilePlan.model_validate(record)
+    return head.model_copy(update={"tiles": [tile]}), tile.name
+
+
+def _workdir(plan_path: str | Path) -> Path:
+    p = Path(plan_path)
+    return p if p.is_dir() else p.parent

@@ -1,0 +1,218 @@
+"""Job machinery at scale, without SLURM: per-unit indexes, folder listings, array pieces,
+plan-time limit warnings. (Speed itself is measured in benchmarks/bench_jobs.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from plan_helpers import spec_dict, write_h5, write_spec
+
+from hpcffn.commands.options import task_plan
+from hpcffn.core.errors import HpcffnError
+from hpcffn.core.plan_model import load_plan
+from hpcffn.core.units import load_task_plan, read_unit
+from hpcffn.jobs import limits, slurm
+from hpcffn.jobs.listing import Listing, path_pattern
+from hpcffn.jobs.state import State, Submission
+from hpcffn.jobs.status import collect, output_of
+from hpcffn.jobs.submit import dry_run_script, observe, plan_steps
+from hpcffn.plan.planner import make_plan
+from hpcffn.plan.render import write_workdir
+
+
+def _plan(tmp_path: Path, nz: int = 1, ny: int = 5, nx: int = 6, cluster: dict | None = None, **changes):
+    """A planned workdir of nz x ny x nx tiles of 21^3 (the smallest the test FOV allows), 1 group."""
+    shape = (21 * nz, 21 * ny, 21 * nx)
+    spec = spec_dict(subvolume={"size": [21, 21, 21], "overlap": [2, 2, 2], "groups": 1},
+                     cluster={"profile": "local", **(cluster or {})}, **changes)
+    path = write_spec(tmp_path, spec, data=False)
+    write_h5(tmp_path / "data" / "v1.h5", shape=shape)
+    planned = make_plan(path)
+    write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
+    return load_plan(tmp_path / "work"), planned
+
+
+# ---------------------------------------------------------------- O(1) task start
+def test_a_task_reads_its_unit_without_the_plan(tmp_path):
+    plan, _ = _plan(tmp_path)
+    infer = plan.job("infer_g0")
+    assert len(infer.units) == 30
+    lines = plan.layout.unit_index("infer_g0").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 30 and len({len(x) for x in lines}) == 1  # fixed width: task i at byte i x width
+    full = {t.name: t for t in plan.tiles}
+    plan.layout.plan.write_text("{ not read by a task")  # a task must not need plan.json at all
+    for i in (0, 17, 29):
+        task, unit = load_task_plan(plan.layout.plan, "infer_g0", i)
+        assert unit == infer.units[i] and [t.name for t in task.tiles] == [unit]
+        assert task.tile(unit) == full[unit] and task.ffn == plan.ffn and task.volumes == plan.volumes
+        assert task.group("g0").voxels == plan.group("g0").voxels
+    assert read_unit(plan.layout.root, "partitions", 3)["name"] == plan.job("partitions").units[3]
+    with pytest.raises(HpcffnError, match=r"task index 30 is out of range: job infer_g0 has 30 tasks"):
+        read_unit(plan.layout.plan, "infer_g0", 30)
+    with pytest.raises(HpcffnError, match="re-run `hpcffn plan` to write the unit indexes"):
+        read_unit(plan.layout.plan, "no_such_job", 0)
+
+
+def test_stage_commands_with_job_read_the_index_and_fall_back_to_the_plan(tmp_path):
+    plan, _ = _plan(tmp_path)
+    task, unit = task_plan(plan.layout.plan, "infer_g0", "4")
+    assert unit == plan.job("infer_g0").units[4] and len(task.tiles) == 1
+    whole, key = task_plan(plan.layout.plan, None, "4")  # no --job: the whole plan, as before
+    assert key == "4" and len(whole.tiles) == 30
+    for path in plan.layout.units_dir.iterdir():  # a plan made before the indexes existed
+        path.unlink()
+    task, unit = load_task_plan(plan.layout.plan, "infer_g0", 4)
+    assert unit == plan.job("infer_g0").units[4] and len(task.tiles) == 30
+
+
+# ---------------------------------------------------------------- status: listings, not a stat per task
+def test_path_pattern_builds_the_layouts_paths(tmp_path):
+    plan, _ = _plan(tmp_path)
+    for stage in ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"):
+        fn = output_of(plan, stage)
+        assert path_pattern(fn)("v1_z0_y1_x2") == str(fn("v1_z0_y1_x2"))
+    marker = path_pattern(lambda u: plan.layout.marker("infer", u))
+    assert marker("t") == str(plan.layout.marker("infer", "t"))
+    listing = Listing()
+    plan.layout.marker("infer", "t").parent.mkdir(parents=True)
+    plan.layout.marker("infer", "t").write_text("{}")
+    assert listing.exists(marker("t")) and not listing.exists(marker("u")) and not listing.exists("/nowhere/x")
+
+
+def _stats_during_status(tmp_path: Path, ny: int, nx: int, monkeypatch) -> int:
+    plan, _ = _plan(tmp_path, ny=ny, nx=nx)
+    calls = []
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    report = collect(plan)
+    monkeypatch.setattr(os, "stat", real)
+    assert sum(r["tasks"] for r in report.rows) > ny * nx
+    return len(calls)
+
+
+def test_status_stats_do_not_grow_with_the_tile_count(tmp_path, monkeypatch):
+    """Outputs, markers and progress files are found by listing each folder once."""
+    few = _stats_during_status(tmp_path / "few", 2, 2, monkeypatch)
+    many = _stats_during_status(tmp_path / "many", 6, 8, monkeypatch)
+    assert many == few
+
+
+# ---------------------------------------------------------------- array limits
+def test_pieces_keep_slurm_ids_below_the_limit():
+    assert limits.pieces(list(range(30)), 11) == [(0, list(range(11))), (11, list(range(11, 22))),
+                                                 (22, list(range(22, 30)))]
+    assert limits.pieces([3, 5, 40, 41, 95], 11) == [(0, [3, 5]), (40, [40, 41]), (95, [95])]
+    assert limits.pieces(list(range(5)), 1001) == [(0, list(range(5)))]
+    for offset, part in limits.pieces(list(range(0, 300, 7)), 11):
+        assert all(0 <= t - offset < 11 for t in part)
+    assert limits.export_option(0) == [] and limits.export_option(22) == ["--export=ALL,HPCFFN_ARRAY_OFFSET=22"]
+
+
+def test_limits_come_from_the_spec_then_slurm_then_the_profile(tmp_path, monkeypatch):
+    plan, _ = _plan(tmp_path / "a")
+    monkeypatch.setattr(slurm, "array_limits", lambda: (11, 50))
+    got = limits.resolve(plan)
+    assert (got.max_array_size, got.max_submit_jobs) == (11, 50) and "scontrol" in got.source
+    monkeypatch.setattr(slurm, "array_limits", lambda: (None, None))
+    assert limits.resolve(plan).max_array_size == 1001  # local profile sets none: SLURM's default
+    spec_plan, _ = _plan(tmp_path / "b", cluster={"max_array_size": 7})
+    monkeypatch.setattr(slurm, "array_limits", lambda: (11, None))
+    assert limits.resolve(spec_plan).max_array_size == 7  # the spec overrides what SLURM says
+
+
+def test_scontrol_config_and_sacctmgr_are_parsed(tmp_path, monkeypatch):
+    text = "Configuration data as of x\nMaxArraySize            = 11\nMaxJobCount             = 10000\n"
+    assert slurm.parse_config_value(text, "MaxArraySize") == 11 and slurm.parse_config_value(text, "Nope") is None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("scontrol", f"printf '{text}'"), ("sacctmgr", "printf '\\n40\\n25\\n'")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert slurm.array_limits() == (11, 25)
+
+
+def test_split_array_dry_run_offsets_and_dependencies(tmp_path):
+    plan, _ = _plan(tmp_path, stages=["infer", "stitch"],
+                    ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}})
+    steps = plan_steps(plan, observe(plan, State(), query=lambda ids: {}), resume=False)
+    script = dry_run_script(plan, steps, max_array_size=11)
+    lines = [x for x in script.splitlines() if x.startswith("JOB_")]
+    assert len(lines) == 4
+    assert "--array=0-10 " in lines[0] and "--export" not in lines[0]
+    assert "--array=0-10 --export=ALL,HPCFFN_ARRAY_OFFSET=11 " in lines[1]
+    assert "--array=0-7 --export=ALL,HPCFFN_ARRAY_OFFSET=22 " in lines[2]
+    assert '"--dependency=afterok:${JOB_infer_g0_0}:${JOB_infer_g0_1}:${JOB_infer_g0_2}"' in lines[3]
+
+
+def test_a_piece_maps_slurm_ids_back_to_plan_tasks(tmp_path):
+    plan, _ = _plan(tmp_path, stages=["infer"], ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "m/ckpt-1"}})
+    units = plan.job("infer_g0").units
+    piece = Submission(job="infer_g0", job_id="500", submitted="x", sha256="x", tasks=list(range(11, 22)),
+                       array_offset=11, units={str(t): units[t] for t in range(11, 22)})
+    assert piece.task_id(14) == "500_3"
+    infos = {"500_3": slurm.TaskInfo(id="500_3", state="RUNNING"), "500_4": slurm.TaskInfo(id="500_4", state="FAILED")}
+    views = {v.task: v for v in observe(plan, State(submissions=[piece]), query=lambda ids: infos)["infer_g0"]}
+    assert views[14].category == "alive" and views[15].category == "failed" and views[3].category == "never"
+    assert views[16].category == "lost" and views[14].slurm_id == "500_3"
+    steps = plan_steps(plan, {"infer_g0": list(views.values())}, resume=True)
+    assert 15 in steps[0].tasks and 14 not in steps[0].tasks
+    calls = steps[0].calls(11)
+    assert [t for _, part, _ in calls for t in part] == steps[0].tasks  # every task once, in order
+    assert all(0 <= t - off < 11 for off, part, _ in calls for t in part) and len(calls) == 3
+
+
+def test_plan_warns_when_an_array_exceeds_the_profiles_limit(tmp_path):
+    _, planned = _plan(tmp_path / "a", cluster={"max_array_size": 11})
+    assert any("job infer_g0 has 30 tasks, more than MaxArraySize 11 of the spec's cluster: `hpcffn submit` "
+               "splits it into 3 arrays" in w for w in planned.warnings), planned.warnings
+    _, planned = _plan(tmp_path / "b", cluster={"max_submit_jobs": 40})
+    assert any("more than MaxSubmitJobs 40" in w for w in planned.warnings), planned.warnings
+    _, planned = _plan(tmp_path / "c")
+    assert not any("MaxArraySize" in w for w in planned.warnings)
+
+
+def test_real_partitions_stage_reads_its_tile_through_the_index(tmp_path):
+    """`hpcffn stage partitions --job partitions --tile 3` (what the script runs) without plan.json's tiles."""
+    plan, _ = _plan(tmp_path, ny=2, nx=2)
+    unit = plan.job("partitions").units[3]
+    text = plan.layout.plan.read_text()
+    plan.layout.plan.write_text(text.replace(f'"{unit}"', '"renamed_in_plan_json"'))  # only the index knows it
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", "partitions", "--plan", str(plan.layout.plan),
+                           "--job", "partitions", "--tile", "3"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert plan.layout.partitions(unit).is_file() and plan.layout.marker("partitions", unit).is_file()
+
+
+def test_status_loads_the_plan_without_its_tile_records(tmp_path):
+    plan, _ = _plan(tmp_path)
+    light = load_plan(plan.layout.plan, tiles=False)
+    assert light.tiles == [] and light.jobs == plan.jobs and light.groups == plan.groups
+    proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "status", str(plan.layout.root)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "infer_g0" in proc.stdout and "NOT SUBMITTED 30" in proc.stdout, proc.stdout
+
+
+def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
+    from hpcffn.jobs.admin import cancel
+    from hpcffn.jobs.state import save_state
+
+    plan, _ = _plan(tmp_path, stages=["infer"], ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "m/ckpt-1"}})
+    units = plan.job("infer_g0").units
+    subs = [Submission(job="infer_g0", job_id=jid, submitted="x", sha256="x", tasks=list(range(lo, hi)),
+                       array_offset=lo, units={str(t): units[t] for t in range(lo, hi)})
+            for jid, lo, hi in (("600", 0, 11), ("601", 11, 22), ("602", 22, 30))]
+    save_state(plan.layout.state, State(submissions=subs))
+    states = {s.task_id(t): "RUNNING" for s in subs for t in s.tasks}
+    states["601_3"] = "COMPLETED"  # one task of the second piece is done: that piece goes task by task
+    monkeypatch.setattr(slurm, "query", lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
+    sent = []
+    monkeypatch.setattr(slurm, "scancel", sent.extend)
+    lines = []
+    cancel(plan, echo=lines.append)
+    assert sent == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
+    assert lines == [f"cancelled 29 task(s): {' '.join(sent)}"]
