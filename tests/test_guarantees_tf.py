@@ -47,7 +47,7 @@ def test_usr1_during_the_tensorflow_import_checkpoints_and_asks_for_a_requeue(da
             proc.kill()
     assert not tf_loaded, "the handler must be in place before TensorFlow loads"
     assert proc.returncode == EXIT_REQUEUE, out
-    assert "requeue to continue" in out and tf.train.latest_checkpoint(str(train_dir))
+    assert "work remains (exit 75)" in out and tf.train.latest_checkpoint(str(train_dir))
 
 
 def test_plan_mode_infer_uses_the_checkpoint_flag(tmp_path):

@@ -72,9 +72,13 @@ def test_stage_commands_with_job_read_the_index_and_fall_back_to_the_plan(tmp_pa
 # ---------------------------------------------------------------- status: listings, not a stat per task
 def test_path_pattern_builds_the_layouts_paths(tmp_path):
     plan, _ = _plan(tmp_path)
-    for stage in ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"):
-        fn = output_of(plan, stage)
-        assert path_pattern(fn)("v1_z0_y1_x2") == str(fn("v1_z0_y1_x2"))
+    units = {"convert": "v1", "coordinates": "g0", "train": "g0", "resolve": "v1", "pyramid": "v1_s1_b0",
+             "evaluate": "experiment"}
+    for stage in ("convert", "partitions", "coordinates", "train", "infer", "joins", "resolve", "relabel", "pyramid",
+                  "evaluate"):
+        fn, unit = output_of(plan, stage), units.get(stage, "v1_z0_y1_x2")
+        expected = fn(unit)
+        assert path_pattern(fn)(unit) == (None if expected is None else str(expected)), stage
     marker = path_pattern(lambda u: plan.layout.marker("infer", u))
     assert marker("t") == str(plan.layout.marker("infer", "t"))
     listing = Listing()
@@ -141,12 +145,14 @@ def test_split_array_dry_run_offsets_and_dependencies(tmp_path):
                     ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}})
     steps = plan_steps(plan, observe(plan, State(), query=lambda ids: {}), resume=False)
     script = dry_run_script(plan, steps, max_array_size=11)
-    lines = [x for x in script.splitlines() if x.startswith("JOB_")]
-    assert len(lines) == 4
+    lines = [x for x in script.splitlines() if x.startswith("JOB_infer_g0_")]
+    assert len(lines) == 3
     assert "--array=0-10 " in lines[0] and "--export" not in lines[0]
     assert "--array=0-10 --export=ALL,HPCFFN_ARRAY_OFFSET=11 " in lines[1]
     assert "--array=0-7 --export=ALL,HPCFFN_ARRAY_OFFSET=22 " in lines[2]
-    assert '"--dependency=afterok:${JOB_infer_g0_0}:${JOB_infer_g0_1}:${JOB_infer_g0_2}"' in lines[3]
+    joins = [x for x in script.splitlines() if x.startswith("JOB_joins_")]  # stitch's first step: every piece
+    assert len(joins) == 3 and all(
+        '"--dependency=afterok:${JOB_infer_g0_0}:${JOB_infer_g0_1}:${JOB_infer_g0_2}"' in x for x in joins)
 
 
 def test_a_piece_maps_slurm_ids_back_to_plan_tasks(tmp_path):
@@ -216,3 +222,21 @@ def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
     cancel(plan, echo=lines.append)
     assert sent == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
     assert lines == [f"cancelled 29 task(s): {' '.join(sent)}"]
+
+
+def test_path_pattern_asks_the_layout_per_unit_where_the_path_is_no_pattern():
+    """relabel's output depends on the tile's volume and pyramid's on the block's: no
+    concatenation pattern, so every unit is asked (and "\\0" probes must not break status)."""
+    from hpcffn.jobs.listing import path_pattern
+
+    volumes = {"t1": "a", "t2": "b"}
+
+    def by_volume(tile):
+        if tile not in volumes:
+            raise KeyError(tile)
+        return Path(f"/w/stitch/{volumes[tile]}.ome.zarr")
+
+    pattern = path_pattern(by_volume)
+    assert pattern("t1") == "/w/stitch/a.ome.zarr" and pattern("t2") == "/w/stitch/b.ome.zarr"
+    assert path_pattern(lambda u: Path(f"/w/markers/x/{u}.done"))("t9") == "/w/markers/x/t9.done"
+    assert path_pattern(lambda u: Path("/w/evaluate/report.json"))("any") == "/w/evaluate/report.json"

@@ -140,4 +140,5 @@ def test_records_outside_the_volume_stop_training_with_one_line(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert "x,y,z (4, 3, 20) lies outside volume v" in out.stderr
-    assert not (tmp_path / "t").exists()
+    # Nothing but the unit lock (hpcffn/core/locks.py): no checkpoint, no event file.
+    assert not (tmp_path / "t").exists() or [p.name for p in (tmp_path / "t").iterdir()] == [".hpcffn.lock"]

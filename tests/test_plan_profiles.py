@@ -45,5 +45,5 @@ def test_plan_prints_the_resolved_time_memory_and_gpus_of_each_stage(tmp_path):
     assert cells["train"] == ["5-00:00:00", "128G", "8", "1"], proc.stdout
     assert cells["infer"] == ["2-00:00:00", "96G", "8", "1"], proc.stdout
     assert cells["evaluate"] == ["1-00:00:00", "128G", "8", "-"], proc.stdout
-    script = (tmp_path / "work" / "jobs" / "infer" / "infer.sbatch").read_text()
+    script = (tmp_path / "work" / "jobs" / "infer" / "infer_g0.sbatch").read_text()
     assert "#SBATCH --time=2-00:00:00" in script

@@ -163,5 +163,5 @@ def test_tensorflow_log_knob_in_the_tensorflow_stages_only(rendered):
     jobs = rendered / "work" / "jobs"
     knob = 'export HPCFFN_TF_LOGS="${HPCFFN_TF_LOGS:-0}"'
     assert knob in (jobs / "train" / "train_g0.sbatch").read_text()
-    assert knob in (jobs / "infer" / "infer.sbatch").read_text()
+    assert knob in (jobs / "infer" / "infer_g0.sbatch").read_text()
     assert knob not in (jobs / "partitions" / "partitions.sbatch").read_text()

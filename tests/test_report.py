@@ -80,7 +80,7 @@ def test_sacct_usage_becomes_gpu_hours_per_stage(tmp_path, monkeypatch):
             state.submissions.append(sub)
 
     record("train_g0", "40")
-    record("infer", "41")
+    record("infer_g0", "41")
     record("convert", "L1", local=True)
     calls = []
 

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcffn.core.errors import HpcffnError
+
 
 class Listing:
     """Remembers the names in each folder it was asked about (for one status/submit run)."""
@@ -40,10 +42,19 @@ def path_pattern(path_of: Callable[[str], Path | None]) -> Callable[[str], str |
     hpcffn/core/layout.py stays the one place that knows the paths; status and resume only
     avoid building 100,000s of Path objects (most of their time at 100,000 tiles).
     """
-    sample = path_of("\0")
-    if sample is None:
+    def direct(unit: str) -> str | None:
+        path = path_of(unit)
+        return None if path is None else str(path)
+
+    try:
+        samples = [path_of(probe) for probe in ("\0", "\1")]
+    except (HpcffnError, KeyError, ValueError):  # the path needs a real unit (a tile's volume)
+        return direct
+    if samples[0] is None:
         return lambda unit: None
-    head, found, tail = str(sample).partition("\0")
-    if not found:  # one path for every unit (evaluate's report)
-        return lambda unit: head
-    return lambda unit: head + unit + tail
+    head, found, tail = str(samples[0]).partition("\0")
+    if found and str(samples[1]) == head + "\1" + tail:
+        return lambda unit: head + unit + tail
+    if not found and str(samples[1]) == head:
+        return lambda unit: head  # one path for every unit (evaluate's report)
+    return direct

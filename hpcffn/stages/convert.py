@@ -235,11 +235,20 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             overwrite=True,  # our own output of an earlier run
             progress=progress,
             expected_shape=vol.shape,
+            clahe=planned_clahe(plan) if want_raw else None,
         )
         if vol.tile_files:
             info["tile_files"] = write_tile_files(plan, vol)
         mark_done(plan, "convert", vol.name, **info)
     return info
+
+
+def planned_clahe(plan) -> dict | None:
+    """The spec's convert.clahe settings when it is enabled (None otherwise)."""
+    clahe = (plan.spec.get("convert") or {}).get("clahe") or {}
+    if not clahe.get("enabled"):
+        return None
+    return {"kernel_size": clahe["kernel_size"], "clip_limit": clahe["clip_limit"]}
 
 
 def _check_objects(name: str, objects: int, polarity: str) -> None:

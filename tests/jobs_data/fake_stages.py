@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for `hpcffn` in rendered scripts (container.command): every stage, no FFN.
 
-Usage (as the scripts call it): fake_stages.py stage NAME --plan P [--job J] --tile|--group|--volume X.
+Usage (as the scripts call it): fake_stages.py stage NAME --plan P [--job J] --tile|--group|--volume|--block X.
 An array index is resolved the way the real stage commands do with --job (the job's unit
 index, hpcffn/core/units.py), so a wrong HPCFFN_ARRAY_OFFSET shows as a wrong or missing unit.
 It sleeps FAKE_SLEEP seconds, or FAKE_SLEEP_<STAGE>_<UNIT> (e.g. FAKE_SLEEP_train_g1=8), writes
@@ -29,7 +29,7 @@ def flag(name):
 plan = Path(flag("--plan"))
 layout = Layout(plan.parent)
 job = flag("--job")
-key = next(v for v in (flag("--tile"), flag("--group"), flag("--volume"), "experiment") if v is not None)
+key = next(v for v in (flag("--tile"), flag("--group"), flag("--volume"), flag("--block"), "experiment") if v is not None)
 if job and key.isdigit():
     unit = read_unit(plan, job, int(key))["name"]
 elif key.isdigit():  # convert/stitch: an index into the stage's one job
@@ -42,10 +42,13 @@ start = time.time()
 time.sleep(float(os.environ.get(f"FAKE_SLEEP_{stage}_{unit}", os.environ.get("FAKE_SLEEP", "0.2"))))
 output = {"convert": lambda: layout.converted_volume(unit), "partitions": lambda: layout.partitions(unit),
           "coordinates": lambda: layout.coordinates(unit), "infer": lambda: layout.segmentation(unit),
-          "stitch": lambda: layout.stitched(unit), "evaluate": lambda: layout.evaluation_report,
+          "joins": lambda: layout.joins(unit), "resolve": lambda: layout.relabelling(unit),
+          "relabel": lambda: None, "pyramid": lambda: None,  # these write into the volume store: marker only
+          "stitch": lambda: layout.stitched_hdf5(unit), "evaluate": lambda: layout.evaluation_report,
           "train": lambda: layout.train_dir(unit) / "ckpt-fake.index"}[stage]()
-output.parent.mkdir(parents=True, exist_ok=True)
-output.write_text("fake\n")
+if output is not None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("fake\n")
 marker = layout.marker(stage, unit)
 marker.parent.mkdir(parents=True, exist_ok=True)
 marker.write_text("{}\n")
