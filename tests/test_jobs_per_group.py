@@ -59,7 +59,8 @@ def assert_infer_g0_overlaps_train_g1(plan) -> None:
     evaluate = [r for r in got if r["stage"] == "evaluate"]
     assert {r["stage"] for r in stitch} >= {"joins", "resolve", "relabel"}
     assert min(r["start"] for r in stitch) >= max(r["end"] for r in infer_g0 + infer_g1)
-    assert evaluate and evaluate[0]["start"] >= max(r["end"] for r in stitch)
+    # evaluate reads the relabelled volume; the pyramid's coarser levels may still be running.
+    assert evaluate and evaluate[0]["start"] >= max(r["end"] for r in stitch if r["stage"] != "pyramid")
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def test_thirty_tasks_split_run_and_show_as_one_job(small_array_slurm, job_tmp, 
     rows = {r["job"]: r for r in report.rows}
     assert rows["infer_g0"]["states"] == {"COMPLETED": 30}, rows["infer_g0"]
     assert rows["infer_g0"]["job_ids"] == sorted(s.job_id for s in pieces) and rows["infer_g0"]["outputs"] == 30
-    assert rows["stitch"]["states"] == {"COMPLETED": 1}
+    assert rows["resolve"]["states"] == {"COMPLETED": 1} and rows["relabel"]["states"] == {"COMPLETED": 30}
 
     # Each SLURM task id of each piece worked on the plan's unit at task id + offset, once.
     offsets = {s.job_id: s.array_offset for s in pieces}
@@ -91,8 +91,8 @@ def test_thirty_tasks_split_run_and_show_as_one_job(small_array_slurm, job_tmp, 
     assert sorted(r["unit"] for r in infer) == sorted(units)
     for r in infer:
         assert r["unit"] == units[int(r["slurm_task"]) + offsets[r["slurm_job"]]], r
-    stitch = [r for r in got if r["stage"] == "stitch"]
-    assert stitch[0]["start"] >= max(r["end"] for r in infer)  # afterok on every piece
+    joins = [r for r in got if r["stage"] == "joins"]  # stitch's first step
+    assert min(r["start"] for r in joins) >= max(r["end"] for r in infer)  # afterok on every piece
 
     # One job for the CLI too: one status row, logs found through the piece's own task id.
     status = subprocess.run([sys.executable, "-m", "hpcffn.cli", "status", str(plan.layout.root)],
@@ -102,7 +102,8 @@ def test_thirty_tasks_split_run_and_show_as_one_job(small_array_slurm, job_tmp, 
     log = log_paths(plan, "infer", units[25])
     assert len(log) == 1 and f"fake infer {units[25]} done" in log[0].read_text()
     state = load_state(plan.layout.state)
-    assert {s.job for s in state.submissions} == {"infer_g0", "stitch"} and len(state.submissions) == 4
+    assert {"infer_g0", "joins", "resolve", "relabel"} <= {s.job for s in state.submissions}
+    assert [s.array_offset for s in state.submissions if s.job == "infer_g0"] == [0, 11, 22]
     # Nothing is left to submit, and resume finds nothing failed in any piece.
     lines.clear()
     assert submit(plan, resume=True, echo=lines.append) == [] and "nothing to submit" in lines[-1]

@@ -225,8 +225,8 @@ def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
 
 
 def test_path_pattern_asks_the_layout_per_unit_where_the_path_is_no_pattern():
-    """relabel's output depends on the tile's volume and pyramid's on the block's: no
-    concatenation pattern, so every unit is asked (and "\\0" probes must not break status)."""
+    """A path that depends on the unit other than through its name (e.g. on a tile's volume) has
+    no concatenation pattern: every unit is asked, and the "\\0" probes must not break status."""
     from hpcffn.jobs.listing import path_pattern
 
     volumes = {"t1": "a", "t2": "b"}

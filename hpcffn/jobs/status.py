@@ -38,18 +38,11 @@ def output_of(plan: Plan, stage: str):
         "infer": lay.segmentation,
         "joins": lay.joins,
         "resolve": lay.relabelling,
-        "relabel": lambda _t: None,  # writes chunks into the volume store: its marker says it is done
-        "pyramid": lambda b: lay.stitched(_pyramid_volume(b)),
+        # relabel and pyramid write chunks into the volume's store; a unit's own record is its marker.
+        "relabel": lambda t: lay.marker("relabel", t),
+        "pyramid": lambda b: lay.marker("pyramid", b),
         "evaluate": lambda _u: lay.evaluation_report,
     }.get(stage, lambda _u: None)
-
-
-def _pyramid_volume(block: str) -> str:
-    """The volume of a pyramid block unit `<volume>_sK_b<i>`."""
-    volume, sep, _ = block.rpartition("_s")
-    if not sep or not volume:
-        raise ValueError(f"{block!r} is not a pyramid block name")
-    return volume
 
 
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', re.MULTILINE)
