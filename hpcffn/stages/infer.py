@@ -83,7 +83,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                      model=model_params.model_dump(), inference=params.model_dump(), mask=mask)
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
-        result = segment_volume(data, make_predict(model, xla=xla), model_params, params,
+        result = segment_volume(data, make_predict(model, fov, xla=xla), model_params, params,
                                 state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked)
     if not result.finished:
         log(f"hpcffn infer: stopped by signal after {result.seeds_tried} seeds; state saved to "
