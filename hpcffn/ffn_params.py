@@ -104,7 +104,7 @@ class TrainingParams(_Strict):
     mixed_precision: bool = False
     xla: bool = False
     init_checkpoint: str | None = Field(
-        None, description="ours or a TF1 FFN convstack_3d checkpoint to start from"
+        None, description="ours or a TF1 FFN convstack_3d checkpoint to start from, or a pretrained name (fib25)"
     )
     seed: int = 0
     deterministic: bool = Field(
@@ -167,3 +167,14 @@ class FFNParams(_Strict):
     training: TrainingParams = TrainingParams()
     inference: InferenceParams = InferenceParams()
     stitch: StitchParams = StitchParams()
+
+    @model_validator(mode="after")
+    def _pretrained_fits(self) -> FFNParams:
+        from hpcffn.ffn.pretrained import model_mismatch, pretrained
+
+        for field, name in (("training.init_checkpoint", self.training.init_checkpoint),
+                            ("inference.checkpoint", self.inference.checkpoint)):
+            p = pretrained(name)
+            if p is not None and (problem := model_mismatch(p, self.model)):
+                raise ValueError(f"{field}: {problem}; change ffn.model or the checkpoint")
+        return self

@@ -16,6 +16,7 @@ from pathlib import Path
 from hpcffn import __version__, grid
 from hpcffn import container as containers
 from hpcffn.errors import HpcffnError
+from hpcffn.ffn.pretrained import pretrained
 from hpcffn.ffn_params import FFNParams
 from hpcffn.layout import STAGE_UNIT, STAGES, Layout
 from hpcffn.plan_model import Dependency, JobPlan, Plan, VolumePlan
@@ -460,9 +461,10 @@ def _cluster_view(res: dict) -> dict:
 def _resolve_ffn(spec: Spec, base: Path):
     ffn = spec.ffn
     train, infer = ffn.training, ffn.inference
-    if train.init_checkpoint:
+    # Paths resolve against the spec's folder; a pretrained model's name (fib25) stays a name.
+    if train.init_checkpoint and not pretrained(train.init_checkpoint):
         train = train.model_copy(update={"init_checkpoint": _abs(base, train.init_checkpoint)})
-    if infer.checkpoint:
+    if infer.checkpoint and not pretrained(infer.checkpoint):
         infer = infer.model_copy(update={"checkpoint": _abs(base, infer.checkpoint)})
     return ffn.model_copy(update={"training": train, "inference": infer})
 

@@ -44,6 +44,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
+    from hpcffn.ffn.pretrained import check_fits
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
     from hpcffn.ffn.training import StopFlag
 
@@ -61,6 +62,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
             f"box start {start} size {size} (z,y,x) lies outside {loc} of shape {shape}: give a --bbox inside "
             "the image (or re-plan if the volume changed)"
         )
+    check_fits(checkpoint, model_params)
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")

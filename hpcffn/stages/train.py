@@ -17,8 +17,10 @@ from hpcffn.plan_model import Plan
 def train_model(coordinates: list[str | Path], volumes: list, model_params: ModelParams,
                 train_params: TrainingParams, train_dir: str | Path, log=print) -> int:
     """Train (or continue training) into `train_dir`; `volumes` are examples.TrainingVolume."""
+    from hpcffn.ffn.pretrained import check_fits
     from hpcffn.ffn.training import train
 
+    check_fits(train_params.init_checkpoint, model_params)
     result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
     return result.exit_code
 
