@@ -18,6 +18,7 @@ adapted Rand error <= 0.02, VI (split + merge) <= 0.15, FOV/s >= Google's 4.5 (2
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +40,53 @@ def agreement(ours: np.ndarray, google: np.ndarray) -> dict:
     return compare(ours.astype(np.uint64) + 1, google.astype(np.uint64) + 1)
 
 
+def tf1_graph_predict(checkpoint: str, depth: int, fov):
+    """FFN's convstack_3d as a TF1 graph in a session (conv3d + BiasAdd + ReLU, as FFN's conv
+    layers build it), restored from the TF1 checkpoint: the model call Google's inference makes."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        inp = tf.compat.v1.placeholder(tf.float32, [1, *fov, 2])
+
+        def conv(net, name, cin, cout, k=3):
+            with tf.compat.v1.variable_scope(name):
+                w = tf.compat.v1.get_variable("weights", (k, k, k, cin, cout))
+                b = tf.compat.v1.get_variable("biases", (cout,))
+            return tf.nn.bias_add(tf.nn.conv3d(net, w, [1, 1, 1, 1, 1], "SAME"), b)
+
+        with tf.compat.v1.variable_scope("seed_update"):
+            net = tf.nn.relu(conv(inp, "conv0_a", 2, 32))
+            net = conv(net, "conv0_b", 32, 32)
+            for i in range(1, depth):
+                res = net
+                net = tf.nn.relu(net)
+                net = tf.nn.relu(conv(net, f"conv{i}_a", 32, 32))
+                net = conv(net, f"conv{i}_b", 32, 32) + res
+            update = conv(tf.nn.relu(net), "conv_lom", 32, 1, k=1)
+        logits = inp[..., 1:2] + update
+        sess = tf.compat.v1.Session(graph=graph)
+        tf.compat.v1.train.Saver().restore(sess, checkpoint)
+    return lambda x: sess.run(logits, {inp: x})
+
+
+def call_rates(ours, theirs, fov, n: int) -> tuple[float, float, float]:
+    """FOV/s of our model call and of FFN's TF1 graph, interleaved so that other work on the
+    CPUs slows both alike; and the largest logit difference between them."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (1, *fov, 1)), rng.normal(0, 2, (1, *fov, 1))], -1).astype(np.float32)
+    diff = float(np.abs(ours(x) - theirs(x)).max())
+    t_ours = t_theirs = 0.0
+    for _ in range(n):
+        t = time.perf_counter()
+        ours(x)
+        t_ours += time.perf_counter() - t
+        t = time.perf_counter()
+        theirs(x)
+        t_theirs += time.perf_counter() - t
+    return n / t_ours, n / t_theirs, diff
+
+
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +95,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=None, help="segment only the first N^3 corner")
     ap.add_argument("--batch-size", type=int, default=None, help="override ffn.inference.batch_size")
     ap.add_argument("--output", type=Path, default=None, help="also write our segmentation here (dataset seg)")
+    ap.add_argument("--call-rates", type=int, default=20, metavar="N",
+                    help="after segmenting, time N model calls of ours and of FFN's TF1 graph, interleaved (0: skip)")
     a = ap.parse_args()
 
     import h5py
@@ -80,9 +130,11 @@ def main() -> None:
     fov = tuple(reversed(mp.fov_size))
     predict(np.zeros((1,) + fov + (2,), np.float32))  # trace once, outside the timed part
     threads = tf.config.threading.get_intra_op_parallelism_threads()
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     res = segment_volume(raw, predict, mp, params, log=lambda s: None)
-    seg_s = time.perf_counter() - t0
+    seg_s, seg_cpu = time.perf_counter() - t0, time.process_time() - c0
+    load1 = os.getloadavg()[0]
     wall = time.perf_counter() - T_START
     seg = res.segmentation
     if a.output:
@@ -103,7 +155,8 @@ def main() -> None:
     print(f"reference {ref} box {raw.shape} ({'crop' if a.crop else 'whole'}), checkpoint {checkpoint}")
     print(f"settings: {params.model_dump()}")
     print(f"device: {'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}, "
-          f"TensorFlow {tf.__version__}, intra-op threads {threads or 'default'}")
+          f"TensorFlow {tf.__version__}, intra-op threads {threads or 'default'}, {len(os.sched_getaffinity(0))} CPUs; "
+          f"load average {load0:.1f} before, {load1:.1f} after (other work on the CPUs slows the wall time)")
     print()
     print("agreement with Google's segmentation (0 is a label on both sides):")
     vi = m["vi_split"] + m["vi_merge"]
@@ -121,6 +174,7 @@ def main() -> None:
         ("FOV evaluations", ours["fov_evaluations"], None if a.crop else GOOGLE["fov_evaluations"], "d"),
         ("unsegmented fraction", ours["unsegmented"], float(np.mean(google == 0)), ".3f"),
         ("segmenting time (s)", seg_s, None, ".1f"),
+        ("segmenting CPU time (s)", seg_cpu, None, ".1f"),
         ("wall time (s)", ours["wall_s"], None if a.crop else GOOGLE["wall_s"], ".1f"),
         ("FOV/s", ours["fov_per_s"], None if a.crop else GOOGLE["fov_per_s"], ".2f"),
     ]
@@ -130,6 +184,10 @@ def main() -> None:
         print(f"  {name:24s} {os_:>10s} {gs:>10s}")
     print(f"  FOV/s target >= {TARGET_FOV_S}: {'ok' if ours['fov_per_s'] >= TARGET_FOV_S else 'MISSED'} "
           "(wall time includes TensorFlow start-up and checkpoint loading, as Google's does)")
+    if a.call_rates:
+        mine, ffn, diff = call_rates(predict, tf1_graph_predict(checkpoint, mp.depth, fov), fov, a.call_rates)
+        print(f"model call alone, {a.call_rates} calls each, interleaved: ours {mine:.2f} FOV/s, FFN's TF1 graph "
+              f"{ffn:.2f} FOV/s (ratio {mine / ffn:.2f}); largest logit difference {diff:.2g}")
 
 
 if __name__ == "__main__":
