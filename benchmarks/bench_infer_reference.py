@@ -18,7 +18,10 @@ adapted Rand error <= 0.02, VI (split + merge) <= 0.15, FOV/s >= Google's 4.5 (2
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,11 +98,18 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=None, help="segment only the first N^3 corner")
     ap.add_argument("--batch-size", type=int, default=None, help="override ffn.inference.batch_size")
     ap.add_argument("--output", type=Path, default=None, help="also write our segmentation here (dataset seg)")
+    ap.add_argument("--tf-default-kernels", action="store_true",
+                    help="leave TF_ENABLE_ONEDNN_OPTS to TensorFlow (hpcffn infer turns oneDNN on)")
     ap.add_argument("--call-rates", type=int, default=20, metavar="N",
                     help="after segmenting, time N model calls of ours and of FFN's TF1 graph, interleaved (0: skip)")
     a = ap.parse_args()
 
     import h5py
+
+    if not a.tf_default_kernels:
+        # as hpcffn stage infer does (hpcffn.ffn.devices.use_onednn), set here so that the
+        # code before it can be measured the same way
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     import tensorflow as tf
 
     from hpcffn.ffn.inference import make_predict, segment_volume
@@ -126,13 +136,19 @@ def main() -> None:
         params = params.model_copy(update={"batch_size": a.batch_size})
     model = build_model(mp)
     load_weights(model, checkpoint)
-    predict = make_predict(model, tuple(reversed(mp.fov_size)))
     fov = tuple(reversed(mp.fov_size))
+    if "fov_zyx" in inspect.signature(make_predict).parameters:
+        predict = make_predict(model, fov)
+    else:  # hpcffn 0.1 (to measure the code before FFN's algorithm)
+        predict = make_predict(model)
     predict(np.zeros((1,) + fov + (2,), np.float32))  # trace once, outside the timed part
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    res = segment_volume(raw, predict, mp, params, log=lambda s: None)
+    with tempfile.TemporaryDirectory() as tmp:  # progress lines (state saved every minute) on stderr
+        progress = params.model_copy(update={"checkpoint_minutes": 1.0})
+        res = segment_volume(raw, predict, mp, progress, state_path=Path(tmp) / "state.h5",
+                             log=lambda s: print(s, file=sys.stderr, flush=True))
     seg_s, seg_cpu = time.perf_counter() - t0, time.process_time() - c0
     load1 = os.getloadavg()[0]
     wall = time.perf_counter() - T_START
@@ -155,7 +171,7 @@ def main() -> None:
     print(f"reference {ref} box {raw.shape} ({'crop' if a.crop else 'whole'}), checkpoint {checkpoint}")
     print(f"settings: {params.model_dump()}")
     print(f"device: {'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}, "
-          f"TensorFlow {tf.__version__}, intra-op threads {threads or 'default'}, {len(os.sched_getaffinity(0))} CPUs; "
+          f"TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, intra-op threads {threads or 'default'}, {len(os.sched_getaffinity(0))} CPUs; "
           f"load average {load0:.1f} before, {load1:.1f} after (other work on the CPUs slows the wall time)")
     print()
     print("agreement with Google's segmentation (0 is a label on both sides):")

@@ -42,12 +42,14 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                      params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
                      overwrite: bool = False, log=print, mask: str | None = None) -> int:
     """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
+    from hpcffn.ffn.devices import environment_line, use_onednn
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
     from hpcffn.ffn.pretrained import check_fits
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
     from hpcffn.ffn.training import StopFlag
 
+    use_onednn()  # before TensorFlow is imported
     output = Path(output)
     if output.exists() and not overwrite:
         raise HpcffnError(f"output {output} already exists: remove it, choose another --output, or pass --overwrite")
@@ -66,8 +68,6 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
-    from hpcffn.ffn.devices import environment_line
-
     log(environment_line("infer"))
     prefix = resolve_checkpoint(checkpoint)
     data = read_box(loc, start, size)
