@@ -57,8 +57,9 @@ class Budget:
 @pytest.mark.slow
 @pytest.mark.tf
 def test_first_segments_match_googles(tmp_path):
-    """Run the default inference with the shipped fib25 weights for 150 FOVs (about a minute on
-    2 CPU cores): the segments finished by then are Google's first ones, in the same order."""
+    """Run the default inference with the shipped fib25 weights for 150 FOVs (1-2 minutes on 2
+    CPU cores): the segments finished by then are Google's first ones, in the same order (by then
+    Google's run has made segment 1 and rejected two seeds; segment 2 needs far more FOVs)."""
     pytest.importorskip("tensorflow")
     from hpcffn.ffn.devices import use_onednn
 
@@ -76,8 +77,9 @@ def test_first_segments_match_googles(tmp_path):
                          log=lambda s: None)
     google = _read("ts1_box132_google_seg.h5", "seg")
     ours = res.segmentation
-    assert not res.finished and res.segments >= 2, res
+    assert not res.finished and res.segments >= 1 and res.fills >= 3, res
     for sid in range(1, res.segments + 1):
         a, b = ours == sid, google == sid
         iou = np.count_nonzero(a & b) / np.count_nonzero(a | b)
-        assert iou > 0.98, (sid, iou, np.count_nonzero(a), np.count_nonzero(b))
+        assert iou > 0.98, (sid, iou, np.count_nonzero(a), np.count_nonzero(b))  # here: 1.0
+    assert not np.any(ours > res.segments)
