@@ -1,10 +1,11 @@
 """Benchmark inference seed finding (FFN's PolicyPeaks, hpcffn.ffn.inference.peak_seeds).
 
-Ours: Sobel edges, adaptive threshold, `edt`'s float32 distance transform, arrays freed as soon
-as used. Baseline, the straightforward version of the same policy: float32 copy of the image,
-scipy's distance_transform_edt (float64 output plus an int32 feature transform), a validity
-mask and full-volume noise. Each runs in a fresh process on the same random image, so the peak
-(VmHWM) is per measurement; both must return the same seeds (checked).
+Ours: Sobel edges, adaptive threshold, `edt`'s squared distances rooted slice by slice, the
+float64 noise and maximum filter a z-slab at a time. Baseline, FFN's PolicyPeaks written the
+straightforward way: scipy's distance_transform_edt (float64 output plus an int32 feature
+transform), the whole volume's float64 noise (NumPy's legacy generator, seed 42) and
+skimage's peak_local_max. Each runs in a fresh process on the same normalised random image,
+so the peak (VmHWM) is per measurement; both must return the same seeds (checked).
 
     python benchmarks/bench_seeds.py [--size 200]
 
@@ -25,25 +26,18 @@ from bench_data_stages import peak_mb, run_worker
 FOV = (33, 33, 33)
 
 
-def baseline_seeds(image: np.ndarray, params) -> np.ndarray:
+def baseline_seeds(image: np.ndarray) -> np.ndarray:
     from scipy import ndimage
     from skimage.feature import peak_local_max
 
-    img = image.astype(np.float32)
-    edges = ndimage.generic_gradient_magnitude(img, ndimage.sobel)
-    smoothed = ndimage.gaussian_filter(edges, sigma=49.0 / 6.0, mode="reflect")
-    floor = params.seed_threshold * float(np.percentile(edges, 99))
-    boundary = (edges > smoothed) & (edges >= floor)
-    dt = ndimage.distance_transform_edt(~boundary).astype(np.float32)
-    valid = np.zeros(image.shape, bool)
-    r = [f // 2 for f in FOV]
-    valid[tuple(slice(ri, s - ri) for ri, s in zip(r, image.shape))] = True
-    dt[~valid] = 0
-    dt += np.random.default_rng(42).random(dt.shape, dtype=np.float32) * np.float32(1e-4)
-    peaks = peak_local_max(dt, min_distance=params.seed_min_distance, threshold_abs=0.5, exclude_border=False)
-    peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 3)
-    np.random.default_rng(0).shuffle(peaks)
-    return peaks
+    edges = ndimage.generic_gradient_magnitude(image.astype(np.float32), ndimage.sobel)
+    smoothed = np.zeros(edges.shape, np.float32)
+    ndimage.gaussian_filter(edges, 49.0 / 6.0, output=smoothed, mode="reflect")
+    boundary = edges > smoothed
+    dt = ndimage.distance_transform_edt(1 - boundary).astype(np.float32)
+    noise = np.random.RandomState(42).random_sample(dt.shape) * 1e-4
+    peaks = peak_local_max(dt + noise, min_distance=3, threshold_abs=0, threshold_rel=0)
+    return np.array(sorted(tuple(p) for p in peaks), dtype=np.int64).reshape(-1, 3)
 
 
 def worker(kind: str, work: Path) -> dict:
@@ -54,10 +48,10 @@ def worker(kind: str, work: Path) -> dict:
     from hpcffn.ffn.inference import peak_seeds
     from hpcffn.core.params import InferenceParams
 
-    image = np.load(work / "image.npy")
+    image = (np.load(work / "image.npy").astype(np.float32) - 128.0) / 33.0  # what the network sees
     before = peak_mb()
     t = time.perf_counter()
-    fn = peak_seeds if kind == "ours" else lambda im, fov, p: baseline_seeds(im, p)
+    fn = peak_seeds if kind == "ours" else lambda im, fov, p: baseline_seeds(im)
     seeds = fn(image, FOV, InferenceParams())
     wall = time.perf_counter() - t
     np.save(work / f"{kind}.npy", seeds)

@@ -1,4 +1,8 @@
-"""Flood-filling inference with an oracle model (no TensorFlow): seeds, moves, acceptance, resume."""
+"""Flood-filling inference with an oracle model (no TensorFlow): seeds, moves, acceptance, resume.
+
+The FFN rules themselves (face-maximum moves, lattice, disconnection rule, weak seeds, raster
+seed order) are tested with hand-made probability maps in test_model_infer_rules.py.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import pytest
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.ffn import synthetic
-from hpcffn.ffn.inference import Canvas, load_state, peak_seeds, segment_volume
 from hpcffn.core.params import InferenceParams, ModelParams
+from hpcffn.ffn.inference import Canvas, load_state, output_segmentation, peak_seeds, segment_volume
 
 pytest.importorskip("skimage")
 
@@ -16,16 +20,31 @@ MP = ModelParams(depth=2, fov_size=(9, 9, 9), deltas=(2, 2, 2))
 
 
 class Oracle:
-    """A 'model' that predicts object wherever the normalised image is bright, counting calls."""
+    """A 'model' that predicts the bright region connected to the FOV centre, counting calls.
+
+    (FFN keeps every voxel above segment_threshold, connected or not, so predicting every
+    bright voxel in the FOV would merge neighbouring objects; a trained FFN predicts the
+    object under the FOV centre, as this oracle does.) Like a trained model it is most
+    confident deep inside the object, so the face maxima that FFN moves to lie inside.
+    """
 
     def __init__(self):
         self.calls = 0
         self.batches = []
 
     def __call__(self, batch):
+        from scipy import ndimage
+
         self.calls += 1
         self.batches.append(len(batch))
-        return np.where(batch[..., :1] > 0, 4.0, -4.0).astype(np.float32)
+        out = np.full(batch.shape[:-1] + (1,), -4.0, np.float32)
+        for i, fov in enumerate(batch):
+            comp, _ = ndimage.label(fov[..., 0] > 0)
+            centre = comp[tuple(n // 2 for n in comp.shape)]
+            if centre:
+                inside = comp == centre
+                out[i, ..., 0][inside] = 3.0 + ndimage.distance_transform_edt(inside)[inside]
+        return out
 
 
 def _scene(seed=2, shape=(40, 40, 40)):
@@ -38,29 +57,42 @@ def _score(seg, labels):
     return compare(seg, labels)
 
 
-def test_peak_seeds_fall_inside_every_object_and_fit_the_fov():
+def test_peak_seeds_fall_inside_every_object_in_raster_order():
     raw, labels = _scene()
-    seeds = peak_seeds(raw, (9, 9, 9), InferenceParams(seed_min_distance=3))
+    seeds = peak_seeds(raw, (9, 9, 9), InferenceParams())
     assert len(seeds) > 0
-    assert all(all(4 <= p < s - 4 for p, s in zip(pt, raw.shape)) for pt in seeds)
-    hit = {int(labels[tuple(p)]) for p in seeds}
+    assert [tuple(p) for p in seeds] == sorted(tuple(p) for p in seeds)
+    # FFN's policy lists every maximum (not within min_distance of a face); where the FOV
+    # does not fit, segment_volume skips them.
+    assert all(all(3 <= p < s - 3 for p, s in zip(pt, raw.shape)) for pt in seeds)
+    hit = {int(labels[tuple(p)]) for p in seeds if all(4 <= v < n - 4 for v, n in zip(p, raw.shape))}
     # Every object whose centre region lies where the FOV fits gets at least one seed.
     reachable = {int(v) for v in np.unique(labels[4:-4, 4:-4, 4:-4]) if v}
     assert reachable <= hit
 
 
-def test_peak_seeds_without_any_edge_sit_far_from_the_faces():
+@pytest.mark.parametrize("policy", ["peaks", "peaks_shuffled"])
+def test_peak_seeds_without_any_edge_sit_far_from_the_faces(policy):
     """A featureless box has no boundary: distances are measured to its faces, seeds go inside."""
-    seeds = peak_seeds(np.full((30, 40, 50), 100, np.uint8), (9, 9, 9), InferenceParams())
+    seeds = peak_seeds(np.full((30, 40, 50), 100, np.uint8), (9, 9, 9), InferenceParams(seed_policy=policy))
     assert len(seeds) >= 1
     assert all(min(p, s - 1 - p) >= 13 for pt in seeds for p, s in zip(pt, (30, 40, 50)))
 
 
+def test_hpcffn_01_seed_policy_is_kept_as_an_option():
+    raw, labels = _scene()
+    params = InferenceParams(seed_policy="peaks_shuffled", seed_threshold=0.5, seed_min_distance=5)
+    seeds = peak_seeds(raw, (9, 9, 9), params)
+    assert all(all(4 <= p < s - 4 for p, s in zip(pt, raw.shape)) for pt in seeds)
+    assert [tuple(p) for p in seeds] != sorted(tuple(p) for p in seeds)  # shuffled
+    assert len(seeds) < len(peak_seeds(raw, (9, 9, 9), InferenceParams()))
+
+
 def test_oracle_segmentation_is_perfect_and_ids_are_unique():
     raw, labels = _scene()
-    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    params = InferenceParams(min_segment_size=50)
     res = segment_volume(raw, Oracle(), MP, params)
-    assert res.finished
+    assert res.finished and res.fills >= res.segments
     m = _score(res.segmentation, labels)
     assert m["adapted_rand_error"] < 0.01, m
     assert res.segments == len(np.unique(res.segmentation[res.segmentation > 0]))
@@ -73,7 +105,7 @@ def test_masked_voxels_are_never_seeded_or_segmented():
     masked_object = labels == ids[0]
     mask = masked_object.copy()
     mask[:, :, :3] = True  # and a slab of background
-    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=50, seed_min_distance=3), mask=mask)
+    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=50), mask=mask)
     assert not res.segmentation[mask].any()
     rest = (labels > 0) & ~mask
     m = _score(np.where(mask, 0, res.segmentation), np.where(mask, 0, labels))
@@ -99,7 +131,7 @@ def test_min_segment_size_and_boundary_distance():
     raw, labels = _scene()
     sizes = np.bincount(labels.ravel().astype(np.int64))[1:]
     limit = int(np.median(sizes)) + 1
-    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=limit, seed_min_distance=3))
+    res = segment_volume(raw, Oracle(), MP, InferenceParams(min_segment_size=limit))
     kept = [np.count_nonzero(res.segmentation == i) for i in range(1, res.segments + 1)]
     assert kept and min(kept) >= limit
     assert res.segments < len(sizes)
@@ -109,11 +141,13 @@ def test_min_segment_size_and_boundary_distance():
     assert canvas.near_segment((10, 10, 12)) and not canvas.near_segment((10, 10, 13))
 
 
-def test_batched_fovs_give_the_same_segmentation():
-    raw, _ = _scene(seed=4)
+def test_hpcffn_01_fill_batches_fovs_and_gives_the_same_segmentation():
+    raw, labels = _scene(seed=4)
     one, many = Oracle(), Oracle()
-    a = segment_volume(raw, one, MP, InferenceParams(min_segment_size=50, batch_size=1))
-    b = segment_volume(raw, many, MP, InferenceParams(min_segment_size=50, batch_size=8))
+    old = {"movement_policy": "face_centre", "min_segment_size": 50}
+    a = segment_volume(raw, one, MP, InferenceParams(**old, batch_size=1))
+    b = segment_volume(raw, many, MP, InferenceParams(**old, batch_size=8))
+    assert _score(a.segmentation, labels)["adapted_rand_error"] < 0.01
     np.testing.assert_array_equal(a.segmentation, b.segmentation)
     assert max(many.batches) > 1 and many.calls < one.calls
 
@@ -131,7 +165,7 @@ class StopAfter:
 
 def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path):
     raw, _labels = _scene(seed=5)
-    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    params = InferenceParams(min_segment_size=50)
     never = StopAfter(10**9)  # counts how often a run checks for a stop
     full = segment_volume(raw, Oracle(), MP, params, stop=never)
     checks = 10**9 - never.n
@@ -142,7 +176,7 @@ def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path
     # the stop came during the first seeds' fills: every seed before next_seed is done, the
     # interrupted one is tried again on resume
     assert 0 < next_seed < len(seeds) and first.seeds_tried == next_seed
-    assert np.array_equal(seg, first.segmentation)
+    assert np.array_equal(output_segmentation(seg), first.segmentation)
     assert load_state(state, "other inputs", raw.shape) is None  # a different run does not resume it
     second_oracle = Oracle()
     second = segment_volume(raw, second_oracle, MP, params, state_path=state, fp="abc")
@@ -168,14 +202,16 @@ class StopWhenCalled:
 
 def test_a_stop_inside_one_fill_abandons_it_and_resume_redoes_that_seed(tmp_path):
     raw, _labels = _scene(seed=5)
-    params = InferenceParams(min_segment_size=50, seed_min_distance=3)
+    params = InferenceParams(min_segment_size=50)
     full = segment_volume(raw, Oracle(), MP, params)
     state = tmp_path / "seg.h5.state"
     stopper = StopWhenCalled(Oracle(), 2)  # fires during the first fill's third model call
     first = segment_volume(raw, stopper, MP, params, state_path=state, fp="abc", stop=stopper)
     assert not first.finished
-    seg, _seeds, next_seed, next_id = load_state(state, "abc", raw.shape)
-    assert next_seed == 0 and next_id == 1 and not seg.any()  # the abandoned fill left nothing behind
+    seg, seeds, next_seed, next_id = load_state(state, "abc", raw.shape)
+    first_fill = next(i for i, p in enumerate(seeds) if all(4 <= v < n - 4 for v, n in zip(p, raw.shape)))
+    # the abandoned fill left nothing behind, not even a -1 marker
+    assert next_seed == first_fill and next_id == 1 and not seg.any()
     second = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc")
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, full.segmentation)

@@ -114,7 +114,7 @@ def _write_tf1_checkpoint(prefix, depth, features, x, global_step=1234):
                 w = tf.compat.v1.get_variable(
                     "weights", initializer=rng.normal(0, 0.1, (k, k, k, cin, cout)).astype(np.float32))
                 b = tf.compat.v1.get_variable("biases", initializer=rng.normal(0, 0.1, (cout,)).astype(np.float32))
-            return tf.nn.conv3d(net, w, [1, 1, 1, 1, 1], "SAME") + b
+            return tf.nn.bias_add(tf.nn.conv3d(net, w, [1, 1, 1, 1, 1], "SAME"), b)  # as FFN's conv layers
 
         with tf.compat.v1.variable_scope("seed_update"):
             net = tf.nn.relu(conv(inp, "conv0_a", 2, features))

@@ -73,14 +73,14 @@ def trained(data, tmp_path_factory):
 
 def test_model_trained_here_segments_an_unseen_volume(trained):
     from hpcffn.ffn.inference import make_predict, segment_volume
-    from hpcffn.ffn.model import build_model
+    from hpcffn.ffn.model import build_model, fov_zyx
     from hpcffn.ffn.tf1_import import load_weights
     from hpcffn.stages.evaluate import compare
 
     model = build_model(MP)
     assert load_weights(model, trained / "t") == 600
     raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)
-    out = segment_volume(raw, make_predict(model), MP, InferenceParams(min_segment_size=100, batch_size=4))
+    out = segment_volume(raw, make_predict(model, fov_zyx(MP)), MP, InferenceParams(min_segment_size=100))
     m = compare(out.segmentation, labels)
     assert m["adapted_rand_error"] < 0.1, m
     assert out.segments >= m["objects"] - 2
@@ -199,7 +199,7 @@ def test_plan_mode_train_infer_evaluate(tmp_path):
                  infer_box=Box(start=(0, 0, 24), size=(40, 40, 40)), group="g0"),
     ]
     ffn = FFNParams(model=MP, training=TrainingParams(max_steps=600, optimizer="adam"),
-                    inference=InferenceParams(min_segment_size=100, batch_size=4))
+                    inference=InferenceParams(min_segment_size=100))
     plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / "work"), spec_file="t.yaml", spec={},
                 ffn=ffn, volumes=[vol], tiles=tiles, groups=[GroupPlan(name="g0", tiles=[t.name for t in tiles],
                                                                        voxels=40 * 40 * 64)], jobs=[])

@@ -85,7 +85,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         move_threshold: Annotated[float | None, typer.Option(rich_help_panel=_TRAIN)] = None,
         mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision", rich_help_panel=_TRAIN)] = None,
         xla: Annotated[bool | None, typer.Option("--xla/--no-xla", rich_help_panel=_TRAIN)] = None,
-        init_checkpoint: Annotated[str | None, typer.Option(help="Ours or a TF1 FFN checkpoint to start from.", rich_help_panel=_TRAIN)] = None,
+        init_checkpoint: Annotated[str | None, typer.Option(help="Ours or a TF1 FFN checkpoint to start from, or a pretrained model's name (fib25).", rich_help_panel=_TRAIN)] = None,
         seed: Annotated[int | None, typer.Option(rich_help_panel=_TRAIN)] = None,
         deterministic: Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Reproducible runs (TF op determinism).", rich_help_panel=_TRAIN)] = None,
     ) -> None:
@@ -122,7 +122,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         tile: Annotated[str | None, typer.Option("--tile", help="Tile name or array index, with --plan.")] = None,
         job: Annotated[str | None, typer.Option("--job", help="With --plan and an index: the array job (e.g. infer_g0) whose task it is.")] = None,
         image: Annotated[str | None, typer.Option("--image", help="Standalone: path.h5:raw to segment.")] = None,
-        checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint prefix or train dir (ours or TF1 FFN).")] = None,
+        checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint prefix or train dir (ours or TF1 FFN), or a pretrained model's name (fib25).")] = None,
         output: Annotated[Path | None, typer.Option("--output", help="Standalone: segmentation HDF5 to write (dataset seg).")] = None,
         bbox: Annotated[str | None, typer.Option("--bbox", help="Standalone: z0,y0,x0:dz,dy,dx box to segment (default: all).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
@@ -137,10 +137,13 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         segment_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
         min_segment_size: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
         min_boundary_dist: Annotated[str | None, typer.Option(help="x,y,z.", rich_help_panel=_INFER)] = None,
+        seed_policy: Annotated[str | None, typer.Option(help="peaks (FFN's PolicyPeaks) or peaks_shuffled (hpcffn 0.1).", rich_help_panel=_INFER)] = None,
+        movement_policy: Annotated[str | None, typer.Option(help="face_max (FFN's) or face_centre (hpcffn 0.1).", rich_help_panel=_INFER)] = None,
+        disco_seed_threshold: Annotated[float | None, typer.Option(help="FFN's disconnection rule; negative: off.", rich_help_panel=_INFER)] = None,
         seed_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
         seed_min_distance: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
         checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between saved progress.", rich_help_panel=_INFER)] = None,
-        batch_size: Annotated[int | None, typer.Option(help="FOVs per model call.", rich_help_panel=_INFER)] = None,
+        batch_size: Annotated[int | None, typer.Option(help="FOVs per model call (movement policy face_centre only).", rich_help_panel=_INFER)] = None,
         xla: Annotated[bool, typer.Option("--xla", help="Compile the model with XLA.", rich_help_panel=_INFER)] = False,
     ) -> None:
         """Stage 4: flood-filling segmentation (exit 0 done; 75 after saving progress on SIGUSR1/SIGTERM)."""
@@ -149,6 +152,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         mo = _model_overrides(depth, features, fov_size, deltas, image_mean, image_stddev)
         io = {"move_threshold": move_threshold, "segment_threshold": segment_threshold,
               "min_segment_size": min_segment_size, "min_boundary_dist": _triple(min_boundary_dist, "--min-boundary-dist"),
+              "seed_policy": seed_policy, "movement_policy": movement_policy,
+              "disco_seed_threshold": disco_seed_threshold,
               "seed_threshold": seed_threshold, "seed_min_distance": seed_min_distance,
               "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "checkpoint": checkpoint}
         if plan is not None:

@@ -108,7 +108,7 @@ class TrainingParams(_Strict):
     mixed_precision: bool = False
     xla: bool = False
     init_checkpoint: str | None = Field(
-        None, description="ours or a TF1 FFN convstack_3d checkpoint to start from"
+        None, description="ours or a TF1 FFN convstack_3d checkpoint to start from, or a pretrained name (fib25)"
     )
     seed: int = 0
     deterministic: bool = Field(
@@ -117,22 +117,37 @@ class TrainingParams(_Strict):
 
 
 class InferenceParams(_Strict):
-    """Stage 4 (flood-filling inference)."""
+    """Stage 4 (flood-filling inference); the defaults are Google FFN's (see docs/train_infer.md)."""
 
     checkpoint: str | None = Field(
-        None, description="checkpoint to segment with; default: the tile's group's latest"
+        None, description="checkpoint to segment with (a path, or a pretrained name: fib25); default: the tile's group's latest"
     )
+    init_activation: float = Field(0.95, gt=0, lt=1, description="probability the seed voxel starts with")
+    pad_value: float = Field(0.05, gt=0, lt=1, description="probability read where nothing was predicted yet")
     move_threshold: float = Field(0.9, gt=0, lt=1)
     segment_threshold: float = Field(0.6, gt=0, lt=1)
     min_segment_size: int = Field(1000, ge=1)
     min_boundary_dist: XYZ = Field((1, 1, 1), description="x,y,z: a seed this close to a segment is skipped")
-    seed_threshold: float = Field(
-        0.5, ge=0, le=1,
-        description="peaks seed policy: edges weaker than this fraction of the 99th-percentile edge strength are not boundaries",
+    disco_seed_threshold: float = Field(
+        0.0, description="FFN's: when more than this fraction of a FOV reaches move_threshold, voxels once "
+        "below 0.5 are never raised again; negative turns it off"
     )
-    seed_min_distance: int = Field(5, ge=1, description="minimum distance between peak seeds (voxels)")
+    seed_policy: Literal["peaks", "peaks_shuffled"] = Field(
+        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's"
+    )
+    movement_policy: Literal["face_max", "face_centre"] = Field(
+        "face_max", description="face_max: FFN's FaceMaxMovementPolicy and segment rules; face_centre: hpcffn 0.1's fill"
+    )
+    seed_threshold: float = Field(
+        0.0, ge=0, le=1,
+        description="peak seeds: edges weaker than this fraction of the 99th-percentile edge strength are not "
+        "boundaries (FFN: 0; hpcffn 0.1: 0.5)",
+    )
+    seed_min_distance: int = Field(3, ge=1, description="minimum distance between peak seeds (voxels; FFN: 3, hpcffn 0.1: 5)")
     checkpoint_minutes: float = Field(10.0, gt=0)
-    batch_size: int = Field(1, ge=1, description="FOVs evaluated per model call where possible")
+    batch_size: int = Field(
+        1, ge=1, description="movement_policy face_centre only: non-overlapping FOVs evaluated per model call"
+    )
 
 
 class StitchParams(_Strict):
@@ -156,3 +171,14 @@ class FFNParams(_Strict):
     training: TrainingParams = TrainingParams()
     inference: InferenceParams = InferenceParams()
     stitch: StitchParams = StitchParams()
+
+    @model_validator(mode="after")
+    def _pretrained_fits(self) -> FFNParams:
+        from hpcffn.core.pretrained import model_mismatch, pretrained
+
+        for field, name in (("training.init_checkpoint", self.training.init_checkpoint),
+                            ("inference.checkpoint", self.inference.checkpoint)):
+            p = pretrained(name)
+            if p is not None and (problem := model_mismatch(p, self.model)):
+                raise ValueError(f"{field}: {problem}; change ffn.model or the checkpoint")
+        return self

@@ -45,6 +45,16 @@ def gpu_report() -> tuple[list[str], str | None, str | None]:
     return names, given, problem
 
 
+def use_onednn() -> None:
+    """Use TensorFlow's oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS says otherwise.
+
+    TensorFlow turns them on by default only on some CPUs (not on the AMD EPYC we measured on);
+    FFN's conv3d inference runs about twice as fast with them, with the same logits as FFN's
+    own TF1 graph under the same setting. Call it before TensorFlow is imported (no effect after).
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def environment_line(stage: str) -> str:
     """One log line: versions and the devices TensorFlow sees; raises when assigned GPUs are unseen."""
     import tensorflow as tf
@@ -55,5 +65,7 @@ def environment_line(stage: str) -> str:
     if problem and os.environ.get("HPCFFN_ALLOW_CPU") != "1":
         raise HpcffnError(f"{stage}: {problem}; set HPCFFN_ALLOW_CPU=1 to run on the CPU anyway")
     devices = ", ".join(names) if names else f"CPU only ({os.cpu_count()} cores)"
+    if not names:
+        devices += f", oneDNN {'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1' else 'TensorFlow default'}"
     return (f"hpcffn {stage}: hpcffn {__version__}, Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, devices: {devices}")

@@ -92,7 +92,9 @@ def _make_convstack_class():
         def _conv(self, x, name):
             w = tf.cast(self.weights[name], self.compute_dtype)
             b = tf.cast(self.biases[name], self.compute_dtype)
-            return tf.nn.conv3d(x, w, strides=[1, 1, 1, 1, 1], padding="SAME") + b
+            # BiasAdd, as FFN's conv layers: TensorFlow fuses conv + BiasAdd (+ ReLU) on CPU,
+            # which is faster and gives FFN's graph's numbers.
+            return tf.nn.bias_add(tf.nn.conv3d(x, w, strides=[1, 1, 1, 1, 1], padding="SAME"), b)
 
         def update(self, inputs):
             """The predicted change of the seed logits (before it is added to the seed)."""

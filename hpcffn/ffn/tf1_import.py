@@ -15,9 +15,14 @@ TF1_PROBE = "seed_update/conv0_a/weights"
 
 
 def resolve_checkpoint(path: str | Path) -> str:
-    """A checkpoint prefix from a prefix, a `checkpoint` state file's directory or an index file."""
+    """A checkpoint prefix from a pretrained model's name (fib25), a prefix, a `checkpoint` state
+    file's directory or an index file."""
     import tensorflow as tf
 
+    from hpcffn.core.pretrained import pretrained
+
+    if (named := pretrained(path)) is not None:
+        return named.path()
     p = Path(path)
     if p.is_dir():
         latest = tf.train.latest_checkpoint(str(p))
@@ -29,7 +34,7 @@ def resolve_checkpoint(path: str | Path) -> str:
     if not Path(str(p) + ".index").is_file():
         raise HpcffnError(
             f"no checkpoint at {p} (expected {p}.index): train first (hpcffn stage train), or give a checkpoint "
-            "prefix such as train/g0/ckpt-100 or its directory"
+            "prefix such as train/g0/ckpt-100, its directory, or a pretrained model's name (fib25)"
         )
     return str(p)
 

@@ -20,6 +20,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, spec_stage
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
+from hpcffn.core.pretrained import pretrained
 from hpcffn.plan.limits import check_resources
 from hpcffn.plan.resources import profiles_dir
 from hpcffn.io.ome_zarr import pyramid_units
@@ -524,9 +525,10 @@ def _cluster_view(res: dict) -> dict:
 def _resolve_ffn(spec: Spec, base: Path):
     ffn = spec.ffn
     train, infer = ffn.training, ffn.inference
-    if train.init_checkpoint:
+    # Paths resolve against the spec's folder; a pretrained model's name (fib25) stays a name.
+    if train.init_checkpoint and not pretrained(train.init_checkpoint):
         train = train.model_copy(update={"init_checkpoint": _abs(base, train.init_checkpoint)})
-    if infer.checkpoint:
+    if infer.checkpoint and not pretrained(infer.checkpoint):
         infer = infer.model_copy(update={"checkpoint": _abs(base, infer.checkpoint)})
     return ffn.model_copy(update={"training": train, "inference": infer})
 

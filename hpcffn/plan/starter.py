@@ -49,9 +49,13 @@ ffn:                           # everything here has FFN's usual default; a few 
     batch_size: 4
     learning_rate: 0.001
     max_steps: 1000000
+    # init_checkpoint: fib25   # fine-tune from Google's FIB-25 weights (shipped): only for EM like
+    #                          # FIB-25 (isotropic FIB-SEM, ~8-10 nm, stained neural tissue)
   inference:
     segment_threshold: 0.6
     min_segment_size: 1000
+    # checkpoint: fib25        # segment with Google's FIB-25 weights as they are (same kind of EM;
+    #                          # not for anisotropic ssTEM, other voxel sizes or stains)
   # stitch:                    # joining tiles: segments agreeing in the overlaps become one
   #   min_overlap_voxels: 100
   #   min_overlap_fraction: 0.5

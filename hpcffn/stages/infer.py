@@ -41,11 +41,14 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                      params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
                      overwrite: bool = False, log=print, mask: str | None = None) -> int:
     """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
+    from hpcffn.ffn.devices import environment_line, use_onednn
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
+    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
     from hpcffn.ffn.training import StopFlag, signal_name
 
+    use_onednn()  # before TensorFlow is imported
     output = Path(output)
     if output.exists() and not overwrite:
         raise HpcffnError(f"output {output} already exists: remove it, choose another --output, or pass --overwrite")
@@ -60,11 +63,10 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
             f"box start {start} size {size} (z,y,x) lies outside {loc} of shape {shape}: give a --bbox inside "
             "the image (or re-plan if the volume changed)"
         )
+    check_fits(checkpoint, model_params)
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
-    from hpcffn.ffn.devices import environment_line
-
     log(environment_line("infer"))
     prefix = resolve_checkpoint(checkpoint)
     data = read_box(loc, start, size)
@@ -82,7 +84,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                      model=model_params.model_dump(), inference=params.model_dump(), mask=mask)
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
-        result = segment_volume(data, make_predict(model, xla=xla), model_params, params,
+        result = segment_volume(data, make_predict(model, fov, xla=xla), model_params, params,
                                 state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked)
     if not result.finished:
         log(f"hpcffn infer: {signal_name(stop.signum)} after {result.seeds_tried} seeds: state saved to "

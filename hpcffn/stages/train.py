@@ -22,8 +22,10 @@ def train_model(coordinates: list[str | Path], volumes: list, model_params: Mode
     dir another run (standalone or from a plan) is training into.
     """
     from hpcffn.core.locks import exclusive
+    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.training import train
 
+    check_fits(train_params.init_checkpoint, model_params)
     with exclusive(Path(train_dir) / ".hpcffn.lock", f"train dir {train_dir}",
                    "wait for that training to end (or stop it), or give another --train-dir"):
         result = train([str(c) for c in coordinates], volumes, model_params, train_params, train_dir, log=log)
