@@ -26,7 +26,7 @@ def test_fib25_ships_its_checkpoint_with_licence_and_provenance():
     tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "hpcffn.core.pretrained" in tool["packages"]
     globs = tool["package-data"]["hpcffn.core.pretrained"]
-    shipped = {f for g in globs for f in (REPO / "hpcffn" / "ffn" / "pretrained").glob(g)}
+    shipped = {f for g in globs for f in (REPO / "hpcffn" / "core" / "pretrained").glob(g)}
     assert set(folder.iterdir()) <= shipped
 
 
