@@ -144,7 +144,7 @@ def main() -> None:
             folder = tmp / str(n)
             folder.mkdir()
             spec = spec_copy(folder, "spec.yaml", folder / "work", shape=(nz * 500, ny * 500, nx * 500), groups=50)
-            env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{folder}:{os.environ['PATH']}"}
+            env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{folder}:{os.environ['PATH']}", "COLUMNS": "250"}
             work = folder / "work"
             row: dict[str, tuple[float, float, int]] = {}
             row["plan"] = measured([*hpcffn, "plan", str(spec), "--force"], env)[:3]
@@ -152,7 +152,7 @@ def main() -> None:
             row["submit --dry-run"] = measured([*hpcffn, "submit", str(work), "--dry-run"], env)[:3]
             os.replace(work / "state.json.dry", work / "state.json")  # status: every task submitted
             wall, cpu, rss, out = measured([*hpcffn, "status", str(work)], env)
-            assert "infer_g49" in out, out[-500:]
+            assert "evaluate" in out and "RUNNING" in out, out[-3000:]  # out: the tail of the status table
             row["status"] = (wall, cpu, rss)
             (w, r), (bw, br) = task_start(work / "plan.json", env)
             row["task start (one tile)"], row["task start baseline (whole plan)"] = (w, w, r), (bw, bw, br)
