@@ -27,7 +27,7 @@ from pathlib import Path
 
 T_START = time.perf_counter()
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 # Google's run on the whole box (shared/fib25/README.md): 2-core CPU, TensorFlow 2.21.
 GOOGLE = {"wall_s": 548.0, "fov_evaluations": 2469, "fov_per_s": 4.5, "seeds": 2403, "fills": 67,
