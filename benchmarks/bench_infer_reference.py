@@ -174,7 +174,8 @@ def main() -> None:
           f"TensorFlow {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, intra-op threads {threads or 'default'}, {len(os.sched_getaffinity(0))} CPUs; "
           f"load average {load0:.1f} before, {load1:.1f} after (other work on the CPUs slows the wall time)")
     print()
-    print("agreement with Google's segmentation (0 is a label on both sides):")
+    print("agreement with Google's segmentation (0 is a label on both sides)"
+          + (": a crop sees less context than Google's whole-box run, so it is not expected to agree" if a.crop else ":"))
     vi = m["vi_split"] + m["vi_merge"]
     print(f"  adapted Rand error {m['adapted_rand_error']:.4f}  (precision {m['rand_precision']:.4f}, "
           f"recall {m['rand_recall']:.4f})  target <= {TARGET_ARE}  "
