@@ -63,7 +63,7 @@ def _infer_rate(args, image, eager: bool, batch: int, xla: bool) -> tuple[float,
     # hpcffn 0.1's fill (face_centre) is the one that batches FOVs; the default FFN fill is
     # timed on real data by bench_infer_reference.py.
     params = InferenceParams(min_segment_size=1, batch_size=batch, seed_min_distance=args.volume,
-                             movement_policy="face_centre")
+                             movement_policy="face_centre", seed_policy="peaks_shuffled")
     tf.config.run_functions_eagerly(eager)
     try:
         predict = make_predict(model, (args.fov,) * 3, xla=xla)

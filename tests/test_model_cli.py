@@ -67,3 +67,15 @@ def test_bbox_outside_the_image_is_named(tmp_path):
                str(tmp_path / "o.h5"), "--bbox", "30,0,0:35,35,35")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "lies outside" in out.stderr and "--bbox" in out.stderr
+
+
+def test_pretrained_name_with_other_model_settings_is_one_line(tmp_path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["raw"] = np.zeros((40, 40, 40), np.uint8)
+    out = _run("infer", "--image", f"{tmp_path}/img.h5:raw", "--checkpoint", "fib25", "--output",
+               str(tmp_path / "o.h5"), "--depth", "2")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "pretrained model fib25 needs ffn.model depth 12 (given: 2)" in out.stderr

@@ -80,7 +80,7 @@ def test_peak_seeds_without_any_edge_sit_far_from_the_faces(policy):
 
 
 def test_hpcffn_01_seed_policy_is_kept_as_an_option():
-    raw, labels = _scene()
+    raw, _labels = _scene()
     params = InferenceParams(seed_policy="peaks_shuffled", seed_threshold=0.5, seed_min_distance=5)
     seeds = peak_seeds(raw, (9, 9, 9), params)
     assert all(all(4 <= p < s - 4 for p, s in zip(pt, raw.shape)) for pt in seeds)

@@ -37,7 +37,7 @@ def test_names_are_exact_and_paths_are_never_names():
 
 def test_a_pretrained_name_needs_matching_model_settings():
     FFNParams(training=TrainingParams(init_checkpoint="fib25"), inference=InferenceParams(checkpoint="fib25"))
-    with pytest.raises(ValidationError, match="pretrained model fib25 needs ffn.model depth: 2"):
+    with pytest.raises(ValidationError, match=r"pretrained model fib25 needs ffn.model depth 12 \(given: 2\)"):
         FFNParams(model=ModelParams(depth=2), training=TrainingParams(init_checkpoint="fib25"))
     with pytest.raises(ValidationError, match="fov_size"):
         FFNParams(model=ModelParams(fov_size=(17, 17, 17)), inference=InferenceParams(checkpoint="fib25"))

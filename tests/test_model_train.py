@@ -2,7 +2,8 @@
 
 Loss goes down; SIGUSR1 saves a checkpoint and exits 75, a second run continues from that step
 and trains only what is left; a model trained here segments an unseen volume of well-separated
-objects with adapted Rand error < 0.1; plan mode runs train -> infer -> evaluate; with
+objects (hpcffn 0.1's fill: adapted Rand error < 0.1; FFN's rules: no merges, at most 3 objects
+dropped); an interrupted and resumed inference equals an uninterrupted one; plan mode runs train -> infer -> evaluate; with
 --deterministic two runs give identical weights.
 """
 
@@ -62,9 +63,15 @@ def test_training_with_ffn_defaults_lowers_the_loss(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """A model trained here (Adam, 600 steps: at 300 about 1 run in 40 still merged objects) and an unseen test volume."""
+    """A model trained here (Adam, 2000 steps) and an unseen test volume.
+
+    FFN's inference rules drop a seed whose own voxel falls below move_threshold during its fill,
+    so they need a confident model: after 600 steps 1 run in 4 lost 6 of 15 objects that way
+    (adapted Rand error 0.59; hpcffn 0.1's fill then still gave 0.03); after 2000 steps 7 runs
+    lost 0-2 objects (0.001-0.10), hpcffn 0.1's fill 0.000 in all.
+    """
     d = tmp_path_factory.mktemp("trained")
-    res = _train(data, d / "t", max_steps=600, optimizer="adam")
+    res = _train(data, d / "t", max_steps=2000, optimizer="adam")
     assert res.exit_code == 0
     raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)  # not the training volume
     synthetic.write_volume(d / "test.h5", raw, labels)
@@ -78,12 +85,20 @@ def test_model_trained_here_segments_an_unseen_volume(trained):
     from hpcffn.stages.evaluate import compare
 
     model = build_model(MP)
-    assert load_weights(model, trained / "t") == 600
+    assert load_weights(model, trained / "t") == 2000
     raw, labels = synthetic.balls_volume((48, 48, 48), seed=3)
-    out = segment_volume(raw, make_predict(model, fov_zyx(MP)), MP, InferenceParams(min_segment_size=100))
-    m = compare(out.segmentation, labels)
+    predict = make_predict(model, fov_zyx(MP))
+    # hpcffn 0.1's fill takes what the model predicts around the seed: a measure of the model.
+    old = segment_volume(raw, predict, MP, InferenceParams(min_segment_size=100, movement_policy="face_centre"))
+    m = compare(old.segmentation, labels)
     assert m["adapted_rand_error"] < 0.1, m
-    assert out.segments >= m["objects"] - 2
+    # FFN's rules (the default) may also drop an object the model is unsure of (see `trained`),
+    # but never merge two.
+    ffn = segment_volume(raw, predict, MP, InferenceParams(min_segment_size=100))
+    assert ffn.segments >= m["objects"] - 3, ffn
+    for sid in range(1, ffn.segments + 1):
+        ids, counts = np.unique(labels[(ffn.segmentation == sid) & (labels > 0)], return_counts=True)
+        assert counts.max() >= 0.95 * counts.sum(), (sid, ids, counts)  # one object (and background)
 
 
 def _usr1_when(cmd: list[str], needle: str, wait: float = 180) -> tuple[int, str]:
@@ -107,8 +122,6 @@ def _usr1_when(cmd: list[str], needle: str, wait: float = 180) -> tuple[int, str
 def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path):
     import h5py
 
-    from hpcffn.stages.evaluate import evaluate_files
-
     out = tmp_path / "seg.h5"
     cmd = [sys.executable, "-m", "hpcffn.cli", "stage", "infer", "--image", f"{trained}/test.h5:raw",
            "--checkpoint", str(trained / "t"), "--output", str(out), "--depth", "2", "--fov-size", "9,9,9",
@@ -126,8 +139,14 @@ def test_infer_signal_saves_progress_and_a_second_run_finishes(trained, tmp_path
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"resumed at seed {done}/" in second.stdout
     assert out.is_file() and not state.exists()
-    report = evaluate_files(f"{out}:seg", f"{trained}/test.h5:stack", log=lambda s: None)
-    assert report["overall"]["adapted_rand_error"] < 0.1
+    # the resumed run ends with exactly the segmentation of an uninterrupted one
+    whole = tmp_path / "whole.h5"
+    third = subprocess.run(cmd[:cmd.index("--output") + 1] + [str(whole)] + cmd[cmd.index("--output") + 2:],
+                           capture_output=True, text=True, env=ENV, timeout=180, check=False)
+    assert third.returncode == 0, third.stdout + third.stderr
+    with h5py.File(out, "r") as a, h5py.File(whole, "r") as b:
+        np.testing.assert_array_equal(a["seg"][...], b["seg"][...])
+        assert a["seg"][...].max() > 0
 
 
 def _cli_train(data, train_dir, max_steps):
@@ -198,8 +217,10 @@ def test_plan_mode_train_infer_evaluate(tmp_path):
         TilePlan(name="v_z0_y0_x1", volume="v", index=(0, 0, 1), box=Box(start=(0, 0, 32), size=(40, 40, 32)),
                  infer_box=Box(start=(0, 0, 24), size=(40, 40, 40)), group="g0"),
     ]
+    # The plumbing from the plan; hpcffn 0.1's fill, which needs a less confident model than
+    # FFN's rules (see `trained`), so that 600 steps suffice.
     ffn = FFNParams(model=MP, training=TrainingParams(max_steps=600, optimizer="adam"),
-                    inference=InferenceParams(min_segment_size=100))
+                    inference=InferenceParams(min_segment_size=100, movement_policy="face_centre"))
     plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / "work"), spec_file="t.yaml", spec={},
                 ffn=ffn, volumes=[vol], tiles=tiles, groups=[GroupPlan(name="g0", tiles=[t.name for t in tiles],
                                                                        voxels=40 * 40 * 64)], jobs=[])

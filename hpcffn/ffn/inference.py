@@ -479,7 +479,9 @@ def load_state(path: Path, fp: str, shape):
 
 def output_segmentation(seg: np.ndarray) -> np.ndarray:
     """The canvas segmentation as written: uint64, FFN's -1 markers as 0."""
-    return np.maximum(seg, 0).astype(np.uint64)
+    out = seg.astype(np.uint64)
+    out[seg < 0] = 0
+    return out
 
 
 def make_predict(model, fov_zyx, xla: bool = False):

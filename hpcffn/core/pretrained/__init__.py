@@ -43,7 +43,7 @@ def pretrained(name: str | Path | None) -> Pretrained | None:
 
 def model_mismatch(p: Pretrained, model) -> str | None:
     """What in `model` (ModelParams) does not fit the pretrained weights, or None."""
-    bad = [f"{k}: {getattr(model, k)!r} (needs {v!r})" for k, v in p.model.items() if getattr(model, k) != v]
+    bad = [f"{k} {v!r} (given: {getattr(model, k)!r})" for k, v in p.model.items() if getattr(model, k) != v]
     if not bad:
         return None
     return f"the pretrained model {p.name} needs ffn.model " + ", ".join(bad)
