@@ -140,7 +140,7 @@ def test_no_connected_component_step_and_excluded_voxels_can_be_taken():
     two[0, 0, 0] = 1.0  # a voxel not connected to it, above segment_threshold (0.6)
     canvas = Canvas(np.zeros((9, 9, 9), np.float32), Script(two), MP, InferenceParams(min_segment_size=28))
     canvas.seg[4, 4, 3] = EXCLUDED  # an earlier failed seed may be taken
-    mask, _box = canvas.segment_at((4, 4, 4))
+    mask, _box = canvas.segment_at((4, 4, 4))  # the box starts at 0: mask indices are the canvas's
     assert mask is not None and mask.sum() == 28 and mask[0, 0, 0] and mask[4, 4, 3]
     too_small = Canvas(np.zeros((9, 9, 9), np.float32), Script(two), MP, InferenceParams(min_segment_size=29))
     assert too_small.segment_at((4, 4, 4))[0] is None

@@ -11,11 +11,10 @@ from typing import Annotated
 
 import typer
 
-from hpcffn.commands.options import int_list, refuse_existing
+from hpcffn.commands.options import int_list, refuse_existing, task_plan
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import load_plan as _load_plan
-from hpcffn.commands.options import task_plan
 
 
 def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
@@ -144,6 +143,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         seed_min_distance: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
         checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between saved progress.", rich_help_panel=_INFER)] = None,
         batch_size: Annotated[int | None, typer.Option(help="FOVs per model call (movement policy face_centre only).", rich_help_panel=_INFER)] = None,
+        parallel_fills: Annotated[int | None, typer.Option(help="Seeds filled side by side, one FOV each per model call (same result; for GPUs).", rich_help_panel=_INFER)] = None,
         xla: Annotated[bool, typer.Option("--xla", help="Compile the model with XLA.", rich_help_panel=_INFER)] = False,
     ) -> None:
         """Stage 4: flood-filling segmentation (exit 0 done; 75 after saving progress on SIGUSR1/SIGTERM)."""
@@ -155,7 +155,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
               "seed_policy": seed_policy, "movement_policy": movement_policy,
               "disco_seed_threshold": disco_seed_threshold,
               "seed_threshold": seed_threshold, "seed_min_distance": seed_min_distance,
-              "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "checkpoint": checkpoint}
+              "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "parallel_fills": parallel_fills,
+              "checkpoint": checkpoint}
         if plan is not None:
             if tile is None or image or output or bbox or mask:
                 raise HpcffnError("with --plan give --tile T only (image, box, mask and output come from the plan)")

@@ -148,6 +148,11 @@ class InferenceParams(_Strict):
     batch_size: int = Field(
         1, ge=1, description="movement_policy face_centre only: non-overlapping FOVs evaluated per model call"
     )
+    parallel_fills: int = Field(
+        1, ge=1, le=64,
+        description="face_max: fills of this many seeds run side by side, one FOV each per model call (for GPUs); "
+        "speculative and checked, so the segmentation is exactly the one-fill-at-a-time result",
+    )
 
 
 class StitchParams(_Strict):

@@ -24,22 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
 from hpcffn.core.params import InferenceParams, ModelParams
+from hpcffn.ffn.canvas import EXCLUDED, INTERRUPTED, Canvas, FaceMaxPolicy, option_logit  # noqa: F401 (re-exported)
 
 STATE_FORMAT = 2
-# FFN marks seeds that were tried and failed (and seeds next to a segment) with -1 in the
-# segmentation; such voxels may still be taken by a later segment. Written output has 0 there.
-EXCLUDED = -1
 # The noise that breaks ties between equal distances in PolicyPeaks: NumPy's legacy generator
 # seeded with 42, uniform [0, 1) times 1e-4, in float64, as FFN adds it.
 PEAK_NOISE_SEED = 42
@@ -51,12 +46,6 @@ def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def option_logit(p: float) -> np.float32:
-    """A probability option as FFN's canvas holds it: the proto's float32, as a float32 logit."""
-    p32 = float(np.float32(p))
-    return np.float32(math.log(p32 / (1.0 - p32)))
 
 
 # Seeds -----------------------------------------------------------------------------------------
@@ -179,72 +168,6 @@ def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, blocked: np.
     return policy_peaks(image, params, blocked)
 
 
-# Movement --------------------------------------------------------------------------------------
-
-
-class FaceMaxPolicy:
-    """FFN's FaceMaxMovementPolicy: candidate moves from the maxima of the ±deltas cube's faces.
-
-    After a FOV at `pos`, for each axis with a non-zero delta and each sign, the face of the
-    (2·delta+1)^3 cube around the FOV centre at that offset is searched for its maximum (the
-    first in C order); a face whose maximum reaches the threshold proposes a move to that voxel.
-    A FOV's distinct proposals are queued best-first; the queue is first-in first-out across
-    FOVs. Popping skips positions whose lattice cell (deltas around the start) was visited and
-    positions the canvas says are invalid.
-    """
-
-    def __init__(self, deltas_zyx, threshold: np.float32):
-        self.deltas = tuple(int(d) for d in deltas_zyx)
-        self.threshold = threshold
-        self.reset((0, 0, 0))
-
-    def reset(self, start) -> None:
-        self.queue: deque = deque()
-        self.done: set = set()
-        self.start = tuple(start)
-
-    def cell(self, pos) -> tuple:
-        return tuple((p - s + d // 2) // max(d, 1) for p, s, d in zip(pos, self.start, self.deltas))
-
-    def moves(self, logits: np.ndarray) -> list:
-        """(score, z,y,x offset) proposals of one FOV's logits, best first."""
-        c = [n // 2 for n in logits.shape]
-        cube = logits[tuple(slice(ci - d, ci + d + 1) for ci, d in zip(c, self.deltas))]
-        found = []
-        for axis, d in enumerate(self.deltas):
-            if d == 0:
-                continue
-            for off in (-d, d):
-                face = np.take(cube, d + off, axis=axis)
-                k = int(face.argmax())
-                score = face.flat[k]
-                if score < self.threshold:
-                    continue
-                rel = [int(i) - n // 2 for i, n in zip(np.unravel_index(k, face.shape), face.shape)]
-                rel.insert(axis, off)
-                item = (score, tuple(rel))
-                if item not in found:
-                    found.append(item)
-        return sorted(found, reverse=True)
-
-    def update(self, logits: np.ndarray, pos) -> None:
-        self.done.add(self.cell(pos))
-        for score, rel in self.moves(logits):
-            self.queue.append((score, tuple(p + r for p, r in zip(pos, rel))))
-
-    def next(self, valid):
-        """The next queued position that is in an unvisited cell and `valid`, else None."""
-        while self.queue:
-            _, pos = self.queue.popleft()
-            if self.cell(pos) not in self.done and valid(pos):
-                return pos
-        return None
-
-
-# segment_at's answer when a stop request abandoned the fill.
-INTERRUPTED = np.zeros(0, bool)
-
-
 @dataclass
 class SegmentResult:
     segmentation: np.ndarray  # uint64, 0 unsegmented
@@ -254,193 +177,7 @@ class SegmentResult:
     fov_evaluations: int
     seeds: int = 0  # seeds the policy found
     fills: int = 0  # fills started (this run)
-
-
-class Canvas:
-    """The state of one sub-volume's segmentation and the logits of the object being filled."""
-
-    def __init__(self, image: np.ndarray, predict, model_params: ModelParams, params: InferenceParams):
-        from hpcffn.ffn.model import deltas_zyx, fov_zyx, normalize_image
-
-        self.image = normalize_image(image, model_params)
-        self.shape = self.image.shape
-        self.fov = fov_zyx(model_params)
-        self.radius = tuple(f // 2 for f in self.fov)
-        self.deltas = deltas_zyx(model_params)
-        self.params = params
-        self.predict = predict
-        self.seed = np.full(self.shape, np.nan, np.float32)  # logits of the object being filled
-        self.seg = np.zeros(self.shape, np.int32)  # 0 free, EXCLUDED, >0 segment ids
-        self.blocked: np.ndarray | None = None  # masked voxels: never seeded, never segmented
-        self.move_logit = option_logit(params.move_threshold)
-        self.segment_logit = option_logit(params.segment_threshold)
-        self.init_logit = option_logit(params.init_activation)
-        self.pad_logit = option_logit(params.pad_value)
-        self.evaluations = 0
-        self.policy = FaceMaxPolicy(self.deltas, self.move_logit)
-        self._inputs = np.empty((max(1, params.batch_size),) + self.fov + (2,), np.float32)
-
-    def is_blocked(self, pos) -> bool:
-        return self.blocked is not None and bool(self.blocked[pos])
-
-    def fov_fits(self, pos) -> bool:
-        return all(r <= p < s - r for p, r, s in zip(pos, self.radius, self.shape))
-
-    def near_segment(self, pos) -> bool:
-        """A seed in, or within min_boundary_dist of, an existing segment is skipped."""
-        mbd = tuple(reversed(self.params.min_boundary_dist))  # x,y,z -> z,y,x
-        sel = tuple(slice(max(0, p - m), p + m + 1) for p, m in zip(pos, mbd))
-        return bool((self.seg[sel] > 0).any())
-
-    def valid_move(self, pos) -> bool:
-        """FFN's is_valid_pos: seed at pos not below the move threshold, FOV fits, not segmented."""
-        return not self.seed[pos] < self.move_logit and self.fov_fits(pos) and self.seg[pos] <= 0
-
-    def _fov(self, pos):
-        return tuple(slice(p - r, p + r + 1) for p, r in zip(pos, self.radius))
-
-    def _evaluate(self, batch: list) -> np.ndarray:
-        """The model's logits for FOVs at `batch` (the canvas's NaN read as pad_value)."""
-        x = self._inputs[: len(batch)]
-        for i, pos in enumerate(batch):
-            sl = self._fov(pos)
-            x[i, ..., 0] = self.image[sl]
-            np.copyto(x[i, ..., 1], self.seed[sl])
-        np.copyto(x[..., 1], self.pad_logit, where=np.isnan(x[..., 1]))
-        self.evaluations += len(batch)
-        return self.predict(x)[..., 0]
-
-    def _write(self, pos, logits: np.ndarray) -> np.ndarray:
-        """Write one FOV's logits into the canvas, FFN's disconnection rule first; returns what was written."""
-        sl = self._fov(pos)
-        old = self.seed[sl]
-        disco = float(np.float32(self.params.disco_seed_threshold))
-        if disco >= 0 and np.count_nonzero(logits >= self.move_logit) / logits.size > disco:
-            # A voxel predicted below 0.5 is never raised again (NaN, never predicted, is not kept).
-            keep = (old < 0) & (logits > old)
-            logits = np.where(keep, old, logits)
-        old[...] = logits
-        return old
-
-    def segment_at(self, start, stop=None) -> tuple[np.ndarray | None, tuple]:
-        """Flood-fill from `start`; returns the accepted mask (in the bounding box) or None, and the box.
-
-        A `stop` that turns true mid-fill (a signal before the time limit) abandons this fill:
-        the canvas is reset and INTERRUPTED is returned, so the seed is tried again on resume
-        instead of the job running into SIGKILL inside one long fill.
-        """
-        start = tuple(int(v) for v in start)
-        self.seed[start] = self.init_logit
-        fill = self._fill_face_centre if self.params.movement_policy == "face_centre" else self._fill_face_max
-        lo, hi, done = fill(start, stop)
-        box = tuple(slice(max(0, a - r), b + r + 1) for a, b, r in zip(lo, hi, self.radius))
-        if not done:
-            self.seed[box] = np.nan
-            return INTERRUPTED, ()
-        if self.params.movement_policy == "face_centre":
-            mask = self._accept_connected(start, box)
-        else:
-            mask = self._accept(start, box)
-        self.seed[box] = np.nan  # the next fill starts from an empty canvas
-        return mask, box
-
-    def _fill_face_max(self, start, stop) -> tuple[list, list, bool]:
-        """FFN's segment_at loop; returns the lowest and highest FOV centres and whether it finished."""
-        policy = self.policy
-        policy.reset(start)
-        policy.queue.append((None, start))
-        lo, hi = list(start), list(start)
-        while (pos := policy.next(self.valid_move)) is not None:
-            if self.seed[start] < self.move_logit:
-                break  # the seed got too weak
-            if self.is_blocked(pos):
-                continue
-            if stop:
-                return lo, hi, False
-            logits = self._write(pos, self._evaluate([pos])[0])
-            lo = [min(a, p) for a, p in zip(lo, pos)]
-            hi = [max(b, p) for b, p in zip(hi, pos)]
-            policy.update(logits, pos)
-        return lo, hi, True
-
-    def _accept(self, start, box) -> np.ndarray | None:
-        """FFN's acceptance: a strong seed, and >= min_segment_size voxels >= segment_threshold not yet in a segment."""
-        if self.seed[start] < self.move_logit:
-            return None  # weak seed
-        mask = self.seed[box] >= self.segment_logit
-        mask &= self.seg[box] <= 0
-        if self.blocked is not None:
-            mask &= ~self.blocked[box]
-        if np.count_nonzero(mask) < self.params.min_segment_size:
-            return None
-        return mask
-
-    # hpcffn 0.1's fill (movement_policy: face_centre) ------------------------------------------
-
-    def _pick_batch(self, queue: deque, limit: int) -> list:
-        """Up to `limit` queued positions whose FOVs do not overlap (their updates are independent)."""
-        batch = [queue.popleft()]
-        if limit > 1:
-            keep = deque()
-            while queue and len(batch) < limit:
-                cand = queue.popleft()
-                if all(any(abs(a - b) >= f for a, b, f in zip(cand, other, self.fov)) for other in batch):
-                    batch.append(cand)
-                else:
-                    keep.append(cand)
-            queue.extendleft(reversed(keep))
-        return batch
-
-    def _fill_face_centre(self, start, stop) -> tuple[list, list, bool]:
-        """Moves to the centre of each face whose probability reaches move_threshold, each
-        position once; non-overlapping FOVs are batched; logits clipped to ±logit(0.999)."""
-        faces = []
-        for axis in range(3):
-            if self.deltas[axis]:
-                for sign in (-1, 1):
-                    off = [0, 0, 0]
-                    off[axis] = sign * self.deltas[axis]
-                    faces.append(tuple(off))
-        lo, hi = list(start), list(start)
-        queue: deque = deque([start])
-        queued = {start}
-        while queue:
-            if stop:
-                return lo, hi, False
-            batch = self._pick_batch(queue, self.params.batch_size)
-            out = self._evaluate(batch)
-            for i, pos in enumerate(batch):
-                self.seed[self._fov(pos)] = np.clip(out[i], -CANVAS_LOGIT_LIMIT, CANVAS_LOGIT_LIMIT)
-                lo = [min(a, p) for a, p in zip(lo, pos)]
-                hi = [max(b, p) for b, p in zip(hi, pos)]
-                moves = []
-                for off in faces:
-                    target = tuple(p + o for p, o in zip(pos, off))
-                    if target in queued or not self.fov_fits(target):
-                        continue
-                    score = self.seed[target]
-                    if score >= self.move_logit:
-                        moves.append((score, target))
-                for _, target in sorted(moves, reverse=True):
-                    queued.add(target)
-                    queue.append(target)
-        return lo, hi, True
-
-    def _accept_connected(self, start, box) -> np.ndarray | None:
-        """hpcffn 0.1's acceptance: the connected part of the voxels >= segment_threshold that holds the seed."""
-        from scipy import ndimage
-
-        mask = (self.seed[box] >= self.segment_logit) & (self.seg[box] <= 0)
-        if self.blocked is not None:
-            mask &= ~self.blocked[box]
-        local = tuple(p - s.start for p, s in zip(start, box))
-        if not mask[local]:
-            return None
-        comp, _ = ndimage.label(mask)
-        mask = comp == comp[local]
-        if int(mask.sum()) < self.params.min_segment_size:
-            return None
-        return mask
+    fov_wasted: int = 0  # of fov_evaluations: speculative fills' FOVs that were thrown away (parallel_fills > 1)
 
 
 def fingerprint(**inputs) -> str:
@@ -526,9 +263,27 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
     last_save = time.monotonic()
     t0 = time.monotonic()
 
-    def result(finished: bool) -> SegmentResult:
+    def result(finished: bool, wasted: int = 0) -> SegmentResult:
         return SegmentResult(output_segmentation(seg), finished, next_id - 1, next_seed, canvas.evaluations,
-                             len(seeds), fills)
+                             len(seeds), fills, wasted)
+
+    def progress(seed: int, ident: int) -> None:
+        nonlocal last_save
+        if state_path is not None and time.monotonic() - last_save >= params.checkpoint_minutes * 60:
+            save_state(state_path, seg, seeds, seed, ident, fp)
+            last_save = time.monotonic()
+            log(f"hpcffn infer: seed {seed}/{len(seeds)}, {ident - 1} segments, "
+                f"{canvas.evaluations / max(time.monotonic() - t0, 1e-9):.1f} FOV/s; state saved")
+
+    if params.parallel_fills > 1 and params.movement_policy == "face_max":
+        from hpcffn.ffn.parallel_fills import ParallelFills
+
+        runner = ParallelFills(canvas, seeds, params.parallel_fills)
+        next_seed, next_id, finished = runner.run(next_seed, next_id, stop, progress)
+        fills = runner.fills
+        if not finished and state_path is not None:
+            save_state(state_path, seg, seeds, next_seed, next_id, fp)
+        return result(finished, runner.wasted)
 
     while next_seed < len(seeds):
         if stop:
@@ -554,9 +309,5 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
         else:
             seg[box][found] = next_id
             next_id += 1
-        if state_path is not None and time.monotonic() - last_save >= params.checkpoint_minutes * 60:
-            save_state(state_path, seg, seeds, next_seed, next_id, fp)
-            last_save = time.monotonic()
-            log(f"hpcffn infer: seed {next_seed}/{len(seeds)}, {next_id - 1} segments, "
-                f"{canvas.evaluations / max(time.monotonic() - t0, 1e-9):.1f} FOV/s; state saved")
+        progress(next_seed, next_id)
     return result(True)

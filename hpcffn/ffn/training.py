@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.params import ModelParams, TrainingParams
 from hpcffn.ffn.examples import TrainingVolume
 from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
-from hpcffn.core.params import ModelParams, TrainingParams
-from hpcffn.core.layout import EXIT_REQUEUE
 
 SUMMARY_EVERY = 50  # steps between TensorBoard summaries / log lines
 

@@ -56,6 +56,8 @@ ffn:                           # everything here has FFN's usual default; a few 
     min_segment_size: 1000
     # checkpoint: fib25        # segment with Google's FIB-25 weights as they are (same kind of EM;
     #                          # not for anisotropic ssTEM, other voxel sizes or stains)
+    # parallel_fills: 8        # GPUs: fill 8 seeds side by side, one batched model call (the same
+    #                          # segmentation as FFN's one-at-a-time loop; 1 = FFN's loop)
   # stitch:                    # joining tiles: segments agreeing in the overlaps become one
   #   min_overlap_voxels: 100
   #   min_overlap_fraction: 0.5

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import InferenceParams, ModelParams, TrainingParams
 from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.params import InferenceParams, ModelParams, TrainingParams
 from hpcffn.core.plan_model import Plan
 from hpcffn.io.volumes import dataset_shape, parse_location, read_box
 
@@ -41,10 +41,10 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                      params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
                      overwrite: bool = False, log=print, mask: str | None = None) -> int:
     """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
+    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.devices import environment_line, use_onednn
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
-    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
     from hpcffn.ffn.training import StopFlag, signal_name
 
@@ -81,7 +81,9 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
                               "give the mask of this volume")
         blocked = read_box(mask_loc, start, size) != 0
     fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
-                     model=model_params.model_dump(), inference=params.model_dump(), mask=mask)
+                     model=model_params.model_dump(),
+                     # parallel_fills gives the same segmentation: a run may resume with another value
+                     inference=params.model_dump(exclude={"parallel_fills"}), mask=mask)
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
         result = segment_volume(data, make_predict(model, fov, xla=xla), model_params, params,
@@ -93,7 +95,9 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     write_segmentation(output, result.segmentation, start, checkpoint=str(prefix), segments=result.segments)
     state_path(output).unlink(missing_ok=True)
     log(f"hpcffn infer: {result.segments} segments from {result.seeds_tried} seeds, "
-        f"{result.fov_evaluations} FOV evaluations -> {output}")
+        f"{result.fov_evaluations} FOV evaluations"
+        + (f" ({result.fov_wasted} of them by speculative fills that were redone)" if result.fov_wasted else "")
+        + f" -> {output}")
     return 0
 
 
