@@ -112,3 +112,21 @@ def test_stopped_parallel_run_resumes_to_the_same_result(tmp_path):
                             state_path=state, fp="x", log=lambda s: None)
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, one.segmentation)
+
+
+def test_a_fill_whose_seed_an_earlier_segment_came_next_to_is_dropped_at_commit():
+    """FFN skips a seed within min_boundary_dist of a segment (marking it -1); a speculative fill
+    of that seed, started before the segment existed, is thrown away when its turn comes."""
+    from hpcffn.ffn.parallel_fills import ParallelFills
+
+    raw = _scene(1)
+    canvas = Canvas(raw, CanvasSensitive(), MP, InferenceParams(min_segment_size=30, parallel_fills=2))
+    seeds = np.array([[10, 20, 20], [15, 30, 30]])
+    runner = ParallelFills(canvas, seeds, 2)
+    runner._launch(1)
+    runner._round()
+    fill = runner.live[1]
+    assert fill.evaluations == 1
+    canvas.seg[15, 30, 31] = 7  # an earlier seed's segment, one voxel from this seed
+    assert runner._commit(fill, 8) == 8  # no new segment
+    assert canvas.seg[15, 30, 30] == -1 and runner.wasted == 1 and runner.fills == 0 and not runner.live
