@@ -121,13 +121,17 @@ class ParallelFills:
         """One model call: the next FOV of every running fill."""
         c = self.c
         batch = []
+        earlier: list[_Fill] = []
         for f in sorted(self.live.values(), key=lambda g: g.k):
             if not f.finished:
                 pos = self._next_fov(f)
                 if pos is None:
                     f.finished = True
+                elif any(self._reaches(pos, g) for g in earlier):
+                    f.policy.queue.appendleft((None, pos))  # wait until that fill's segment is known
                 else:
                     batch.append((f, pos, f.canvas.view(c._fov(pos))))
+            earlier.append(f)
         if not batch:
             return
         x = c._inputs[: len(batch)]
@@ -143,6 +147,12 @@ class ParallelFills:
             f.hi = [max(b, p) for b, p in zip(f.hi, pos)]
             f.evaluations += 1
             f.policy.update(written, pos)
+
+    def _reaches(self, pos, g: _Fill) -> bool:
+        """Whether a FOV at `pos` comes within a FOV of fill `g`'s box. An earlier fill's segment
+        may take voxels there, which would make this fill's moves void; waiting for that segment
+        costs no FOVs, running on would likely be wasted."""
+        return all(a - 2 * r <= p <= b + 2 * r for a, b, p, r in zip(g.lo, g.hi, pos, self.c.radius))
 
     def _commit(self, f: _Fill, next_id: int) -> int:
         """FFN's end of the head seed's fill; returns the next free segment id."""
