@@ -76,8 +76,7 @@ class State(BaseModel):
             if tasks is None or sub.tasks is None:
                 out[None] = sub
             else:
-                for t in sub.tasks:
-                    out[t] = sub
+                out.update(dict.fromkeys(sub.tasks, sub))
         return out
 
     def next_local_id(self) -> str:
