@@ -71,7 +71,10 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
 
 def observe_jobs(plan: Plan, state: State, query=None) -> dict[str, JobTasks]:
     """`observe` as columns per job (`query`: ids -> TaskInfo, slurm.query by default)."""
-    newest = {j.name: _newest(state.latest_per_task(j.name, job_tasks(j) if j.array else None)) for j in plan.jobs}
+    subs_of: dict[str, list[Submission]] = {}
+    for sub in state.submissions:
+        subs_of.setdefault(sub.job, []).append(sub)
+    newest = {j.name: _newest(subs_of.get(j.name, []), j.array) for j in plan.jobs}
     ids = {name: _slurm_ids(pairs) for name, pairs in newest.items()}
     asked = [i for per in ids.values() for i in per.values()]
     infos: dict[str, slurm.TaskInfo] = (query or slurm.query)(asked) if asked else {}
@@ -81,15 +84,22 @@ def observe_jobs(plan: Plan, state: State, query=None) -> dict[str, JobTasks]:
             for job in plan.jobs}
 
 
-def _newest(per: dict[Task, Submission]) -> list[tuple[Submission, list[Task]]]:
-    """Each submission of `per` (task -> its newest submission) with the tasks it is newest for:
-    [None] (a plain job, or an array submitted whole) or array task ids."""
-    out = []
-    for sub in _distinct(per.values()):
-        if per.get(None) is sub:
-            out.append((sub, [None]))
-        if sub.tasks is not None:
-            out.append((sub, [t for t in sub.tasks if per.get(t) is sub]))
+def _newest(subs: list[Submission], array: bool) -> list[tuple[Submission, list[Task]]]:
+    """Each submission of a job (`subs`: oldest first) with the tasks it is the newest one of:
+    [None] (a plain job's last submission, or an array's last one submitted whole) or array
+    task ids. Newest first, so a job submitted once (most) costs a copy of its task list."""
+    out: list[tuple[Submission, list[Task]]] = []
+    whole = [s for s in subs if not array or s.tasks is None]
+    if whole:
+        out.append((whole[-1], [None]))
+    if not array:
+        return out
+    taken: set[int] = set()
+    listed = [s for s in subs if s.tasks is not None]
+    for k, sub in enumerate(reversed(listed)):
+        out.append((sub, list(sub.tasks) if not taken else [t for t in sub.tasks if t not in taken]))
+        if k < len(listed) - 1:
+            taken.update(sub.tasks)
     return out
 
 
@@ -118,8 +128,12 @@ def _columns(plan: Plan, job: JobPlan, newest: list[tuple[Submission, list[Task]
     units = job.units if job.array else [unit_of(job, None)]
     subs: list[Submission | None] = [None] * n
     for sub, mine in newest:
-        for i in _positions(mine, job.array, n):
-            subs[i] = sub
+        where = _positions(mine, job.array, n)
+        if where and where == list(range(where[0], where[0] + len(where))):  # a whole array or piece
+            subs[where[0]:where[0] + len(where)] = [sub] * len(where)
+        else:
+            for i in where:
+                subs[i] = sub
     found: list[slurm.TaskInfo | None] = list(map(infos.get, map(ids.get, tasks)))
     for sub, mine in newest:
         where = _positions(mine, job.array, n)
