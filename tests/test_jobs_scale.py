@@ -240,3 +240,79 @@ def test_path_pattern_asks_the_layout_per_unit_where_the_path_is_no_pattern():
     assert pattern("t1") == "/w/stitch/a.ome.zarr" and pattern("t2") == "/w/stitch/b.ome.zarr"
     assert path_pattern(lambda u: Path(f"/w/markers/x/{u}.done"))("t9") == "/w/markers/x/t9.done"
     assert path_pattern(lambda u: Path("/w/evaluate/report.json"))("any") == "/w/evaluate/report.json"
+
+
+def test_plan_json_without_tiles_is_cut_only_in_the_layout_plan_writes(tmp_path):
+    import json
+
+    plan, _ = _plan(tmp_path)
+    light = load_plan(plan.layout.plan, tiles=False)
+    assert light.model_copy(update={"tiles": plan.tiles}) == plan
+    plan.layout.plan.write_text(json.dumps(plan.model_dump(mode="json")))  # compact: parsed whole
+    assert load_plan(plan.layout.plan, tiles=False).jobs == plan.jobs
+
+
+def test_listing_each_is_exists_of_each_path(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.h5", "b.h5"):
+        (folder / name).write_text("")
+    listing = Listing()
+    units = ["a", "b", "c", "x/a"]
+    for pattern in (path_pattern(lambda u: folder / f"{u}.h5"), lambda u: f"{folder}/{u}.h5", lambda u: None):
+        assert listing.each(pattern, units) == [p is not None and listing.exists(p) for p in map(pattern, units)]
+    assert listing.each(path_pattern(lambda u: folder / f"{u}.h5"), ["a", "c"]) == [True, False]
+    assert listing.each(path_pattern(lambda u: tmp_path / "none" / f"{u}.h5"), ["a"]) == [False]
+
+
+def test_pending_array_tasks_share_their_record():
+    import json
+
+    text = json.dumps({"jobs": [{"job_id": 5, "array_job_id": 5, "array_task_id": None, "array_task_string": "2-4",
+                                 "job_state": "PENDING", "state_reason": "Dependency", "exit_code": 0}]})
+    got = slurm.parse_squeue_json(text)
+    assert set(got) == {"5_2", "5_3", "5_4"} and got["5_2"] is got["5_4"] and got["5_3"].id == "5_[2-4]"
+    got = slurm.parse_sacct("7_[0-1]|PENDING|0:0|Dependency\n")
+    assert got["7_0"] is got["7_1"] and got["7_1"].id == "7_[0-1]"
+
+
+def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
+    """The table's report (no per-task detail) has the same rows and notes as the full one, and the
+    columns observe_jobs keeps are the views observe hands out: re-planned, local, split, whole."""
+    from hpcffn.jobs.observe import observe_jobs
+    from hpcffn.jobs.state import LocalTask, save_state
+    from hpcffn.jobs.status import _notes_of
+
+    plan, _ = _plan(tmp_path, stages=["infer", "stitch"],
+                    ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "m/ckpt-1"}})
+    units = plan.job("infer_g0").units
+    joins = plan.job("joins").units
+    subs = [Submission(job="infer_g0", job_id=jid, submitted="x", sha256="x", tasks=list(range(lo, hi)),
+                       array_offset=lo, units={str(t): units[t] for t in range(lo, hi)})
+            for jid, lo, hi in (("600", 0, 11), ("601", 11, 22))]
+    subs.append(Submission(job="infer_g0", job_id="602", submitted="x", sha256="x", tasks=[3, 40],
+                           units={"3": "replanned_away", "40": "gone"}))  # newest for task 3, for another unit
+    subs.append(Submission(job="joins", job_id="L1", submitted="x", sha256="x", tasks=[0, 1], local=True,
+                           units={"0": joins[0], "1": joins[1]},
+                           local_tasks={"0": LocalTask(state="COMPLETED", exit_code=0), "1": LocalTask(state="FAILED")}))
+    subs.append(Submission(job="resolve", job_id="700", submitted="x", sha256="x", tasks=None))
+    save_state(plan.layout.state, State(submissions=subs))
+    infos = {"600_0": slurm.TaskInfo(id="600_0", state="RUNNING", restarts=2),
+             "601_4": slurm.TaskInfo(id="601_4", state="FAILED", restarts=1)}
+    pending = slurm.TaskInfo(id="600_[1-10]", state="PENDING", reason="Dependency")
+    infos.update({f"600_{t}": pending for t in range(1, 11)})
+    plan.layout.marker("infer", units[20]).parent.mkdir(parents=True)
+    plan.layout.marker("infer", units[20]).write_text("{}")
+    monkeypatch.setattr(slurm, "query", lambda ids, problems=None: {i: infos[i] for i in ids if i in infos})
+    full, light = collect(plan), collect(plan, detail=False)
+    assert [{**r, "detail": []} for r in full.rows] == light.rows
+    assert {r["job"]: _notes_of(r) for r in full.rows} == light.notes
+    rows = {r["job"]: r for r in full.rows}
+    assert rows["infer_g0"]["states"] == {"RUNNING": 1, "PENDING (Dependency)": 9, "FAILED": 1,  # task 3: re-planned
+                                          "COMPLETED (marker)": 1, "UNKNOWN (no marker)": 9, "NOT SUBMITTED": 9}
+    assert light.notes["infer_g0"]["requeues"] == 3 and rows["joins"]["counts"] == {"done": 1, "failed": 1, "never": 28}
+    state = State(submissions=subs)
+    columns = observe_jobs(plan, state, query=lambda ids: infos)
+    for name, views in observe(plan, state, query=lambda ids: infos).items():
+        assert views == columns[name].views()
+        assert [v.slurm_id for v in views] == [d["id"] for d in {r["job"]: r for r in full.rows}[name]["detail"]]

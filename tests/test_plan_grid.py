@@ -84,3 +84,24 @@ def test_group_count_checked():
     tiles = tile_volume("v", (10, 10, 10), (5, 5, 5), (1, 1, 1), (0, 0, 0))
     with pytest.raises(ValueError):
         deal_groups(tiles, 9)
+
+
+def test_tiles_built_without_validation_are_the_validated_models():
+    """tile_volume skips pydantic's validation and defaults (`trusted`): the result must be what
+    validating the same values gives, every field set, and the unit records json's own text."""
+    import json
+
+    from hpcffn.core.plan_model import TilePlan
+    from hpcffn.core.units import tile_records
+
+    tiles = tile_volume("vé\"ol", (37, 50, 23), (10, 10, 10), (4, 4, 4), (3, 3, 3))
+    deal_groups(tiles[:7], 2)
+    for t in tiles:
+        again = TilePlan.model_validate(t.model_dump())
+        assert again == t and t.model_fields_set == set(TilePlan.model_fields)
+        assert type(t.index) is tuple and type(t.box.start) is tuple
+    records = tile_records(tiles)
+    assert list(records) == [t.name for t in tiles]
+    for t in (tiles[0], tiles[6], tiles[-1]):  # a group and none, non-ASCII and quote in the name
+        assert records[t.name] == json.dumps(t.model_dump(mode="json"), separators=(",", ":"))
+        assert records[t.name].isascii()

@@ -355,3 +355,20 @@ def test_ten_thousand_tiles_keep_the_script_count_small(tmp_path):
                for w in planned.warnings), planned.warnings
     assert "#SBATCH --array=0-199%100" in planned.scripts["jobs/infer/infer_g0.sbatch"]
     assert {len(g.tiles) for g in planned.plan.groups} == {200}
+
+
+def test_replan_reads_the_previous_hashes_from_the_plan_head(tmp_path):
+    """units/plan.head.json carries the jobs' hashes (plan.json's tiles are not read); without
+    it, plan.json; without plan.json, nothing was planned."""
+    from hpcffn.plan.render import previous_hashes
+
+    spec = write_spec(tmp_path, spec_dict())
+    planned = make_plan(spec)
+    write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
+    layout = planned.plan.layout
+    expected = {j.script: j.sha256 for j in planned.plan.jobs}
+    assert previous_hashes(layout) == expected
+    layout.plan_head.unlink()
+    assert previous_hashes(layout) == expected
+    layout.plan.unlink()
+    assert previous_hashes(layout) == {}

@@ -51,7 +51,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         local: bool = typer.Option(False, "--local", help="Run the scripts here, without SLURM (same as `hpcffn run`)."),
     ) -> None:
         """Submit the rendered scripts (as they are on disk) to SLURM in dependency order."""
-        plan = find_plan(plan_dir, spec)
+        # Tile records (most of plan.json at 100,000 tiles) only matter to --group's filter.
+        plan = find_plan(plan_dir, spec, tiles=bool(group) or local)
         _note_pending_renders(plan)
         if local:
             if dry_run:

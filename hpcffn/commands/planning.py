@@ -47,8 +47,10 @@ def _check_queued_jobs(new_plan) -> None:
     from hpcffn.core.plan_model import load_plan
     from hpcffn.jobs.submit import check_replan
 
+    if not new_plan.layout.state.is_file():
+        return  # nothing was ever submitted from this workdir
     try:
-        old = load_plan(new_plan.layout.plan)
+        old = load_plan(new_plan.layout.plan, tiles=False)  # the jobs are what is compared
     except HpcffnError:
         return  # no earlier plan, or one of another format: nothing was submitted from it by us
     check_replan(old, new_plan)

@@ -145,6 +145,11 @@ class Layout:
         return self.root / "markers" / stage / f"{unit}.done"
 
 
+def infer_state_path(output: Path) -> Path:
+    """Where infer saves its progress beside its output (`hpcffn status` reads it too)."""
+    return output.with_name(output.name + ".state")
+
+
 def spec_stage(stage: str) -> str:
     """The spec-level stage a stage belongs to (its resources, its `stages:` name)."""
     return "stitch" if stage in STITCH_STEPS else stage

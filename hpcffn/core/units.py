@@ -16,6 +16,7 @@ and group, which are few), what partitions and infer read from.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoting
 from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
@@ -33,23 +34,49 @@ def head_of(plan: Plan) -> Plan:
 
 def unit_lines(units: list[str], records: dict[str, str]) -> str:
     """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name)."""
-    lines = [records[u] if u in records else json.dumps({"name": u}) for u in units]
-    width = max((len(x) for x in lines), default=0)
-    return "".join(x.ljust(width) + "\n" for x in lines)
+    lines = [records.get(u) or '{"name": ' + _quote(u) + "}" for u in units]  # = json.dumps({"name": u})
+    width = max(map(len, lines), default=0)
+    return "".join([x.ljust(width) + "\n" for x in lines])
+
+
+# The record layout `tile_records` writes by hand; a TilePlan with other fields takes the generic way.
+_TILE_FIELDS = ("name", "volume", "index", "box", "infer_box", "group")
+_TILE_RECORD = ('{"name":%s,"volume":%s,"index":[%d,%d,%d],"box":{"start":[%d,%d,%d],"size":[%d,%d,%d]},'
+                '"infer_box":{"start":[%d,%d,%d],"size":[%d,%d,%d]},"group":%s}')
+
+
+def tile_records(tiles: list[TilePlan]) -> dict[str, str]:
+    """tile name -> its unit line: the compact, ASCII JSON of its TilePlan.
+
+    Formatted directly (the same text as json.dumps of the dumped model, several times faster:
+    100,000 tiles); the string quoting is json's own.
+    """
+    if tuple(TilePlan.model_fields) != _TILE_FIELDS:
+        from pydantic import TypeAdapter
+
+        dicts = TypeAdapter(list[TilePlan]).dump_python(tiles, mode="json")
+        return {d["name"]: json.dumps(d, separators=(",", ":")) for d in dicts}
+    out = {}
+    for t in tiles:
+        b, g = t.box, t.infer_box
+        out[t.name] = _TILE_RECORD % (_quote(t.name), _quote(t.volume), *t.index, *b.start, *b.size, *g.start, *g.size,
+                                      "null" if t.group is None else _quote(t.group))
+    return out
 
 
 def write_unit_indexes(plan: Plan) -> None:
     """units/plan.head.json and units/<job>.units of every array job (temp file + rename each)."""
-    from pydantic import TypeAdapter
-
     lay = plan.layout
     atomic_write_text(lay.plan_head, head_of(plan).model_dump_json(indent=1))
-    # Every tile serialised once (in one call), however many jobs list it.
-    dicts = TypeAdapter(list[TilePlan]).dump_python(plan.tiles, mode="json")
-    records = {d["name"]: json.dumps(d, separators=(",", ":")) for d in dicts}
+    records = tile_records(plan.tiles)  # every tile formatted once, however many jobs list it
+    made: list[tuple[list[str], str]] = []  # partitions, joins and relabel all list every tile
     for job in plan.jobs:
         if job.array:
-            atomic_write_text(lay.unit_index(job.name), unit_lines(job.units, records))
+            text = next((text for units, text in made if units == job.units), None)
+            if text is None:
+                text = unit_lines(job.units, records)
+                made.append((job.units, text))
+            atomic_write_text(lay.unit_index(job.name), text)
 
 
 def read_unit(plan_path: str | Path, job: str, index: int) -> dict:

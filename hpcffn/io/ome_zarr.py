@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hpcffn.core.errors import HpcffnError
+
+if TYPE_CHECKING:  # numpy is imported where dtypes are made: the planner's geometry needs none of it
+    import numpy as np
 
 ZYX = tuple[int, int, int]
 CHUNK_TARGET = 64  # voxels per chunk edge we aim for (a 64^3 chunk of uint64 is 2 MB raw)
@@ -59,10 +61,14 @@ def level_shapes(shape: ZYX, chunks: ZYX) -> list[ZYX]:
 def level_blocks(level_shape: ZYX, chunks: ZYX, tile_size: ZYX) -> list[tuple[ZYX, ZYX]]:
     """(start, size) blocks of whole chunks of one downsampled level, each made from at most a
     tile's worth of the level above (2x the block per axis): one pyramid task per block."""
-    edges = [c * max(1, t // (2 * c)) for c, t in zip(chunks, tile_size)]
+    edges = _block_edges(chunks, tile_size)
     starts = [range(0, s, e) for s, e in zip(level_shape, edges)]
     return [((z, y, x), tuple(min(e, s - o) for o, e, s in zip((z, y, x), edges, level_shape)))
             for z in starts[0] for y in starts[1] for x in starts[2]]  # type: ignore[misc]
+
+
+def _block_edges(chunks: ZYX, tile_size: ZYX) -> list[int]:
+    return [c * max(1, t // (2 * c)) for c, t in zip(chunks, tile_size)]
 
 
 def pyramid_blocks(shape, tile_size) -> list[list[tuple[ZYX, ZYX]]]:
@@ -73,12 +79,19 @@ def pyramid_blocks(shape, tile_size) -> list[list[tuple[ZYX, ZYX]]]:
 
 def pyramid_units(volume: str, shape, tile_size) -> list[list[str]]:
     """Per level 1..L the work units of its blocks, `<volume>_s<level>_b<block>` (stages/pyramid.py)."""
-    return [[f"{volume}_s{s}_b{k}" for k in range(len(blocks))]
-            for s, blocks in enumerate(pyramid_blocks(shape, tile_size), start=1)]
+    chunks = chunk_shape(tuple(tile_size), tuple(shape))
+    edges = _block_edges(chunks, tuple(tile_size))
+    out = []
+    for s, level in enumerate(level_shapes(tuple(shape), chunks)[1:], start=1):  # counted, not listed (100,000s)
+        count = math.prod(len(range(0, n, e)) for n, e in zip(level, edges))
+        out.append([f"{volume}_s{s}_b{k}" for k in range(count)])
+    return out
 
 
 def label_dtype(max_id: int) -> np.dtype:
     """The smallest unsigned dtype that holds ids 0..max_id."""
+    import numpy as np
+
     for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
         if max_id <= np.iinfo(dtype).max:
             return np.dtype(dtype)
@@ -98,7 +111,7 @@ def multiscales(name: str, levels: int, method: str) -> list[dict]:
              "axes": [{"name": a, "type": "space"} for a in "zyx"], "datasets": datasets}]
 
 
-def create(path: Path, shape: ZYX, chunks: ZYX, label_type: np.dtype, raw_type: np.dtype = np.dtype(np.uint8)) -> None:
+def create(path: Path, shape: ZYX, chunks: ZYX, label_type: np.dtype, raw_type: np.dtype | str = "uint8") -> None:
     """Make the empty store (every level of raw and labels) at `path`, replacing an older one.
 
     Built beside the target and renamed into place, so a reader never sees half a store.

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.io.volumes import ARRAY_SUFFIXES, TIF_SUFFIXES
+
+if TYPE_CHECKING:  # numpy is imported where pixels or dtypes are handled: planning imports this module
+    import numpy as np
 
 
 class VolumeReader:
@@ -54,6 +56,7 @@ def tif_slices(directory: Path) -> list[Path]:
 
 def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
     """(shape of the first page, dtype, number of pages, axes) of a TIF, from headers."""
+    import numpy as np
     import tifffile
 
     try:
@@ -125,6 +128,7 @@ class TifDirectory(VolumeReader):
         self.dtype = dtype0
 
     def read(self, z0: int, z1: int) -> np.ndarray:
+        import numpy as np
         import tifffile
 
         out = np.empty((z1 - z0,) + self.shape[1:], dtype=self.dtype)
@@ -140,6 +144,7 @@ class TifStack(VolumeReader):
     """A multi-page TIF, one page per z slice (kept open while streaming)."""
 
     def __init__(self, path: str | Path):
+        import numpy as np
         import tifffile
 
         self.path = Path(path)
@@ -162,6 +167,8 @@ class TifStack(VolumeReader):
         self.dtype = dtype0
 
     def read(self, z0: int, z1: int) -> np.ndarray:
+        import numpy as np
+
         out = np.empty((z1 - z0,) + self.shape[1:], dtype=self.dtype)
         for i in range(z0, z1):
             page = self._pages[i]
@@ -182,6 +189,7 @@ class Hdf5Volume(VolumeReader):
 
     def __init__(self, location: str, default_dataset: str):
         import h5py
+        import numpy as np
 
         from hpcffn.io.volumes import parse_location
 

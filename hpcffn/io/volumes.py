@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hpcffn.core.errors import HpcffnError
+
+if TYPE_CHECKING:  # only named in annotations: `hpcffn plan` imports this module without numpy
+    import numpy as np
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 ZARR_SUFFIXES = (".zarr",)  # an OME-Zarr store (the stitched volume): "v.ome.zarr:seg", ":raw", ":labels/seg/1"

@@ -35,6 +35,15 @@ class Listing:
         folder, _, name = str(path).rpartition("/")
         return name in self.names(folder or ".")
 
+    def each(self, pattern: Callable[[str], str | None], units: list[str]) -> list[bool]:
+        """[exists(pattern(u)) for u in units] (None: False); a `path_pattern` whose units all
+        name files of one folder costs one set lookup per unit (status: 500,000 of them)."""
+        if isinstance(pattern, _Joined) and "/" not in pattern.tail and "/" not in "".join(units):
+            folder, _, head = pattern.head.rpartition("/")
+            names, tail = self.names(folder or "."), pattern.tail
+            return [head + u + tail in names for u in units] if names else [False] * len(units)
+        return [path is not None and self.exists(path) for path in map(pattern, units)]
+
 
 def path_pattern(path_of: Callable[[str], Path | None]) -> Callable[[str], str | None]:
     """unit -> str(path_of(unit)), asked of the layout once and then built by concatenation.
@@ -54,7 +63,19 @@ def path_pattern(path_of: Callable[[str], Path | None]) -> Callable[[str], str |
         return lambda unit: None
     head, found, tail = str(samples[0]).partition("\0")
     if found and str(samples[1]) == head + "\1" + tail:
-        return lambda unit: head + unit + tail
+        return _Joined(head, tail)
     if not found and str(samples[1]) == head:
         return lambda unit: head  # one path for every unit (evaluate's report)
     return direct
+
+
+class _Joined:
+    """unit -> head + unit + tail (what `path_pattern` found the layout's paths to be)."""
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, head: str, tail: str) -> None:
+        self.head, self.tail = head, tail
+
+    def __call__(self, unit: str) -> str:
+        return self.head + unit + self.tail

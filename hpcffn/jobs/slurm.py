@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
@@ -37,7 +38,7 @@ NO_VAL = 4294967294  # SLURM's "no value" for an array task id
 class TaskInfo:
     """What SLURM says about one job or array task."""
 
-    id: str
+    id: str  # SLURM's id of the record: "123_4", "123", or "123_[5-99]" for pending tasks listed as one
     state: str
     reason: str = ""
     exit_code: int | None = None
@@ -262,6 +263,16 @@ def _num(value):
     return value
 
 
+def _put_tasks(out: dict[str, TaskInfo], array_job, tasks: list[int], record: str, fields: dict) -> None:
+    """out["<array_job>_<t>"] for each task of one record; a record of several tasks (a pending
+    array lists 100,000s as one) gives them one shared TaskInfo, with the record's id."""
+    if len(tasks) == 1:
+        key = f"{array_job}_{tasks[0]}"
+        out[key] = TaskInfo(id=key, **fields)
+    elif tasks:
+        out.update(zip(map(f"{array_job}_".__add__, map(str, tasks)), repeat(TaskInfo(id=record, **fields))))
+
+
 def parse_squeue_json(text: str) -> dict[str, TaskInfo]:
     """Parse `squeue --json`; skip (not fail on) records that cannot be read."""
     out: dict[str, TaskInfo] = {}
@@ -289,8 +300,7 @@ def parse_squeue_json(text: str) -> dict[str, TaskInfo]:
                     out[f"{array_job}_{task}"] = TaskInfo(id=f"{array_job}_{task}", **common)
                 pending = str(rec.get("array_task_string") or "")
                 if pending:
-                    for t in expand_array(pending):
-                        out[f"{array_job}_{t}"] = TaskInfo(id=f"{array_job}_{t}", **common)
+                    _put_tasks(out, array_job, expand_array(pending), f"{array_job}_[{pending}]", common)
                 elif task is None or task == NO_VAL:
                     # An array that ended before its tasks were split out (e.g. cancelled while
                     # pending): this one record stands for every task not listed on its own.
@@ -321,9 +331,8 @@ def parse_scontrol(text: str) -> dict[str, TaskInfo]:
                     key = f"{fields['ArrayJobId']}_*"
                     out[key] = TaskInfo(id=key, **common)
                     continue
-                for t in expand_array(tasks):
-                    key = f"{fields['ArrayJobId']}_{t}"
-                    out[key] = TaskInfo(id=key, **common)
+                array_job = fields["ArrayJobId"]
+                _put_tasks(out, array_job, expand_array(tasks), f"{array_job}_[{tasks}]", common)
             else:
                 out[fields["JobId"]] = TaskInfo(id=fields["JobId"], **common)
         except (ValueError, KeyError):
@@ -344,9 +353,8 @@ def parse_sacct(text: str) -> dict[str, TaskInfo]:
             exit_code = _exit_pair(rc)
             if "_[" in jid:  # pending array tasks: 12_[3-5%2]
                 base, rng = jid.split("_[", 1)
-                for t in expand_array(rng.rstrip("]")):
-                    out[f"{base}_{t}"] = TaskInfo(id=f"{base}_{t}", state=state, reason=reason,
-                                                  exit_code=exit_code, source="sacct")
+                _put_tasks(out, base, expand_array(rng.rstrip("]")), jid,
+                           {"state": state, "reason": reason, "exit_code": exit_code, "source": "sacct"})
             else:
                 out[jid] = TaskInfo(id=jid, state=state, reason=reason, exit_code=exit_code, source="sacct")
         except ValueError:
@@ -371,9 +379,8 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     ids = [i for i in ids if i]
     if not ids:
         return {}
-    want = set(ids)
+    # At 100,000 tiles there are 500,000 ids: each pass below is one lookup per id, no more.
     found: dict[str, TaskInfo] = {}
-    bases = _base_ids(ids)
     answered, errors = False, []
 
     controller_down = False
@@ -392,8 +399,7 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
     if "squeue" in sources:
         proc = _ask(["squeue", "--json"])
         if heard("squeue", proc):
-            found.update({k: v for k, v in parse_squeue_json(proc.stdout).items()
-                          if k in want or k.split("_", 1)[0] in bases})
+            found = parse_squeue_json(proc.stdout)  # other users' jobs too: left out at the end
     missing = [i for i in ids if i not in found]
     if missing and "sacct" in sources and shutil.which("sacct"):
         proc = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
@@ -401,8 +407,8 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
         if heard("sacct", proc):
             for k, v in parse_sacct(proc.stdout).items():
                 found.setdefault(k, v)
-    missing = [i for i in ids if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
-    for base in _base_ids(missing) if "scontrol" in sources else []:
+    unknown = [i for i in missing if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
+    for base in _base_ids(unknown) if "scontrol" in sources else []:
         if controller_down:
             break
         proc = _ask(["scontrol", "show", "job", "-o", base])
@@ -411,13 +417,16 @@ def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontr
                 found.setdefault(k, v)
     if not answered and errors:
         raise HpcffnError(f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
-    for i in ids:  # array tasks covered by a whole-array record
+    for i in missing:  # array tasks covered by a whole-array record
         if i in found or "_" not in i:
             continue
         whole = found.get(f"{i.split('_', 1)[0]}_*")
         if whole is not None:
             found[i] = TaskInfo(**{**whole.__dict__, "id": i})
-    return {i: found[i] for i in ids if i in found}
+    want = set(ids)
+    for k in [k for k in found if k not in want]:  # records of jobs not asked about
+        del found[k]
+    return found
 
 
 # What SLURM's tools print when the controller (or its config) cannot be reached: asking it

@@ -69,17 +69,6 @@ class State(BaseModel):
     def of_job(self, job: str) -> list[Submission]:
         return [s for s in self.submissions if s.job == job]
 
-    def latest_per_task(self, job: str, tasks: list[int] | None) -> dict[int | None, Submission]:
-        """For each task (None for a plain job), the newest submission that covers it."""
-        out: dict[int | None, Submission] = {}
-        for sub in self.of_job(job):
-            if tasks is None or sub.tasks is None:
-                out[None] = sub
-            else:
-                for t in sub.tasks:
-                    out[t] = sub
-        return out
-
     def next_local_id(self) -> str:
         n = sum(1 for s in self.submissions if s.local)
         return f"L{n + 1}"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
 from hpcffn.jobs.listing import Listing, path_pattern
+from hpcffn.jobs.observe import JobTasks, observe_jobs
 from hpcffn.jobs.state import load_state
-from hpcffn.jobs.submit import TaskView, observe
 
 
 def expected_output(plan: Plan, stage: str, unit: str):
@@ -69,9 +70,7 @@ def infer_progress(output: Path) -> tuple[int, int] | None:
     """
     import h5py
 
-    from hpcffn.stages.infer import state_path
-
-    path = state_path(output)
+    path = infer_state_path(output)
     try:
         with h5py.File(path, "r") as f:
             return int(f.attrs["next_seed"]), int(f["seeds"].shape[0])
@@ -84,6 +83,9 @@ class Report:
     rows: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     slurm_answered: bool = True
+    # job -> what the table shows beyond the row's counts (requeues, training steps, part-way
+    # tiles), for reports collected without the per-task detail.
+    notes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -95,20 +97,40 @@ class Report:
         return all(r["counts"].get("done", 0) == r["tasks"] for r in self.rows)
 
 
-def _label(v: TaskView) -> str:
-    if v.category == "never":
+_NO_RECORD = {"never": "NOT SUBMITTED", "done": "COMPLETED (marker)"}  # else "UNKNOWN (no marker)"
+
+
+def _label(category: str, info: slurm.TaskInfo | None) -> str:
+    """A task's state in the table (a task with a record: from the record alone)."""
+    if category == "never":
         return "NOT SUBMITTED"
-    if v.info is None:
-        return "COMPLETED (marker)" if v.category == "done" else "UNKNOWN (no marker)"
-    if v.info.state == "PENDING" and v.info.reason not in ("", "None"):
-        return f"PENDING ({v.info.reason})"
-    if v.info.state == "CANCELLED" and v.info.reason == "DependencyNeverSatisfied":
+    if info is None:
+        return _NO_RECORD.get(category, "UNKNOWN (no marker)")
+    if info.state == "PENDING" and info.reason not in ("", "None"):
+        return f"PENDING ({info.reason})"
+    if info.state == "CANCELLED" and info.reason == "DependencyNeverSatisfied":
         return "CANCELLED (DependencyNeverSatisfied)"
-    return v.info.state
+    return info.state
 
 
-def collect(plan: Plan) -> Report:
-    """Build the status report; SLURM errors become warnings."""
+def _labels(tasks: JobTasks) -> list[str]:
+    """Each task's state label, worked out once per SLURM record (one pending array record
+    stands for thousands of tasks)."""
+    keys = list(map(id, tasks.infos))
+    records = dict(zip(keys, tasks.infos))
+    label = {k: _label("", info) for k, info in records.items() if info is not None}
+    if id(None) not in records:  # every task has a record
+        return list(map(label.__getitem__, keys))
+    return [label[k] if info is not None else _label(cat, None)
+            for k, info, cat in zip(keys, tasks.infos, tasks.categories)]
+
+
+def collect(plan: Plan, detail: bool = True) -> Report:
+    """Build the status report; SLURM errors become warnings.
+
+    detail=False leaves each row's per-task `detail` empty (the table needs only counts and
+    `notes`): at 100,000 tiles that is half a million dicts not made.
+    """
     report = Report()
     state = load_state(plan.layout.state)
 
@@ -123,40 +145,55 @@ def collect(plan: Plan) -> Report:
             report.warnings.append(f"{exc}; states come from markers only")
             return {}
 
-    from hpcffn.stages.infer import state_path
-
-    views = observe(plan, state, query=query)
+    columns = observe_jobs(plan, state, query=query)
     listing = Listing()
+    progress = path_pattern(lambda u: infer_state_path(plan.layout.segmentation(u)))
     for job in plan.jobs:
-        vs = views[job.name]
-        states = [_label(v) for v in vs]
-        labels = Counter(states)
-        cats = Counter(v.category for v in vs)
-        outputs = 0
-        tasks = []
+        c = columns[job.name]
+        states = _labels(c)
         output = path_pattern(output_of(plan, job.stage))
-        progress = path_pattern(lambda u: state_path(plan.layout.segmentation(u)))
-        for v, label in zip(vs, states):
-            out = output(v.unit)
-            exists = bool(out is not None and listing.exists(out))
-            outputs += exists
-            tasks.append({
-                "task": v.task, "unit": v.unit, "id": v.slurm_id, "category": v.category, "state": label,
-                "exit_code": v.info.exit_code if v.info else None, "restarts": v.info.restarts if v.info else 0,
-                "source": v.info.source if v.info else ("marker" if v.category == "done" else ""),
-                "output": out, "output_exists": exists,
-            })
-            if job.stage == "train":
-                tasks[-1]["step"] = checkpoint_step(plan.layout.train_dir(v.unit))
-            elif job.stage == "infer" and not exists:
-                # Listed first: most tiles have no progress file, and opening each would cost.
-                tasks[-1]["seeds"] = infer_progress(Path(out)) if listing.exists(progress(v.unit)) else None
-        ids = sorted({v.sub.job_id for v in vs if v.sub is not None})
+        exists = listing.each(output, c.units)
+        extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
+        if job.stage == "train":
+            extra = {i: {"step": checkpoint_step(plan.layout.train_dir(u))} for i, u in enumerate(c.units)}
+        elif job.stage == "infer":
+            # Listed first: most tiles have no progress file, and opening each would cost.
+            started = listing.each(progress, c.units)
+            extra = {i: {"seeds": infer_progress(Path(output(u))) if started[i] else None}
+                     for i, u in enumerate(c.units) if not exists[i]}
+        tasks = _detail(c, states, list(map(output, c.units)), exists, extra) if detail else []
+        report.notes[job.name] = {
+            "requeues": sum(i.restarts or 0 for i in c.infos if i is not None),  # SLURM's count, or the local runner's
+            "steps": [e["step"] or 0 for e in extra.values() if "step" in e],
+            "seeds": [e["seeds"] for e in extra.values() if e.get("seeds")],
+        }
         report.rows.append({
-            "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(vs),
-            "counts": dict(cats), "states": dict(labels), "job_ids": ids, "outputs": outputs, "detail": tasks,
+            "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(c.tasks),
+            "counts": dict(Counter(c.categories)), "states": dict(Counter(states)),
+            "job_ids": sorted({s.job_id for s in c.subs if s is not None}), "outputs": sum(exists), "detail": tasks,
         })
     return report
+
+
+def _detail(c: JobTasks, states: list[str], outs: list, exists: list[bool], extra: dict[int, dict]) -> list[dict]:
+    """One dict per task (`hpcffn status --json`, --watch's advice, the report)."""
+    tasks = []
+    for i, (task, unit, sub, info, cat) in enumerate(zip(c.tasks, c.units, c.subs, c.infos, c.categories)):
+        tasks.append({
+            "task": task, "unit": unit, "id": sub.task_id(task) if sub else None, "category": cat,
+            "state": states[i], "exit_code": info.exit_code if info else None, "restarts": info.restarts if info else 0,
+            "source": info.source if info else ("marker" if cat == "done" else ""),
+            "output": outs[i], "output_exists": exists[i], **extra.get(i, {}),
+        })
+    return tasks
+
+
+def _notes_of(row: dict) -> dict:
+    """A row's `notes` from its per-task detail (a report made elsewhere)."""
+    detail = row.get("detail") or []
+    return {"requeues": sum(t["restarts"] or 0 for t in detail),
+            "steps": [t["step"] or 0 for t in detail if "step" in t],
+            "seeds": [t["seeds"] for t in detail if t.get("seeds")]}
 
 
 def render_table(plan: Plan, report: Report):
@@ -167,15 +204,14 @@ def render_table(plan: Plan, report: Report):
     for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs", "requeues"):
         table.add_column(col)
     for r in report.rows:
+        notes = report.notes.get(r["job"]) or _notes_of(r)
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
         outputs = f"{r['outputs']}/{r['tasks']}"
-        steps = [t["step"] or 0 for t in r["detail"] if "step" in t]
+        steps, seeds, requeues = notes["steps"], notes["seeds"], notes["requeues"]
         if steps and r["outputs"] < r["tasks"]:  # training still has steps to go: show the slowest
             outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"
-        seeds = [t["seeds"] for t in r["detail"] if t.get("seeds")]
         if seeds:  # tiles part-way through inference (a requeued or running task)
             outputs += f" ({len(seeds)} part-way: seed {sum(d for d, _ in seeds)}/{sum(n for _, n in seeds)})"
-        requeues = sum(t["restarts"] or 0 for t in r["detail"])  # SLURM's restart count, or the local runner's
         table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
                       " ".join(r["job_ids"]) or "-", outputs, str(requeues) if requeues else "-")
     return table
@@ -239,7 +275,8 @@ def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float
         live.start()
     try:
         while True:
-            report = collect(plan)
+            # The table needs counts only; --json and --watch's closing advice need every task.
+            report = collect(plan) if as_json or watch else collect(plan, detail=False)
             emit(report)
             if not watch or report.finished:
                 if watch and not as_json:

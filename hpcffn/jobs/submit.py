@@ -7,16 +7,15 @@ like a failure) or never (not submitted). `submit` sends what was never submitte
 `submit --resume` also what failed, was cancelled or timed out (array: only those task ids),
 chaining each job with `--dependency=afterok:...` on its upstream jobs' alive or new
 submissions and `--kill-on-invalid-dep=yes`. Running, pending and completed work is never
-resubmitted, so running `submit` twice submits nothing the second time.
+resubmitted, so running `submit` twice submits nothing the second time. (The categories are
+worked out in observe.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shlex
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,34 +26,9 @@ from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.stages.markers import is_done
 from hpcffn.jobs import pretest
-from hpcffn.jobs.listing import Listing, path_pattern
-from hpcffn.jobs.state import State, Submission, load_state, locked, now, updating
-
-Task = int | None  # array task id, or None for a plain job
-
-
-@dataclass
-class TaskView:
-    """One unit of work of one job, with what is known about it."""
-
-    job: str
-    task: Task
-    unit: str
-    sub: Submission | None
-    info: slurm.TaskInfo | None
-    category: str  # done | alive | failed | lost | never
-
-    @property
-    def slurm_id(self) -> str | None:
-        return self.sub.task_id(self.task) if self.sub else None
-
-
-def job_tasks(job: JobPlan) -> list[Task]:
-    return list(range(len(job.units))) if job.array else [None]
-
-
-def unit_of(job: JobPlan, task: Task) -> str:
-    return job.units[task if task is not None else 0]
+# observe and its views live in observe.py; submit, admin and the local runner import them from here too.
+from hpcffn.jobs.observe import Task, TaskView, job_tasks, observe, unit_of
+from hpcffn.jobs.state import Submission, load_state, locked, now, updating
 
 
 def task_units(job: JobPlan, tasks: list[Task]) -> dict[str, str]:
@@ -84,82 +58,6 @@ def topo_order(plan: Plan) -> list[JobPlan]:
             cycle = ", ".join(j.name for j in pending)
             raise HpcffnError(f"plan.json: jobs {cycle} depend on each other in a cycle; re-run `hpcffn plan`")
     return done
-
-
-def _local_info(sub: Submission, task: Task, alive: dict[str, bool]) -> slurm.TaskInfo | None:
-    """The local runner's record of a task; `alive` caches runner_alive per submission."""
-    rec = sub.local_tasks.get(str(task if task is not None else 0))
-    if rec is None:
-        return None
-    state = rec.state
-    if state in ("RUNNING", "PENDING") and sub.job_id not in alive:
-        alive[sub.job_id] = runner_alive(sub)
-    if state in ("RUNNING", "PENDING") and not alive[sub.job_id]:
-        state, reason = "CANCELLED", "LocalRunnerGone"
-    else:
-        reason = rec.reason
-    return slurm.TaskInfo(id=sub.task_id(task), state=state, reason=reason, exit_code=rec.exit_code,
-                          restarts=rec.restarts, source="local", log=rec.log)
-
-
-def runner_alive(sub: Submission) -> bool:
-    """Whether the local runner that made `sub` still runs.
-
-    Pids are reused, so on this host the pid must also be an hpcffn process; a runner on
-    another host (shared workdir) cannot be seen from here and its records stand.
-    """
-    pid = sub.runner_pid
-    if not pid:
-        return False
-    if sub.runner_host and sub.runner_host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        return b"hpcffn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc to ask: trust the pid
-
-
-def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
-    """Categorise every task of every job of the plan from state.json, SLURM and markers."""
-    latest = {j.name: state.latest_per_task(j.name, job_tasks(j) if j.array else None) for j in plan.jobs}
-    ids = [s.task_id(t) for per in latest.values() for t, s in per.items() if not s.local]
-    infos: dict[str, slurm.TaskInfo] = {}
-    if ids:
-        infos = (query or slurm.query)(ids)
-    views: dict[str, list[TaskView]] = {}
-    runners: dict[str, bool] = {}
-    listing = Listing()
-    for job in plan.jobs:
-        per = latest[job.name]
-        marker = path_pattern(lambda u, stage=job.stage: plan.layout.marker(stage, u))
-        out = []
-        for task in job_tasks(job):
-            sub = per.get(task if job.array else None)
-            unit = unit_of(job, task)
-            if sub is not None and sub.units.get(str(task if task is not None else 0), unit) != unit:
-                sub = None  # submitted for another unit at this index, before a re-plan
-            info = None
-            if sub is None:
-                cat = "never"
-            else:
-                info = _local_info(sub, task, runners) if sub.local else infos.get(sub.task_id(task))
-                if info is None:
-                    cat = "done" if listing.exists(marker(unit)) else "lost"
-                elif info.state in slurm.DONE_STATES:
-                    cat = "done"
-                elif info.alive:
-                    cat = "alive"
-                else:
-                    cat = "failed"
-            out.append(TaskView(job.name, task, unit, sub, info, cat))
-        views[job.name] = out
-    return views
 
 
 def check_replan(old: Plan, new: Plan, query=None) -> None:

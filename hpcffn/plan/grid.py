@@ -8,7 +8,7 @@ every side, clipped to the volume. Groups are balanced by voxel count, determini
 
 from __future__ import annotations
 
-from hpcffn.core.plan_model import Box, GroupPlan, TilePlan
+from hpcffn.core.plan_model import Box, GroupPlan, TilePlan, trusted
 
 ZYX = tuple[int, int, int]
 
@@ -31,31 +31,41 @@ def axis_spans(length: int, size: int, min_edge: int) -> list[tuple[int, int]]:
 def tile_volume(volume: str, shape: ZYX, size: ZYX, min_edge: ZYX, overlap: ZYX) -> list[TilePlan]:
     """All tiles of one volume in z, y, x order.
 
-    Built with `model_construct` (no validation: every value is computed here from checked
-    ints), which keeps planning 100,000 tiles to a fraction of a second.
+    Built with `trusted` (no validation: every value is computed here from checked ints), and
+    each axis's spans and grown spans worked out once, which keeps 100,000 tiles well under a
+    second.
     """
-    zs, ys, xs = (axis_spans(n, s, m) for n, s, m in zip(shape, size, min_edge))
+    axes = []
+    for n, s, m, b in zip(shape, size, min_edge, overlap):
+        axes.append([(start, extent, *_grown(start, extent, b, n)) for start, extent in axis_spans(n, s, m)])
+    zs, ys, xs = axes
     tiles = []
-    for k, (z0, zn) in enumerate(zs):
-        for i, (y0, yn) in enumerate(ys):
-            for j, (x0, xn) in enumerate(xs):
-                start, extent = (z0, y0, x0), (zn, yn, xn)
-                tiles.append(TilePlan.model_construct(
-                    name=f"{volume}_z{k}_y{i}_x{j}",
+    for k, (z0, zn, gz0, gzn) in enumerate(zs):
+        for i, (y0, yn, gy0, gyn) in enumerate(ys):
+            prefix = f"{volume}_z{k}_y{i}_x"
+            for j, (x0, xn, gx0, gxn) in enumerate(xs):
+                tiles.append(trusted(
+                    TilePlan,
+                    name=f"{prefix}{j}",
                     volume=volume,
                     index=(k, i, j),
-                    box=Box.model_construct(start=start, size=extent),
-                    infer_box=grow(start, extent, overlap, shape),
+                    box=trusted(Box, start=(z0, y0, x0), size=(zn, yn, xn)),
+                    infer_box=trusted(Box, start=(gz0, gy0, gx0), size=(gzn, gyn, gxn)),
                     group=None,
                 ))
     return tiles
 
 
+def _grown(start: int, size: int, by: int, length: int) -> tuple[int, int]:
+    """(start, size) of one axis's span grown by `by` on both sides, clipped to [0, length)."""
+    lo = max(0, start - by)
+    return lo, min(length, start + size + by) - lo
+
+
 def grow(start: ZYX, size: ZYX, by: ZYX, shape: ZYX) -> Box:
     """The box grown by `by` on every side, clipped to [0, shape)."""
-    lo = tuple(max(0, s - b) for s, b in zip(start, by))
-    hi = tuple(min(d, s + n + b) for s, n, b, d in zip(start, size, by, shape))
-    return Box.model_construct(start=lo, size=tuple(h - low for h, low in zip(hi, lo)))
+    spans = [_grown(s, n, b, d) for s, n, b, d in zip(start, size, by, shape)]
+    return trusted(Box, start=tuple(s for s, _ in spans), size=tuple(n for _, n in spans))
 
 
 def deal_groups(tiles: list[TilePlan], n_groups: int) -> list[GroupPlan]:
@@ -68,18 +78,20 @@ def deal_groups(tiles: list[TilePlan], n_groups: int) -> list[GroupPlan]:
         raise ValueError(f"need 1..{len(tiles)} groups, got {n_groups}")
     import heapq
 
+    voxels = [t.box.voxels for t in tiles]
     load = [0] * n_groups
     members: list[list[int]] = [[] for _ in range(n_groups)]
     heap = [(0, 0, g) for g in range(n_groups)]  # (voxels, tiles, group): lightest on top
-    for i in sorted(range(len(tiles)), key=lambda i: -tiles[i].box.voxels):
+    for i in sorted(range(len(tiles)), key=lambda i: -voxels[i]):
         _, _, g = heapq.heappop(heap)
-        load[g] += tiles[i].box.voxels
+        load[g] += voxels[i]
         members[g].append(i)
         heapq.heappush(heap, (load[g], len(members[g]), g))
     groups = []
     for g, idx in enumerate(members):
         idx.sort()
+        name = f"g{g}"
         for i in idx:
-            tiles[i].group = f"g{g}"
-        groups.append(GroupPlan(name=f"g{g}", tiles=[tiles[i].name for i in idx], voxels=load[g]))
+            tiles[i].group = name
+        groups.append(GroupPlan(name=name, tiles=[tiles[i].name for i in idx], voxels=load[g]))
     return groups

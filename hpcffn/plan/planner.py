@@ -168,8 +168,10 @@ def check_model_fits(spec: Spec, spec_path: Path) -> None:
 
 
 def check_tiles(tiles, need, trained: set[str], spec_path: Path) -> None:
+    nz, ny, nx = need
     for t in tiles:
-        if t.volume in trained and any(s < n for s, n in zip(t.box.size, need)):
+        z, y, x = t.box.size
+        if (z < nz or y < ny or x < nx) and t.volume in trained:
             raise _fail(spec_path, "subvolume.min_edge", f"tile {t.name} is {t.box.size} (z,y,x), smaller than FOV plus 2 x margin "
                         f"{need}; raise min_edge so edge remainders merge, or check the volume's shape")
 
@@ -256,9 +258,12 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list
         elif stage == "infer":
             # One array per group, each waiting only for its own group's training (below);
             # tiles without a group (volumes without groundtruth) in one more array.
+            by_group: dict[str | None, list[str]] = {}
+            for t in tiles:  # one pass, not one per group
+                by_group.setdefault(t.group or None, []).append(t.name)
             for g in groups:
-                add(f"infer_{g.name}", stage, True, [t.name for t in tiles if t.group == g.name], g.name)
-            rest = [t.name for t in tiles if not t.group]
+                add(f"infer_{g.name}", stage, True, by_group.get(g.name, []), g.name)
+            rest = by_group.get(None, [])
             if rest or not groups:
                 add("infer_ungrouped" if groups else "infer", stage, True, rest)
         elif stage == "stitch":  # the steps of docs/stitch.md
@@ -535,15 +540,12 @@ def _resolve_ffn(spec: Spec, base: Path):
 
 def check_workdir_owner(planned: Planned, force: bool) -> None:
     """Refuse to re-plan a workdir that belongs to another experiment (unless --force)."""
-    import json
+    from hpcffn.plan.render import previous_head
 
     path = planned.plan.layout.plan
-    if force or not path.is_file():
+    if force:
         return
-    try:
-        other = json.loads(path.read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
-        return
+    other = previous_head(planned.plan.layout).get("name")
     if other and other != planned.plan.name:
         raise HpcffnError(f"{path} belongs to experiment {other!r}, not {planned.plan.name!r}; choose another workdir "
                           "in the spec or pass --force")

@@ -70,12 +70,29 @@ class WriteReport:
     dirs: list[str] = field(default_factory=list)
 
 
+def previous_head(layout: Layout) -> dict:
+    """The previous plan's experiment-level fields and jobs (their units may be left out); {} if none.
+
+    Read from units/plan.head.json, written with plan.json: a few KB where plan.json holds every
+    tile (tens of MB at 100,000 tiles). plan.json itself where the head is missing.
+    """
+    if not layout.plan.is_file():
+        return {}
+    for path in (layout.plan_head, layout.plan):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(old, dict):
+            return old
+    return {}
+
+
 def previous_hashes(layout: Layout) -> dict[str, str]:
     """script -> sha256 recorded by the previous plan (empty when there is none or it is unreadable)."""
     try:
-        old = json.loads(layout.plan.read_text())
-        return {j["script"]: j["sha256"] for j in old.get("jobs", [])}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {j["script"]: j["sha256"] for j in previous_head(layout).get("jobs", [])}
+    except (KeyError, TypeError, AttributeError):
         return {}
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.layout import EXIT_REQUEUE, infer_state_path
 from hpcffn.core.params import InferenceParams, ModelParams, TrainingParams
 from hpcffn.core.plan_model import Plan
 from hpcffn.io.volumes import dataset_shape, parse_location, read_box
 
 
 def state_path(output: Path) -> Path:
-    return output.with_name(output.name + ".state")
+    return infer_state_path(output)
 
 
 def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
