@@ -45,9 +45,10 @@ def _check_queued_jobs(new_plan) -> None:
     """A re-plan must not change the tiles of tasks still in the queue (see submit.check_replan)."""
     from hpcffn.core.errors import HpcffnError
     from hpcffn.core.plan_model import load_plan
+    from hpcffn.jobs.state import recorded
     from hpcffn.jobs.submit import check_replan
 
-    if not new_plan.layout.state.is_file():
+    if not recorded(new_plan.layout.state):
         return  # nothing was ever submitted from this workdir
     try:
         old = load_plan(new_plan.layout.plan, tiles=False)  # the jobs are what is compared

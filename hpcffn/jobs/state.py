@@ -4,6 +4,8 @@ One record per submission (one sbatch call, or one local-runner run of a job), n
 with the script's sha256 at submission time, the array task ids it covers, the command line
 and (for local runs) each task's outcome. The file is rewritten atomically (temp + rename);
 writers take an fcntl lock on a side file so two `hpcffn submit` runs cannot interleave.
+`submit` does not rewrite it per sbatch call: it appends each new submission to a journal
+beside it (journal.py), which `load_state` folds in and `save_state` folds away.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
+from hpcffn.jobs import journal
 
 STATE_FORMAT = 1
 
@@ -78,10 +81,37 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def recorded(path: Path) -> bool:
+    """Whether anything was ever submitted from this workdir (state.json, or its journal)."""
+    return path.is_file() or journal.path_of(path).is_file()
+
+
 def load_state(path: Path) -> State:
-    """Read state.json; a missing file is an empty state."""
-    if not path.exists():
-        return State()
+    """Read state.json, plus the journal of a submit still running or killed; none is an empty state.
+
+    The journal is read first: a submit that finishes in between has put its records into
+    state.json by then (duplicates are dropped), so nothing is missed either way.
+    """
+    pending = journal.read(path)
+    state = _read_file(path) if path.exists() else State()
+    if pending:
+        seen = {_key(s) for s in state.submissions}
+        for raw in pending:
+            try:
+                sub = Submission.model_validate(raw)
+            except ValidationError:
+                continue  # not a record of ours (journal.read already skips torn lines)
+            if _key(sub) not in seen:
+                seen.add(_key(sub))
+                state.submissions.append(sub)
+    return state
+
+
+def _key(sub: Submission) -> tuple[str, str, str]:
+    return sub.job, sub.job_id, sub.submitted
+
+
+def _read_file(path: Path) -> State:
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != STATE_FORMAT:
@@ -98,7 +128,19 @@ def load_state(path: Path) -> State:
 
 
 def save_state(path: Path, state: State) -> None:
+    """Write the whole state atomically; the journal's records are in it now, so it goes."""
     atomic_write_text(path, state.model_dump_json(indent=1) + "\n")
+    if journal.path_of(path).exists():
+        journal.sync_dir(path.parent)  # the rename is on disk before the journal is gone
+        journal.remove(path)
+
+
+def record(path: Path, sub: Submission) -> None:
+    """Make one new submission durable at the cost of its own size: a journal line, not a rewrite.
+
+    For writers holding `locked(path)` that `save_state` once when they are done.
+    """
+    journal.append(path, sub.model_dump_json())
 
 
 @contextmanager

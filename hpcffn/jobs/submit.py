@@ -28,7 +28,7 @@ from hpcffn.stages.markers import is_done
 from hpcffn.jobs import pretest
 # observe and its views live in observe.py; submit, admin and the local runner import them from here too.
 from hpcffn.jobs.observe import Task, TaskView, job_tasks, observe, unit_of
-from hpcffn.jobs.state import Submission, load_state, locked, now, updating
+from hpcffn.jobs.state import Submission, load_state, locked, now, record, recorded, save_state
 
 
 def task_units(job: JobPlan, tasks: list[Task]) -> dict[str, str]:
@@ -67,7 +67,7 @@ def check_replan(old: Plan, new: Plan, query=None) -> None:
     would work on another tile or group than the one it was submitted for. Only jobs that are
     still pending or running (per state.json and SLURM) matter; finished work is safe.
     """
-    if not old.layout.state.is_file():
+    if not recorded(old.layout.state):
         return
     new_units = {j.name: j.units for j in new.jobs}
     changed = [j for j in old.jobs if new_units.get(j.name) != j.units]
@@ -358,26 +358,36 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
             echo(dry_run_script(plan, steps, size).rstrip("\n"))
             return []
         pretest.require_all_accepted(plan, steps, size)  # all or nothing: sbatch must accept every script first
-        new_ids: dict[str, list[str]] = {}
         made: list[Submission] = []
-        for step in steps:
-            script = plan.layout.root / step.job.script
-            digest = sha256_file(script)
-            slurm.make_log_dirs(script, plan.layout.root)
-            dep = dependency_string(step, new_ids)
-            calls = step.calls(size)
-            for offset, tasks, array in calls:
-                cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
-                jid = slurm.sbatch(cmd, cwd=plan.layout.root)
-                new_ids.setdefault(step.job.name, []).append(jid)
-                sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
-                                 tasks=[t for t in tasks if t is not None] if step.job.array else None,
-                                 array_offset=offset, command=cmd, units=task_units(step.job, tasks))
-                with updating(state_path) as st:
-                    st.submissions.append(sub)
-                made.append(sub)
-                piece = f" (piece {len(new_ids[step.job.name])}/{len(calls)}, offset {offset})" if len(calls) > 1 else ""
-                echo(f"{step.job.name}: submitted job {jid}" + (f" (array {array})" if array else "") + piece)
+        try:
+            _queue(plan, steps, size, state_path, made, echo)
+        finally:
+            if made:  # once, not per sbatch call: until then each one is a journal line (state.record)
+                state.submissions += made
+                save_state(state_path, state)
         if not steps:
             echo("nothing to submit: every selected job is submitted (see `hpcffn status`; `--resume` resubmits failed work)")
         return made
+
+
+def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, made: list[Submission], echo) -> None:
+    """The sbatch calls, in order; each new submission is recorded (journal line, fsynced) and
+    put in `made` before the next call, so a submit stopped anywhere forgets nothing it queued."""
+    new_ids: dict[str, list[str]] = {}
+    for step in steps:
+        script = plan.layout.root / step.job.script
+        digest = sha256_file(script)
+        slurm.make_log_dirs(script, plan.layout.root)
+        dep = dependency_string(step, new_ids)
+        calls = step.calls(size)
+        for offset, tasks, array in calls:
+            cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
+            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+            new_ids.setdefault(step.job.name, []).append(jid)
+            sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
+                             tasks=[t for t in tasks if t is not None] if step.job.array else None,
+                             array_offset=offset, command=cmd, units=task_units(step.job, tasks))
+            record(state_path, sub)
+            made.append(sub)
+            piece = f" (piece {len(new_ids[step.job.name])}/{len(calls)}, offset {offset})" if len(calls) > 1 else ""
+            echo(f"{step.job.name}: submitted job {jid}" + (f" (array {array})" if array else "") + piece)
