@@ -25,8 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_jobs import GRIDS, measured  # noqa: E402
-from bench_plan import spec_copy  # noqa: E402
+from bench_jobs import GRIDS, measured
+from bench_plan import spec_copy
 
 SBATCH = """#!/bin/sh
 for a in "$@"; do [ "$a" = "--test-only" ] && {{ echo "sbatch: Job 1 to start at now" >&2; exit 0; }}; done

@@ -18,8 +18,16 @@ from plan_helpers import spec_dict, write_h5, write_spec
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import load_plan
-from hpcffn.jobs import journal, slurm, state as state_mod
-from hpcffn.jobs.state import State, Submission, load_state, record, recorded, save_state
+from hpcffn.jobs import journal, slurm
+from hpcffn.jobs import state as state_mod
+from hpcffn.jobs.state import (
+    State,
+    Submission,
+    load_state,
+    record,
+    recorded,
+    save_state,
+)
 from hpcffn.jobs.status import collect
 from hpcffn.jobs.submit import observe, submit
 from hpcffn.plan.planner import make_plan

@@ -20,15 +20,23 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcffn.jobs import limits, slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
-from hpcffn.stages.markers import is_done
-from hpcffn.jobs import pretest
+from hpcffn.jobs import limits, pretest, slurm
+
 # observe and its views live in observe.py; submit, admin and the local runner import them from here too.
 from hpcffn.jobs.observe import Task, TaskView, job_tasks, observe, unit_of
-from hpcffn.jobs.state import Submission, load_state, locked, now, record, recorded, save_state
+from hpcffn.jobs.state import (
+    Submission,
+    load_state,
+    locked,
+    now,
+    record,
+    recorded,
+    save_state,
+)
+from hpcffn.stages.markers import is_done
 
 
 def task_units(job: JobPlan, tasks: list[Task]) -> dict[str, str]:
