@@ -50,6 +50,17 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tu
     return rec["wall"], rec["cpu"], rec["rss"], rec["out"]
 
 
+def size_setup(tmp: Path, n: int) -> tuple[Path, Path, dict[str, str]]:
+    """(folder, spec, env) for `n` tiles: the ibex spec at 500^3 tiles, 50 groups, workdir
+    folder/work; env runs this checkout's hpcffn with the folder's stand-ins first on PATH."""
+    nz, ny, nx = GRIDS[n]
+    folder = tmp / str(n)
+    folder.mkdir()
+    spec = spec_copy(folder, "spec.yaml", folder / "work", shape=(nz * 500, ny * 500, nx * 500), groups=50)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{folder}:{os.environ['PATH']}", "COLUMNS": "250"}
+    return folder, spec, env
+
+
 def write_stubs(folder: Path, plan_path: Path, state_path: Path) -> None:
     """squeue/sacct/scontrol stand-ins answering for every task in state.json, and that state.
 
@@ -140,11 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hpcffn-bench-jobs-") as tmp:
         tmp = Path(tmp)
         for n in sizes:
-            nz, ny, nx = GRIDS[n]
-            folder = tmp / str(n)
-            folder.mkdir()
-            spec = spec_copy(folder, "spec.yaml", folder / "work", shape=(nz * 500, ny * 500, nx * 500), groups=50)
-            env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{folder}:{os.environ['PATH']}", "COLUMNS": "250"}
+            folder, spec, env = size_setup(tmp, n)
             work = folder / "work"
             row: dict[str, tuple[float, float, int]] = {}
             row["plan"] = measured([*hpcffn, "plan", str(spec), "--force"], env)[:3]

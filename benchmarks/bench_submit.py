@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -25,8 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_jobs import GRIDS, measured
-from bench_plan import spec_copy
+from bench_jobs import measured, size_setup
 
 SBATCH = """#!/bin/sh
 for a in "$@"; do [ "$a" = "--test-only" ] && {{ echo "sbatch: Job 1 to start at now" >&2; exit 0; }}; done
@@ -98,11 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hpcffn-bench-submit-") as tmp:
         tmp = Path(tmp)
         for n in sizes:
-            nz, ny, nx = GRIDS[n]
-            folder = tmp / str(n)
-            folder.mkdir()
-            spec = spec_copy(folder, "spec.yaml", folder / "work", shape=(nz * 500, ny * 500, nx * 500), groups=50)
-            env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{folder}:{os.environ['PATH']}", "COLUMNS": "250"}
+            folder, spec, env = size_setup(tmp, n)
             work = folder / "work"
             write_tools(folder)
             measured([*hpcffn, "plan", str(spec), "--force"], env)
