@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_model_infer import StopAfter
 
 from hpcffn.core.params import InferenceParams, ModelParams
 from hpcffn.ffn import synthetic
@@ -101,14 +102,6 @@ def test_stopped_parallel_run_resumes_to_the_same_result(tmp_path):
     one, _ = _run(raw, 1)
     state = tmp_path / "state.h5"
     params = InferenceParams(parallel_fills=4, min_segment_size=30)
-
-    class StopAfter:
-        def __init__(self, n):
-            self.n = n
-
-        def __bool__(self):
-            self.n -= 1
-            return self.n < 0
 
     first = segment_volume(raw, CanvasSensitive(), MP, params, state_path=state, fp="x", stop=StopAfter(40),
                            log=lambda s: None)
