@@ -79,9 +79,7 @@ class ParallelFills:
         self.width = max(1, int(width))
         # Finished fills wait for their turn to commit without a model call, holding their canvas.
         self.max_live = 4 * self.width
-        # Seeds are in raster order: those soon after the head lie next to it, in the same object
-        # or beside it; seeds further on are further away and more often independent.
-        self.lookahead = len(seeds)
+        self.lookahead = 16 * self.width + 64  # seeds scanned past the head for new fills
         self.live: dict[int, _Fill] = {}  # seed index -> fill
         self.wasted = 0
         self.fills = 0  # fills FFN's loop would have started
