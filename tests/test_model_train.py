@@ -93,12 +93,17 @@ def test_model_trained_here_segments_an_unseen_volume(trained):
     m = compare(old.segmentation, labels)
     assert m["adapted_rand_error"] < 0.1, m
     # FFN's rules (the default) may also drop an object the model is unsure of (see `trained`),
-    # but never merge two.
+    # but never merge two: a segment may take a sliver of a neighbour at the shared boundary
+    # (one CI run: 43 voxels of a 500+ voxel ball), never a real part of a second object.
     ffn = segment_volume(raw, predict, MP, InferenceParams(min_segment_size=100))
     assert ffn.segments >= m["objects"] - 3, ffn
+    sizes = dict(zip(*np.unique(labels, return_counts=True)))
     for sid in range(1, ffn.segments + 1):
         ids, counts = np.unique(labels[(ffn.segmentation == sid) & (labels > 0)], return_counts=True)
-        assert counts.max() >= 0.95 * counts.sum(), (sid, ids, counts)  # one object (and background)
+        main = counts.argmax()
+        for obj, n in zip(ids, counts):
+            if obj != ids[main]:
+                assert n < 0.2 * sizes[obj], (sid, ids, counts, sizes[obj])  # not a merge
 
 
 def _usr1_when(cmd: list[str], needle: str, wait: float = 180) -> tuple[int, str]:

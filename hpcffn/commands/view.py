@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -33,4 +34,8 @@ def view(
     except KeyboardInterrupt:
         typer.echo("hpcffn view: stopped")
     finally:
-        session.close()
+        # neuroglancer stops its server from the server's own thread and may wait on a request
+        # still in flight; Ctrl-C must end the command regardless (its threads are daemons).
+        closer = threading.Thread(target=session.close, daemon=True)
+        closer.start()
+        closer.join(10)
