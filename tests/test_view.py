@@ -69,8 +69,10 @@ def test_headless_chromium_shows_the_three_layers(stitched, tmp_path):
 
 
 def test_cli_prints_the_url_and_the_tunnel_and_serves(stitched):
+    # started with SIGINT ignored, as a shell starts a background job: Ctrl-C must stop it anyway
     proc = subprocess.Popen([sys.executable, "-m", "hpcffn.cli", "view", str(stitched.layout.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = [proc.stdout.readline() for _ in range(4)]
         url = lines[0].split("neuroglancer: ", 1)[1].strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,10 @@ def view(
     typer.echo(f"neuroglancer: {session.url}")
     typer.echo(f"layers: {', '.join(session.layers)}")
     typer.echo(f"from your own machine, tunnel first, then open the URL there:\n  {session.ssh}")
+    # Ctrl-C and kill stop it cleanly, also where SIGINT came in ignored (a shell's background
+    # job, CI runners): Python then installs no KeyboardInterrupt handler of its own.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)
