@@ -180,10 +180,7 @@ class ParallelFills:
     def _near_live(self, pos) -> bool:
         """Whether `pos` lies in (or within a FOV of) a live fill's box: most likely the same
         object, whose earlier fill would take the seed and make this fill wasted work."""
-        for f in self.live.values():
-            if all(a - 2 * r <= p <= b + 2 * r for a, b, p, r in zip(f.lo, f.hi, pos, self.c.radius)):
-                return True
-        return False
+        return any(self._reaches(pos, f) for f in self.live.values())
 
     def _speculate(self, head: int) -> None:
         """Start fills for later seeds that FFN's loop may still fill."""
