@@ -79,6 +79,8 @@ _register_all()
 STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
 # Imported only by `hpcffn report`.
 REPORT_PACKAGES = ("matplotlib", "tensorboard")
+# Imported only by `hpcffn view`.
+VIEW_PACKAGES = ("neuroglancer",)
 
 
 def main() -> None:
@@ -104,6 +106,10 @@ def main() -> None:
         if package in REPORT_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
             print(f"hpcffn: error: this command needs {package}, part of the report extra: "
                   "pip install 'hpcffn[report]'", file=sys.stderr)
+            sys.exit(2)
+        if package in VIEW_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
+            print(f"hpcffn: error: this command needs {package}, part of the view extra: "
+                  "pip install 'hpcffn[view]'", file=sys.stderr)
             sys.exit(2)
         if os.environ.get("HPCFFN_DEBUG") or package not in STAGE_PACKAGES:
             raise
