@@ -14,7 +14,7 @@ import sys
 import typer
 
 from hpcffn import __version__
-from hpcffn.core.errors import HpcffnError
+from hpcffn.core.errors import DiskFull, HpcffnError
 
 app = typer.Typer(
     name="hpcffn",
@@ -96,6 +96,11 @@ def main() -> None:
             sys.exit(rc)  # click returns (not raises) the code of typer.Exit(n) here
     except HpcffnError as exc:
         print(f"hpcffn: error: {exc}", file=sys.stderr)
+        if isinstance(exc, DiskFull):
+            # HDF5 may hold a file it could not flush; its exit-time clean-up would crash (exit 139).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("hpcffn: interrupted", file=sys.stderr)

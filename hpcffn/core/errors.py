@@ -13,3 +13,11 @@ class HpcffnError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class DiskFull(HpcffnError):
+    """No space left while writing an output (nothing was replaced).
+
+    The CLI ends the process right after printing it: HDF5 keeps a file it could not flush
+    open, and its exit-time clean-up then crashes (a segfault, exit 139).
+    """

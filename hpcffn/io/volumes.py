@@ -173,22 +173,43 @@ def atomic_h5(path: str | Path):
     full becomes one line naming the folder; nothing at `path` is replaced.
     """
     import os
+    import sys
 
     import h5py
 
     from hpcffn.core.atomic import atomic_path
+    from hpcffn.core.errors import DiskFull
 
     with atomic_path(path, suffix=".h5") as tmp:
         fh = h5py.File(tmp, "w")
+        previous_hooks = sys.unraisablehook, sys.excepthook
+        # h5py reports a flush that failed while one of its objects is freed (inside h5py, before
+        # the except below) as an "Exception ignored" traceback (through both hooks): disk full is
+        # reported once, below.
+        sys.unraisablehook = lambda u: None if _disk_full(u.exc_value) else previous_hooks[0](u)
+        sys.excepthook = lambda t, v, tb: None if _disk_full(v) else previous_hooks[1](t, v, tb)
         try:
             yield fh
             fh.close()
         except BaseException as exc:
             os.truncate(tmp, 0)  # frees the blocks, so the close below can flush
+            if _disk_full(exc):
+                # Closing would flush again into the full disk (and print "Exception ignored"
+                # tracebacks); the file and the objects in the exception's frames stay open
+                # instead, and the CLI ends the process before HDF5's exit-time clean-up.
+                _UNFLUSHABLE.append((exc, fh))
+                raise DiskFull(f"no space left on the device of {Path(path).parent} while writing "
+                               f"{Path(path).name}: free space there and run again (nothing was replaced)") from None
             with suppress(Exception):  # the first error is the one to report
                 fh.close()
-            if isinstance(exc, (OSError, RuntimeError)) and (
-                    getattr(exc, "errno", None) == 28 or "No space left on device" in str(exc)):
-                raise HpcffnError(f"no space left on the device of {Path(path).parent} while writing "
-                                  f"{Path(path).name}: free space there and run again (nothing was replaced)") from None
             raise
+        finally:
+            sys.unraisablehook, sys.excepthook = previous_hooks
+
+
+_UNFLUSHABLE: list = []
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, (OSError, RuntimeError)) and (
+        getattr(exc, "errno", None) == 28 or "No space left on device" in str(exc))
