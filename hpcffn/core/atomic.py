@@ -84,9 +84,28 @@ def remove_stale_temporaries(path: str | Path, extra_prefixes: tuple[str, ...] =
     for entry in path.parent.iterdir():
         name = entry.name
         if pattern.match(name) or any(name.startswith(p) for p in extra_prefixes):
+            if _live_writer(name):
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def _live_writer(name: str) -> bool:
+    """`.NAME.old-<pid>` (an output moved aside while its replacement goes in) of a process still
+    running here is that process's to remove."""
+    import re
+
+    m = re.search(r"\.old-(\d+)$", name)
+    if not m or int(m.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
