@@ -103,14 +103,18 @@ def _pixels(what, read) -> np.ndarray:
 
     try:
         return read()
-    except KeyError as exc:  # tifffile: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"
+    except (KeyError, ValueError) as exc:
+        # tifffile: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package" (KeyError or ValueError)
         text = str(exc.args[0]) if exc.args else str(exc)
-        if "requires" not in text and "COMPRESSION" not in text:
+        if "imagecodecs" in text:
+            raise HpcffnError(f"{what}: compressed with a codec that is not installed ({text}): the file is fine; "
+                              "install imagecodecs (pip install imagecodecs, part of hpcffn's dependencies) or "
+                              "save the slices uncompressed") from None
+        if isinstance(exc, KeyError):
             raise
-        raise HpcffnError(f"{what}: compressed with a codec that is not installed ({text}): the file is fine; "
-                          "install imagecodecs (pip install imagecodecs, part of hpcffn's dependencies) or "
-                          "save the slices uncompressed") from None
-    except (OSError, ValueError, EOFError, IndexError, tifffile.TiffFileError) as exc:
+        raise HpcffnError(f"{what}: the pixel data cannot be read ({type(exc).__name__}: {exc}); the file is "
+                          "truncated or damaged: copy it again") from None
+    except (OSError, EOFError, IndexError, tifffile.TiffFileError) as exc:
         raise HpcffnError(f"{what}: the pixel data cannot be read ({type(exc).__name__}: {exc}); the file is "
                           "truncated or damaged: copy it again") from None
 
