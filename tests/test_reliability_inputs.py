@@ -11,8 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-import yaml
-from plan_helpers import spec_dict, write_h5, write_spec
+from plan_helpers import spec_dict, write_spec
 from test_plan_cli import assert_one_line_error, hpcffn
 
 from hpcffn.core.errors import HpcffnError

@@ -16,7 +16,7 @@ from test_model_stitch import fake_inference, planned  # noqa: F401 (fixture)
 from test_model_stitch_volume import run_steps
 from test_plan_cli import assert_one_line_error, hpcffn
 
-from hpcffn.stages import resolve
+from hpcffn.stages import joins, resolve
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def stitched(planned):  # noqa: F811
 
 def _chunk(plan, level=0):
     store = plan.layout.stitched("v1")
-    return store, sorted(p for p in (store / "labels" / "seg" / str(level)).rglob("*") if p.is_file()
-                         and not p.name.startswith("."))[0]
+    return store, min(p for p in (store / "labels" / "seg" / str(level)).rglob("*") if p.is_file()
+                      and not p.name.startswith("."))
 
 
 def _readers(plan, tmp_path):
@@ -75,10 +75,8 @@ def test_verify_of_an_unfinished_stitch_is_not_damage(planned):  # noqa: F811
     plan, labels = planned
     fake_inference(plan, labels)
     for job in plan.jobs:  # joins and resolve only: the store exists, no chunk is written yet
-        if job.stage in ("joins", "resolve"):
-            for unit in job.units:
-                getattr(__import__(f"hpcffn.stages.{job.stage}", fromlist=["x"]), "run_from_plan")(
-                    plan, unit, log=lambda s: None)
+        for unit in job.units if job.stage in ("joins", "resolve") else []:
+            {"joins": joins, "resolve": resolve}[job.stage].run_from_plan(plan, unit, log=lambda s: None)
     proc = hpcffn("verify", plan.layout.root)
     assert proc.returncode == 0 and "v1: stitch not finished" in proc.stdout, proc.stdout + proc.stderr
 

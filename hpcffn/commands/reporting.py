@@ -16,7 +16,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     @app.command()
     def verify(plan_dir: Path = PLAN_DIR, spec: Path = SPEC) -> None:
         """Check that the stitched volumes are whole: every chunk of every level present and of the
-        length its header records (exit 1 and the damaged chunks otherwise)."""
+        length its header records (otherwise the damaged chunks, and a non-zero exit)."""
         from hpcffn.core.errors import HpcffnError
         from hpcffn.jobs.verify import describe, verify_plan
 

@@ -211,12 +211,16 @@ def _store_class():
             return {k: self[k] for k in keys}
 
         def __setitem__(self, key, value):
+            from hpcffn.core.errors import DiskFull
+
             try:
                 super().__setitem__(key, value)
             except OSError as exc:
-                raise HpcffnError(f"{self.path}: cannot write chunk {key} ({exc.strerror or exc}); "
-                                  + ("free space there and run again" if exc.errno == 28 else
-                                     "check the folder's permissions and space")) from None
+                if exc.errno == 28:
+                    raise DiskFull(f"{self.path}: cannot write chunk {key} (no space left on the device): free "
+                                   "space there and run again") from None
+                raise HpcffnError(f"{self.path}: cannot write chunk {key} ({exc.strerror or exc}); check the "
+                                  "folder's permissions and space") from None
 
     _STORE_CLASS = CheckedStore
     return CheckedStore

@@ -116,7 +116,7 @@ def check_filters(loc: Location, ds) -> None:
 
     plist = ds.id.get_create_plist()
     for i in range(plist.get_nfilters()):
-        code, flags, _values, name = plist.get_filter(i)
+        code, _flags, _values, name = plist.get_filter(i)
         # Optional or not (hdf5plugin marks its filters optional), chunks written through it
         # cannot be decoded without it.
         if h5py.h5z.filter_avail(code):

@@ -60,7 +60,7 @@ def render(env, template: str, context: dict) -> str:
                           "save it as UTF-8") from None
     except jinja2.TemplateError as exc:
         raise HpcffnError(f"template {template}: {exc}; fix the template") from None
-    except Exception as exc:  # an expression in the template failed ({{ 1/0 }}, a bad filter argument)
+    except Exception as exc:  # noqa: BLE001 - an expression in the template failed ({{ 1/0 }}, a bad filter argument)
         raise HpcffnError(f"template {_where(exc, template)}: {type(exc).__name__}: {exc}; fix the template") from None
 
 
