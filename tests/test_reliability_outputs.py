@@ -71,7 +71,7 @@ def test_verify_says_whole_or_lists_the_damaged_chunks(stitched):
     assert "v1" in proc.stderr and "docs/stitch.md" in proc.stderr
 
 
-def test_verify_of_an_unfinished_stitch_is_not_damage(planned):  # noqa: F811
+def test_an_unfinished_stitch_is_not_damage_for_verify_or_report(planned, tmp_path):  # noqa: F811
     plan, labels = planned
     fake_inference(plan, labels)
     for job in plan.jobs:  # joins and resolve only: the store exists, no chunk is written yet
@@ -79,6 +79,10 @@ def test_verify_of_an_unfinished_stitch_is_not_damage(planned):  # noqa: F811
             {"joins": joins, "resolve": resolve}[job.stage].run_from_plan(plan, unit, log=lambda s: None)
     proc = hpcffn("verify", plan.layout.root)
     assert proc.returncode == 0 and "v1: stitch not finished" in proc.stdout, proc.stdout + proc.stderr
+    # The report of a running experiment leaves the stitched picture out until relabel is done.
+    proc = hpcffn("report", plan.layout.root, "--output", tmp_path / "report", "--tiles", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "report").glob("tile_*.png")) and not (tmp_path / "report" / "stitched_v1.png").exists()
 
 
 def test_view_without_the_view_extra_names_it(stitched, tmp_path):
