@@ -14,7 +14,7 @@ import sys
 import typer
 
 from hpcffn import __version__
-from hpcffn.core.errors import HpcffnError
+from hpcffn.core.errors import DiskFull, HpcffnError
 
 app = typer.Typer(
     name="hpcffn",
@@ -79,6 +79,8 @@ _register_all()
 STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
 # Imported only by `hpcffn report`.
 REPORT_PACKAGES = ("matplotlib", "tensorboard")
+# Imported only by `hpcffn view`.
+VIEW_PACKAGES = ("neuroglancer",)
 
 
 def main() -> None:
@@ -94,6 +96,11 @@ def main() -> None:
             sys.exit(rc)  # click returns (not raises) the code of typer.Exit(n) here
     except HpcffnError as exc:
         print(f"hpcffn: error: {exc}", file=sys.stderr)
+        if isinstance(exc, DiskFull):
+            # HDF5 may hold a file it could not flush; its exit-time clean-up would crash (exit 139).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("hpcffn: interrupted", file=sys.stderr)
@@ -104,6 +111,10 @@ def main() -> None:
         if package in REPORT_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
             print(f"hpcffn: error: this command needs {package}, part of the report extra: "
                   "pip install 'hpcffn[report]'", file=sys.stderr)
+            sys.exit(2)
+        if package in VIEW_PACKAGES and not os.environ.get("HPCFFN_DEBUG"):
+            print(f"hpcffn: error: this command needs {package}, part of the view extra: "
+                  "pip install 'hpcffn[view]'", file=sys.stderr)
             sys.exit(2)
         if os.environ.get("HPCFFN_DEBUG") or package not in STAGE_PACKAGES:
             raise

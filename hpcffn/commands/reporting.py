@@ -1,4 +1,5 @@
-"""CLI command `hpcffn report`: the experiment's HTML page and its evaluation table."""
+"""CLI commands `hpcffn report` (the experiment's HTML page and its evaluation table) and `hpcffn verify`
+(are the stitched volumes whole)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,22 @@ from hpcffn.commands.jobs import PLAN_DIR, SPEC, find_plan
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
-    """Attach report to the root app."""
+    """Attach report and verify to the root app."""
+
+    @app.command()
+    def verify(plan_dir: Path = PLAN_DIR, spec: Path = SPEC) -> None:
+        """Check that the stitched volumes are whole: every chunk of every level present and of the
+        length its header records (otherwise the damaged chunks, and a non-zero exit)."""
+        from hpcffn.core.errors import HpcffnError
+        from hpcffn.jobs.verify import describe, verify_plan
+
+        checks = verify_plan(find_plan(plan_dir, spec))
+        for check in checks:
+            typer.echo(describe(check))
+        damaged = [c for c in checks if c.state == "damaged"]
+        if damaged:
+            raise HpcffnError(f"{len(damaged)} stitched volume(s) damaged ({', '.join(c.volume for c in damaged)}): "
+                              "restore them, or rebuild their stitch as docs/stitch.md says")
 
     @app.command()
     def report(

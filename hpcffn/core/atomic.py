@@ -5,6 +5,7 @@ Nothing a user made (scripts, checkpoints, outputs, state) is ever half-written.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -41,13 +42,24 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+    """Write `data` to `path` atomically; a failed write names `path` (the OS error names no file)."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            from hpcffn.core.errors import DiskFull
+
+            raise DiskFull(f"no space left on the device of {Path(path).parent} while writing {Path(path).name}: "
+                           "free space there and run again (the old file was kept)") from None
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
@@ -72,9 +84,28 @@ def remove_stale_temporaries(path: str | Path, extra_prefixes: tuple[str, ...] =
     for entry in path.parent.iterdir():
         name = entry.name
         if pattern.match(name) or any(name.startswith(p) for p in extra_prefixes):
+            if _live_writer(name):
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def _live_writer(name: str) -> bool:
+    """`.NAME.old-<pid>` (an output moved aside while its replacement goes in) of a process still
+    running here is that process's to remove."""
+    import re
+
+    m = re.search(r"\.old-(\d+)$", name)
+    if not m or int(m.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True

@@ -20,3 +20,11 @@ class SchedulerNotAnswering(HpcffnError):
 
     Read-only queries treat it as one failed source and go on with the others; callers tell it
     from other errors by type, never by the message's words."""
+
+
+class DiskFull(HpcffnError):
+    """No space left while writing an output (nothing was replaced).
+
+    The CLI ends the process right after printing it: HDF5 keeps a file it could not flush
+    open, and its exit-time clean-up then crashes (a segfault, exit 139).
+    """

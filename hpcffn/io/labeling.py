@@ -97,16 +97,19 @@ def label_volume(
     nz = reader.shape[0]
     slab = slab or default_slab(reader.shape)
     if polarity == "labels":
-        top = 0
+        # Objects are the distinct non-zero ids, not the largest id (16 objects numbered up to
+        # 16000 are 16 objects).
+        ids = np.zeros(0, np.uint64)
         for z0 in range(0, nz, slab):
             block = reader.read(z0, min(nz, z0 + slab))
             if np.issubdtype(block.dtype, np.signedinteger) and block.size and block.min() < 0:
                 raise HpcffnError(f"{reader.name}: negative ids in slices {z0}..; ids must be >= 0")
-            write(z0, block.astype(np.uint64))
-            top = max(top, int(block.max()) if block.size else 0)
+            block = block.astype(np.uint64)
+            write(z0, block)
+            ids = np.union1d(ids, np.unique(block))
             if progress:
                 progress(block.shape[0])
-        return top
+        return int(np.count_nonzero(ids))
 
     import cc3d
 

@@ -156,7 +156,12 @@ def array_path(image: str, level: int = 0) -> str:
 
 
 def open_array(path: Path, dataset: str, mode: str = "r"):
-    """A zarr array of the store: `dataset` is "seg", "raw", "labels/seg/2", "0" ...; one-line errors."""
+    """A zarr array of the store: `dataset` is "seg", "raw", "labels/seg/2", "0" ...; one-line errors.
+
+    Read-only opens are checked: relabel and pyramid write every chunk of the volume (empty ones
+    too), so a chunk file that is missing or shorter than its header says is damage, and reading
+    it is a one-line error naming the store and the chunk, never background or a codec traceback.
+    """
     import zarr
 
     if not (Path(path) / ".zgroup").is_file() and not (Path(path) / ".zarray").is_file():
@@ -164,7 +169,106 @@ def open_array(path: Path, dataset: str, mode: str = "r"):
     key = dataset.strip("/")
     if key in ("raw", LABELS) or (not key.replace("/", "").isdigit() and "/" not in key):
         key = array_path(key)
+    store = _store_class()(str(path), strict=mode == "r")
     try:
-        return zarr.open_array(str(path), path=key, mode=mode)
+        return zarr.open_array(store, path=key, mode=mode)
     except (KeyError, ValueError, zarr.errors.ArrayNotFoundError, zarr.errors.ContainsGroupError):
         raise HpcffnError(f"{path} has no array {dataset!r}: use seg, raw, labels/seg/<level> or <level>") from None
+
+
+_META = (".zarray", ".zattrs", ".zgroup", ".zmetadata")
+_STORE_CLASS = None
+
+
+def _store_class():
+    """zarr's DirectoryStore with checked chunk reads, and writes whose errors name the chunk."""
+    global _STORE_CLASS
+    if _STORE_CLASS is not None:
+        return _STORE_CLASS
+    import zarr
+
+    class CheckedStore(zarr.storage.DirectoryStore):
+        def __init__(self, path: str, strict: bool):
+            super().__init__(path)
+            self.strict = strict
+
+        def __getitem__(self, key):
+            try:
+                data = super().__getitem__(key)
+            except KeyError:
+                if self.strict and not key.endswith(_META):
+                    raise HpcffnError(f"{self.path}: chunk {key} is missing (deleted, or never written): the stored "
+                                      f"volume is damaged or its stitch has not finished; `hpcffn verify` lists "
+                                      "every damaged chunk, and docs/stitch.md says how to rebuild") from None
+                raise
+            if not key.endswith(_META):
+                check_chunk(self.path, key, data)
+            return data
+
+        def getitems(self, keys, *, contexts):
+            if not self.strict:
+                return super().getitems(keys, contexts=contexts)
+            return {k: self[k] for k in keys}
+
+        def __setitem__(self, key, value):
+            from hpcffn.core.errors import DiskFull
+
+            try:
+                super().__setitem__(key, value)
+            except OSError as exc:
+                if exc.errno == 28:
+                    raise DiskFull(f"{self.path}: cannot write chunk {key} (no space left on the device): free "
+                                   "space there and run again") from None
+                raise HpcffnError(f"{self.path}: cannot write chunk {key} ({exc.strerror or exc}); check the "
+                                  "folder's permissions and space") from None
+
+    _STORE_CLASS = CheckedStore
+    return CheckedStore
+
+
+def check_chunk(store, key: str, data: bytes, size: int | None = None) -> None:
+    """A Blosc chunk records its compressed length (bytes 12-16): a file of another size was cut off.
+
+    `data` is the chunk (or at least its first 16 bytes, with the file's `size`)."""
+    size = len(data) if size is None else size
+    if len(data) >= 2 and data[0] in (1, 2) and data[1] >= 1:  # Blosc-1 header: version, codec version
+        length = int.from_bytes(bytes(data[12:16]), "little") if len(data) >= 16 else -1
+        if length != size:
+            raise HpcffnError(f"{store}: chunk {key} is truncated ({size} bytes, its header says {length}): "
+                              "the stored volume is damaged; `hpcffn verify` lists every damaged chunk, and "
+                              "docs/stitch.md says how to rebuild")
+    elif size == 0:
+        raise HpcffnError(f"{store}: chunk {key} is empty (0 bytes): the stored volume is damaged; "
+                          "`hpcffn verify` lists every damaged chunk, and docs/stitch.md says how to rebuild")
+
+
+def chunk_keys(shape, chunks) -> list[str]:
+    """Keys ("i/j/k", nested) of every chunk of an array."""
+    import itertools
+
+    grid = [range(-(-s // c)) for s, c in zip(shape, chunks)]
+    return ["/".join(map(str, idx)) for idx in itertools.product(*grid)]
+
+
+def damaged_chunks(path: Path) -> list[str]:
+    """Every chunk of every array of the store that is missing or truncated ("array/i/j/k: why")."""
+    import json
+
+    problems = []
+    for meta in sorted(Path(path).rglob(".zarray")):
+        array = meta.parent
+        info = json.loads(meta.read_text())
+        rel = array.relative_to(path).as_posix()
+        for key in chunk_keys(info["shape"], info["chunks"]):
+            f = array / key
+            if not f.is_file():
+                problems.append(f"{rel}/{key}: missing")
+                continue
+            with open(f, "rb") as fh:
+                head = fh.read(16)
+            try:
+                check_chunk(path, f"{rel}/{key}", head, f.stat().st_size)
+            except HpcffnError:
+                problems.append(f"{rel}/{key}: truncated")
+    return problems
+

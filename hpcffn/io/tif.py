@@ -55,7 +55,11 @@ def tif_slices(directory: Path) -> list[Path]:
 
 
 def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
-    """(shape of the first page, dtype, number of pages, axes) of a TIF, from headers."""
+    """(shape of the first page, dtype, number of pages, axes) of a TIF, from headers.
+
+    A hyperstack (ImageJ's ZCYX, TZYX ...) is refused here: its pages interleave channels or
+    time points, and reading them as z slices would give a volume of mixed slices.
+    """
     import numpy as np
     import tifffile
 
@@ -63,18 +67,54 @@ def page_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int, str]:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             series = tif.series[0]
+            _refuse_hyperstack(path, series.axes, tuple(int(s) for s in series.shape))
             return tuple(int(s) for s in page.shape), np.dtype(page.dtype), len(tif.pages), series.axes
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
         raise HpcffnError(f"{path} is not a readable TIF file ({exc})") from None
 
 
+# tifffile's axis letters that are not a page's own y, x or samples (colour): z, channel, time...
+_PAGE_AXES = set("YXS")
+
+
+def _refuse_hyperstack(path: Path, axes: str, shape: tuple[int, ...]) -> None:
+    """More than one axis besides y,x with a size above 1 (z and channels, z and time) is refused."""
+    stacked = [(a, n) for a, n in zip(axes, shape) if a not in _PAGE_AXES and n > 1]
+    if len(stacked) > 1:
+        sizes = ", ".join(f"{_AXIS_NAMES.get(a, a)} {n}" for a, n in stacked)
+        raise HpcffnError(
+            f"{path} is a hyperstack (axes {axes}, shape {shape}: {sizes}); its pages interleave "
+            f"{' and '.join(_AXIS_NAMES.get(a, a) for a, _ in stacked)} and would not be z slices: save the one "
+            "channel/time point you segment as its own grayscale stack (Fiji: Image > Color > Split Channels, "
+            "or Image > Duplicate with one channel)"
+        )
+
+
+_AXIS_NAMES = {"Z": "z slices", "C": "channels", "T": "time points", "Q": "pages", "I": "pages"}
+
+
 def _pixels(what, read) -> np.ndarray:
-    """Pixel data of a slice/page; a truncated or damaged file is a one-line error, not a traceback."""
+    """Pixel data of a slice/page; a truncated or damaged file is a one-line error, not a traceback.
+
+    A compression whose codec is not installed (LZW, JPEG, ZSTD... come from imagecodecs) is
+    named as such: the file is fine, the reader lacks the codec.
+    """
     import tifffile
 
     try:
         return read()
-    except (OSError, ValueError, EOFError, IndexError, tifffile.TiffFileError) as exc:
+    except (KeyError, ValueError) as exc:
+        # tifffile: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package" (KeyError or ValueError)
+        text = str(exc.args[0]) if exc.args else str(exc)
+        if "imagecodecs" in text:
+            raise HpcffnError(f"{what}: compressed with a codec that is not installed ({text}): the file is fine; "
+                              "install imagecodecs (pip install imagecodecs, part of hpcffn's dependencies) or "
+                              "save the slices uncompressed") from None
+        if isinstance(exc, KeyError):
+            raise
+        raise HpcffnError(f"{what}: the pixel data cannot be read ({type(exc).__name__}: {exc}); the file is "
+                          "truncated or damaged: copy it again") from None
+    except (OSError, EOFError, IndexError, tifffile.TiffFileError) as exc:
         raise HpcffnError(f"{what}: the pixel data cannot be read ({type(exc).__name__}: {exc}); the file is "
                           "truncated or damaged: copy it again") from None
 
@@ -155,7 +195,9 @@ class TifStack(VolumeReader):
         check_gray(self.path, shape0, axes)
         self._tif = tifffile.TiffFile(self.path)
         self._pages = self._tif.pages
-        for i in (0, pages - 1):
+        # Every page's header (not only the first and last): a page of another size in the
+        # middle would otherwise be found by convert, after a queue wait.
+        for i in range(pages):
             page = self._pages[i]
             if tuple(page.shape) != shape0 or np.dtype(page.dtype) != dtype0:
                 self._tif.close()

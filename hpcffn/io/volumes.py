@@ -78,7 +78,9 @@ def open_dataset(loc: Location | str, default_dataset: str | None = None,
     if loc.path.name.lower().endswith(ZARR_SUFFIXES):
         from hpcffn.io.ome_zarr import open_array
 
-        yield open_array(loc.path, loc.dataset)  # zarr arrays slice like h5py datasets; nothing to close
+        array = open_array(loc.path, loc.dataset)  # zarr arrays slice like h5py datasets; nothing to close
+        _refuse_empty(loc, array.shape)
+        yield array
         return
     if not loc.path.is_file():
         raise HpcffnError(f"HDF5 file {loc.path} does not exist: check the path (dataset {loc.dataset!r})")
@@ -93,9 +95,38 @@ def open_dataset(loc: Location | str, default_dataset: str | None = None,
                 f"{loc.path} has no dataset {loc.dataset!r} (datasets present: {present}); "
                 f"write it as {loc.path}:<dataset>"
             )
-        yield fh[loc.dataset]
+        ds = fh[loc.dataset]
+        _refuse_empty(loc, ds.shape)
+        check_filters(loc, ds)
+        yield ds
     finally:
         fh.close()
+
+
+def _refuse_empty(loc: Location, shape) -> None:
+    """A dataset with a zero-length axis holds no voxels: every stage would fail deep inside on it."""
+    if 0 in tuple(shape):
+        raise HpcffnError(f"{loc}: dataset is empty (shape {tuple(shape)}); point at the dataset with the data")
+
+
+def check_filters(loc: Location, ds) -> None:
+    """An HDF5 dataset compressed with a filter this HDF5 library cannot apply (Blosc, LZ4, Zstd...
+    come as plugins) cannot be read: say which filter, and the fix, before the first read fails."""
+    import h5py
+
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _flags, _values, name = plist.get_filter(i)
+        # Optional or not (hdf5plugin marks its filters optional), chunks written through it
+        # cannot be decoded without it.
+        if h5py.h5z.filter_avail(code):
+            continue
+        label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        raise HpcffnError(
+            f"{loc}: dataset is compressed with HDF5 filter {code} ({label or 'unnamed'}), which is not installed "
+            "here: install its plugin and point HDF5_PLUGIN_PATH at it (pip install hdf5plugin; its folder is hdf5plugin.PLUGIN_PATH) or save the "
+            "dataset with gzip or no compression (h5repack -f GZIP=1)"
+        )
 
 
 def dataset_shape(loc: Location | str, default_dataset: str | None = None) -> tuple[int, ...]:
@@ -142,22 +173,43 @@ def atomic_h5(path: str | Path):
     full becomes one line naming the folder; nothing at `path` is replaced.
     """
     import os
+    import sys
 
     import h5py
 
     from hpcffn.core.atomic import atomic_path
+    from hpcffn.core.errors import DiskFull
 
     with atomic_path(path, suffix=".h5") as tmp:
         fh = h5py.File(tmp, "w")
+        previous_hooks = sys.unraisablehook, sys.excepthook
+        # h5py reports a flush that failed while one of its objects is freed (inside h5py, before
+        # the except below) as an "Exception ignored" traceback (through both hooks): disk full is
+        # reported once, below.
+        sys.unraisablehook = lambda u: None if _disk_full(u.exc_value) else previous_hooks[0](u)
+        sys.excepthook = lambda t, v, tb: None if _disk_full(v) else previous_hooks[1](t, v, tb)
         try:
             yield fh
             fh.close()
         except BaseException as exc:
             os.truncate(tmp, 0)  # frees the blocks, so the close below can flush
+            if _disk_full(exc):
+                # Closing would flush again into the full disk (and print "Exception ignored"
+                # tracebacks); the file and the objects in the exception's frames stay open
+                # instead, and the CLI ends the process before HDF5's exit-time clean-up.
+                _UNFLUSHABLE.append((exc, fh))
+                raise DiskFull(f"no space left on the device of {Path(path).parent} while writing "
+                               f"{Path(path).name}: free space there and run again (nothing was replaced)") from None
             with suppress(Exception):  # the first error is the one to report
                 fh.close()
-            if isinstance(exc, (OSError, RuntimeError)) and (
-                    getattr(exc, "errno", None) == 28 or "No space left on device" in str(exc)):
-                raise HpcffnError(f"no space left on the device of {Path(path).parent} while writing "
-                                  f"{Path(path).name}: free space there and run again (nothing was replaced)") from None
             raise
+        finally:
+            sys.unraisablehook, sys.excepthook = previous_hooks
+
+
+_UNFLUSHABLE: list = []
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, (OSError, RuntimeError)) and (
+        getattr(exc, "errno", None) == 28 or "No space left on device" in str(exc))

@@ -30,7 +30,32 @@ def check_inputs(plan: Plan) -> tuple[list[str], list[str]]:
             _check_raw(vol, where, errors, warnings)
         if vol.groundtruth_source and _exists(vol.groundtruth_source, "stack"):
             _check_groundtruth(vol, where, errors, warnings)
+    errors += check_checkpoints(plan)
     return errors, warnings
+
+
+def check_checkpoints(plan: Plan) -> list[str]:
+    """A checkpoint the spec names must be there now, not found missing by the first GPU job.
+
+    Accepted as the stages accept them (ffn/tf1_import.resolve_checkpoint): a pretrained name,
+    a checkpoint prefix (PREFIX.index exists), its .index file, or a directory of checkpoints.
+    """
+    from pathlib import Path
+
+    from hpcffn.core.pretrained import pretrained
+
+    errors = []
+    for field, value in (("ffn.training.init_checkpoint", plan.ffn.training.init_checkpoint),
+                         ("ffn.inference.checkpoint", plan.ffn.inference.checkpoint)):
+        if not value or pretrained(value) is not None:
+            continue
+        p = Path(value)
+        prefix = p.with_suffix("") if p.suffix == ".index" else p
+        if p.is_dir() or Path(f"{prefix}.index").is_file():
+            continue
+        errors.append(f"field {field}: no checkpoint at {value} (neither a directory of checkpoints nor a prefix "
+                      f"with {prefix}.index): fix the path, e.g. train/g0/ckpt-100, or name a pretrained model (fib25)")
+    return errors
 
 
 def _exists(location: str, default_dataset: str) -> bool:
@@ -66,9 +91,32 @@ def _check_raw(vol: VolumePlan, where: str, errors: list[str], warnings: list[st
             "and point raw at raw.h5:raw"
         )
         return
+    if dtype != np.uint8 and not in_place:
+        _check_rescale(vol, dtype, slices, where, errors, warnings)
     values = np.unique(np.concatenate([np.unique(s) for s in slices]))
     if len(values) == 1:
         warnings.append(f"{where}: raw {vol.raw_source} is {values[0]} in every sampled slice: is it the right dataset?")
+
+
+def _check_rescale(vol: VolumePlan, dtype: np.dtype, slices: list[np.ndarray], where: str,
+                   errors: list[str], warnings: list[str]) -> None:
+    """Convert maps non-uint8 raw with the volume's `rescale`: say now what it would do to the data."""
+    lo, hi = min(float(np.nanmin(s)) for s in slices), max(float(np.nanmax(s)) for s in slices)
+    sampled = f"sampled values {lo:g}..{hi:g}"
+    if vol.rescale == "none":
+        errors.append(f"{where}: raw {vol.raw_source} is {dtype} ({sampled}), not uint8, and its rescale is none: "
+                      "set rescale: minmax (the stack's min..max to 0..255) or rescale: dtype (the dtype's full "
+                      "range) on the volume")
+    elif vol.rescale == "dtype" and dtype.kind == "f" and (lo < 0 or hi > 1):
+        errors.append(f"{where}: raw {vol.raw_source} is {dtype} ({sampled}) but rescale dtype maps float 0..1 to "
+                      "0..255, so everything above 1 becomes 255: set rescale: minmax on the volume")
+    elif vol.rescale == "dtype" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        scale = 255.0 / (float(info.max) - float(info.min))
+        a, b = (round((v - float(info.min)) * scale) for v in (lo, hi))
+        if b - a < 64:
+            warnings.append(f"{where}: raw {vol.raw_source} is {dtype} ({sampled}); rescale dtype maps them to "
+                            f"{a}..{b} of 0..255 (little contrast): rescale: minmax would use the whole range")
 
 
 def _check_groundtruth(vol: VolumePlan, where: str, errors: list[str], warnings: list[str]) -> None:

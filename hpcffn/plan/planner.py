@@ -21,7 +21,7 @@ from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, spec_stage
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
-from hpcffn.plan.limits import check_resources
+from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources
 from hpcffn.plan.resources import profiles_dir
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
@@ -174,6 +174,18 @@ def check_tiles(tiles, need, trained: set[str], spec_path: Path) -> None:
         if (z < nz or y < ny or x < nx) and t.volume in trained:
             raise _fail(spec_path, "subvolume.min_edge", f"tile {t.name} is {t.box.size} (z,y,x), smaller than FOV plus 2 x margin "
                         f"{need}; raise min_edge so edge remainders merge, or check the volume's shape")
+
+
+def check_overlap(tiles, overlap, spec_path: Path) -> None:
+    """Tiles meet only where their inference boxes overlap: with no overlap along an axis that is cut
+    into several tiles, stitching has no shared voxels to join the objects crossing those faces."""
+    cut = {a for t in tiles for a in range(3) if t.index[a] > 0}
+    flat = [a for a in sorted(cut) if overlap[a] < 1]
+    if flat:
+        axes = " and ".join("zyx"[a] for a in flat)
+        raise _fail(spec_path, "subvolume.overlap", f"{list(overlap)} (z,y,x) is 0 along {axes}, where the volume is "
+                    "cut into several tiles: stitching then cannot join objects that cross the tiles' faces; give "
+                    "at least 1 voxel there (the minimum), better the FOV radius or more (default 32)")
 
 
 # Full class balancing gives about 3 records per labelled voxel (500^3: 382.5 M records,
@@ -341,7 +353,7 @@ def sbatch_lines(spec: Spec, job: JobPlan, res: dict, layout: Layout, throttle: 
     if job.array:
         lines.append(f"--array=0-{len(job.units) - 1}" + (f"%{throttle}" if throttle else ""))
     if job.stage in LONG_STAGES:
-        lines.append(f"--signal=B:USR1@{res['signal_grace'] or 300}")
+        lines.append(f"--signal=B:USR1@{res['signal_grace'] or DEFAULT_SIGNAL_GRACE}")
         lines.append("--requeue")
     lines += res["extra_sbatch"] or []
     return lines
@@ -379,7 +391,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], 
             "modules": res["modules"] or [],
             "setup": res["setup"] or [],
             "requeue": job.stage in LONG_STAGES,
-            "signal_grace": res["signal_grace"] or 300,
+            "signal_grace": res["signal_grace"] or DEFAULT_SIGNAL_GRACE,
             "depends_on": [d.job for d in job.depends_on],
         }
         text = render(env, f"{job.stage}.sbatch.j2", context)
@@ -467,6 +479,7 @@ def plan_grid(spec: Spec, volumes: list[VolumePlan], spec_path: Path):
     for v in sorted(volumes, key=lambda v: v.name not in trained):  # grouped tiles first (CONTRACTS.md)
         tiles += grid.tile_volume(v.name, v.shape, spec.subvolume.size, min_edge, spec.subvolume.overlap)
     check_tiles(tiles, need, trained, spec_path)
+    check_overlap(tiles, spec.subvolume.overlap, spec_path)
     training_tiles = [t for t in tiles if t.volume in trained]
     groups = []
     if training_tiles:
@@ -505,6 +518,9 @@ def _template_dir(spec: Spec, base: Path, given: str | Path | None, spec_path: P
         tdir, where = Path(_abs(base, spec.templates)), f"{spec_path}: field templates"
     else:
         return None
+    if tdir.exists() and not tdir.is_dir():
+        raise HpcffnError(f"{where}: {tdir} is a file, not a directory of *.sbatch.j2 templates; give the directory "
+                          "that holds them")
     if not tdir.is_dir():
         raise HpcffnError(f"{where}: template directory {tdir} does not exist; fix the path")
     return tdir

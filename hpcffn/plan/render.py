@@ -52,6 +52,24 @@ def render(env, template: str, context: dict) -> str:
         raise HpcffnError(f"template {exc.filename or exc.name}: line {exc.lineno}: {exc.message}; fix the template") from None
     except jinja2.UndefinedError as exc:
         raise HpcffnError(f"template {template}: {exc.message}; use only the variables documented in docs/spec.md") from None
+    except RecursionError:
+        raise HpcffnError(f"template {template} extends or includes itself (directly or through another template): "
+                          "make the chain of extends/include end in a template that names none") from None
+    except UnicodeDecodeError as exc:
+        raise HpcffnError(f"a template used by {template} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except jinja2.TemplateError as exc:
+        raise HpcffnError(f"template {template}: {exc}; fix the template") from None
+    except Exception as exc:  # noqa: BLE001 - an expression in the template failed ({{ 1/0 }}, a bad filter argument)
+        raise HpcffnError(f"template {_where(exc, template)}: {type(exc).__name__}: {exc}; fix the template") from None
+
+
+def _where(exc: BaseException, template: str) -> str:
+    """`file line N` of the template line that failed (Jinja puts template frames in the traceback)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    return f"{frames[-1].filename} line {frames[-1].lineno}" if frames else template
 
 
 def sha256(text: str) -> str:

@@ -109,8 +109,9 @@ class SubvolumeSpec(_Strict):
         None, description="z,y,x: an edge remainder shorter than this merges into the previous tile; "
         "default: the smallest size that holds the FOV plus both margins"
     )
-    groups: int = Field(1, ge=1, description="number of GPU training groups")
-    array_throttle: int | None = Field(None, ge=1, description="at most this many array tasks run at once (%N)")
+    # strict: YAML's `true` is not 1 group.
+    groups: int = Field(1, ge=1, strict=True, description="number of GPU training groups")
+    array_throttle: int | None = Field(None, ge=1, strict=True, description="at most this many array tasks run at once (%N)")
 
     @field_validator("size")
     @classmethod
@@ -407,8 +408,11 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
     """Read a YAML mapping with one-line errors."""
     import yaml
 
+    if path.is_dir():
+        raise HpcffnError(f"{what} file {path} is a directory, not a YAML file; give the {what}'s .yaml file in it")
     if not path.is_file():
-        raise HpcffnError(f"{what} file {path} does not exist; check the path (or run `hpcffn init {path}`)")
+        hint = f" (or run `hpcffn init {path}`)" if what == "spec" else ""
+        raise HpcffnError(f"{what} file {path} does not exist; check the path{hint}")
     try:
         loader = _unique_keys_loader()(path.read_text(encoding="utf-8"))
         try:
@@ -425,7 +429,8 @@ def load_yaml(path: Path, what: str = "spec") -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise HpcffnError(f"{path} is not readable ({exc})") from None
     if not isinstance(data, dict):
-        raise HpcffnError(f"{path}: expected a YAML mapping of keys (name:, workdir:, volumes: ...), got {type(data).__name__}")
+        keys = "description:, max_time:, defaults:, train: ..." if what == "profile" else "name:, workdir:, volumes: ..."
+        raise HpcffnError(f"{path}: expected a YAML mapping of {what} keys ({keys}), got {type(data).__name__}")
     return data
 
 
@@ -517,8 +522,11 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
         path = Path(name_or_path).expanduser()
         if not path.is_absolute():
             path = spec_dir / path
-        if not path.is_file():
+        if not path.exists():
             raise HpcffnError(f"{spec_path}: field cluster.profile: profile file {path} does not exist; fix the path")
+        if not path.is_file():
+            raise HpcffnError(f"{spec_path}: field cluster.profile: {path} is a directory, not a profile .yaml file; "
+                              "fix the path")
     return validate_model(ProfileSpec, load_yaml(path, "profile"), path), path
 
 

@@ -27,9 +27,29 @@ def load_evaluation(plan: Plan) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise HpcffnError(f"{path} is not readable JSON ({exc}): re-run `hpcffn submit --stage evaluate`") from None
+    problem = _shape_problem(report)
+    if problem:
+        raise HpcffnError(f"{path} is not an evaluation report ({problem}): re-run `hpcffn submit --stage evaluate`")
+    return report
+
+
+def _shape_problem(report) -> str | None:
+    """What in the JSON is not the layout stages/evaluate.py writes, or None."""
+    if not isinstance(report, dict):
+        return f"the top level is a {type(report).__name__}, not an object"
+    tiles = report.get("tiles", [])
+    if not isinstance(tiles, list) or not all(isinstance(r, dict) and isinstance(r.get("tile"), str) for r in tiles):
+        return '"tiles" is not a list of rows with a "tile" name'
+    for key in ("volumes", "stitched"):
+        value = report.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(m, dict) for m in value.values()):
+            return f'"{key}" is not an object of per-volume figures'
+    if tiles and not isinstance(report.get("overall"), dict):
+        return '"overall" is missing or not an object'
+    return None
 
 
 def evaluation_rows(plan: Plan, report: dict) -> list[dict]:

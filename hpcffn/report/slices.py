@@ -42,9 +42,13 @@ def tile_segmentation_slice(plan: Plan, tile: TilePlan, z: int) -> np.ndarray | 
 
 
 def stitched_slice(plan: Plan, volume: str, z: int) -> np.ndarray | None:
-    """A volume's stitched segmentation at z (whole y,x plane); None before stitch."""
+    """A volume's stitched segmentation at z (whole y,x plane); None before stitch, or while its
+    relabel tasks still write it (the store's chunks not written yet are refused when read)."""
     path = plan.layout.stitched(volume)  # the OME-Zarr volume of the planned stitch
-    if not path.is_dir():
+    if path.is_dir():
+        if not all(plan.layout.marker("relabel", t.name).is_file() for t in plan.tiles if t.volume == volume):
+            return None
+    else:
         path = plan.layout.stitched_hdf5(volume)  # or a single-task stitch's HDF5
         if not path.is_file():
             return None

@@ -41,6 +41,20 @@ def _to_uint8(block: np.ndarray, rescale: str, lo: float, hi: float) -> np.ndarr
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def check_float_range(name: str, block: np.ndarray, z0: int) -> None:
+    """`rescale: dtype` maps floats 0..1 to 0..255; float raw outside 0..1 (a camera's 0..4095 saved as
+    float32) would become 255 nearly everywhere, so it is refused before anything is written."""
+    if block.dtype.kind != "f" or not block.size:
+        return
+    lo, hi = float(np.nanmin(block)), float(np.nanmax(block))
+    if lo < 0 or hi > 1:
+        raise HpcffnError(
+            f"raw {name} is {block.dtype} with values {lo:g}..{hi:g} (slices {z0}..{z0 + len(block) - 1}) but "
+            "rescale dtype maps float 0..1 to 0..255, so everything above 1 would become 255: use rescale minmax "
+            "(the stack's own min..max; --rescale minmax or `rescale: minmax` on the volume)"
+        )
+
+
 def _min_max(reader, slab: int) -> tuple[float, float]:
     lo, hi = np.inf, -np.inf
     for z0 in range(0, reader.shape[0], slab):
@@ -155,7 +169,10 @@ def convert(
                     compression_opts=1,
                 )
                 def read_uint8(a, b, raw_r=raw_r, lo=lo, hi=hi):
-                    return _to_uint8(raw_r.read(a, b), rescale, lo, hi)
+                    block = raw_r.read(a, b)
+                    if rescale == "dtype":
+                        check_float_range(raw_r.name, block, a)
+                    return _to_uint8(block, rescale, lo, hi)
 
                 if clahe:
                     from hpcffn.stages.clahe import clahe_slabs

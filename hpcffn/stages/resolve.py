@@ -58,7 +58,11 @@ def run_from_plan(plan: Plan, volume_key: str, log=print) -> dict:
 
     volume = plan.volume(volume_key)
     tiles = [t for t in plan.tiles if t.volume == volume.name]
-    with hold_unit(plan, "resolve", volume.name):
+    store = plan.layout.stitched(volume.name)
+    outputs = (plan.layout.relabelling(volume.name), plan.layout.id_bases(volume.name), store)
+    # A killed resolve leaves `.NAME.xxxxxxxx.tmp*` of each output and the replaced store as
+    # `.NAME.old-<pid>` (ome_zarr.create): removed here, under the unit's lock.
+    with hold_unit(plan, "resolve", volume.name, outputs, extra_prefixes=(f".{store.name}.old-",)):
         joins = [load_joins(plan.layout.joins(t.name), t.name, plan.layout.plan) for t in tiles]
         lut, bases, segments, n_joins = resolve([t.name for t in tiles], joins)
         dtype = ome_zarr.label_dtype(segments)
@@ -69,7 +73,7 @@ def run_from_plan(plan: Plan, volume_key: str, log=print) -> dict:
         with open_dataset(volume.raw, "raw") as raw:
             raw_type = np.dtype(raw.dtype)
         chunks = ome_zarr.chunk_shape(tuple(plan.spec["subvolume"]["size"]), volume.shape)
-        ome_zarr.create(plan.layout.stitched(volume.name), volume.shape, chunks, dtype, raw_type)
+        ome_zarr.create(store, volume.shape, chunks, dtype, raw_type)
         log(f"hpcffn resolve: {volume.name}: {sum(len(j['owned']) for j in joins)} tile segments, {n_joins} joins "
             f"-> {segments} segments ({dtype}); store {plan.layout.stitched(volume.name)} chunks {chunks}")
         mark_done(plan, "resolve", volume.name, segments=segments, joins=n_joins)
