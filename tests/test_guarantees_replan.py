@@ -234,3 +234,80 @@ def test_a_task_marks_nothing_done_when_the_plan_changed_while_it_ran(tmp_path):
         with pytest.raises(HpcffnError, match="changed while infer .* ran"):
             mark_done(task_plan, "infer", unit)
     assert not plan.layout.marker("infer", unit).exists()
+
+
+def test_a_rewritten_input_makes_its_volume_not_done(tmp_path):
+    import os
+
+    proc, plan = _planned(tmp_path)
+    _finish_everything(plan)
+    raw = tmp_path / "data" / "v1.h5"
+    st = raw.stat()
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the data was copied again
+    proc, replanned = _planned(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert all("done" not in c for c in _categories(replanned).values())
+
+
+# ------------------------------------------------------------------ item 3: a plan is switched as one
+
+
+def _replan_interrupted(tmp_path, monkeypatch, where: str):
+    """Plan, then re-plan with other tiles, stopped (as by kill -9) at `where`; the old plan."""
+    import os
+
+    import hpcffn.core.units as units
+    from hpcffn.plan.planner import make_plan
+    from hpcffn.plan.render import write_workdir
+
+    proc, old = _planned(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(spec.read_text().replace("- 64\n  - 64\n  - 64", "- 50\n  - 64\n  - 64", 1))
+    new = make_plan(spec)
+    if where == "units":  # after the head and the first unit index
+        calls, write = [], units.atomic_write_text
+
+        def dying(path, text, mode=None):
+            calls.append(path)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            write(path, text, mode)
+        monkeypatch.setattr(units, "atomic_write_text", dying)
+    else:  # as plan.json is renamed into place
+        replace = os.replace
+
+        def dying(src, dst, *a, **k):
+            if str(dst).endswith("plan.json"):
+                raise KeyboardInterrupt
+            return replace(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", dying)
+    with pytest.raises(KeyboardInterrupt):
+        write_workdir(new.plan, new.scripts, new.resolved_yaml, force=False, dry_run=False)
+    monkeypatch.undo()
+    return old
+
+
+def test_a_plan_killed_while_writing_units_leaves_the_old_plan_whole(tmp_path, monkeypatch):
+    from hpcffn.core.plan_model import load_plan
+    from hpcffn.core.units import load_task_plan
+
+    old = _replan_interrupted(tmp_path, monkeypatch, "units")
+    assert load_plan(tmp_path / "work").tiles == old.tiles
+    for i, tile in enumerate(t for t in old.tiles if t.group):
+        task_plan, unit = load_task_plan(old.layout.plan, "partitions", i)
+        assert unit == tile.name and task_plan.tile(unit) == tile
+    assert not list((tmp_path / "work").glob(".units.*"))
+
+
+def test_a_plan_killed_before_plan_json_is_refused_by_tasks(tmp_path, monkeypatch):
+    from hpcffn.core.units import load_task_plan
+
+    old = _replan_interrupted(tmp_path, monkeypatch, "plan.json")
+    with pytest.raises(HpcffnError, match="come from different `hpcffn plan` runs"):
+        load_task_plan(old.layout.plan, "partitions", 0)
+    proc = hpcffn("stage", "partitions", "--plan", old.layout.plan, "--job", "partitions", "--tile", "0")
+    assert_one_line_error(proc, "come from different `hpcffn plan` runs", "run `hpcffn plan` again")
+    assert hpcffn("plan", tmp_path / "exp.yaml").returncode == 0  # planning again puts it right
+    task_plan, unit = load_task_plan(old.layout.plan, "partitions", 0)
+    assert task_plan.tile(unit).box.size[0] == 50

@@ -88,7 +88,7 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
             name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
             groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,
             rescale=vol.rescale, connectivity=vol.connectivity, tile_files=vol.tile_files,
-            mask=mask.location if mask else None,
+            mask=mask.location if mask else None, inputs_id=inputs_identity([raw, gt, mask]),
         ))
         folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt, mask) if s is not None]
         resolved.append({"name": vol.name, "raw": raw.location, "groundtruth": gt.location if gt else None,
@@ -99,6 +99,29 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
     # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
     order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
     return [plans[i] for i in order], resolved, folders
+
+
+def inputs_identity(sources: list[Source | None]) -> str | None:
+    """A short hash of the inputs' sizes and modification times (None while one is missing).
+
+    A replaced or rewritten input changes it, and with it what every unit of the volume means.
+    """
+    import hashlib
+
+    parts = []
+    for src in sources:
+        if src is None:
+            continue
+        if not src.exists:
+            return None
+        if src.kind == "tifdir":
+            with os.scandir(src.path) as entries:
+                stats = sorted((e.name, e.stat()) for e in entries if e.is_file())
+            parts.append([str(src.path), [(n, st.st_size, st.st_mtime_ns) for n, st in stats]])
+        else:
+            st = os.stat(src.path)
+            parts.append([src.location, st.st_size, st.st_mtime_ns])
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
 def refuse_convert_over_any_input(volumes: list[VolumePlan], inputs: list[tuple[str, Source]], layout: Layout,
