@@ -146,7 +146,7 @@ def test_a_new_subvolume_size_makes_every_unit_not_done(tmp_path):
 
 
 def test_changed_stitch_parameters_redo_the_stitch_and_evaluation_only(tmp_path):
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     _finish_everything(plan)
     proc, replanned = _planned(tmp_path, ffn={"stitch": {"min_overlap_voxels": 7}})
     assert proc.returncode == 0, proc.stderr
@@ -158,7 +158,7 @@ def test_changed_stitch_parameters_redo_the_stitch_and_evaluation_only(tmp_path)
 
 
 def test_an_unchanged_replan_keeps_everything_done_and_the_same_plan(tmp_path):
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     _finish_everything(plan)
     before = (tmp_path / "work" / "plan.json").read_bytes()
     proc, replanned = _planned(tmp_path)
@@ -171,7 +171,7 @@ def test_an_unchanged_replan_keeps_everything_done_and_the_same_plan(tmp_path):
 def test_a_replan_changing_work_a_local_run_holds_is_refused(tmp_path):
     from hpcffn.jobs.state import locked
 
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     before = (tmp_path / "work" / "plan.json").read_bytes()
     with locked(plan.layout.state):  # what `hpcffn run` holds while it runs
         proc, _ = _planned(tmp_path, ffn={"inference": {"min_segment_size": 50}})
@@ -188,7 +188,7 @@ def test_a_replan_changing_queued_work_is_refused(tmp_path):
     from hpcffn.plan.fingerprints import unit_fingerprints
     from hpcffn.plan.planner import make_plan
 
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     infer = next(j for j in plan.jobs if j.stage == "infer")
     save_state(plan.layout.state, State(submissions=[Submission(
         job=infer.name, job_id="77", submitted="t", sha256="x", tasks=list(range(len(infer.units))),
@@ -197,7 +197,7 @@ def test_a_replan_changing_queued_work_is_refused(tmp_path):
     spec.write_text(spec.read_text().replace("depth: 2", "depth: 2\n    features: 16"))
     new = make_plan(spec).plan
     changed = changed_units(new, unit_fingerprints(new))
-    running = lambda ids: {i: slurm.TaskInfo(id=i, state="RUNNING") for i in ids}  # noqa: E731
+    running = lambda ids: {i: slurm.TaskInfo(id=i, state="RUNNING") for i in ids}
     with pytest.raises(HpcffnError, match=f"jobs {infer.name} are still pending or running"):
         refuse_work_in_progress(new, changed, query=running)
     refuse_work_in_progress(new, changed, query=lambda ids: {i: slurm.TaskInfo(id=i, state="COMPLETED") for i in ids})
@@ -207,7 +207,7 @@ def test_a_replan_changing_queued_work_is_refused(tmp_path):
 def test_a_deleted_output_makes_its_unit_not_done(tmp_path, marker_too):
     from hpcffn.jobs.status import collect
 
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     _finish_everything(plan)
     tile = plan.tiles[1].name
     infer = next(j for j in plan.jobs if j.stage == "infer" and tile in j.units)
@@ -226,7 +226,7 @@ def test_a_task_marks_nothing_done_when_the_plan_changed_while_it_ran(tmp_path):
     from hpcffn.core.units import load_task_plan
     from hpcffn.stages.markers import hold_unit, mark_done
 
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     infer = next(j for j in plan.jobs if j.stage == "infer")
     task_plan, unit = load_task_plan(plan.layout.plan, infer.name, 0)
     with hold_unit(task_plan, "infer", unit):
@@ -239,7 +239,7 @@ def test_a_task_marks_nothing_done_when_the_plan_changed_while_it_ran(tmp_path):
 def test_a_rewritten_input_makes_its_volume_not_done(tmp_path):
     import os
 
-    proc, plan = _planned(tmp_path)
+    _, plan = _planned(tmp_path)
     _finish_everything(plan)
     raw = tmp_path / "data" / "v1.h5"
     st = raw.stat()
@@ -256,7 +256,7 @@ def _replan_interrupted(tmp_path, monkeypatch, where: str):
     """Plan, then re-plan with other tiles, stopped (as by kill -9) at `where`; the old plan."""
     import os
 
-    import hpcffn.core.units as units
+    from hpcffn.core import units
     from hpcffn.plan.planner import make_plan
     from hpcffn.plan.render import write_workdir
 

@@ -38,7 +38,11 @@ def plan(
                                                  "wait for that `hpcffn plan` to finish, then plan again"):
         fingerprints = None
         if not dry_run:
-            from hpcffn.jobs.replan import changed_units, invalidate, refuse_work_in_progress
+            from hpcffn.jobs.replan import (
+                changed_units,
+                invalidate,
+                refuse_work_in_progress,
+            )
             from hpcffn.plan.fingerprints import unit_fingerprints
 
             fingerprints = unit_fingerprints(planned.plan)

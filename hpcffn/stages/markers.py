@@ -23,7 +23,6 @@ from hpcffn.core.locks import exclusive
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import task_fingerprint
 
-
 # (workdir, stage, unit) -> the unit's fingerprint when this process took its lock.
 _STARTED: dict[tuple[str, str, str], str | None] = {}
 
