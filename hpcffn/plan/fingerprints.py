@@ -9,10 +9,9 @@ longer done, whatever its marker, its name or SLURM say.
     convert     the volume's record (inputs, their identity, polarity, rescale...) and convert.*
     partitions  the tile's boxes, ffn.partitions, its volume's
     coordinates the group's tiles, ffn.coordinates, their partitions'
-    train       ffn.model, ffn.training (not checkpoint_minutes/max_steps: raising max_steps
-                continues a model), the group's coordinates'
+    train       ffn.model, ffn.training (not checkpoint_minutes), the group's coordinates'
     infer       the tile's boxes, ffn.model, ffn.inference (not checkpoint_minutes/parallel_fills,
-                which leave the result as it is), max_steps, its model's, its volume's
+                which leave the result as it is), its model's, its volume's
     joins, resolve, relabel, pyramid   ffn.stitch and every infer fingerprint of the volume
     evaluate    every volume's stitched (or inferred) fingerprint and groundtruth
 """
@@ -48,19 +47,19 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
            for v in plan.volumes}
     fps: dict[str, dict[str, str]] = {"convert": vol}
     params = _js(ffn.partitions.model_dump(mode="json"))
-    part = {t.name: _h(params, vol[t.volume], records[t.name]) for t in plan.tiles if t.group}
+    part = {t.name: _h("partitions", params, vol[t.volume], records[t.name]) for t in plan.tiles if t.group}
     fps["partitions"] = part
     params = _js(ffn.coordinates.model_dump(mode="json"))
-    coords = {g.name: _h("coordinates", params, *g.tiles, *(part.get(t, "") for t in g.tiles)) for g in plan.groups}
+    coords = {g.name: _h("coordinates", params, g.name, *g.tiles, *(part.get(t, "") for t in g.tiles)) for g in plan.groups}
     fps["coordinates"] = coords
     params = _js([ffn.model.model_dump(mode="json"),
-                  ffn.training.model_dump(mode="json", exclude={"checkpoint_minutes", "max_steps"})])
+                  ffn.training.model_dump(mode="json", exclude={"checkpoint_minutes"})])
     train = {g: _h("train", params, fp) for g, fp in coords.items()}
     fps["train"] = train
     if "infer" not in stages and "evaluate" not in stages and not stages & {"joins", "resolve"}:
         return _per_job(plan, fps)
     infer_params = ffn.inference.model_dump(mode="json", exclude={"checkpoint_minutes", "parallel_fills"})
-    params = _js([ffn.model.model_dump(mode="json"), infer_params, ffn.training.max_steps])
+    params = _js([ffn.model.model_dump(mode="json"), infer_params])
     first = plan.groups[0].name if plan.groups else None
     checkpoint = ffn.inference.checkpoint or ""  # the model infer uses: that path, or its group's training
     infer = {t.name: _h("infer", params, checkpoint or train.get(t.group or first, ""), vol[t.volume],
@@ -96,5 +95,5 @@ def _per_job(plan: Plan, fps: dict[str, dict[str, str]]) -> dict[str, list[str]]
     for job in plan.jobs:
         table = fps.get(job.stage, {})
         out[job.name] = [table[u] if u in table or isinstance(table, _Pyramid) else _h(job.stage, u)
-                         for u in job.units]
+                         for u in job.units]  # (a stage without a table here: its name and unit)
     return out
