@@ -36,22 +36,24 @@ def plan(
     changed, moved = {}, []
     with nullcontext() if dry_run else exclusive(layout.plan_lock, f"the plan of {layout.root}",
                                                  "wait for that `hpcffn plan` to finish, then plan again"):
-        fingerprints = None
+        fingerprints = records = None
         if not dry_run:
             from hpcffn.jobs.replan import (
                 changed_units,
                 invalidate,
                 refuse_work_in_progress,
             )
+            from hpcffn.core.units import tile_records
             from hpcffn.plan.fingerprints import unit_fingerprints
 
-            fingerprints = unit_fingerprints(planned.plan)
+            records = tile_records(planned.plan.tiles)  # formatted once: fingerprints and unit indexes
+            fingerprints = unit_fingerprints(planned.plan, records)
             changed = changed_units(planned.plan, fingerprints)
             if not force:
                 _check_queued_jobs(planned.plan)
                 refuse_work_in_progress(planned.plan, changed)
         report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run,
-                               fingerprints=fingerprints,
+                               fingerprints=fingerprints, records=records,
                                before_switch=lambda: moved.extend(invalidate(planned.plan, changed)))
     print_plan_summary(planned, report, dry_run=dry_run)
     _say_replanned(changed, moved)

@@ -85,7 +85,7 @@ def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = N
             atomic_write_text(folder / lay.unit_fingerprints(job.name).name, "".join(f + "\n" for f in fingerprints[job.name]))
 
 
-FP_LINE = 17  # 16 hex digits and a newline
+FP_LINE = 33  # 32 hex digits and a newline
 
 
 def read_fingerprint(workdir: str | Path, job: str, index: int) -> str | None:

@@ -12,7 +12,8 @@ longer done, whatever its marker, its name or SLURM say.
     train       ffn.model, ffn.training (not checkpoint_minutes), the group's coordinates'
     infer       the tile's boxes, ffn.model, ffn.inference (not checkpoint_minutes/parallel_fills,
                 which leave the result as it is), its model's, its volume's
-    joins, resolve, relabel, pyramid   ffn.stitch and every infer fingerprint of the volume
+    joins, resolve, relabel   ffn.stitch and every infer fingerprint of the volume
+    pyramid     subvolume.size and every volume's resolve fingerprint
     evaluate    every volume's stitched (or inferred) fingerprint and groundtruth
 """
 
@@ -26,74 +27,83 @@ from hpcffn.core.units import tile_records
 
 
 def _h(*parts: str) -> str:
-    return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
+    """32 hex digits: a fingerprint, or the stage half of a tile's (`_mixed`)."""
+    return blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def _js(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _mixed(prefix: str, tile_hash: dict[str, str], names) -> dict[str, str]:
+    """name -> the stage's half and the tile's own half: a tile's fingerprint without a hash per tile and stage."""
+    half = prefix[:16]
+    return {n: half + tile_hash[n] for n in names}
+
+
 def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """job name -> the fingerprint of each of its tasks' units (task i: job.units[i])."""
+    """job name -> the fingerprint of each of its tasks' units (task i: job.units[i]).
+
+    Tile units hash their record once (100,000s of them); what the stage adds is one hash per
+    volume and group, mixed in. The stitch steps after infer depend on every tile of their volume,
+    so all units of a volume share one fingerprint there.
+    """
     records = records if records is not None else tile_records(plan.tiles)
     ffn = plan.ffn
-    stages = {j.stage for j in plan.jobs}
     spec = plan.spec
     by_volume: dict[str, list] = {}
     for t in plan.tiles:
         by_volume.setdefault(t.volume, []).append(t)
+    tile_hash = {n: blake2b(r.encode(), digest_size=8).hexdigest() for n, r in records.items()}
     vol = {v.name: _h("volume", v.model_dump_json(), _js(spec.get("convert")),
                       _js([records[t.name] for t in by_volume.get(v.name, [])]) if v.tile_files else "")
            for v in plan.volumes}
     fps: dict[str, dict[str, str]] = {"convert": vol}
     params = _js(ffn.partitions.model_dump(mode="json"))
-    part = {t.name: _h("partitions", params, vol[t.volume], records[t.name]) for t in plan.tiles if t.group}
+    part: dict[str, str] = {}
+    for v, tiles in by_volume.items():
+        part.update(_mixed(_h("partitions", params, vol[v]), tile_hash, [t.name for t in tiles if t.group]))
     fps["partitions"] = part
     params = _js(ffn.coordinates.model_dump(mode="json"))
-    coords = {g.name: _h("coordinates", params, g.name, *g.tiles, *(part.get(t, "") for t in g.tiles)) for g in plan.groups}
+    coords = {g.name: _h("coordinates", params, g.name, *g.tiles, *(part.get(t, "") for t in g.tiles))
+              for g in plan.groups}
     fps["coordinates"] = coords
     params = _js([ffn.model.model_dump(mode="json"),
                   ffn.training.model_dump(mode="json", exclude={"checkpoint_minutes"})])
     train = {g: _h("train", params, fp) for g, fp in coords.items()}
     fps["train"] = train
-    if "infer" not in stages and "evaluate" not in stages and not stages & {"joins", "resolve"}:
-        return _per_job(plan, fps)
     infer_params = ffn.inference.model_dump(mode="json", exclude={"checkpoint_minutes", "parallel_fills"})
     params = _js([ffn.model.model_dump(mode="json"), infer_params])
     first = plan.groups[0].name if plan.groups else None
     checkpoint = ffn.inference.checkpoint or ""  # the model infer uses: that path, or its group's training
-    infer = {t.name: _h("infer", params, checkpoint or train.get(t.group or first, ""), vol[t.volume],
-                        records[t.name]) for t in plan.tiles}
+    by_model: dict[tuple[str, str | None], list[str]] = {}
+    for t in plan.tiles:
+        by_model.setdefault((t.volume, t.group or first), []).append(t.name)
+    infer: dict[str, str] = {}
+    for (v, g), names in by_model.items():
+        infer.update(_mixed(_h("infer", params, checkpoint or train.get(g or "", ""), vol[v]), tile_hash, names))
     fps["infer"] = infer
     stitch = _js(ffn.stitch.model_dump(mode="json"))
     inferred = {v: _h("inferred", stitch, *(infer[t.name] for t in tiles)) for v, tiles in by_volume.items()}
-    fps["joins"] = {t.name: _h("joins", inferred[t.volume], t.name) for t in plan.tiles}
-    fps["resolve"] = resolved = {v.name: _h("resolve", inferred.get(v.name, "")) for v in plan.volumes}
-    fps["relabel"] = {t.name: _h("relabel", resolved[t.volume], infer[t.name], t.name) for t in plan.tiles}
-    everything = _h("stitched", _js(spec["subvolume"]["size"]), *resolved.values())
-    fps["pyramid"] = _Pyramid(everything)
-    stitched = "joins" in stages
+    resolved = {v.name: _h("resolve", inferred.get(v.name, "")) for v in plan.volumes}
+    fps["resolve"] = resolved
+    joins = {v: _h("joins", fp) for v, fp in inferred.items()}
+    relabel = {v: _h("relabel", fp) for v, fp in resolved.items()}
+    fps["joins"] = {t.name: joins[t.volume] for t in plan.tiles}
+    fps["relabel"] = {t.name: relabel[t.volume] for t in plan.tiles}
+    stitched = "joins" in {j.stage for j in plan.jobs}
     fps["evaluate"] = {"experiment": _h("evaluate", _js(spec.get("evaluate")), str(stitched),
                                         *(resolved if stitched else inferred).values(),
                                         *(vol[v.name] for v in plan.volumes if v.groundtruth))}
-    return _per_job(plan, fps)
-
-
-class _Pyramid(dict):
-    """Pyramid blocks (counted per level, 100,000s): every block hashes the whole stitch."""
-
-    def __init__(self, base: str):
-        super().__init__()
-        self.base = base
-
-    def __missing__(self, unit: str) -> str:
-        return _h("pyramid", self.base, unit)
-
-
-def _per_job(plan: Plan, fps: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    pyramid = _h("pyramid", _js(spec.get("subvolume", {}).get("size")), *resolved.values())
     out = {}
     for job in plan.jobs:
+        if job.stage == "pyramid":  # blocks are counted, not listed in the tables (100,000s)
+            out[job.name] = [pyramid] * len(job.units)
+            continue
         table = fps.get(job.stage, {})
-        out[job.name] = [table[u] if u in table or isinstance(table, _Pyramid) else _h(job.stage, u)
-                         for u in job.units]  # (a stage without a table here: its name and unit)
+        try:
+            out[job.name] = list(map(table.__getitem__, job.units))
+        except KeyError:  # a stage without a table here: its name and unit
+            out[job.name] = [table.get(u) or _h(job.stage, u) for u in job.units]
     return out

@@ -103,22 +103,24 @@ def pending_renders(layout: Layout) -> list[str]:
 
 
 def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool,
-                  fingerprints: dict[str, list[str]] | None = None, before_switch=None) -> WriteReport:
+                  fingerprints: dict[str, list[str]] | None = None, before_switch=None,
+                  records: dict[str, str] | None = None) -> WriteReport:
     """Write scripts (edit-safe), log dirs, spec.resolved.yaml, then units/ and plan.json as one (`switch_plan`).
 
     `fingerprints`: plan/fingerprints.py's (computed here when not given); `before_switch`: called
-    once everything new is written beside the old plan, before the switch (jobs/replan.py).
+    once everything new is written beside the old plan, before the switch (jobs/replan.py);
+    `records`: core/units.tile_records of the plan's tiles, where already made.
     """
     try:
         return _write(plan, scripts, resolved_yaml, force=force, dry_run=dry_run, fingerprints=fingerprints,
-                      before_switch=before_switch)
+                      before_switch=before_switch, records=records)
     except OSError as exc:
         raise HpcffnError(f"cannot write into the workdir {plan.workdir} ({exc.strerror}: {exc.filename}); "
                           "choose a workdir you can write to") from None
 
 
 def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool,
-           fingerprints: dict[str, list[str]] | None, before_switch) -> WriteReport:
+           fingerprints: dict[str, list[str]] | None, before_switch, records: dict[str, str] | None) -> WriteReport:
     layout = plan.layout
     report = WriteReport()
     recorded = previous_hashes(layout)
@@ -158,7 +160,7 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
                 new_path.unlink()
     if not dry_run:
         atomic_write_text(layout.resolved_spec, resolved_yaml, mode=0o644)
-        switch_plan(plan, fingerprints, before_switch)
+        switch_plan(plan, fingerprints, before_switch, records)
     return report
 
 
@@ -173,7 +175,8 @@ def plan_text(plan: Plan) -> str:
     return text.replace(f'"plan_id": "{_PLACEHOLDER}"', f'"plan_id": "{plan.plan_id}"', 1)
 
 
-def switch_plan(plan: Plan, fingerprints: dict[str, list[str]] | None = None, before_switch=None) -> None:
+def switch_plan(plan: Plan, fingerprints: dict[str, list[str]] | None = None, before_switch=None,
+                records: dict[str, str] | None = None) -> None:
     """units/ and plan.json switched as one: both written beside the old ones, then units/ renamed
     in and plan.json renamed last.
 
@@ -190,7 +193,7 @@ def switch_plan(plan: Plan, fingerprints: dict[str, list[str]] | None = None, be
     layout = plan.layout
     for left in layout.root.glob(".units.*-*"):  # an interrupted plan's (this runs under the plan lock)
         shutil.rmtree(left, ignore_errors=True)
-    records = tile_records(plan.tiles)
+    records = records if records is not None else tile_records(plan.tiles)
     if fingerprints is None:
         from hpcffn.plan.fingerprints import unit_fingerprints
 
