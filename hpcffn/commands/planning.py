@@ -38,12 +38,12 @@ def plan(
                                                  "wait for that `hpcffn plan` to finish, then plan again"):
         fingerprints = records = None
         if not dry_run:
+            from hpcffn.core.units import tile_records
             from hpcffn.jobs.replan import (
                 changed_units,
                 invalidate,
                 refuse_work_in_progress,
             )
-            from hpcffn.core.units import tile_records
             from hpcffn.plan.fingerprints import unit_fingerprints
 
             records = tile_records(planned.plan.tiles)  # formatted once: fingerprints and unit indexes
