@@ -33,13 +33,20 @@ def changed_units(new: Plan, fingerprints: dict[str, list[str]]) -> Changed:
     lay = new.layout
     if not lay.plan.is_file():
         return {}
-    known: dict[str, set[str]] = {}
+    old: dict[str, list[str]] = {}  # job -> its fingerprints
+    stage_of: dict[str, str] = {}
     for job in previous_head(lay).get("jobs") or []:
         if isinstance(job, dict) and isinstance(job.get("name"), str):
-            known.setdefault(str(job.get("stage")), set()).update(read_fingerprints(lay.root, job["name"]) or ())
+            old[job["name"]] = read_fingerprints(lay.root, job["name"]) or []
+            stage_of[job["name"]] = str(job.get("stage"))
+    known: dict[str, set[str]] = {}
     changed: Changed = {}
     for job in new.jobs:
-        seen = known.get(job.stage, set())
+        if old.get(job.name) == fingerprints[job.name]:
+            continue  # the same job, task for task (a re-plan of the same spec: every job)
+        if job.stage not in known:
+            known[job.stage] = {fp for name, fps in old.items() if stage_of[name] == job.stage for fp in fps}
+        seen = known[job.stage]
         units = [u for u, fp in zip(job.units, fingerprints[job.name]) if fp not in seen]
         if units:
             changed.setdefault(job.stage, set()).update(units)
