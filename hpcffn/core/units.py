@@ -107,14 +107,14 @@ def read_fingerprints(workdir: str | Path, job: str) -> list[str] | None:
         return None
 
 
-# Tasks loaded by `load_task_plan` in this process: (workdir, unit) -> (job, index), so the
-# stage's marker can name the fingerprint of the very task it ran.
-_TASKS: dict[tuple[str, str], tuple[str, int]] = {}
+# Tasks loaded by `load_task_plan` in this process: (workdir, stage, unit) -> (job, index), so
+# the stage's marker can name the fingerprint of the very task it ran.
+_TASKS: dict[tuple[str, str, str], tuple[str, int]] = {}
 
 
 def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
     """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none)."""
-    where = _TASKS.get((plan.workdir, unit))
+    where = _TASKS.get((plan.workdir, stage, unit))
     if where is None:
         where = next(((j.name, j.units.index(unit)) for j in plan.jobs if j.stage == stage and unit in j.units), None)
     return read_fingerprint(plan.workdir, *where) if where is not None else None
@@ -172,7 +172,8 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     record = read_unit(plan_path, job, index)
     head = load_plan(lay.plan_head)
     check_plan_id(lay.plan, head)
-    _TASKS[(head.workdir, record["name"])] = (job, index)
+    stage = next((j.stage for j in head.jobs if j.name == job), "")
+    _TASKS[(head.workdir, stage, record["name"])] = (job, index)
     if set(record) == {"name"}:
         return head, record["name"]
     tile = TilePlan.model_validate(record)
