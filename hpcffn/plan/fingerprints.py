@@ -96,14 +96,17 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
                                         *(resolved if stitched else inferred).values(),
                                         *(vol[v.name] for v in plan.volumes if v.groundtruth))}
     pyramid = _h("pyramid", _js(spec.get("subvolume", {}).get("size")), *resolved.values())
+    everything = _h(plan.model_dump_json(include={"ffn", "spec", "volumes"}), *inferred.values())
     out = {}
     for job in plan.jobs:
         if job.stage == "pyramid":  # blocks are counted, not listed in the tables (100,000s)
             out[job.name] = [pyramid] * len(job.units)
             continue
-        table = fps.get(job.stage, {})
+        table = fps.get(job.stage)
+        if table is None:  # a stage this module does not know yet: changed by any change at all
+            table = {u: _h("other", job.stage, everything) for u in job.units}
         try:
             out[job.name] = list(map(table.__getitem__, job.units))
-        except KeyError:  # a stage without a table here: its name and unit
-            out[job.name] = [table.get(u) or _h(job.stage, u) for u in job.units]
+        except KeyError:  # a unit this module does not know yet: changed by any change at all
+            out[job.name] = [table.get(u) or _h("other", job.stage, everything, u) for u in job.units]
     return out
