@@ -112,16 +112,19 @@ def write_stubs(folder: Path, plan_path: Path, state_path: Path) -> None:
 
 
 def task_start(plan_path: Path, env: dict[str, str]) -> tuple[tuple[float, int], tuple[float, int]]:
-    """(seconds, peak bytes) of one infer task getting its tile, and of loading the whole plan.
+    """(seconds, peak bytes) of one infer task getting its tile (its plan id checked, its fingerprint
+    read twice: at start and when marking done), and of loading the whole plan.
 
     Each in a fresh process; the time covers the reading only (imports are the same for both
     and do not grow with tiles), the memory is the process's peak (VmHWM), imports included.
     (Not ru_maxrss: Linux carries it across exec from the parent that started the process.)
     """
-    code = ("import sys,time;from hpcffn.core.units import load_task_plan;"
+    code = ("import sys,time;import hpcffn.core.units as U;from hpcffn.core.units import load_task_plan;"
             "from hpcffn.core.plan_model import load_plan;t=time.perf_counter();"
             "p,u=load_task_plan(sys.argv[1], sys.argv[2], int(sys.argv[3])) if sys.argv[4]=='unit' else "
             "(lambda q: (q, q.task_unit(sys.argv[2], int(sys.argv[3]))))(load_plan(sys.argv[1]));"
+            # a task also reads its fingerprint when it starts and again when it marks its unit done
+            "f=[U.task_fingerprint(p,'infer',u) for _ in range(2)] if hasattr(U,'task_fingerprint') else None;"
             "w=time.perf_counter()-t;assert p.tile(u).name==u;"
             "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
             "print(w, int(hwm)*1024)")
@@ -155,6 +158,7 @@ def main() -> None:
             work = folder / "work"
             row: dict[str, tuple[float, float, int]] = {}
             row["plan"] = measured([*hpcffn, "plan", str(spec), "--force"], env)[:3]
+            row["re-plan, same spec"] = measured([*hpcffn, "plan", str(spec)], env)[:3]
             write_stubs(folder, work / "plan.json", work / "state.json.dry")
             row["submit --dry-run"] = measured([*hpcffn, "submit", str(work), "--dry-run"], env)[:3]
             os.replace(work / "state.json.dry", work / "state.json")  # status: every task submitted

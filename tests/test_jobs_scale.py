@@ -282,6 +282,7 @@ def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
     from hpcffn.jobs.observe import observe_jobs
     from hpcffn.jobs.state import LocalTask, save_state
     from hpcffn.jobs.status import _notes_of
+    from hpcffn.stages.markers import mark_done
 
     plan, _ = _plan(tmp_path, stages=["infer", "stitch"],
                     ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "m/ckpt-1"}})
@@ -301,8 +302,10 @@ def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
              "601_4": slurm.TaskInfo(id="601_4", state="FAILED", restarts=1)}
     pending = slurm.TaskInfo(id="600_[1-10]", state="PENDING", reason="Dependency")
     infos.update({f"600_{t}": pending for t in range(1, 11)})
-    plan.layout.marker("infer", units[20]).parent.mkdir(parents=True)
-    plan.layout.marker("infer", units[20]).write_text("{}")
+    mark_done(plan, "infer", units[20])  # certifies the unit as planned; its output and joins[0]'s are there
+    for path in (plan.layout.segmentation(units[20]), plan.layout.joins(joins[0])):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
     monkeypatch.setattr(slurm, "query", lambda ids, problems=None: {i: infos[i] for i in ids if i in infos})
     full, light = collect(plan), collect(plan, detail=False)
     assert [{**r, "detail": []} for r in full.rows] == light.rows

@@ -111,7 +111,19 @@ def _submitted_all(plan, state):
            "infer": "15", "evaluate": "16"}
     for job in plan.jobs:
         state.submissions.append(_sub(job.name, ids[job.name], list(range(len(job.units))) if job.array else None))
+    _outputs(plan)
     return ids
+
+
+def _outputs(plan):
+    """Every unit's output, as the finished jobs would have left it (a task whose output is gone is not done)."""
+    from hpcffn.jobs.observe import output_of
+
+    for job in plan.jobs:
+        for unit in job.units:
+            path = output_of(plan, job.stage)(unit)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 def test_fresh_plan_submits_everything_in_dependency_order(mini_plan):
@@ -394,6 +406,7 @@ def test_a_replan_that_moves_units_to_other_indices_does_not_reuse_old_runs(mini
     sub.units = task_units(job, [0, 1, 2])
     state = State(submissions=[sub])
     done = _fake_query({})
+    _outputs(mini_plan)
     assert [v.category for v in observe(mini_plan, state, query=done)["partitions"]] == ["done"] * 3
     # Re-planned: the grid changed and index 1 is another tile now; index 2 is unchanged.
     job.units = [job.units[0], "v_z1_y0_x0", job.units[2]]

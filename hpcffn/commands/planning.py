@@ -33,12 +33,41 @@ def plan(
     check_workdir_owner(planned, force)
     layout = planned.plan.layout
     # Two plans writing one workdir at once would leave scripts out of step with plan.json.
+    changed, moved = {}, []
     with nullcontext() if dry_run else exclusive(layout.plan_lock, f"the plan of {layout.root}",
                                                  "wait for that `hpcffn plan` to finish, then plan again"):
-        if not force and not dry_run:
-            _check_queued_jobs(planned.plan)
-        report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run)
+        fingerprints = records = None
+        if not dry_run:
+            from hpcffn.core.units import tile_records
+            from hpcffn.jobs.replan import (
+                changed_units,
+                invalidate,
+                refuse_work_in_progress,
+            )
+            from hpcffn.plan.fingerprints import unit_fingerprints
+
+            records = tile_records(planned.plan.tiles)  # formatted once: fingerprints and unit indexes
+            fingerprints = unit_fingerprints(planned.plan, records)
+            changed = changed_units(planned.plan, fingerprints)
+            if not force:
+                _check_queued_jobs(planned.plan)
+                refuse_work_in_progress(planned.plan, changed)
+        report = write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=force, dry_run=dry_run,
+                               fingerprints=fingerprints, records=records,
+                               before_switch=lambda: moved.extend(invalidate(planned.plan, changed)))
     print_plan_summary(planned, report, dry_run=dry_run)
+    _say_replanned(changed, moved)
+
+
+def _say_replanned(changed: dict, moved: list[str]) -> None:
+    """What a re-plan undid: units whose box, parameters or inputs changed run again."""
+    if not changed:
+        return
+    counts = ", ".join(f"{len(units)} {stage}" for stage, units in changed.items())
+    typer.echo(f"re-plan: what these units mean changed (box, parameters or inputs), so they are not done and run "
+               f"again: {counts}")
+    for path in moved:
+        typer.echo(f"re-plan: moved the old model aside to {path} (delete it when you no longer need it)")
 
 
 def _check_queued_jobs(new_plan) -> None:

@@ -7,6 +7,7 @@ are relative to the workdir the spec names (plan.json records it).
       plan.json                     what was planned (see plan_model.py)
       units/plan.head.json          plan.json without the per-tile lists, for array tasks (units.py)
       units/<job>.units             one fixed-width line per array task of a job: its unit (units.py)
+      units/<job>.fp                one 32-hex line per task of a job: what its unit means (plan/fingerprints.py)
       spec.resolved.yaml            the spec with every default filled in
       state.json                    what was submitted (submit.py)
       jobs/<stage>/<job>.sbatch     rendered batch scripts (hand-editable)
@@ -87,6 +88,9 @@ class Layout:
 
     def unit_index(self, job: str) -> Path:
         return self.units_dir / f"{job}.units"
+
+    def unit_fingerprints(self, job: str) -> Path:
+        return self.units_dir / f"{job}.fp"
 
     def jobs_dir(self, stage: str) -> Path:
         return self.root / "jobs" / stage

@@ -90,6 +90,9 @@ class VolumePlan(_Model):
     connectivity: Literal[6, 18, 26] = 6
     # Convert also writes workdir/data/tiles/<tile>.h5 (raw + stack of each tile's box).
     tile_files: bool = False
+    # Size and modification time of the inputs when planned: a replaced input changes what
+    # every unit of this volume means (plan/fingerprints.py). None: not there when planned.
+    inputs_id: str | None = None
 
 
 class TilePlan(_Model):
@@ -135,6 +138,9 @@ class JobPlan(_Model):
 class Plan(_Model):
     format: int = PLAN_FORMAT
     hpcffn_version: str
+    # A hash of this plan.json, also written into units/plan.head.json: a task refuses to run
+    # when the two differ (a `hpcffn plan` interrupted between them). "" before it is written.
+    plan_id: str = ""
     name: str
     workdir: str
     spec_file: str

@@ -16,6 +16,7 @@ and group, which are few), what partitions and infer read from.
 from __future__ import annotations
 
 import json
+import re
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoting
 from pathlib import Path
 
@@ -64,11 +65,14 @@ def tile_records(tiles: list[TilePlan]) -> dict[str, str]:
     return out
 
 
-def write_unit_indexes(plan: Plan) -> None:
-    """units/plan.head.json and units/<job>.units of every array job (temp file + rename each)."""
+def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = None, into: Path | None = None,
+                       records: dict[str, str] | None = None) -> None:
+    """units/plan.head.json, units/<job>.units of every array job and units/<job>.fp of every job
+    (`fingerprints`: job -> one per task) into `into` (default units/), temp file + rename each."""
     lay = plan.layout
-    atomic_write_text(lay.plan_head, head_of(plan).model_dump_json(indent=1))
-    records = tile_records(plan.tiles)  # every tile formatted once, however many jobs list it
+    folder = into or lay.units_dir
+    atomic_write_text(folder / lay.plan_head.name, head_of(plan).model_dump_json(indent=1))
+    records = records if records is not None else tile_records(plan.tiles)  # every tile formatted once
     made: list[tuple[list[str], str]] = []  # partitions, joins and relabel all list every tile
     for job in plan.jobs:
         if job.array:
@@ -76,7 +80,63 @@ def write_unit_indexes(plan: Plan) -> None:
             if text is None:
                 text = unit_lines(job.units, records)
                 made.append((job.units, text))
-            atomic_write_text(lay.unit_index(job.name), text)
+            atomic_write_text(folder / lay.unit_index(job.name).name, text)
+        if fingerprints is not None:
+            atomic_write_text(folder / lay.unit_fingerprints(job.name).name, "".join(f + "\n" for f in fingerprints[job.name]))
+
+
+FP_LINE = 33  # 32 hex digits and a newline
+
+
+def read_fingerprint(workdir: str | Path, job: str, index: int) -> str | None:
+    """Fingerprint of task `index` of `job` (one seek and one read), None where none was written."""
+    try:
+        with open(Layout(workdir).unit_fingerprints(job), "rb") as f:
+            f.seek(index * FP_LINE)
+            line = f.read(FP_LINE)
+    except OSError:
+        return None
+    return line[:-1].decode() if len(line) == FP_LINE else None
+
+
+def read_fingerprints(workdir: str | Path, job: str) -> list[str] | None:
+    """Every task's fingerprint of `job`, None where none were written (a plan of an older hpcffn)."""
+    try:
+        return Layout(workdir).unit_fingerprints(job).read_text().split()
+    except OSError:
+        return None
+
+
+# Tasks loaded by `load_task_plan` in this process: (workdir, stage, unit) -> (job, index), so
+# the stage's marker can name the fingerprint of the very task it ran.
+_TASKS: dict[tuple[str, str, str], tuple[str, int]] = {}
+
+
+def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
+    """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none)."""
+    where = _TASKS.get((plan.workdir, stage, unit))
+    if where is None:
+        where = next(((j.name, j.units.index(unit)) for j in plan.jobs if j.stage == stage and unit in j.units), None)
+    return read_fingerprint(plan.workdir, *where) if where is not None else None
+
+
+_PLAN_ID = re.compile(rb'"plan_id": "([0-9a-f]*)"')
+
+
+def check_plan_id(plan_path: Path, head: Plan) -> None:
+    """Refuse to run when units/ and plan.json come from two `hpcffn plan` runs (one interrupted).
+
+    plan_id is among plan.json's first fields: reading its first KB is enough.
+    """
+    try:
+        with open(plan_path, "rb") as f:
+            m = _PLAN_ID.search(f.read(1024))
+    except OSError:
+        return
+    if m and head.plan_id and m.group(1).decode() != head.plan_id:
+        raise HpcffnError(f"{plan_path} (plan {m.group(1).decode()}) and {Layout(plan_path.parent).plan_head} (plan "
+                          f"{head.plan_id}) come from different `hpcffn plan` runs (one was interrupted): run "
+                          "`hpcffn plan` again before running tasks")
 
 
 def read_unit(plan_path: str | Path, job: str, index: int) -> dict:
@@ -111,6 +171,9 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
         return plan, str(plan.task_unit(job, index))
     record = read_unit(plan_path, job, index)
     head = load_plan(lay.plan_head)
+    check_plan_id(lay.plan, head)
+    stage = next((j.stage for j in head.jobs if j.name == job), "")
+    _TASKS[(head.workdir, stage, record["name"])] = (job, index)
     if set(record) == {"name"}:
         return head, record["name"]
     tile = TilePlan.model_validate(record)

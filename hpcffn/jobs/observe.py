@@ -1,7 +1,8 @@
 """What became of every task of a plan's jobs: state.json, then SLURM, then success markers.
 
-Each task is put in one of five categories: done, alive, failed, lost (SLURM forgot it and no
-marker says it finished: resubmitted like a failure) or never (not submitted). `observe_jobs`
+Each task is put in one of six categories: done, alive, failed, lost (SLURM forgot it and no
+marker certifies it finished: resubmitted like a failure), never (not submitted, or submitted
+for what a re-plan has since changed) or missing (it finished but its output is gone: run again). `observe_jobs`
 keeps each job's tasks as columns (`JobTasks`), which `hpcffn status` counts as they are;
 `observe` turns them into one `TaskView` per task for submit, resume, cancel and the local
 runner. A 100,000-tile plan has half a million tasks (joins, relabel and the pyramid add about
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.core.units import read_fingerprints
 from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.state import State, Submission
+from hpcffn.stages.markers import certifies
 
 Task = int | None  # array task id, or None for a plain job
 
@@ -33,7 +36,7 @@ class TaskView:
     unit: str
     sub: Submission | None
     info: slurm.TaskInfo | None
-    category: str  # done | alive | failed | lost | never
+    category: str  # done | alive | failed | lost | never | missing
 
     @property
     def slurm_id(self) -> str | None:
@@ -54,6 +57,24 @@ class JobTasks:
     def views(self) -> list[TaskView]:
         name = self.job.name
         return [TaskView(name, *row) for row in zip(self.tasks, self.units, self.subs, self.infos, self.categories)]
+
+
+def output_of(plan: Plan, stage: str):
+    """unit -> the file a finished unit of `stage` leaves, per hpcffn/core/layout.py (train: the
+    checkpoint at max_steps; relabel and pyramid write chunks into the volume's store: their marker)."""
+    lay = plan.layout
+    return {
+        "convert": lay.converted_volume,
+        "partitions": lay.partitions,
+        "coordinates": lay.coordinates,
+        "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
+        "infer": lay.segmentation,
+        "joins": lay.joins,
+        "resolve": lay.relabelling,
+        "relabel": lambda t: lay.marker("relabel", t),
+        "pyramid": lambda b: lay.marker("pyramid", b),
+        "evaluate": lambda _u: lay.evaluation_report,
+    }.get(stage, lambda _u: None)
 
 
 def job_tasks(job: JobPlan) -> list[Task]:
@@ -142,6 +163,11 @@ def _columns(plan: Plan, job: JobPlan, newest: list[tuple[Submission, list[Task]
             for i, unit in zip(where, recorded):
                 if unit is not None and unit != units[i]:
                     subs[i] = found[i] = None  # submitted for another unit at this index, before a re-plan
+        if sub.stale:
+            stale = set(sub.stale)
+            for i in where:
+                if subs[i] is sub and (tasks[i] if tasks[i] is not None else 0) in stale:
+                    subs[i] = found[i] = None  # submitted for what this unit meant before a re-plan
         if sub.local:
             for i in where:
                 if subs[i] is sub:
@@ -151,9 +177,22 @@ def _columns(plan: Plan, job: JobPlan, newest: list[tuple[Submission, list[Task]
     cats = list(map(category.get, keys))
     if None in cats:  # tasks without a record: never submitted, or forgotten by SLURM
         marker = path_pattern(lambda u: plan.layout.marker(job.stage, u))
+        fps: list[str] | None = None
         for i, cat in enumerate(cats):
             if cat is None:
-                cats[i] = "never" if subs[i] is None else "done" if listing.exists(marker(units[i])) else "lost"
+                if subs[i] is None:
+                    cats[i] = "never"
+                    continue
+                path = marker(units[i])
+                if listing.exists(path):  # read only where it exists: does it certify this unit?
+                    fps = fps if fps is not None else (read_fingerprints(plan.workdir, job.name) or [])
+                    certified = certifies(Path(path), fps[i] if i < len(fps) else None)
+                else:
+                    certified = False
+                cats[i] = "done" if certified else "lost"
+    if "done" in cats:  # finished, by its record or marker: is its output still there?
+        exists = listing.each(path_pattern(output_of(plan, job.stage)), units)
+        cats = ["missing" if c == "done" and not e else c for c, e in zip(cats, exists)]
     return JobTasks(job, tasks, units, subs, found, cats)
 
 

@@ -58,6 +58,9 @@ class Submission(BaseModel):
     runner_pid: int | None = None
     runner_host: str | None = None  # where runner_pid lives (a workdir may be shared between hosts)
     local_tasks: dict[str, LocalTask] = Field(default_factory=dict)
+    # Tasks ("0" for a plain job) whose unit a later re-plan changed (another box, other
+    # parameters or inputs: plan/fingerprints.py): this submission no longer counts for them.
+    stale: list[int] = Field(default_factory=list)
 
     def task_id(self, task: int | None) -> str:
         """SLURM id of one task of this submission ("123_4", or "123" for a plain job)."""

@@ -19,27 +19,8 @@ from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
 from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
-from hpcffn.jobs.observe import JobTasks, observe_jobs
+from hpcffn.jobs.observe import JobTasks, observe_jobs, output_of
 from hpcffn.jobs.state import load_state
-
-
-def output_of(plan: Plan, stage: str):
-    """unit -> the file a finished unit of `stage` leaves (None where there is none)."""
-    lay = plan.layout
-    return {
-        "convert": lay.converted_volume,
-        "partitions": lay.partitions,
-        "coordinates": lay.coordinates,
-        "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
-        "infer": lay.segmentation,
-        "joins": lay.joins,
-        "resolve": lay.relabelling,
-        # relabel and pyramid write chunks into the volume's store; a unit's own record is its marker.
-        "relabel": lambda t: lay.marker("relabel", t),
-        "pyramid": lambda b: lay.marker("pyramid", b),
-        "evaluate": lambda _u: lay.evaluation_report,
-    }.get(stage, lambda _u: None)
-
 
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', re.MULTILINE)
 
@@ -92,13 +73,13 @@ class Report:
         return all(r["counts"].get("done", 0) == r["tasks"] for r in self.rows)
 
 
-_NO_RECORD = {"never": "NOT SUBMITTED", "done": "COMPLETED (marker)"}  # else "UNKNOWN (no marker)"
+_NO_RECORD = {"never": "NOT SUBMITTED", "done": "COMPLETED (marker)", "missing": "OUTPUT MISSING"}  # else "UNKNOWN (no marker)"
 
 
 def _label(category: str, info: slurm.TaskInfo | None) -> str:
     """A task's state in the table (a task with a record: from the record alone)."""
-    if category == "never":
-        return "NOT SUBMITTED"
+    if category in ("never", "missing"):
+        return _NO_RECORD[category]
     if info is None:
         return _NO_RECORD.get(category, "UNKNOWN (no marker)")
     if info.state == "PENDING" and info.reason not in ("", "None"):
@@ -114,9 +95,9 @@ def _labels(tasks: JobTasks) -> list[str]:
     keys = list(map(id, tasks.infos))
     records = dict(zip(keys, tasks.infos))
     label = {k: _label("", info) for k, info in records.items() if info is not None}
-    if id(None) not in records:  # every task has a record
+    if id(None) not in records and "missing" not in tasks.categories:  # every task has a record
         return list(map(label.__getitem__, keys))
-    return [label[k] if info is not None else _label(cat, None)
+    return [label[k] if info is not None and cat != "missing" else _label(cat, None)
             for k, info, cat in zip(keys, tasks.infos, tasks.categories)]
 
 
@@ -215,7 +196,7 @@ def render_table(plan: Plan, report: Report):
 def next_step(plan: Plan, report: Report) -> str:
     """What to run after --watch ends: resume what failed, submit what never ran, or read the report."""
     def bad(t) -> bool:
-        return t["category"] in ("failed", "lost")
+        return t["category"] in ("failed", "lost", "missing")
 
     def waited(t) -> bool:  # cancelled only because something it depends on failed
         return t["state"] == "CANCELLED (DependencyNeverSatisfied)"

@@ -164,7 +164,7 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
     Linear in jobs + tasks: every per-task question is a set or dict lookup.
     """
     check_filters(plan, stages, groups)
-    redo = {"never", "failed", "lost"} if resume else {"never"}
+    redo = {"never", "missing", "failed", "lost"} if resume else {"never", "missing"}
     of_unit = unit_groups(plan) if groups else None
     order = topo_order(plan)
     todo: dict[str, list[Task]] = {}
@@ -196,8 +196,9 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
             v, alive = upstream_of[dep.job]
             if v is not None:
                 what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",
-                        "lost": "is unknown to SLURM and has no success marker"}[v.category]
-                hint = "use --resume" if v.category != "never" else "drop the --stage/--group filter"
+                        "lost": "is unknown to SLURM and has no success marker",
+                        "missing": "finished but its output is gone"}[v.category]
+                hint = "use --resume" if v.category in ("failed", "lost") else "drop the --stage/--group filter"
                 raise HpcffnError(
                     f"job {job.name} depends on {dep.job} ({v.unit}), which {what}: {hint} so it is submitted too, "
                     f"or check `hpcffn status`"
@@ -216,7 +217,7 @@ def _upstream(plan: Plan, up: JobPlan, views: dict[str, list[TaskView]], todo: d
     again = set(todo.get(up.name, []))
     upstream = [v for v in views[up.name] if v.task in relevant and v.task not in again]
     # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
-    blocked = next((v for v in upstream if v.category in ("failed", "lost")
+    blocked = next((v for v in upstream if v.category in ("failed", "lost", "missing")
                     or (v.category == "never" and not is_done(plan, up.stage, v.unit))), None)
     return blocked, alive_ids(upstream)
 

@@ -58,6 +58,7 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
                     warnings: list[str]) -> tuple[list[VolumePlan], list[dict], list[str]]:
     """VolumePlans (needs_convert first), the resolved volume entries and the input folders."""
     plans, resolved, folders = [], [], []
+    inputs: list[tuple[str, Source]] = []  # (spec field, source) of every volume's every input
     for i, vol in enumerate(spec.volumes):
         where = f"volumes.{i}"
         raw = _source(vol.raw, "raw", base, spec_path, f"{where}.raw")
@@ -72,15 +73,14 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
                 raise _fail(spec_path, f"{where}.mask", "must be HDF5 (path.h5:dataset); turn TIF slices into one "
                             "with `hpcffn convert --raw MASK_TIFS --output mask.h5` and give mask.h5:raw")
             _same_shape(mask, vol.shape, shape, spec_path, f"{where}.mask", "the mask", warnings)
+        inputs += [(f"{where}.{name}", src) for name, src in (("raw", raw), ("groundtruth", gt), ("mask", mask))
+                   if src is not None]
         converted = str(layout.converted_volume(vol.name))
         raw_loc = raw.location if raw.kind == "hdf5" else f"{converted}:raw"
         gt_loc = None
         if gt is not None:
             gt_loc = gt.location if (gt.kind == "hdf5" and polarity == "labels") else f"{converted}:stack"
         needs_convert = raw_loc.startswith(converted + ":") or bool(gt_loc and gt_loc.startswith(converted + ":"))
-        if needs_convert:
-            refuse_convert_over_inputs(vol.name, where, {"raw": raw, "groundtruth": gt, "mask": mask},
-                                       Path(converted), spec_path)
         if vol.tile_files and not needs_convert:
             warnings.append(f"{where}.tile_files: {vol.name} is HDF5 read in place, so no convert job runs "
                             "and no tile files are written; drop tile_files or give TIF inputs")
@@ -88,25 +88,63 @@ def resolve_volumes(spec: Spec, spec_path: Path, base: Path, layout: Layout,
             name=vol.name, shape=shape, raw=raw_loc, groundtruth=gt_loc, raw_source=raw.location,
             groundtruth_source=gt.location if gt else None, polarity=polarity, needs_convert=needs_convert,
             rescale=vol.rescale, connectivity=vol.connectivity, tile_files=vol.tile_files,
-            mask=mask.location if mask else None,
+            mask=mask.location if mask else None, inputs_id=inputs_identity([raw, gt, mask]),
         ))
         folders += [str(s.path if s.kind == "tifdir" else s.path.parent) for s in (raw, gt, mask) if s is not None]
         resolved.append({"name": vol.name, "raw": raw.location, "groundtruth": gt.location if gt else None,
                          "polarity": polarity, "shape": list(shape), "rescale": vol.rescale,
                          "connectivity": vol.connectivity, "tile_files": vol.tile_files,
                          "mask": mask.location if mask else None})
+    refuse_convert_over_any_input(plans, inputs, layout, spec_path)
     # Convert's array task i is plan.volumes[i]: volumes that need converting come first.
     order = sorted(range(len(plans)), key=lambda i: not plans[i].needs_convert)
     return [plans[i] for i in order], resolved, folders
 
 
-def refuse_convert_over_inputs(volume: str, where: str, sources: dict, target: Path, spec_path: Path) -> None:
-    """Convert replaces data/<volume>.h5 whole: an input there would be lost with all it holds."""
-    for name, src in sources.items():
-        if src is not None and os.path.realpath(src.path) == os.path.realpath(target):
-            raise _fail(spec_path, f"{where}.{name}", f"{src.path} is the file convert writes volume {volume}'s "
-                        "converted data to, and it would replace the file (and every dataset in it); "
-                        "move your input out of the workdir's data/ folder or rename the volume")
+def inputs_identity(sources: list[Source | None]) -> str | None:
+    """A short hash of the inputs' sizes and modification times (None while one is missing).
+
+    A replaced or rewritten input changes it, and with it what every unit of the volume means.
+    """
+    import hashlib
+
+    parts = []
+    for src in sources:
+        if src is None:
+            continue
+        if not src.exists:
+            return None
+        if src.kind == "tifdir":
+            with os.scandir(src.path) as entries:
+                stats = sorted((e.name, e.stat()) for e in entries if e.is_file())
+            parts.append([str(src.path), [(n, st.st_size, st.st_mtime_ns) for n, st in stats]])
+        else:
+            st = os.stat(src.path)
+            parts.append([src.location, st.st_size, st.st_mtime_ns])
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def refuse_convert_over_any_input(volumes: list[VolumePlan], inputs: list[tuple[str, Source]], layout: Layout,
+                                  spec_path: Path) -> None:
+    """No volume's input (of any volume) may be where convert writes, nor a file there that hpcffn did not write.
+
+    Convert replaces data/<volume>.h5 whole: the user's datasets in it would be lost.
+    """
+    from hpcffn.io.ownership import same_file, written_by_hpcffn
+
+    for v in volumes:
+        if not v.needs_convert:
+            continue
+        target = layout.converted_volume(v.name)
+        for where, src in inputs:
+            if same_file(src.path, target):
+                raise _fail(spec_path, where, f"{src.path} is the file convert writes volume {v.name}'s converted "
+                            "data to, and it would replace the file (and every dataset in it); move your input "
+                            "out of the workdir's data/ folder or rename the volume")
+        if target.is_file() and not written_by_hpcffn(target, layout.marker("convert", v.name)):
+            raise _fail(spec_path, "workdir", f"{target} exists and was not written by hpcffn, but convert writes "
+                        f"volume {v.name} there and would replace it whole; move that file out of the workdir's "
+                        "data/ folder (or give it as an input from elsewhere)")
 
 
 def _source(text: str, default_dataset: str, base: Path, spec_path: Path, where: str) -> Source:

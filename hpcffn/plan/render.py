@@ -17,7 +17,7 @@ from pathlib import Path
 from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import STAGES, Layout
-from hpcffn.core.plan_model import Plan, write_plan
+from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import write_unit_indexes
 from hpcffn.plan.resources import templates_dir
 
@@ -120,16 +120,25 @@ def pending_renders(layout: Layout) -> list[str]:
     return sorted(str(p.relative_to(layout.root)) for p in jobs.glob("*/*.sbatch.new")) if jobs.is_dir() else []
 
 
-def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
-    """Write scripts (edit-safe), log dirs, spec.resolved.yaml and plan.json (last)."""
+def write_workdir(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool,
+                  fingerprints: dict[str, list[str]] | None = None, before_switch=None,
+                  records: dict[str, str] | None = None) -> WriteReport:
+    """Write scripts (edit-safe), log dirs, spec.resolved.yaml, then units/ and plan.json as one (`switch_plan`).
+
+    `fingerprints`: plan/fingerprints.py's (computed here when not given); `before_switch`: called
+    once everything new is written beside the old plan, before the switch (jobs/replan.py);
+    `records`: core/units.tile_records of the plan's tiles, where already made.
+    """
     try:
-        return _write(plan, scripts, resolved_yaml, force=force, dry_run=dry_run)
+        return _write(plan, scripts, resolved_yaml, force=force, dry_run=dry_run, fingerprints=fingerprints,
+                      before_switch=before_switch, records=records)
     except OSError as exc:
         raise HpcffnError(f"cannot write into the workdir {plan.workdir} ({exc.strerror}: {exc.filename}); "
                           "choose a workdir you can write to") from None
 
 
-def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool) -> WriteReport:
+def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bool, dry_run: bool,
+           fingerprints: dict[str, list[str]] | None, before_switch, records: dict[str, str] | None) -> WriteReport:
     layout = plan.layout
     report = WriteReport()
     recorded = previous_hashes(layout)
@@ -169,6 +178,63 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
                 new_path.unlink()
     if not dry_run:
         atomic_write_text(layout.resolved_spec, resolved_yaml, mode=0o644)
-        write_unit_indexes(plan)  # what array tasks read instead of the whole plan
-        write_plan(plan, layout.plan)
+        switch_plan(plan, fingerprints, before_switch, records)
     return report
+
+
+_PLACEHOLDER = "0" * 16
+
+
+def plan_text(plan: Plan) -> str:
+    """plan.json's text, with plan.plan_id set to a hash of that text (the same plan: the same id)."""
+    plan.plan_id = _PLACEHOLDER
+    text = plan.model_dump_json(indent=1)
+    plan.plan_id = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return text.replace(f'"plan_id": "{_PLACEHOLDER}"', f'"plan_id": "{plan.plan_id}"', 1)
+
+
+def switch_plan(plan: Plan, fingerprints: dict[str, list[str]] | None = None, before_switch=None,
+                records: dict[str, str] | None = None) -> None:
+    """units/ and plan.json switched as one: both written beside the old ones, then units/ renamed
+    in and plan.json renamed last.
+
+    Killed anywhere, the workdir holds the old plan whole, or the new units/ beside the old
+    plan.json, which tasks refuse (their plan ids differ: core/units.check_plan_id), or no units/
+    at all, where tasks read the (old) plan.json whole.
+    """
+    import os
+    import shutil
+
+    from hpcffn.core.atomic import atomic_path
+    from hpcffn.core.units import tile_records
+
+    layout = plan.layout
+    for left in layout.root.glob(".units.*-*"):  # an interrupted plan's (this runs under the plan lock)
+        shutil.rmtree(left, ignore_errors=True)
+    records = records if records is not None else tile_records(plan.tiles)
+    if fingerprints is None:
+        from hpcffn.plan.fingerprints import unit_fingerprints
+
+        fingerprints = unit_fingerprints(plan, records)
+    text = plan_text(plan)
+    staged = layout.root / f".units.new-{os.getpid()}"
+    old = layout.root / f".units.old-{os.getpid()}"
+    try:
+        with atomic_path(layout.plan) as tmp:  # renamed onto plan.json as the block ends
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            write_unit_indexes(plan, fingerprints, into=staged, records=records)  # what array tasks read
+            if before_switch is not None:
+                before_switch()
+            if layout.units_dir.exists():
+                os.rename(layout.units_dir, old)
+            os.rename(staged, layout.units_dir)
+    except BaseException:
+        if old.exists() and not layout.units_dir.exists():
+            os.rename(old, layout.units_dir)  # stopped between the renames: the old plan stays whole
+        raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -8,9 +8,9 @@ import numpy as np
 
 # Colours of the status categories (hpcffn/jobs/submit.py TaskView.category).
 STATE_COLOURS = {"done": "#2e9e4f", "alive": "#3b7dd8", "failed": "#d64541", "lost": "#e08a1e",
-                 "never": "#c9c9c9"}
+                 "never": "#c9c9c9", "missing": "#8e44ad"}
 STATE_WORDS = {"done": "done", "alive": "running/pending", "failed": "failed", "lost": "unknown",
-               "never": "not submitted"}
+               "never": "not submitted", "missing": "output missing"}
 
 
 def _png(fig) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.io.ownership import OWNER_ATTR, same_file, written_by_hpcffn
 
 RESCALES = ("none", "dtype", "minmax")
 _CHUNK = (64, 64, 64)
@@ -122,6 +123,7 @@ def convert(
     if slab is not None and slab < 1:  # range(0, n, slab) would write nothing (or fail on 0)
         raise HpcffnError(f"--slab {slab}: give a positive number of slices per slab (or leave it out)")
     output = Path(output)
+    refuse_input_as_output(output, {"--raw": raw, "--groundtruth": groundtruth})
     if output.exists() and not overwrite:
         raise HpcffnError(f"{output} already exists; remove it or choose another --output (pass --overwrite to replace it)")
     readers = []
@@ -158,6 +160,7 @@ def convert(
         with atomic_h5(output) as fh, _Progress(
             total, f"convert {output.name}", progress
         ) as bar:
+            fh.attrs[OWNER_ATTR] = "convert"  # this file is hpcffn's to replace (io/ownership.py)
             if raw_r:
                 lo = hi = 0.0
                 if rescale == "minmax" and raw_r.dtype != np.uint8:
@@ -234,6 +237,7 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             f"volume {vol.name} needs no conversion: its raw and groundtruth are read from "
             f"{vol.raw} and {vol.groundtruth}"
         )
+    refuse_replacing_user_data(plan, vol.name, target)
     tile_files = [plan.layout.tile_file(t.name) for t in plan.tiles if t.volume == vol.name] if vol.tile_files else []
     outputs = (target, *tile_files)
     with hold_unit(plan, "convert", vol.name, outputs):
@@ -258,6 +262,32 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
             info["tile_files"] = write_tile_files(plan, vol)
         mark_done(plan, "convert", vol.name, **info)
     return info
+
+
+def refuse_input_as_output(output: Path, sources: dict[str, str | None]) -> None:
+    """The output file is replaced whole: an input in it would be lost with every other dataset there."""
+    from hpcffn.io.volumes import parse_location
+
+    for flag, text in sources.items():
+        if text is not None and same_file(parse_location(text, "raw").path, output):
+            raise HpcffnError(f"--output {output} is also the input {flag} {text}: convert replaces the output file "
+                              "whole (every dataset in it would be lost); write to another --output")
+
+
+def refuse_replacing_user_data(plan, volume: str, target: Path) -> None:
+    """What `hpcffn plan` checked, again before writing: convert never replaces an input of any
+    volume, nor a file at its output path that hpcffn did not write (the plan may be older than the file)."""
+    from hpcffn.io.volumes import parse_location
+
+    for v in plan.volumes:
+        for what, text in (("raw", v.raw_source), ("groundtruth", v.groundtruth_source), ("mask", v.mask)):
+            if text and same_file(parse_location(text, "raw").path, target):
+                raise HpcffnError(f"{target} is volume {v.name}'s {what} input, and converting volume {volume} would "
+                                  "replace it (and every dataset in it); move that input out of the workdir's data/ "
+                                  "folder, then `hpcffn plan` again")
+    if target.is_file() and not written_by_hpcffn(target, plan.layout.marker("convert", volume)):
+        raise HpcffnError(f"{target} exists and was not written by hpcffn: converting volume {volume} would replace "
+                          "it whole; move that file out of the workdir's data/ folder and run again")
 
 
 def planned_clahe(plan) -> dict | None:

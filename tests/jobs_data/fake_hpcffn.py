@@ -48,7 +48,11 @@ while state["step"] < total:
     time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "1")))
     state["step"] += 1
 save()
+# What status takes for a finished training (the checkpoint at max_steps) and the unit's marker.
+max_steps = json.loads(plan.read_text())["ffn"]["training"]["max_steps"]
+(ckpt.parent / f"ckpt-{max_steps}.index").touch()
+fingerprint = plan.parent / "units" / f"train_{group}.fp"
 done = plan.parent / "markers" / "train" / f"{group}.done"
 done.parent.mkdir(parents=True, exist_ok=True)
-done.write_text("{}\n")
+done.write_text(json.dumps({"fingerprint": fingerprint.read_text().strip() if fingerprint.exists() else None}) + "\n")
 print(f"fake train {group}: finished at step {state['step']}", flush=True)
