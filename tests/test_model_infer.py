@@ -172,17 +172,24 @@ def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path
     state = tmp_path / "seg.h5.state"
     first = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc", stop=StopAfter(checks // 2))
     assert not first.finished and state.is_file()
-    seg, seeds, next_seed, _next_id = load_state(state, "abc", raw.shape)
+    seg, seeds, next_seed, _next_id, origins = load_state(state, "abc", raw.shape)
     # the stop came during the first seeds' fills: every seed before next_seed is done, the
     # interrupted one is tried again on resume
     assert 0 < next_seed < len(seeds) and first.seeds_tried == next_seed
     assert np.array_equal(output_segmentation(seg), first.segmentation)
     assert load_state(state, "other inputs", raw.shape) is None  # a different run does not resume it
+    assert sorted(origins) == list(range(1, first.segments + 1))  # the saved segments' origins
     second_oracle = Oracle()
     second = segment_volume(raw, second_oracle, MP, params, state_path=state, fp="abc")
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, full.segmentation)
     assert second.seeds_tried == len(seeds)
+    # origins come through resume: the same starts and step counts as the uninterrupted run's
+    assert {i: (o.start, o.steps) for i, o in second.origins.items()} == \
+        {i: (o.start, o.steps) for i, o in full.origins.items()}
+    assert sorted(full.origins) == list(range(1, full.segments + 1))
+    for ident, o in full.origins.items():
+        assert full.segmentation[o.start] == ident and o.steps >= 1 and o.seconds >= 0
 
 
 class StopWhenCalled:
@@ -208,7 +215,7 @@ def test_a_stop_inside_one_fill_abandons_it_and_resume_redoes_that_seed(tmp_path
     stopper = StopWhenCalled(Oracle(), 2)  # fires during the first fill's third model call
     first = segment_volume(raw, stopper, MP, params, state_path=state, fp="abc", stop=stopper)
     assert not first.finished
-    seg, seeds, next_seed, next_id = load_state(state, "abc", raw.shape)
+    seg, seeds, next_seed, next_id, _origins = load_state(state, "abc", raw.shape)
     first_fill = next(i for i, p in enumerate(seeds) if all(4 <= v < n - 4 for v, n in zip(p, raw.shape)))
     # the abandoned fill left nothing behind, not even a -1 marker
     assert next_seed == first_fill and next_id == 1 and not seg.any()

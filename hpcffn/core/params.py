@@ -132,8 +132,10 @@ class InferenceParams(_Strict):
         0.0, description="FFN's: when more than this fraction of a FOV reaches move_threshold, voxels once "
         "below 0.5 are never raised again; negative turns it off"
     )
-    seed_policy: Literal["peaks", "peaks_shuffled"] = Field(
-        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's"
+    seed_policy: Literal["peaks", "peaks_shuffled", "invert_origins"] = Field(
+        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's; "
+        "invert_origins: FFN's PolicyInvertOrigins, the fill starts of a previous segmentation of the same box, "
+        "last-created segment first (needs its file: --origins, or the plan's forward pass)"
     )
     movement_policy: Literal["face_max", "face_centre"] = Field(
         "face_max", description="face_max: FFN's FaceMaxMovementPolicy and segment rules; face_centre: hpcffn 0.1's fill"
