@@ -36,7 +36,9 @@ def output_of(plan: Plan, stage: str):
         "partitions": lay.partitions,
         "coordinates": lay.coordinates,
         "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
-        "infer": lay.segmentation,
+        "infer": lambda t: plan.infer_output("infer", t),
+        "reverse": lambda t: plan.infer_output("reverse", t),
+        "consensus": lay.segmentation,
         "joins": lay.joins,
         "resolve": lay.relabelling,
         # relabel and pyramid write chunks into the volume's store; a unit's own record is its marker.
@@ -147,7 +149,6 @@ def collect(plan: Plan, detail: bool = True) -> Report:
 
     columns = observe_jobs(plan, state, query=query)
     listing = Listing()
-    progress = path_pattern(lambda u: infer_state_path(plan.layout.segmentation(u)))
     for job in plan.jobs:
         c = columns[job.name]
         states = _labels(c)
@@ -156,7 +157,8 @@ def collect(plan: Plan, detail: bool = True) -> Report:
         extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
         if job.stage == "train":
             extra = {i: {"step": checkpoint_step(plan.layout.train_dir(u))} for i, u in enumerate(c.units)}
-        elif job.stage == "infer":
+        elif job.stage in ("infer", "reverse"):
+            progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             # Listed first: most tiles have no progress file, and opening each would cost.
             started = listing.each(progress, c.units)
             extra = {i: {"seeds": infer_progress(Path(output(u))) if started[i] else None}

@@ -101,7 +101,7 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
                      model=model_params.model_dump(),
                      # parallel_fills gives the same segmentation: a run may resume with another value
-                     inference=params.model_dump(exclude={"parallel_fills"}), mask=mask,
+                     inference=params.model_dump(exclude={"parallel_fills", "consensus"}), mask=mask,
                      seeds=None if seeds is None else hashlib.sha256(seeds.tobytes()).hexdigest())
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
@@ -137,18 +137,34 @@ def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> 
 
 def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = None,
                   params: InferenceParams | None = None, training: TrainingParams | None = None,
-                  log=print) -> int:
-    """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
+                  log=print, job: str | None = None, pass_name: str = "forward") -> int:
+    """Segment one planned tile's infer_box (plan.infer_output says where); marker when done.
+
+    `pass_name` reverse (ffn.inference.consensus): seeds at the forward pass's origins of the
+    tile, last-created segment first."""
     from hpcffn.stages.markers import hold_unit, mark_done
 
-    tile = plan.tile(plan.task_unit("infer", tile_key))
+    stage = {"forward": "infer", "reverse": "reverse"}[pass_name]
+    if stage == "reverse" and not plan.consensus:
+        raise HpcffnError(f"--pass reverse: the plan of {plan.spec_file} has no ffn.inference.consensus; "
+                          "set it and re-plan")
+    tile = plan.tile(plan.task_unit(job or stage, tile_key))
     volume = plan.volume(tile.volume)
-    output = plan.layout.segmentation(tile.name)
+    output = plan.infer_output(stage, tile.name)
     params = params or plan.ffn.inference
-    with hold_unit(plan, "infer", tile.name, (output, state_path(output))):
+    origins = None
+    if stage == "reverse":
+        origins = plan.infer_output("infer", tile.name)
+        if not origins.is_file():
+            raise HpcffnError(f"the reverse pass of tile {tile.name} needs the forward pass's {origins}: "
+                              "run the tile's infer job first (hpcffn submit --resume runs what is missing)")
+        params = params.model_copy(update={"seed_policy": "invert_origins"})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with hold_unit(plan, stage, tile.name, (output, state_path(output))):
         code = segment_location(volume.raw, plan_checkpoint(plan, tile, params), output, model_params or plan.ffn.model,
                                 params, tile.infer_box.start, tile.infer_box.size,
-                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
+                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask,
+                                origins=origins)
         if code == 0:
-            mark_done(plan, "infer", tile.name)
+            mark_done(plan, stage, tile.name)
     return code
