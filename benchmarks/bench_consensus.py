@@ -11,6 +11,9 @@ region with `--context` voxels kept out on every side (they never see a full FOV
     nice -n 10 python benchmarks/bench_consensus.py [--data ts2_dev.h5] [--box z0,y0,x0:dz,dy,dx]
         [--settings ffn,manual] [--split-min-size 1000] [--workdir DIR] [--parallel-fills N]
 
+Consensus rows: FFN's (`split_min_size` pieces become 0), `consensus 0` (no piece removed) and
+`... fwd` (`small_pieces: forward`: pieces below split_min_size keep their forward id).
+
 `--settings`: `ffn` = the settings Google documents for this checkpoint (our defaults,
 shared/fib25/README.md); `manual` = the newer ones FFN's manual recommends (pad_value 0.5,
 move_threshold 0.6, min_boundary_dist 2,2,1). Each pass's segmentation (with its origins) is
@@ -141,11 +144,16 @@ def main() -> int:
         rev, _, ra = run_pass(raw, predict, mp, rev_params, origin_table.inverted_seeds(fwd_origins),
                               a.workdir / f"{name}_{tag}_reverse.h5", log)
         log(f"{name} reverse: {ra}")
-        cons, _ = split_consensus(fwd.astype(np.uint64), rev.astype(np.uint64), a.split_min_size)
         both = int(fa["fov_evaluations"] + ra["fov_evaluations"])
         rows.append((f"{name} forward", score(fwd, gt, inner), int(fa["fov_evaluations"]), fa["seconds"]))
         rows.append((f"{name} reverse", score(rev, gt, inner), int(ra["fov_evaluations"]), ra["seconds"]))
-        rows.append((f"{name} consensus", score(cons, gt, inner), both, None))
+        # FFN's consensus, then the ways to keep its small pieces: every piece its own segment
+        # (split_min_size 0), or small pieces back to their forward segment (small_pieces forward)
+        for label, size, small in ((f"consensus {a.split_min_size}", a.split_min_size, "drop"),
+                                   ("consensus 0", 0, "drop"),
+                                   (f"consensus {a.split_min_size} fwd", a.split_min_size, "forward")):
+            cons, _ = split_consensus(fwd.astype(np.uint64), rev.astype(np.uint64), size, small=small)
+            rows.append((f"{name} {label}", score(cons, gt, inner), both, None))
     print()
     head = (f"| {'run':22s} | {'VI split':>8s} | {'VI merge':>8s} | {'VI':>6s} | {'ARE':>6s} | {'precision':>9s} "
             f"| {'recall':>6s} | {'segments':>8s} | {'unsegm.':>7s} | {'FOVs':>6s} |")
@@ -158,14 +166,17 @@ def main() -> int:
     print()
     for name in a.settings.split(","):
         got = {label.split(" ", 1)[1]: m for label, m, _, _ in rows if label.startswith(name + " ")}
-        fw, co = got["forward"], got["consensus"]
-        ok_merge = co["vi_merge"] <= TARGET_MERGE_RATIO * fw["vi_merge"]
-        ok_vi = co["vi"] < fw["vi"]
-        ok_are = co["adapted_rand_error"] < fw["adapted_rand_error"]
-        print(f"{name}: consensus VI merge {co['vi_merge']:.4f} vs {TARGET_MERGE_RATIO} x forward "
-              f"{TARGET_MERGE_RATIO * fw['vi_merge']:.4f} {'ok' if ok_merge else 'MISSED'}; VI {co['vi']:.4f} vs "
-              f"{fw['vi']:.4f} {'ok' if ok_vi else 'MISSED'}; ARE {co['adapted_rand_error']:.4f} vs "
-              f"{fw['adapted_rand_error']:.4f} {'ok' if ok_are else 'MISSED'}")
+        fw = got["forward"]
+        for variant, co in got.items():
+            if not variant.startswith("consensus"):
+                continue
+            ok_merge = co["vi_merge"] <= TARGET_MERGE_RATIO * fw["vi_merge"]
+            ok_vi = co["vi"] < fw["vi"]
+            ok_are = co["adapted_rand_error"] < fw["adapted_rand_error"]
+            print(f"{name} {variant}: VI merge {co['vi_merge']:.4f} vs {TARGET_MERGE_RATIO} x forward "
+                  f"{TARGET_MERGE_RATIO * fw['vi_merge']:.4f} {'ok' if ok_merge else 'MISSED'}; VI {co['vi']:.4f} vs "
+                  f"{fw['vi']:.4f} {'ok' if ok_vi else 'MISSED'}; ARE {co['adapted_rand_error']:.4f} vs "
+                  f"{fw['adapted_rand_error']:.4f} {'ok' if ok_are else 'MISSED'}")
     return 0
 
 

@@ -77,3 +77,12 @@ def test_streaming_slabs_give_the_rules_of_the_definition(slab, tmp_path):
         ds = f.create_dataset("seg", a.shape, np.uint64)
         split_consensus(a, b, 5, out=ds, slab=slab)
         np.testing.assert_array_equal(ds[...], _loop_reference(a, b, 5))
+
+
+def test_small_pieces_can_go_back_to_their_forward_segment():
+    a = np.array([[[1, 1, 1, 1, 1, 1, 2, 2, 0]]], np.uint64)
+    b = np.array([[[5, 5, 5, 6, 6, 7, 7, 8, 9]]], np.uint64)
+    out, _ = split_consensus(a, b, min_size=2)  # FFN: the 1-voxel pieces become 0
+    assert out.ravel().tolist() == [1, 1, 1, 3, 3, 0, 0, 0, 0]  # segment 2 is all small pieces
+    out, _ = split_consensus(a, b, min_size=2, small="forward")  # only pieces >= 2 voxels split
+    assert out.ravel().tolist() == [1, 1, 1, 3, 3, 1, 2, 2, 0]

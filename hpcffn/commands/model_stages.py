@@ -192,11 +192,12 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         b: Annotated[Path | None, typer.Option("--b", help="Standalone: the reverse pass's segmentation of the same box.")] = None,
         output: Annotated[Path | None, typer.Option("--output", help="Standalone: the consensus segmentation HDF5 to write (dataset seg).")] = None,
         split_min_size: Annotated[int | None, typer.Option(help="Pieces smaller than this (voxels) become 0 (FFN: 1000; default: the plan's).")] = None,
+        small_pieces: Annotated[str | None, typer.Option("--small-pieces", help="drop (default): pieces below --split-min-size become 0 (FFN's); forward: they keep their forward id.")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """FFN's split consensus of two inference passes: a merge either pass did not make is split."""
         if plan is not None:
-            if tile is None or a or b or output or split_min_size is not None:
+            if tile is None or a or b or output or split_min_size is not None or small_pieces is not None:
                 raise HpcffnError("with --plan give --tile T only (the passes, output and split_min_size come from the plan)")
             from hpcffn.stages.consensus import run_from_plan
 
@@ -206,7 +207,11 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             raise HpcffnError("give --plan P --tile T, or standalone --a FWD.h5 --b REV.h5 --output C.h5")
         from hpcffn.stages.consensus import consensus_files
 
-        consensus_files(a, b, output, 1000 if split_min_size is None else split_min_size, overwrite=overwrite)
+        small_pieces = small_pieces or "drop"
+        if small_pieces not in ("drop", "forward"):
+            raise HpcffnError(f"--small-pieces {small_pieces!r}: give drop or forward")
+        consensus_files(a, b, output, 1000 if split_min_size is None else split_min_size, overwrite=overwrite,
+                        small_pieces=small_pieces)
 
     @stage_app.command("stitch")
     def stitch(

@@ -124,6 +124,10 @@ class ConsensusParams(_Strict):
         "forward (the seed policy's order) then reverse (its segments' origins, last first)"
     )
     split_min_size: int = Field(1000, ge=0, description="consensus pieces smaller than this (voxels) become 0 (FFN: 1000)")
+    small_pieces: Literal["drop", "forward"] = Field(
+        "drop", description="drop: pieces below split_min_size become 0 (FFN's); forward: they keep their forward "
+        "segment's id (only disagreements of split_min_size voxels or more split a segment)"
+    )
 
     @field_validator("passes")
     @classmethod

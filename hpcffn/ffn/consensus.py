@@ -12,6 +12,10 @@ of the forward pass is split wherever the reverse pass saw two objects. FFN's ru
 - pieces with a id 0 become 0; (a id, 0) pieces are kept like any other;
 - pieces smaller than `min_size` voxels become 0 (the largest one included).
 
+`small="forward"` (hpcffn's, not FFN's) gives pieces below `min_size` back their forward id
+instead of 0: only disagreements of at least `min_size` voxels split a segment, and consensus
+leaves no new holes (which a metric that counts 0 as a segment charges as a merge).
+
 Computed in two streaming passes over z-slabs (count the pairs, then relabel), so a 500^3
 tile never needs more than a few slab-sized arrays beyond the pair table.
 """
@@ -76,8 +80,10 @@ def _merge(parts):
     return pa, pb, np.rint(c).astype(np.int64)
 
 
-def split_labels(pa: np.ndarray, pb: np.ndarray, count: np.ndarray, min_size: int) -> Relabelling:
-    """FFN's output id of every (a, b) pair (see the module docstring)."""
+def split_labels(pa: np.ndarray, pb: np.ndarray, count: np.ndarray, min_size: int, small: str = "drop") -> Relabelling:
+    """FFN's output id of every (a, b) pair (see the module docstring); `small`: drop or forward."""
+    if small not in ("drop", "forward"):
+        raise ValueError(f"small pieces: drop or forward, not {small!r}")
     pa = np.asarray(pa, np.uint64)
     pb = np.asarray(pb, np.uint64)
     count = np.asarray(count, np.int64)
@@ -90,8 +96,13 @@ def split_labels(pa: np.ndarray, pb: np.ndarray, count: np.ndarray, min_size: in
     first[1:] = pa[by_a[1:]] != pa[by_a[:-1]]
     largest = np.zeros(len(pa), bool)
     largest[by_a[first]] = True
-    removed = (count < min_size) | (pa == 0)
-    keep = largest & ~removed
+    tiny = count < min_size
+    if small == "forward":  # small pieces go back to their forward segment
+        removed = pa == 0
+        keep = ~removed & (largest | tiny)
+    else:  # FFN's: small pieces become 0
+        removed = tiny | (pa == 0)
+        keep = largest & ~removed
     label[keep] = pa[keep]
     fresh = ~removed & ~keep
     # new ids above a's largest, in FFN's iteration order: (b, a) ascending
@@ -116,9 +127,9 @@ def apply_labels(table: Relabelling, a, b, out, slab: int | None = None) -> None
         out[zs] = labels[np.searchsorted(keys, k)]
 
 
-def split_consensus(a, b, min_size: int = 1000, out=None, slab: int | None = None):
+def split_consensus(a, b, min_size: int = 1000, out=None, slab: int | None = None, small: str = "drop"):
     """FFN's split consensus of `a` by `b`; returns (out, table). `out` defaults to a new uint64 array."""
-    table = split_labels(*count_pairs(a, b, slab), min_size)
+    table = split_labels(*count_pairs(a, b, slab), min_size, small)
     if out is None:
         out = np.zeros(a.shape, np.uint64)
     apply_labels(table, a, b, out, slab)

@@ -34,7 +34,7 @@ def _open(path: Path, what: str):
 
 
 def consensus_files(a: str | Path, b: str | Path, output: str | Path, split_min_size: int = 1000,
-                    overwrite: bool = False, log=print) -> dict:
+                    overwrite: bool = False, log=print, small_pieces: str = "drop") -> dict:
     """Split consensus of segmentation file `a` by `b` (same box) into `output`, written atomically."""
     from hpcffn.ffn.consensus import apply_labels, count_pairs, split_labels
     from hpcffn.io import origins as origin_table
@@ -51,7 +51,7 @@ def consensus_files(a: str | Path, b: str | Path, output: str | Path, split_min_
             raise HpcffnError(f"{a} (shape {sa.shape}, offset {dataset_offset(sa)}) and {b} (shape {sb.shape}, "
                               f"offset {dataset_offset(sb)}) are not segmentations of the same box: give two passes "
                               "over the same box")
-        table = split_labels(*count_pairs(sa, sb), split_min_size)
+        table = split_labels(*count_pairs(sa, sb), split_min_size, small_pieces)
         origins = origin_table.read(fa)
         kept = set(table.kept.tolist())
         with atomic_h5(output) as f:
@@ -59,7 +59,8 @@ def consensus_files(a: str | Path, b: str | Path, output: str | Path, split_min_
                                    chunks=True)
             apply_labels(table, sa, sb, out)
             f.attrs["offset"] = out.attrs["offset"] = np.asarray(dataset_offset(sa), np.int64)
-            f.attrs.update(segments=table.segments, split_min_size=split_min_size, consensus_of=[str(a), str(b)])
+            f.attrs.update(segments=table.segments, split_min_size=split_min_size, small_pieces=small_pieces,
+                           consensus_of=[str(a), str(b)])
             if origins is not None:
                 origin_table.write(f, {i: o for i, o in origins.items() if i in kept})
     split = int(np.count_nonzero((table.label > 0) & (table.label != table.a)))
@@ -83,6 +84,7 @@ def run_from_plan(plan: Plan, tile_key: str, log=print) -> dict:
             raise HpcffnError(f"consensus of tile {tile.name} needs {path}: run the tile's infer and reverse jobs "
                               "first (hpcffn submit --resume runs what is missing)")
     with hold_unit(plan, "consensus", tile.name, (output,)):
-        found = consensus_files(*passes, output, params.split_min_size, overwrite=True, log=log)
+        found = consensus_files(*passes, output, params.split_min_size, overwrite=True, log=log,
+                                small_pieces=params.small_pieces)
         mark_done(plan, "consensus", tile.name, **found)
     return found
