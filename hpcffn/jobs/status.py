@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
+from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.observe import JobTasks, observe_jobs
 from hpcffn.jobs.state import load_state
