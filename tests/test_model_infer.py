@@ -172,17 +172,24 @@ def test_stop_saves_state_and_a_second_run_continues_to_the_same_result(tmp_path
     state = tmp_path / "seg.h5.state"
     first = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc", stop=StopAfter(checks // 2))
     assert not first.finished and state.is_file()
-    seg, seeds, next_seed, _next_id = load_state(state, "abc", raw.shape)
+    seg, seeds, next_seed, _next_id, origins = load_state(state, "abc", raw.shape)
     # the stop came during the first seeds' fills: every seed before next_seed is done, the
     # interrupted one is tried again on resume
     assert 0 < next_seed < len(seeds) and first.seeds_tried == next_seed
     assert np.array_equal(output_segmentation(seg), first.segmentation)
     assert load_state(state, "other inputs", raw.shape) is None  # a different run does not resume it
+    assert sorted(origins) == list(range(1, first.segments + 1))  # the saved segments' origins
     second_oracle = Oracle()
     second = segment_volume(raw, second_oracle, MP, params, state_path=state, fp="abc")
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, full.segmentation)
     assert second.seeds_tried == len(seeds)
+    # origins come through resume: the same starts and step counts as the uninterrupted run's
+    assert {i: (o.start, o.steps) for i, o in second.origins.items()} == \
+        {i: (o.start, o.steps) for i, o in full.origins.items()}
+    assert sorted(full.origins) == list(range(1, full.segments + 1))
+    for ident, o in full.origins.items():
+        assert full.segmentation[o.start] == ident and o.steps >= 1 and o.seconds >= 0
 
 
 class StopWhenCalled:
@@ -208,10 +215,30 @@ def test_a_stop_inside_one_fill_abandons_it_and_resume_redoes_that_seed(tmp_path
     stopper = StopWhenCalled(Oracle(), 2)  # fires during the first fill's third model call
     first = segment_volume(raw, stopper, MP, params, state_path=state, fp="abc", stop=stopper)
     assert not first.finished
-    seg, seeds, next_seed, next_id = load_state(state, "abc", raw.shape)
+    seg, seeds, next_seed, next_id, _origins = load_state(state, "abc", raw.shape)
     first_fill = next(i for i, p in enumerate(seeds) if all(4 <= v < n - 4 for v, n in zip(p, raw.shape)))
     # the abandoned fill left nothing behind, not even a -1 marker
     assert next_seed == first_fill and next_id == 1 and not seg.any()
     second = segment_volume(raw, Oracle(), MP, params, state_path=state, fp="abc")
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, full.segmentation)
+
+
+def test_invert_origins_seeds_at_the_forward_fill_starts_last_segment_first():
+    from hpcffn.io.origins import inverted_seeds
+
+    raw, labels = _scene(seed=3)
+    params = InferenceParams(min_segment_size=50)
+    forward = segment_volume(raw, Oracle(), MP, params)
+    assert forward.segments >= 5
+    seeds = inverted_seeds(forward.origins)
+    # FFN's PolicyInvertOrigins: origins sorted by segment id, descending
+    assert [tuple(s) for s in seeds] == [forward.origins[i].start for i in range(forward.segments, 0, -1)]
+    reverse = segment_volume(raw, Oracle(), MP, params.model_copy(update={"seed_policy": "invert_origins"}),
+                             seeds=seeds)
+    # the reverse pass's first segment grows from the forward pass's last
+    assert reverse.origins[1].start == forward.origins[forward.segments].start
+    assert {o.start for o in reverse.origins.values()} <= {o.start for o in forward.origins.values()}
+    assert _score(reverse.segmentation, labels)["adapted_rand_error"] < 0.05  # the same objects, found again
+    with pytest.raises(HpcffnError, match="--origins"):
+        segment_volume(raw, Oracle(), MP, params.model_copy(update={"seed_policy": "invert_origins"}))

@@ -57,6 +57,9 @@ def test_parallel_fills_equal_the_sequential_segmentation_in_fewer_calls(scene):
         np.testing.assert_array_equal(many.segmentation, one.segmentation)
         assert (many.segments, many.fills, many.seeds_tried) == (one.segments, one.fills, one.seeds_tried)
         assert many.fov_evaluations - many.fov_wasted == one.fov_evaluations
+        # FFN's origins: every segment's start and step count as the one-at-a-time loop's
+        assert {i: (o.start, o.steps) for i, o in many.origins.items()} == \
+            {i: (o.start, o.steps) for i, o in one.origins.items()}
         assert max(model.batches) == width
         assert len(model.batches) < 0.8 * len(model_one.batches)  # fewer model calls
 
@@ -75,6 +78,9 @@ def test_parallel_fills_equal_the_sequential_segmentation_where_fills_merge(scen
         many, _ = _run(raw, width)
         np.testing.assert_array_equal(many.segmentation, one.segmentation)
         assert many.fov_evaluations - many.fov_wasted == one.fov_evaluations
+        # FFN's origins: every segment's start and step count as the one-at-a-time loop's
+        assert {i: (o.start, o.steps) for i, o in many.origins.items()} == \
+            {i: (o.start, o.steps) for i, o in one.origins.items()}
         assert many.fov_wasted > 0
 
 
@@ -110,6 +116,8 @@ def test_stopped_parallel_run_resumes_to_the_same_result(tmp_path):
                             state_path=state, fp="x", log=lambda s: None)
     assert second.finished
     np.testing.assert_array_equal(second.segmentation, one.segmentation)
+    assert {i: (o.start, o.steps) for i, o in second.origins.items()} == \
+        {i: (o.start, o.steps) for i, o in one.origins.items()}
 
 
 def test_a_fill_whose_seed_an_earlier_segment_came_next_to_is_dropped_at_commit():

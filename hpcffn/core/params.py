@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 XYZ = tuple[int, int, int]
 
@@ -116,6 +123,27 @@ class TrainingParams(_Strict):
     )
 
 
+class ConsensusParams(_Strict):
+    """FFN's oversegmentation consensus: a reverse pass and the split consensus of the two (docs/consensus.md)."""
+
+    passes: tuple[Literal["forward", "reverse"], ...] = Field(
+        ("forward", "reverse"), description="the passes whose split consensus is the tile's segmentation: "
+        "forward (the seed policy's order) then reverse (its segments' origins, last first)"
+    )
+    split_min_size: int = Field(1000, ge=0, description="consensus pieces smaller than this (voxels) become 0 (FFN: 1000)")
+    small_pieces: Literal["drop", "forward"] = Field(
+        "drop", description="drop: pieces below split_min_size become 0 (FFN's); forward: they keep their forward "
+        "segment's id (only disagreements of split_min_size voxels or more split a segment)"
+    )
+
+    @field_validator("passes")
+    @classmethod
+    def _two(cls, v):
+        if tuple(v) != ("forward", "reverse"):
+            raise ValueError("must be [forward, reverse] (FFN's consensus of a pass and its inverted-origins pass)")
+        return v
+
+
 class InferenceParams(_Strict):
     """Stage 4 (flood-filling inference); the defaults are Google FFN's (see docs/train_infer.md)."""
 
@@ -132,8 +160,10 @@ class InferenceParams(_Strict):
         0.0, description="FFN's: when more than this fraction of a FOV reaches move_threshold, voxels once "
         "below 0.5 are never raised again; negative turns it off"
     )
-    seed_policy: Literal["peaks", "peaks_shuffled"] = Field(
-        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's"
+    seed_policy: Literal["peaks", "peaks_shuffled", "invert_origins"] = Field(
+        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's; "
+        "invert_origins: FFN's PolicyInvertOrigins, the fill starts of a previous segmentation of the same box, "
+        "last-created segment first (needs its file: --origins, or the plan's forward pass)"
     )
     movement_policy: Literal["face_max", "face_centre"] = Field(
         "face_max", description="face_max: FFN's FaceMaxMovementPolicy and segment rules; face_centre: hpcffn 0.1's fill"
@@ -153,6 +183,18 @@ class InferenceParams(_Strict):
         description="face_max: fills of this many seeds run side by side, one FOV each per model call (for GPUs); "
         "speculative and checked, so the segmentation is exactly the one-fill-at-a-time result",
     )
+    consensus: ConsensusParams | None = Field(
+        None, description="off by default; {passes: [forward, reverse], split_min_size: 1000}: a reverse pass per tile "
+        "and FFN's split consensus of the two become the tile's segmentation"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_consensus(self, handler):
+        # Plans without consensus keep their plan.json and resolved spec byte for byte.
+        out = handler(self)
+        if out.get("consensus", 0) is None:
+            del out["consensus"]
+        return out
 
 
 class StitchParams(_Strict):

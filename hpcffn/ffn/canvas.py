@@ -13,6 +13,7 @@ import numpy as np
 
 from hpcffn.core.params import InferenceParams, ModelParams
 from hpcffn.ffn.model import CANVAS_LOGIT_LIMIT
+from hpcffn.io.origins import Origin
 
 # FFN marks seeds that were tried and failed (and seeds next to a segment) with -1 in the
 # segmentation; such voxels may still be taken by a later segment. Written output has 0 there.
@@ -112,6 +113,7 @@ class Canvas:
         self.init_logit = option_logit(params.init_activation)
         self.pad_logit = option_logit(params.pad_value)
         self.evaluations = 0
+        self.origins: dict[int, Origin] = {}  # segment id -> where and how its fill ran (FFN's origins)
         self.policy = FaceMaxPolicy(self.deltas, self.move_logit)
         self._inputs = np.empty((max(1, params.batch_size, params.parallel_fills),) + self.fov + (2,), np.float32)
 
@@ -126,6 +128,27 @@ class Canvas:
         mbd = tuple(reversed(self.params.min_boundary_dist))  # x,y,z -> z,y,x
         sel = tuple(slice(max(0, p - m), p + m + 1) for p, m in zip(pos, mbd))
         return bool((self.seg[sel] > 0).any())
+
+    def seed_starts_fill(self, pos) -> bool:
+        """FFN's checks of a seed before its fill: the FOV fits, the voxel is free and unmasked, and
+        no segment lies within min_boundary_dist (such a seed is marked EXCLUDED)."""
+        if not self.fov_fits(pos) or self.seg[pos] > 0 or self.is_blocked(pos):
+            return False
+        if self.near_segment(pos):
+            self.seg[pos] = EXCLUDED
+            return False
+        return True
+
+    def commit(self, start, box, mask: np.ndarray | None, next_id: int, steps: int, seconds: float) -> int:
+        """FFN's end of a fill: a rejected one (`mask` None) marks its seed EXCLUDED, an accepted one
+        becomes segment `next_id` over `box` and records its origin. Returns the next free id."""
+        if mask is None:
+            if self.seg[start] == 0:
+                self.seg[start] = EXCLUDED  # a weak seed or too small a segment
+            return next_id
+        self.seg[box][mask] = next_id
+        self.origins[next_id] = Origin(tuple(int(v) for v in start), int(steps), float(seconds))
+        return next_id + 1
 
     def valid_move(self, pos) -> bool:
         """FFN's is_valid_pos: seed at pos not below the move threshold, FOV fits, not segmented."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import InferenceParams, ModelParams
 from hpcffn.ffn.canvas import EXCLUDED, INTERRUPTED, Canvas, FaceMaxPolicy, option_logit  # noqa: F401 (re-exported)
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: with the origins of the segments made so far
 # The noise that breaks ties between equal distances in PolicyPeaks: NumPy's legacy generator
 # seeded with 42, uniform [0, 1) times 1e-4, in float64, as FFN adds it.
 PEAK_NOISE_SEED = 42
@@ -165,6 +165,9 @@ def peak_seeds(image: np.ndarray, fov_zyx, params: InferenceParams, blocked: np.
     """The seed list of `params.seed_policy` (int64 z,y,x rows), in the order they are tried."""
     if params.seed_policy == "peaks_shuffled":
         return shuffled_peaks(image, fov_zyx, params, blocked)
+    if params.seed_policy == "invert_origins":
+        raise HpcffnError("seed_policy invert_origins seeds at a previous segmentation's origins: "
+                          "give that segmentation (--origins FWD.h5)")
     return policy_peaks(image, params, blocked)
 
 
@@ -178,6 +181,7 @@ class SegmentResult:
     seeds: int = 0  # seeds the policy found
     fills: int = 0  # fills started (this run)
     fov_wasted: int = 0  # of fov_evaluations: speculative fills' FOVs that were thrown away (parallel_fills > 1)
+    origins: dict = field(default_factory=dict)  # segment id -> io.origins.Origin (FFN's origins)
 
 
 def fingerprint(**inputs) -> str:
@@ -185,20 +189,25 @@ def fingerprint(**inputs) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def save_state(path: Path, seg: np.ndarray, seeds: np.ndarray, next_seed: int, next_id: int, fp: str) -> None:
-    """Resumable progress (the segmentation with its -1 markers), written atomically (HDF5)."""
+def save_state(path: Path, seg: np.ndarray, seeds: np.ndarray, next_seed: int, next_id: int, fp: str,
+               origins: dict | None = None) -> None:
+    """Resumable progress (the segmentation with its -1 markers, the origins), written atomically (HDF5)."""
 
+    from hpcffn.io import origins as origin_table
     from hpcffn.io.volumes import atomic_h5
 
     with atomic_h5(path) as f:
         f.create_dataset("seg", data=seg, compression="gzip", compression_opts=1)
         f.create_dataset("seeds", data=seeds)
+        origin_table.write(f, origins or {})
         f.attrs.update({"format": STATE_FORMAT, "next_seed": next_seed, "next_id": next_id, "fingerprint": fp})
 
 
 def load_state(path: Path, fp: str, shape):
-    """(seg, seeds, next_seed, next_id) from a matching saved state, else None."""
+    """(seg, seeds, next_seed, next_id, origins) from a matching saved state, else None."""
     import h5py
+
+    from hpcffn.io import origins as origin_table
 
     if not path.is_file():
         return None
@@ -209,7 +218,8 @@ def load_state(path: Path, fp: str, shape):
             seg = f["seg"][...]
             if seg.shape != tuple(shape):
                 return None
-            return seg, f["seeds"][...], int(f.attrs["next_seed"]), int(f.attrs["next_id"])
+            return (seg, f["seeds"][...], int(f.attrs["next_seed"]), int(f.attrs["next_id"]),
+                    origin_table.read(f) or {})
     except OSError:
         return None
 
@@ -239,9 +249,12 @@ def make_predict(model, fov_zyx, xla: bool = False):
 
 def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params: InferenceParams,
                    state_path: Path | None = None, fp: str = "", stop=None, log=print,
-                   mask: np.ndarray | None = None) -> SegmentResult:
+                   mask: np.ndarray | None = None, seeds: np.ndarray | None = None) -> SegmentResult:
     """Segment a whole sub-volume (FFN's segment_all); stops early (finished=False) after saving
     state when `stop` is set.
+
+    `seeds` (z,y,x rows, tried in that order): instead of the seed policy's (e.g. the inverted
+    origins of a previous pass); the caller's fingerprint must cover them.
 
     `mask` (true = masked, the volume's mask): no seed or FOV centre there, and no segment takes
     those voxels; they count as edges for the seed policy.
@@ -253,10 +266,11 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
         canvas.blocked = mask
     resumed = load_state(state_path, fp, image.shape) if state_path else None
     if resumed is not None:
-        canvas.seg, seeds, next_seed, next_id = resumed
+        canvas.seg, seeds, next_seed, next_id, canvas.origins = resumed
         log(f"hpcffn infer: resumed at seed {next_seed}/{len(seeds)} with {next_id - 1} segments")
     else:
-        seeds = peak_seeds(canvas.image, canvas.fov, params, mask)
+        if seeds is None:
+            seeds = peak_seeds(canvas.image, canvas.fov, params, mask)
         next_seed, next_id = 0, 1
     seg = canvas.seg
     fills = 0
@@ -265,12 +279,15 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
 
     def result(finished: bool, wasted: int = 0) -> SegmentResult:
         return SegmentResult(output_segmentation(seg), finished, next_id - 1, next_seed, canvas.evaluations,
-                             len(seeds), fills, wasted)
+                             len(seeds), fills, wasted, dict(canvas.origins))
+
+    def save(seed: int, ident: int) -> None:
+        save_state(state_path, seg, seeds, seed, ident, fp, canvas.origins)
 
     def progress(seed: int, ident: int) -> None:
         nonlocal last_save
         if state_path is not None and time.monotonic() - last_save >= params.checkpoint_minutes * 60:
-            save_state(state_path, seg, seeds, seed, ident, fp)
+            save(seed, ident)
             last_save = time.monotonic()
             log(f"hpcffn infer: seed {seed}/{len(seeds)}, {ident - 1} segments, "
                 f"{canvas.evaluations / max(time.monotonic() - t0, 1e-9):.1f} FOV/s; state saved")
@@ -282,32 +299,25 @@ def segment_volume(image: np.ndarray, predict, model_params: ModelParams, params
         next_seed, next_id, finished = runner.run(next_seed, next_id, stop, progress)
         fills = runner.fills
         if not finished and state_path is not None:
-            save_state(state_path, seg, seeds, next_seed, next_id, fp)
+            save(next_seed, next_id)
         return result(finished, runner.wasted)
 
     while next_seed < len(seeds):
         if stop:
             if state_path is not None:
-                save_state(state_path, seg, seeds, next_seed, next_id, fp)
+                save(next_seed, next_id)
             return result(False)
         pos = tuple(int(v) for v in seeds[next_seed])
         next_seed += 1
-        if not canvas.fov_fits(pos) or seg[pos] > 0 or canvas.is_blocked(pos):
-            continue
-        if canvas.near_segment(pos):
-            seg[pos] = EXCLUDED
+        if not canvas.seed_starts_fill(pos):
             continue
         fills += 1
+        steps, began = canvas.evaluations, time.monotonic()
         found, box = canvas.segment_at(pos, stop)
         if found is INTERRUPTED:
             next_seed -= 1  # this seed's fill was abandoned: start it again on resume
             fills -= 1
             continue  # the loop's stop check saves the state and returns
-        if found is None:
-            if seg[pos] == 0:
-                seg[pos] = EXCLUDED  # a weak seed or too small a segment
-        else:
-            seg[box][found] = next_id
-            next_id += 1
+        next_id = canvas.commit(pos, box, found, next_id, canvas.evaluations - steps, time.monotonic() - began)
         progress(next_seed, next_id)
     return result(True)

@@ -20,11 +20,12 @@ The price: the FOVs of thrown-away fills (reported as wasted) and one float32 bo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpcffn.ffn.canvas import EXCLUDED, Canvas, FaceMaxPolicy
+from hpcffn.ffn.canvas import Canvas, FaceMaxPolicy
 
 
 class _OwnCanvas:
@@ -68,6 +69,7 @@ class _Fill:
     checked: list = field(default_factory=list)  # positions whose move check read seg <= 0
     evaluations: int = 0
     finished: bool = False
+    began: float = field(default_factory=time.monotonic)  # the fill's origin records its wall time from here
 
 
 class ParallelFills:
@@ -157,25 +159,20 @@ class ParallelFills:
     def _commit(self, f: _Fill, next_id: int) -> int:
         """FFN's end of the head seed's fill; returns the next free segment id."""
         c, pos = self.c, f.start
-        if c.seg[pos] > 0 or c.near_segment(pos):
+        if not c.seed_starts_fill(pos):
             # FFN's loop skips this seed (an earlier segment reached it): its fill never happened.
-            if c.seg[pos] <= 0:
-                c.seg[pos] = EXCLUDED
             self._abandon(f)
             return next_id
         self.fills += 1
         del self.live[f.k]
         box = self._box(f)
         mask = c._accept(pos, box, f.canvas.view(box))
-        if mask is None:
-            if c.seg[pos] == 0:
-                c.seg[pos] = EXCLUDED  # a weak seed or too small a segment
-            return next_id
-        c.seg[box][mask] = next_id
-        for g in list(self.live.values()):  # later fills that moved through the new segment
-            if g.checked and (c.seg[tuple(np.asarray(g.checked).T)] > 0).any():
-                self._abandon(g)
-        return next_id + 1
+        next_id = c.commit(pos, box, mask, next_id, f.evaluations, time.monotonic() - f.began)
+        if mask is not None:
+            for g in list(self.live.values()):  # later fills that moved through the new segment
+                if g.checked and (c.seg[tuple(np.asarray(g.checked).T)] > 0).any():
+                    self._abandon(g)
+        return next_id
 
     def _near_live(self, pos) -> bool:
         """Whether `pos` lies in (or within a FOV of) a live fill's box: most likely the same
@@ -208,12 +205,7 @@ class ParallelFills:
             while head < len(seeds):
                 f = self.live.get(head)
                 if f is None:
-                    pos = tuple(int(v) for v in seeds[head])
-                    if not c.fov_fits(pos) or c.seg[pos] > 0 or c.is_blocked(pos):
-                        head += 1
-                        continue
-                    if c.near_segment(pos):
-                        c.seg[pos] = EXCLUDED
+                    if not c.seed_starts_fill(tuple(int(v) for v in seeds[head])):
                         head += 1
                         continue
                     if len(self.live) >= self.max_live:

@@ -123,7 +123,6 @@ def collect(plan: Plan, detail: bool = True) -> Report:
 
     columns = observe_jobs(plan, state, query=query)
     listing = Listing()
-    progress = path_pattern(lambda u: infer_state_path(plan.layout.segmentation(u)))
     for job in plan.jobs:
         c = columns[job.name]
         states = _labels(c)
@@ -132,7 +131,8 @@ def collect(plan: Plan, detail: bool = True) -> Report:
         extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
         if job.stage == "train":
             extra = {i: {"step": checkpoint_step(plan.layout.train_dir(u))} for i, u in enumerate(c.units)}
-        elif job.stage == "infer":
+        elif job.stage in ("infer", "reverse"):
+            progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             # Listed first: most tiles have no progress file, and opening each would cost.
             started = listing.each(progress, c.units)
             extra = {i: {"seeds": infer_progress(Path(output(u))) if started[i] else None}

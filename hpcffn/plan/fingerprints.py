@@ -11,7 +11,10 @@ longer done, whatever its marker, its name or SLURM say.
     coordinates the group's tiles, ffn.coordinates, their partitions'
     train       ffn.model, ffn.training (not checkpoint_minutes), the group's coordinates'
     infer       the tile's boxes, ffn.model, ffn.inference (not checkpoint_minutes/parallel_fills,
-                which leave the result as it is), its model's, its volume's
+                which leave the result as it is, nor the consensus settings past on/off), its
+                model's, its volume's
+    reverse     the tile's forward pass's (its seeds are that pass's origins)
+    consensus   ffn.inference.consensus and the tile's reverse pass's
     joins, resolve, relabel   ffn.stitch and every infer fingerprint of the volume
     pyramid     subvolume.size and every volume's resolve fingerprint
     evaluate    every volume's stitched (or inferred) fingerprint and groundtruth
@@ -72,8 +75,9 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
                   ffn.training.model_dump(mode="json", exclude={"checkpoint_minutes"})])
     train = {g: _h("train", params, fp) for g, fp in coords.items()}
     fps["train"] = train
-    infer_params = ffn.inference.model_dump(mode="json", exclude={"checkpoint_minutes", "parallel_fills"})
-    params = _js([ffn.model.model_dump(mode="json"), infer_params])
+    infer_params = ffn.inference.model_dump(mode="json", exclude={"checkpoint_minutes", "parallel_fills", "consensus"})
+    consensus = ffn.inference.consensus
+    params = _js([ffn.model.model_dump(mode="json"), infer_params, consensus is not None])
     first = plan.groups[0].name if plan.groups else None
     checkpoint = ffn.inference.checkpoint or ""  # the model infer uses: that path, or its group's training
     by_model: dict[tuple[str, str | None], list[str]] = {}
@@ -83,8 +87,13 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
     for (v, g), names in by_model.items():
         infer.update(_mixed(_h("infer", params, checkpoint or train.get(g or "", ""), vol[v]), tile_hash, names))
     fps["infer"] = infer
+    if consensus is not None:
+        fps["reverse"] = {t: _h("reverse", fp) for t, fp in infer.items()}
+        params = _js(consensus.model_dump(mode="json"))
+        fps["consensus"] = {t: _h("consensus", params, fp) for t, fp in fps["reverse"].items()}
+    segmented = fps.get("consensus", infer)  # what joins, stitch and evaluate read
     stitch = _js(ffn.stitch.model_dump(mode="json"))
-    inferred = {v: _h("inferred", stitch, *(infer[t.name] for t in tiles)) for v, tiles in by_volume.items()}
+    inferred = {v: _h("inferred", stitch, *(segmented[t.name] for t in tiles)) for v, tiles in by_volume.items()}
     resolved = {v.name: _h("resolve", inferred.get(v.name, "")) for v in plan.volumes}
     fps["resolve"] = resolved
     joins = {v: _h("joins", fp) for v, fp in inferred.items()}

@@ -8,6 +8,7 @@ few minutes and on SIGUSR1/SIGTERM (exit layout.EXIT_REQUEUE), and picked up by 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,16 @@ def state_path(output: Path) -> Path:
     return infer_state_path(output)
 
 
-def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
-    """`seg` (uint64) with attr `offset` (z,y,x start in the volume), written atomically."""
+def write_segmentation(output: Path, seg: np.ndarray, offset, origins: dict | None = None, **attrs) -> None:
+    """`seg` (uint64) with attr `offset` (z,y,x start in the volume) and, when given, the segments'
+    `origins` (io/origins.py), written atomically."""
 
+    from hpcffn.io import origins as origin_table
     from hpcffn.io.volumes import atomic_h5
 
     with atomic_h5(output) as f:
+        if origins is not None:
+            origin_table.write(f, origins)
         ds = f.create_dataset("seg", data=seg.astype(np.uint64, copy=False), compression="gzip", compression_opts=1)
         # The contract names an `offset` attribute; it is on the file and on the dataset so
         # readers looking at either find it.
@@ -39,8 +44,12 @@ def write_segmentation(output: Path, seg: np.ndarray, offset, **attrs) -> None:
 
 def segment_location(image: str, checkpoint: str | Path, output: str | Path, model_params: ModelParams,
                      params: InferenceParams, box_start=None, box_size=None, xla: bool = False,
-                     overwrite: bool = False, log=print, mask: str | None = None) -> int:
-    """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue."""
+                     overwrite: bool = False, log=print, mask: str | None = None,
+                     origins: str | Path | None = None) -> int:
+    """Segment `image` ("path.h5:dataset") inside an optional z,y,x box; 0 done, 75 saved-for-requeue.
+
+    `origins`: with seed_policy invert_origins, the segmentation of the same box (an earlier
+    pass's output) whose fill starts are the seeds, last-created first."""
     from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.devices import environment_line, use_onednn
     from hpcffn.ffn.inference import fingerprint, make_predict, segment_volume
@@ -64,6 +73,15 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
             "the image (or re-plan if the volume changed)"
         )
     check_fits(checkpoint, model_params)
+    seeds = None
+    if params.seed_policy == "invert_origins":
+        from hpcffn.io import origins as origin_table
+
+        if origins is None:
+            raise HpcffnError("seed_policy invert_origins needs the previous pass's segmentation: give --origins FWD.h5")
+        seeds = origin_table.inverted_seeds(origin_table.load(origins, size))
+    elif origins is not None:
+        raise HpcffnError(f"--origins {origins} is only read with --seed-policy invert_origins")
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
@@ -83,16 +101,18 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
     fp = fingerprint(image=str(loc), start=start, size=size, checkpoint=str(Path(prefix).resolve()),
                      model=model_params.model_dump(),
                      # parallel_fills gives the same segmentation: a run may resume with another value
-                     inference=params.model_dump(exclude={"parallel_fills"}), mask=mask)
+                     inference=params.model_dump(exclude={"parallel_fills", "consensus"}), mask=mask,
+                     seeds=None if seeds is None else hashlib.sha256(seeds.tobytes()).hexdigest())
     log(f"hpcffn infer: {loc} box start {start} size {size} with {prefix} (step {step})")
     with StopFlag() as stop:
         result = segment_volume(data, make_predict(model, fov, xla=xla), model_params, params,
-                                state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked)
+                                state_path=state_path(output), fp=fp, stop=stop, log=log, mask=blocked, seeds=seeds)
     if not result.finished:
         log(f"hpcffn infer: {signal_name(stop.signum)} after {result.seeds_tried} seeds: state saved to "
             f"{state_path(output)}; work remains (exit 75)")
         return EXIT_REQUEUE
-    write_segmentation(output, result.segmentation, start, checkpoint=str(prefix), segments=result.segments)
+    write_segmentation(output, result.segmentation, start, result.origins, checkpoint=str(prefix),
+                       segments=result.segments, seed_policy=params.seed_policy)
     state_path(output).unlink(missing_ok=True)
     log(f"hpcffn infer: {result.segments} segments from {result.seeds_tried} seeds, "
         f"{result.fov_evaluations} FOV evaluations"
@@ -117,18 +137,34 @@ def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> 
 
 def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = None,
                   params: InferenceParams | None = None, training: TrainingParams | None = None,
-                  log=print) -> int:
-    """Segment one planned tile's infer_box into layout.segmentation(tile); marker when done."""
+                  log=print, job: str | None = None, pass_name: str = "forward") -> int:
+    """Segment one planned tile's infer_box (plan.infer_output says where); marker when done.
+
+    `pass_name` reverse (ffn.inference.consensus): seeds at the forward pass's origins of the
+    tile, last-created segment first."""
     from hpcffn.stages.markers import hold_unit, mark_done
 
-    tile = plan.tile(plan.task_unit("infer", tile_key))
+    stage = {"forward": "infer", "reverse": "reverse"}[pass_name]
+    if stage == "reverse" and not plan.consensus:
+        raise HpcffnError(f"--pass reverse: the plan of {plan.spec_file} has no ffn.inference.consensus; "
+                          "set it and re-plan")
+    tile = plan.tile(plan.task_unit(job or stage, tile_key))
     volume = plan.volume(tile.volume)
-    output = plan.layout.segmentation(tile.name)
+    output = plan.infer_output(stage, tile.name)
     params = params or plan.ffn.inference
-    with hold_unit(plan, "infer", tile.name, (output, state_path(output))):
+    origins = None
+    if stage == "reverse":
+        origins = plan.infer_output("infer", tile.name)
+        if not origins.is_file():
+            raise HpcffnError(f"the reverse pass of tile {tile.name} needs the forward pass's {origins}: "
+                              "run the tile's infer job first (hpcffn submit --resume runs what is missing)")
+        params = params.model_copy(update={"seed_policy": "invert_origins"})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with hold_unit(plan, stage, tile.name, (output, state_path(output))):
         code = segment_location(volume.raw, plan_checkpoint(plan, tile, params), output, model_params or plan.ffn.model,
                                 params, tile.infer_box.start, tile.infer_box.size,
-                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask)
+                                xla=(training or plan.ffn.training).xla, overwrite=True, log=log, mask=volume.mask,
+                                origins=origins)
         if code == 0:
-            mark_done(plan, "infer", tile.name)
+            mark_done(plan, stage, tile.name)
     return code
