@@ -157,6 +157,18 @@ def test_changed_stitch_parameters_redo_the_stitch_and_evaluation_only(tmp_path)
     assert set(_to_run(replanned, resume=False)) == redo
 
 
+def test_changed_consensus_settings_redo_consensus_and_stitch_not_the_passes(tmp_path):
+    _, plan = _planned(tmp_path, ffn={"inference": {"consensus": {"split_min_size": 1000}}})
+    _finish_everything(plan)
+    proc, replanned = _planned(tmp_path, ffn={"inference": {"consensus": {"split_min_size": 10}}})
+    assert proc.returncode == 0, proc.stderr
+    redo = {j.name for j in replanned.jobs
+            if j.stage in ("consensus", "joins", "resolve", "relabel", "pyramid", "evaluate")}
+    assert {j.stage for j in replanned.jobs} >= {"infer", "reverse", "consensus"}
+    for job, c in _categories(replanned).items():
+        assert set(c) == ({"never"} if job in redo else {"done"}), (job, c)
+
+
 def test_an_unchanged_replan_keeps_everything_done_and_the_same_plan(tmp_path):
     _, plan = _planned(tmp_path)
     _finish_everything(plan)
