@@ -180,8 +180,9 @@ def pair_counts(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None)
 # What tells a wrong polarity from right (measured on FIB-25 ts2_dev, white background, black
 # objects, white one-voxel boundaries, 91% object voxels): with the right polarity dense
 # groundtruth's objects are many separate 2-D regions (50-160 per 250x250 slice, the largest
-# a quarter of the slice); with the polarity backwards the "objects" of a sparse mask are its
-# background, one region over most of the slice; and dense groundtruth read backwards makes the
+# a quarter of the slice; in a 48x48 crop one body may fill 70%) with thin lines between them;
+# with the polarity backwards the "objects" of a sparse mask are its background, one region
+# over most of the slice around blobs; and dense groundtruth read backwards makes the
 # one-voxel boundaries the objects: thin lines (over 80% of their voxels on an edge) that cut the
 # other value into many regions. Object ids (more than two values) read as a mask do the first.
 
@@ -248,7 +249,10 @@ def polarity_findings(slices: list[np.ndarray], polarity: str, src: str) -> tupl
     if fraction == 0:
         return errors, warnings  # "no object voxels" is the caller's message
     fg_regions, fg_largest = _regions(fg)
-    if fraction > SUSPECT_POLARITY and fg_largest >= ONE_REGION:
+    # One body can fill most of a small crop of dense groundtruth; what is left between its
+    # objects is then still thin boundary lines, where a mask's real objects are blobs.
+    boundaries_between = (not ids_like and fraction < 1 and fg_regions >= 3 and _edge_share(bg) >= THIN)
+    if fraction > SUSPECT_POLARITY and fg_largest >= ONE_REGION and not boundaries_between:
         if not ids_like:
             fix = f"the background is probably {other}: set polarity: {other}"
         text = (f"with polarity {polarity} the objects cover {fraction:.0%} of {sampled}, mostly as one connected "
@@ -268,6 +272,10 @@ def polarity_findings(slices: list[np.ndarray], polarity: str, src: str) -> tupl
                       f"{fraction:.0%} of {sampled}) that cut the rest into ~{bg_regions} separate regions per slice; "
                       f"{fix}")
         return errors, warnings
+    if fraction < SUSPECT_POLARITY and edge >= THIN and not ids_like:
+        warnings.append(f"with polarity {polarity} the objects are thin lines ({edge:.0%} of their voxels on an edge, "
+                        f"{fraction:.0%} of {sampled}): if they are the boundaries between the objects of dense "
+                        f"groundtruth, set polarity: {other}")
     if ids_like:
         warnings.append(f"groundtruth {src} holds {len(values)} distinct values in {len(slices)} sampled slices: if "
                         f"they are object ids, set polarity: labels (read as a {polarity} mask, touching objects of "

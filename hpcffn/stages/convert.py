@@ -97,7 +97,13 @@ def convert(
     contrast after the uint8 mapping (hpcffn/stages/clahe.py).
     """
 
-    from hpcffn.io.labeling import check_options, default_slab, label_volume, polarity_findings, sampled_planes
+    from hpcffn.io.labeling import (
+        check_options,
+        default_slab,
+        label_volume,
+        polarity_findings,
+        sampled_planes,
+    )
     from hpcffn.io.tif import open_volume
     from hpcffn.io.volumes import atomic_h5
 
