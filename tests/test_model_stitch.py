@@ -122,6 +122,18 @@ def test_a_merge_in_one_tile_does_not_spread_into_its_neighbour():
     assert agreeing_pairs(a, np.zeros_like(b), StitchParams()).shape == (0, 2)
 
 
+def test_what_one_tile_left_unsegmented_does_not_block_a_join():
+    # Tile B segmented only 40% of the shared region (near its face a tile segments less);
+    # where both segmented, B's segment is A's object: one object, not a split at the face.
+    a = np.full((4, 10, 10), 7, np.uint64)
+    b = np.zeros((4, 10, 10), np.uint64)
+    b[:, :, :4] = 1
+    assert agreeing_pairs(a, b, StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5)).tolist() == [[7, 1]]
+    # ...and a merge in A still joins only the neighbour's object it mostly is.
+    b[:, :, 4:5] = 2
+    assert agreeing_pairs(a, b, StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5)).tolist() == [[7, 1]]
+
+
 def test_grid_cores_split_overlaps_in_the_middle():
     boxes = [((0, 0, 0), (10, 10, 40)), ((0, 0, 32), (10, 10, 40)), ((0, 0, 64), (10, 10, 16))]
     cores = grid_cores(boxes, ["a", "b", "c"])

@@ -82,6 +82,20 @@ def test_fov_larger_than_subvolume(tmp_path):
     assert "subvolume.size" in msg and "fov_size" in msg and "(81, 81, 81)" in msg
 
 
+def test_inference_only_plan_may_use_tiles_smaller_than_fov_plus_margins(tmp_path):
+    # FOV 33 + 2 x margin 24 = 81 binds only where training examples are cut (coordinates, train).
+    ffn = {"model": {"fov_size": [33, 33, 33], "deltas": [8, 8, 8]}, "coordinates": {"margin": [24, 24, 24]},
+           "inference": {"checkpoint": "model/ckpt-100"}}
+    spec = spec_dict(volumes=[{"name": "v1", "raw": "data/v1.h5"}], ffn=ffn)
+    plan = make_plan(write_spec(tmp_path, spec)).plan
+    assert (64, 64, 70) in {t.box.size for t in plan.tiles} and "train" not in plan.spec["stages"]
+    assert min(min(t.box.size) for t in plan.tiles) >= 33  # remainders still hold one FOV
+    trained = spec_dict(ffn=ffn)
+    assert "(81, 81, 81)" in plan_error(tmp_path / "train", trained)
+    trained["stages"] = ["infer"]  # groundtruth present but nothing trained here: small tiles are fine
+    assert make_plan(write_spec(tmp_path / "infer", trained)).plan.tiles
+
+
 def test_margin_must_hold_fov_radius_and_deltas(tmp_path):
     spec = spec_dict(ffn={"model": {"fov_size": [9, 9, 9], "deltas": [2, 2, 2]}, "coordinates": {"margin": [6, 5, 6]}})
     msg = plan_error(tmp_path, spec)

@@ -176,3 +176,111 @@ def pair_counts(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None)
     if weights is None:
         counts = counts.astype(np.int64)
     return ua[keys // len(ub)], ub[keys % len(ub)], counts
+
+
+# ---------------------------------------------------------------- is the polarity right?
+#
+# What tells a wrong polarity from right (measured on FIB-25 ts2_dev, white background, black
+# objects, white one-voxel boundaries, 91% object voxels): with the right polarity dense
+# groundtruth's objects are many separate 2-D regions (50-160 per 250x250 slice, the largest
+# a quarter of the slice; in a 48x48 crop one body may fill 70%) with thin lines between them;
+# with the polarity backwards the "objects" of a sparse mask are its background, one region
+# over most of the slice around blobs; and dense groundtruth read backwards makes the
+# one-voxel boundaries the objects: thin lines (over 80% of their voxels on an edge) that cut the
+# other value into many regions. Object ids (more than two values) read as a mask do the first.
+
+SAMPLES = 5
+WRONG_POLARITY = 0.9  # objects this dense AND one region: the background taken for the objects
+SUSPECT_POLARITY = 0.5
+ONE_REGION = 0.5  # share of a set's voxels in each slice's largest 2-D region
+THIN = 0.6  # share of object voxels with a 4-neighbour outside the objects
+
+
+def sampled_planes(reader, samples: int = SAMPLES) -> list[np.ndarray]:
+    """`samples` z slices of a reader (tif.VolumeReader), evenly spaced."""
+    nz = reader.shape[0]
+    zs = sorted({int(z) for z in np.linspace(0, nz - 1, min(samples, nz))}) if nz else []
+    return [reader.read(z, z + 1)[0] for z in zs]
+
+
+def _regions(masks: list[np.ndarray]) -> tuple[int, float]:
+    """(regions per slice on average, share of the voxels in each slice's largest region), 4-connected."""
+    from scipy import ndimage
+
+    count = largest = total = 0
+    for m in masks:
+        ids, n = ndimage.label(m)
+        count += n
+        if n:
+            largest += int(np.bincount(ids.ravel())[1:].max())
+        total += int(m.sum())
+    return round(count / max(len(masks), 1)), largest / max(total, 1)
+
+
+def _edge_share(masks: list[np.ndarray]) -> float:
+    """Share of object voxels that touch a non-object 4-neighbour inside the slice."""
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    inner = sum(int(ndimage.binary_erosion(m, cross, border_value=1).sum()) for m in masks)
+    total = sum(int(m.sum()) for m in masks)
+    return 1 - inner / max(total, 1)
+
+
+def polarity_findings(slices: list[np.ndarray], polarity: str, src: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about reading `slices` of groundtruth `src` as a `white`/`black` mask.
+
+    Each is one line starting with the finding, ending with the fix; refusals are only for
+    what a lab's data cannot mean: the background taken for one huge object, or the boundaries
+    of dense groundtruth taken for the objects.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if polarity not in ("white", "black") or not slices:
+        return errors, warnings
+    other = "black" if polarity == "white" else "white"
+    values = np.unique(np.concatenate([np.unique(s) for s in slices]))
+    ids_like = slices[0].dtype != bool and np.issubdtype(slices[0].dtype, np.integer) and len(values) > 2
+    sampled = f"{len(slices)} sampled slices of {src}"
+    if ids_like:
+        fix = (f"it holds {len(values)} distinct values, so these look like object ids, not a black/white mask: "
+               "set polarity: labels")
+    fg = [foreground(s, polarity) for s in slices]
+    bg = [~m for m in fg]
+    voxels = sum(m.size for m in fg)
+    fraction = sum(int(m.sum()) for m in fg) / max(voxels, 1)
+    if fraction == 0:
+        return errors, warnings  # "no object voxels" is the caller's message
+    fg_regions, fg_largest = _regions(fg)
+    # One body can fill most of a small crop of dense groundtruth; what is left between its
+    # objects is then still thin boundary lines, where a mask's real objects are blobs.
+    boundaries_between = (not ids_like and fraction < 1 and fg_regions >= 3 and _edge_share(bg) >= THIN)
+    if fraction > SUSPECT_POLARITY and fg_largest >= ONE_REGION and not boundaries_between:
+        if not ids_like:
+            fix = f"the background is probably {other}: set polarity: {other}"
+        text = (f"with polarity {polarity} the objects cover {fraction:.0%} of {sampled}, mostly as one connected "
+                f"region ({fg_largest:.0%} of them); {fix}")
+        if fraction >= WRONG_POLARITY or ids_like:
+            errors.append(text + ("" if ids_like else " (or fix the data)"))
+        else:
+            warnings.append(text + ("" if ids_like else " if so"))
+        return errors, warnings
+    bg_regions, bg_largest = _regions(bg)
+    edge = _edge_share(fg)
+    if fraction < SUSPECT_POLARITY and bg_largest < ONE_REGION and bg_regions > 2 and edge >= THIN:
+        if not ids_like:
+            fix = (f"these are the boundaries between the objects of dense groundtruth: set polarity: {other} "
+                   "(the objects are then the regions between them)")
+        errors.append(f"with polarity {polarity} the objects are thin lines ({edge:.0%} of their voxels on an edge, "
+                      f"{fraction:.0%} of {sampled}) that cut the rest into ~{bg_regions} separate regions per slice; "
+                      f"{fix}")
+        return errors, warnings
+    if fraction < SUSPECT_POLARITY and edge >= THIN and not ids_like:
+        warnings.append(f"with polarity {polarity} the objects are thin lines ({edge:.0%} of their voxels on an edge, "
+                        f"{fraction:.0%} of {sampled}): if they are the boundaries between the objects of dense "
+                        f"groundtruth, set polarity: {other}")
+    if ids_like:
+        warnings.append(f"groundtruth {src} holds {len(values)} distinct values in {len(slices)} sampled slices: if "
+                        f"they are object ids, set polarity: labels (read as a {polarity} mask, touching objects of "
+                        "different ids become one)")
+    return errors, warnings

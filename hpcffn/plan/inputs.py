@@ -13,11 +13,9 @@ import numpy as np
 
 from hpcffn.core.plan_model import Plan, VolumePlan
 
-SAMPLES = 5
-# With polarity white/black, objects are a minority of voxels in EM masks; when they cover
-# this much of the sample the background was almost surely taken for the objects.
+# How a white/black mask's polarity is judged (regions, not only coverage: dense groundtruth's
+# objects cover 90% of a slice) lives in io/labeling.py, shared with convert.
 WRONG_POLARITY = 0.9
-SUSPECT_POLARITY = 0.5
 
 
 def check_inputs(plan: Plan) -> tuple[list[str], list[str]]:
@@ -69,12 +67,11 @@ def _exists(location: str, default_dataset: str) -> bool:
 
 def sample_slices(location: str, default_dataset: str) -> tuple[np.dtype, list[np.ndarray]]:
     """dtype and SAMPLES z slices (evenly spaced) of an input, as its readers see it."""
+    from hpcffn.io.labeling import sampled_planes
     from hpcffn.io.tif import open_volume
 
     with open_volume(location, default_dataset) as reader:
-        nz = reader.shape[0]
-        zs = sorted({int(z) for z in np.linspace(0, nz - 1, min(SAMPLES, nz))})
-        return np.dtype(reader.dtype), [reader.read(z, z + 1)[0] for z in zs]
+        return np.dtype(reader.dtype), sampled_planes(reader)
 
 
 def _check_raw(vol: VolumePlan, where: str, errors: list[str], warnings: list[str]) -> None:
@@ -120,7 +117,7 @@ def _check_rescale(vol: VolumePlan, dtype: np.dtype, slices: list[np.ndarray], w
 
 
 def _check_groundtruth(vol: VolumePlan, where: str, errors: list[str], warnings: list[str]) -> None:
-    from hpcffn.io.labeling import foreground
+    from hpcffn.io.labeling import foreground, polarity_findings
 
     src = vol.groundtruth_source
     dtype, slices = sample_slices(src, "stack")
@@ -140,15 +137,13 @@ def _check_groundtruth(vol: VolumePlan, where: str, errors: list[str], warnings:
                       f"{vol.polarity}): training would learn background only; check the dataset and polarity")
         return
     if vol.polarity in ("white", "black"):
-        other = "black" if vol.polarity == "white" else "white"
-        text = (f"{where}: with polarity {vol.polarity} the objects cover {fraction:.0%} of {sampled} of {src}; "
-                f"the background is probably {other}: set polarity: {other}")
-        if fraction >= WRONG_POLARITY:
-            errors.append(text + " (or fix the data)")
-        elif fraction > SUSPECT_POLARITY:
-            warnings.append(text + " if so")
+        errs, warns = polarity_findings(slices, vol.polarity, src)
+        errors += [f"{where}: {e}" for e in errs]
+        warnings += [f"{where}: {w}" for w in warns]
     else:
         ids, counts = np.unique(np.concatenate([s[s != 0] for s in slices]), return_counts=True)
-        if len(ids) == 1 and counts[0] / voxels >= WRONG_POLARITY:
+        # A black/white TIF read as ids: one id, 255 (or the dtype's top), whatever it covers.
+        top = dtype != bool and len(ids) == 1 and int(ids[0]) == int(np.iinfo(dtype).max)
+        if len(ids) == 1 and (counts[0] / voxels >= WRONG_POLARITY or top):
             warnings.append(f"{where}: groundtruth {src} is one object (id {ids[0]}) over {counts[0] / voxels:.0%} "
                             f"of {sampled}: is it a mask? then set polarity white or black")

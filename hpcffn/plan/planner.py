@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcffn import __version__
-from hpcffn.plan import grid
-from hpcffn.plan import container as containers
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
+from hpcffn.core.params import FFNParams
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
-from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources
-from hpcffn.plan.resources import profiles_dir
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
+from hpcffn.plan import container as containers
+from hpcffn.plan import grid
+from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources
+from hpcffn.plan.resources import profiles_dir
 from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
 
 LONG_STAGES = ("train", "infer", "reverse")  # checkpoint on USR1/TERM and requeue
@@ -190,7 +190,19 @@ def required_tile(spec: Spec) -> tuple[int, int, int]:
     return tuple(f + 2 * m for f, m in zip(fov, margin))  # type: ignore[return-value]
 
 
-def check_model_fits(spec: Spec, spec_path: Path) -> None:
+# Stages that cut training examples (FOV + moves) out of tiles; inference only needs the
+# tile plus its overlap, so an inference-only plan may use tiles smaller than FOV + 2 x margin.
+EXAMPLE_STAGES = ("coordinates", "train")
+
+
+def cuts_examples(stages: list[str]) -> bool:
+    return any(s in stages for s in EXAMPLE_STAGES)
+
+
+def check_model_fits(spec: Spec, spec_path: Path, stages: list[str]) -> None:
+    """Margin and tile size against FOV + moves, where training examples are cut from tiles."""
+    if not cuts_examples(stages):
+        return
     fov = tuple(reversed(spec.ffn.model.fov_size))
     deltas = tuple(reversed(spec.ffn.model.deltas))
     margin = spec.ffn.coordinates.margin
@@ -467,11 +479,11 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
 
     # spec -> volumes and checks
     volumes, resolved_volumes, folders = resolve_volumes(spec, spec_path, base, layout, warnings)
-    check_model_fits(spec, spec_path)
-    # grid
-    tiles, groups, min_edge = plan_grid(spec, volumes, spec_path)
-    # jobs
     stages = choose_stages(spec, volumes, spec_path, warnings)
+    check_model_fits(spec, spec_path, stages)
+    # grid
+    tiles, groups, min_edge = plan_grid(spec, volumes, spec_path, stages)
+    # jobs
     if "convert" not in stages and any(v.needs_convert for v in volumes):
         warnings.append("stages: convert is not planned, so WORKDIR/data/<volume>.h5 must already exist")
     ffn = _resolve_ffn(spec, base)
@@ -521,15 +533,19 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                    render_jobs=render_jobs)
 
 
-def plan_grid(spec: Spec, volumes: list[VolumePlan], spec_path: Path):
-    """Tiles (training volumes' first), GPU groups and the effective min_edge."""
+def plan_grid(spec: Spec, volumes: list[VolumePlan], spec_path: Path, stages: list[str]):
+    """Tiles (training volumes' first), GPU groups and the effective min_edge.
+
+    Without coordinates/train, edge remainders need only hold one FOV (inference's own minimum).
+    """
     need = required_tile(spec)
-    min_edge = spec.subvolume.min_edge or need
+    min_edge = spec.subvolume.min_edge or (need if cuts_examples(stages) else tuple(reversed(spec.ffn.model.fov_size)))
     trained = {v.name for v in volumes if v.groundtruth}
     tiles = []
     for v in sorted(volumes, key=lambda v: v.name not in trained):  # grouped tiles first (CONTRACTS.md)
         tiles += grid.tile_volume(v.name, v.shape, spec.subvolume.size, min_edge, spec.subvolume.overlap)
-    check_tiles(tiles, need, trained, spec_path)
+    if cuts_examples(stages):
+        check_tiles(tiles, need, trained, spec_path)
     check_overlap(tiles, spec.subvolume.overlap, spec_path)
     training_tiles = [t for t in tiles if t.volume in trained]
     groups = []

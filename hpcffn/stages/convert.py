@@ -112,7 +112,13 @@ def convert(
     contrast after the uint8 mapping (hpcffn/stages/clahe.py).
     """
 
-    from hpcffn.io.labeling import check_options, default_slab, label_volume
+    from hpcffn.io.labeling import (
+        check_options,
+        default_slab,
+        label_volume,
+        polarity_findings,
+        sampled_planes,
+    )
     from hpcffn.io.tif import open_volume
     from hpcffn.io.volumes import atomic_h5
 
@@ -152,6 +158,14 @@ def convert(
                 "--rescale dtype (full dtype range) or --rescale minmax (the stack's min..max), "
                 "or `rescale:` on the volume in the spec"
             )
+        if gt_r:
+            # What validate samples, checked here too (after the header checks): a standalone
+            # convert must not write the background or the boundaries as objects.
+            errors, warnings = polarity_findings(sampled_planes(gt_r), polarity, gt_r.name)
+            if errors:
+                raise HpcffnError(f"groundtruth: {errors[0]}")
+            for w in warnings:
+                print(f"hpcffn: warning: {w}", file=sys.stderr)
         step = slab or default_slab(shape)
         total = (shape[0] if raw_r else 0) + (shape[0] if gt_r else 0) + (
             shape[0] if raw_r and rescale == "minmax" and raw_r.dtype != np.uint8 else 0

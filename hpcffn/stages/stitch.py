@@ -8,7 +8,8 @@ tile owns, relabelled 1..K, into one `seg` dataset the size of the volume.
 
 Two segments a, b of neighbouring tiles are joined when, inside the shared region, they
 cover at least `min_overlap_voxels` common voxels and that is at least
-`min_overlap_fraction` of the larger of the two there. Measuring against the larger one keeps
+`min_overlap_fraction` of the larger of the two there, both counted where both tiles
+segmented (what one tile left unsegmented is not a disagreement). Measuring against the larger one keeps
 a merge error in one tile from spreading: a segment that wrongly holds two objects agrees
 well with at most one of the neighbour's.
 
@@ -92,8 +93,10 @@ def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.nda
     both = (a > 0) & (b > 0)
     if not both.any():
         return np.zeros((0, 2), np.uint64)
-    ua, ca = np.unique(a[a > 0], return_counts=True)
-    ub, cb = np.unique(b[b > 0], return_counts=True)
+    # Sizes where BOTH tiles segmented: a voxel one tile left unsegmented (near its faces a tile
+    # segments less: 17% against 6% untiled on FIB-25, docs/real_data.md) is no disagreement.
+    ua, ca = np.unique(a[both], return_counts=True)
+    ub, cb = np.unique(b[both], return_counts=True)
     pa, pb, common = pair_counts(a[both], b[both])
     larger = np.maximum(ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)])
     keep = (common >= params.min_overlap_voxels) & (common >= params.min_overlap_fraction * larger)
