@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
+from hpcffn.core.errors import HpcffnError, SchedulerNotAnswering
 from hpcffn.jobs import slurm
-from hpcffn.core.errors import HpcffnError
 from hpcffn.jobs.state import State, Submission, load_state, locked, save_state
 from hpcffn.jobs.status import collect
 from hpcffn.jobs.submit import (
@@ -330,6 +330,22 @@ def test_query_raises_when_slurm_does_not_answer(monkeypatch, mini_plan):
     report = collect(mini_plan)
     assert any("SLURM did not answer" in w for w in report.warnings)
     assert not report.finished  # so `status --watch` keeps waiting instead of declaring the run over
+
+
+def test_a_query_that_times_out_is_one_failed_source_other_errors_pass(monkeypatch):
+    # Told apart by type: a timeout reads as exit 124; any other error (SLURM missing) is raised.
+    def timeout(args, cwd=None, check=True, timeout=120):
+        raise SchedulerNotAnswering("`squeue` did not answer within 1 s")
+
+    monkeypatch.setattr(slurm, "_run", timeout)
+    assert slurm._ask(["squeue"]).returncode == 124
+
+    def missing(args, cwd=None, check=True, timeout=120):
+        raise HpcffnError("`squeue` is not installed here: did not answer")  # words alone do not decide
+
+    monkeypatch.setattr(slurm, "_run", missing)
+    with pytest.raises(HpcffnError, match="not installed"):
+        slurm._ask(["squeue"])
 
 
 def test_query_forgotten_job_is_an_answer(monkeypatch):

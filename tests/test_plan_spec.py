@@ -111,6 +111,12 @@ def test_volume_names_unique(tmp_path):
     assert "used twice" in msg
 
 
+def test_all_digit_volume_name_refused(tmp_path):
+    # Array tasks pass unit positions as numbers: plan.volume("1") must never find another volume.
+    msg = plan_error(tmp_path, spec_dict(volumes=[{"name": "1", "raw": "data/v1.h5"}]))
+    assert "volumes.0.name" in msg and "all digits" in msg
+
+
 @pytest.mark.parametrize("line,hint", [
     ("--array=0-3", "array_throttle"),
     ("#SBATCH --output=x.log", "workdir"),

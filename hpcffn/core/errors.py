@@ -13,3 +13,10 @@ class HpcffnError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class SchedulerNotAnswering(HpcffnError):
+    """A SLURM client tool gave no answer in time (controller down or overloaded).
+
+    Read-only queries treat it as one failed source and go on with the others; callers tell it
+    from other errors by type, never by the message's words."""

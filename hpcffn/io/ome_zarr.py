@@ -168,11 +168,3 @@ def open_array(path: Path, dataset: str, mode: str = "r"):
         return zarr.open_array(str(path), path=key, mode=mode)
     except (KeyError, ValueError, zarr.errors.ArrayNotFoundError, zarr.errors.ContainsGroupError):
         raise HpcffnError(f"{path} has no array {dataset!r}: use seg, raw, labels/seg/<level> or <level>") from None
-
-
-def levels_of(path: Path) -> int:
-    """How many levels the store's label image has."""
-    import json
-
-    meta = json.loads((Path(path) / "labels" / LABELS / ".zattrs").read_text())
-    return len(meta["multiscales"][0]["datasets"])

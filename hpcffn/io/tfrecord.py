@@ -131,7 +131,10 @@ def name_entry(name: bytes) -> bytes:
 # Column layout of one framed record (see module docstring).
 _C_LEN, _C_LENCRC, _C_DATA = 0, 8, 12
 _C_FL = 13  # two slots: Features length varint
-_C_CENTER_KEY = 15
+_C_CENTER_KEY = 15  # map entry tag, entry length, then the 8 key bytes (0x0A 0x06 "center")
+_C_FEATURE_TAG, _C_FEATURE_LEN = 25, 26  # map value: Feature (0x12) and its length
+_C_INT64_LIST_TAG, _C_INT64_LIST_LEN = 27, 28  # Feature.int64_list (0x1A) and its length
+_C_PACKED_TAG, _C_PACKED_LEN = 29, 30  # Int64List.value, packed (0x0A), and the varints' length P
 _C_X = 31  # three varint slots x, y, z, each as wide as the batch's longest (<= 5 bytes)
 _CENTER_KEY = bytes([0x0A, 0x06]) + b"center"
 
@@ -187,7 +190,7 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     template[_C_DATA] = 0x0A
     template[_C_CENTER_KEY] = 0x0A
     template[_C_CENTER_KEY + 2:_C_CENTER_KEY + 10] = np.frombuffer(_CENTER_KEY, dtype=np.uint8)
-    template[[25, 27, 29]] = (0x12, 0x1A, 0x0A)
+    template[[_C_FEATURE_TAG, _C_INT64_LIST_TAG, _C_PACKED_TAG]] = (0x12, 0x1A, 0x0A)
     single = len(used) == 1
     if single:
         e = entries[int(used[0])]
@@ -205,9 +208,9 @@ def serialize_batch(centers: np.ndarray, volume_ids: np.ndarray, names: list[byt
     rows[:, _C_FL + 1] = fl >> 7
     valid[:, _C_FL + 1] = fl2
     rows[:, _C_CENTER_KEY + 1] = 14 + p
-    rows[:, 26] = 4 + p
-    rows[:, 28] = 2 + p
-    rows[:, 30] = p
+    rows[:, _C_FEATURE_LEN] = 4 + p
+    rows[:, _C_INT64_LIST_LEN] = 2 + p
+    rows[:, _C_PACKED_LEN] = p
     for axis in range(3):
         v = xyz[axis]
         ln = lens[axis]

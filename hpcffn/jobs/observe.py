@@ -168,12 +168,6 @@ def _positions(mine: list[Task], array: bool, n: int) -> list[int]:
     return mine
 
 
-def _distinct(items) -> list:
-    """The distinct objects of `items`, by identity, in order."""
-    items = list(items)
-    return list(dict(zip(map(id, items), items)).values())
-
-
 def _category(info: slurm.TaskInfo) -> str:
     return "done" if info.state in slurm.DONE_STATES else "alive" if info.alive else "failed"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
-from hpcffn.core.errors import HpcffnError
+from hpcffn.core.errors import HpcffnError, SchedulerNotAnswering
 
 # States after which a job never runs again by itself.
 DONE_STATES = {"COMPLETED"}
@@ -83,9 +83,7 @@ def _ask(args: list[str]) -> subprocess.CompletedProcess:
     limit = query_timeout()
     try:
         return _run(args, check=False, timeout=limit)
-    except HpcffnError as exc:
-        if "did not answer" not in str(exc):
-            raise
+    except SchedulerNotAnswering:
         return subprocess.CompletedProcess(args, 124, "", f"`{args[0]}` did not answer within {limit:g} s")
 
 
@@ -95,7 +93,7 @@ def _run(args: list[str], cwd: str | Path | None = None, check: bool = True,
     try:
         proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise HpcffnError(f"`{args[0]}` did not answer within {timeout:g} s: is slurmctld reachable? (`scontrol ping`)") from None
+        raise SchedulerNotAnswering(f"`{args[0]}` did not answer within {timeout:g} s: is slurmctld reachable? (`scontrol ping`)") from None
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().replace("\n", " ") or f"exit code {proc.returncode}"
         raise HpcffnError(f"`{' '.join(args[:3])} ...` failed: {msg}")

@@ -14,18 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
+from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.observe import JobTasks, observe_jobs
 from hpcffn.jobs.state import load_state
-
-
-def expected_output(plan: Plan, stage: str, unit: str):
-    """The file a finished stage unit leaves, per hpcffn/core/layout.py (train: the checkpoint at max_steps)."""
-    return output_of(plan, stage)(unit)
 
 
 def output_of(plan: Plan, stage: str):

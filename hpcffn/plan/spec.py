@@ -2,7 +2,7 @@
 
 Unknown keys are errors, so a typo never silently falls back to a default. Every error names
 the YAML file, the field path (a.b.c) and the fix. Relative paths resolve against the spec
-file's directory (`resolve_paths`), so a spec works from any current directory.
+file's directory (`plan.planner.resolve_volumes`), so a spec works from any current directory.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ def _name(v: str) -> str:
 Name = Annotated[str, AfterValidator(_name)]
 
 
+def _volume_name(v: str) -> str:
+    # Array tasks look units up by position ("3"), so an all-digit name would read as an index.
+    if v.isdigit():
+        raise ValueError("must not be all digits (array tasks pass positions as numbers): add a letter, e.g. 'v" + v + "'")
+    return v
+
+
+VolumeName = Annotated[str, AfterValidator(_name), AfterValidator(_volume_name)]
+
+
 def _safe_path(v: str) -> str:
     """Paths that land in #SBATCH lines or bind lists must survive them unquoted."""
     bad = [c for c in v if c in ",:%\"'\\$`" or c.isspace() or not c.isprintable()]
@@ -58,7 +68,7 @@ class _Strict(BaseModel):
 class VolumeSpec(_Strict):
     """One input volume: grayscale and (for training and evaluation) groundtruth."""
 
-    name: Name
+    name: VolumeName
     raw: str = Field(description="path.h5[:dataset] (default dataset raw), a .tif stack or a directory of .tif slices")
     groundtruth: str | None = Field(None, description="as raw; default HDF5 dataset stack")
     polarity: Literal["white", "black", "labels"] | None = Field(

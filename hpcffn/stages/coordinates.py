@@ -162,12 +162,11 @@ def build_coordinates(
 ) -> dict:
     """Write the coordinates TFRecord for `volumes`; returns a summary (counts per class).
 
-    Peak memory is about 110 MB plus one shard (`shard_records` x 8 bytes): slabs, blocks
-    and the writer's buffers are kept to a few MB each.
+    Three passes: count the voxels of each class (`_count_classes`), deal each class's
+    resampled voxels into temporary shards (`_deal_into_shards`), shuffle each shard and write
+    it (`_write_shuffled`). Peak memory is about 110 MB plus one shard (`shard_records` x 8
+    bytes): slabs, blocks and the writer's buffers are kept to a few MB each.
     """
-    from hpcffn.core.atomic import atomic_path
-    from hpcffn.io.tfrecord import GzipRecordWriter
-
     if not volumes:
         raise HpcffnError("no partition volumes given: pass --input name:af.h5:af at least once")
     if len(volumes) >= (1 << 23):
@@ -179,7 +178,38 @@ def build_coordinates(
     # memory setting (shard count) changes only the order.
     rng, deal = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
 
-    # Pass 1: shapes, offsets, counts per class.
+    per_volume, totals = _count_classes(volumes, margin, slab_voxels)
+    sampling = _Sampling.of(totals, max_records, len(volumes), margin)
+    # Shards hold ~shard_records each (1 M x 8 bytes by default); past 512 of them (512 M
+    # records, e.g. a whole group without max_records) shards grow instead, to stay within
+    # open-file limits.
+    n_shards = min(_MAX_SHARDS, max(1, -(-sampling.total_records // shard_records)))
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if tmpdir is not None and not Path(tmpdir).is_dir():
+        raise HpcffnError(f"--tmpdir {tmpdir} is not a directory; create it or choose another")
+    shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent, shard_prefix(output))
+
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("coordinates", total=2 * sampling.total_records) if bar else None
+            advance = (lambda n: bar.advance(task, n)) if bar else (lambda n: None)
+            _deal_into_shards(volumes, per_volume, margin, sampling, shards, rng, deal, slab_voxels, block_records,
+                              advance)
+            written = _write_shuffled(volumes, shards, output, deal, block_records, advance)
+    finally:
+        shards.close()
+    if written != sampling.total_records:  # pragma: no cover - internal consistency
+        raise RuntimeError(f"wrote {written} records, expected {sampling.total_records}")
+    return {
+        "records": int(written),
+        "classes": {int(c): {"voxels": int(totals[c]), "records": int(sampling.per_class)} for c in sampling.classes},
+        "volumes": len(volumes),
+        "records_per_class": int(sampling.per_class),
+    }
+
+
+def _count_classes(volumes: Sequence[PartitionVolume], margin, slab_voxels: int) -> tuple[list, np.ndarray]:
+    """Pass 1: each volume's shape and offset (set on it) and its voxel count per class."""
     per_volume = []
     totals = np.zeros(256, dtype=np.int64)
     for v in volumes:
@@ -202,100 +232,108 @@ def build_coordinates(
             per_volume.append(counts)
             totals += counts
     totals[IGNORE] = 0
-    classes = np.flatnonzero(totals)
-    if len(classes) == 0:
-        raise HpcffnError(
-            f"nothing to sample: every voxel of the {len(volumes)} partition volume(s) is 255 or "
-            f"within the margin {margin} (z,y,x); lower the margin or check the partitions"
-        )
-    largest = int(totals[classes].max())
-    if max_records is not None:
-        per_class = int(max_records) // len(classes)
-        if per_class < 1:
-            raise HpcffnError(
-                f"--max-records {max_records} is smaller than the number of classes ({len(classes)}); "
-                "raise it so every class gets at least one record"
-            )
-        per_class = min(per_class, largest)
-    else:
-        per_class = largest
-    copies = np.zeros(256, dtype=np.int64)
-    extra_left = np.zeros(256, dtype=np.int64)
-    members_left = totals.copy()
-    copies[classes] = per_class // totals[classes]
-    extra_left[classes] = per_class % totals[classes]
-    total_records = per_class * len(classes)
-    # Shards hold ~shard_records each (1 M x 8 bytes by default); past 512 of them (512 M
-    # records, e.g. a whole group without max_records) shards grow instead, to stay within
-    # open-file limits.
-    n_shards = min(_MAX_SHARDS, max(1, -(-total_records // shard_records)))
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    if tmpdir is not None and not Path(tmpdir).is_dir():
-        raise HpcffnError(f"--tmpdir {tmpdir} is not a directory; create it or choose another")
-    shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent, shard_prefix(output))
+    return per_volume, totals
 
-    try:
-        with _progress(progress) as bar:
-            task = bar.add_task("coordinates", total=2 * total_records) if bar else None
-            # Pass 2: expand each class's voxels into their copies, deal into shards.
-            for vid, v in enumerate(volumes):
-                lo, hi = _region(v.shape, margin)
-                if not all(h > low for low, h in zip(lo, hi)) or per_volume[vid][classes].sum() == 0:
-                    continue
-                plane = v.shape[1] * v.shape[2]
-                with open_dataset(v.location, cache_bytes=_CHUNK_CACHE) as ds:
-                    for z0, z1 in _slabs(v.shape, lo, hi, slab_voxels):
-                        slab = ds[z0:z1, lo[1]:hi[1], lo[2]:hi[2]].reshape(-1)
-                        order = np.argsort(slab, kind="stable")
-                        bounds = np.concatenate([[0], np.cumsum(np.bincount(slab, minlength=256))])
-                        sy, sx = hi[1] - lo[1], hi[2] - lo[2]
-                        for c in classes:
-                            m = int(bounds[c + 1] - bounds[c])
-                            if m == 0:
-                                continue
-                            local = order[bounds[c]:bounds[c + 1]]
-                            zz, rem = np.divmod(local, sy * sx)
-                            yy, xx = np.divmod(rem, sx)
-                            flat = ((zz + z0) * plane + (yy + lo[1]) * v.shape[2] + (xx + lo[2])).astype(np.uint64)
-                            packed = flat | np.uint64(vid << _VOL_SHIFT)
-                            e = _hypergeometric(rng, int(extra_left[c]), int(members_left[c] - extra_left[c]), m)
-                            extra_left[c] -= e
-                            members_left[c] -= m
-                            for block in _expand(packed, int(copies[c]), e, rng, block_records):
-                                shards.add(block, deal)
-                                if bar:
-                                    bar.advance(task, len(block))
-            # Pass 3: shuffle each shard and write it.
-            names = [v.name.encode("utf-8") for v in volumes]
-            shapes = np.array([v.shape for v in volumes], dtype=np.int64)
-            offsets = np.array([v.offset for v in volumes], dtype=np.int64)
-            written = 0
-            with atomic_path(output, suffix=".tfrecord.gz") as tmp, GzipRecordWriter(tmp, block_bytes=2 << 20) as writer:
-                for shard in shards:
-                    deal.shuffle(shard)
-                    for i in range(0, len(shard), block_records):
-                        part = shard[i:i + block_records]
-                        vid = (part >> np.uint64(_VOL_SHIFT)).astype(np.int64)
-                        flat = (part & np.uint64(_INDEX_MASK)).astype(np.int64)
-                        sx = shapes[vid, 2]
-                        sy = shapes[vid, 1]
-                        rest, x = np.divmod(flat, sx)
-                        z, y = np.divmod(rest, sy)
-                        centers = np.stack([x + offsets[vid, 2], y + offsets[vid, 1], z + offsets[vid, 0]], axis=1)
-                        writer.write(centers, vid, names)
-                        written += len(part)
-                        if bar:
-                            bar.advance(task, len(part))
-    finally:
-        shards.close()
-    if written != total_records:  # pragma: no cover - internal consistency
-        raise RuntimeError(f"wrote {written} records, expected {total_records}")
-    return {
-        "records": int(written),
-        "classes": {int(c): {"voxels": int(totals[c]), "records": int(per_class)} for c in classes},
-        "volumes": len(volumes),
-        "records_per_class": int(per_class),
-    }
+
+@dataclass
+class _Sampling:
+    """How many records each class gets: every class as many as the largest (or max_records
+    shared out), as whole copies of each voxel plus `extra` voxels drawn once more."""
+
+    classes: np.ndarray
+    per_class: int
+    copies: np.ndarray
+    extra_left: np.ndarray
+    members_left: np.ndarray
+
+    @property
+    def total_records(self) -> int:
+        return self.per_class * len(self.classes)
+
+    @classmethod
+    def of(cls, totals: np.ndarray, max_records: int | None, n_volumes: int, margin) -> _Sampling:
+        classes = np.flatnonzero(totals)
+        if len(classes) == 0:
+            raise HpcffnError(
+                f"nothing to sample: every voxel of the {n_volumes} partition volume(s) is 255 or "
+                f"within the margin {margin} (z,y,x); lower the margin or check the partitions"
+            )
+        largest = int(totals[classes].max())
+        if max_records is not None:
+            per_class = int(max_records) // len(classes)
+            if per_class < 1:
+                raise HpcffnError(
+                    f"--max-records {max_records} is smaller than the number of classes ({len(classes)}); "
+                    "raise it so every class gets at least one record"
+                )
+            per_class = min(per_class, largest)
+        else:
+            per_class = largest
+        copies = np.zeros(256, dtype=np.int64)
+        extra_left = np.zeros(256, dtype=np.int64)
+        copies[classes] = per_class // totals[classes]
+        extra_left[classes] = per_class % totals[classes]
+        return cls(classes, per_class, copies, extra_left, totals.copy())
+
+
+def _deal_into_shards(volumes, per_volume, margin, sampling: _Sampling, shards: _Shards, rng, deal,
+                      slab_voxels: int, block_records: int, advance) -> None:
+    """Pass 2: expand each class's voxels into their copies (packed volume id | flat index) and
+    deal them into the shards."""
+    classes = sampling.classes
+    for vid, v in enumerate(volumes):
+        lo, hi = _region(v.shape, margin)
+        if not all(h > low for low, h in zip(lo, hi)) or per_volume[vid][classes].sum() == 0:
+            continue
+        plane = v.shape[1] * v.shape[2]
+        with open_dataset(v.location, cache_bytes=_CHUNK_CACHE) as ds:
+            for z0, z1 in _slabs(v.shape, lo, hi, slab_voxels):
+                slab = ds[z0:z1, lo[1]:hi[1], lo[2]:hi[2]].reshape(-1)
+                order = np.argsort(slab, kind="stable")
+                bounds = np.concatenate([[0], np.cumsum(np.bincount(slab, minlength=256))])
+                sy, sx = hi[1] - lo[1], hi[2] - lo[2]
+                for c in classes:
+                    m = int(bounds[c + 1] - bounds[c])
+                    if m == 0:
+                        continue
+                    local = order[bounds[c]:bounds[c + 1]]
+                    zz, rem = np.divmod(local, sy * sx)
+                    yy, xx = np.divmod(rem, sx)
+                    flat = ((zz + z0) * plane + (yy + lo[1]) * v.shape[2] + (xx + lo[2])).astype(np.uint64)
+                    packed = flat | np.uint64(vid << _VOL_SHIFT)
+                    left = sampling.extra_left
+                    e = _hypergeometric(rng, int(left[c]), int(sampling.members_left[c] - left[c]), m)
+                    left[c] -= e
+                    sampling.members_left[c] -= m
+                    for block in _expand(packed, int(sampling.copies[c]), e, rng, block_records):
+                        shards.add(block, deal)
+                        advance(len(block))
+
+
+def _write_shuffled(volumes, shards: _Shards, output, deal, block_records: int, advance) -> int:
+    """Pass 3: shuffle each shard, unpack records to (x, y, z) centres in global voxels and write
+    them to the GZIP TFRecord (temp file, renamed when whole); returns the records written."""
+    from hpcffn.core.atomic import atomic_path
+    from hpcffn.io.tfrecord import GzipRecordWriter
+
+    names = [v.name.encode("utf-8") for v in volumes]
+    shapes = np.array([v.shape for v in volumes], dtype=np.int64)
+    offsets = np.array([v.offset for v in volumes], dtype=np.int64)
+    written = 0
+    with atomic_path(output, suffix=".tfrecord.gz") as tmp, GzipRecordWriter(tmp, block_bytes=2 << 20) as writer:
+        for shard in shards:
+            deal.shuffle(shard)
+            for i in range(0, len(shard), block_records):
+                part = shard[i:i + block_records]
+                vid = (part >> np.uint64(_VOL_SHIFT)).astype(np.int64)
+                flat = (part & np.uint64(_INDEX_MASK)).astype(np.int64)
+                rest, x = np.divmod(flat, shapes[vid, 2])
+                z, y = np.divmod(rest, shapes[vid, 1])
+                centers = np.stack([x + offsets[vid, 2], y + offsets[vid, 1], z + offsets[vid, 0]], axis=1)
+                writer.write(centers, vid, names)
+                written += len(part)
+                advance(len(part))
+    return written
 
 
 def shard_records(shuffle_mb: int) -> int:
