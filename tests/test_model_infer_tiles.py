@@ -1,0 +1,100 @@
+"""Several tiles per task (`tiles_per_task` K): every tile's result is exactly the one it gets alone.
+
+No TensorFlow: the "model" (test_model_infer_parallel.CanvasSensitive) reads the whole FOV,
+seed channel included, so a row that got another tile's logits or image would change the
+segmentation. K tiles of different scenes run side by side; each must equal its own run alone
+(segmentation, ids, origins, seeds, FOVs), and one model call must hold every working tile's FOVs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_model_infer import StopAfter
+from test_model_infer_parallel import MP, CanvasSensitive
+
+from hpcffn.core.params import InferenceParams
+from hpcffn.ffn import synthetic
+from hpcffn.ffn.inference import load_state, segment_volume
+from hpcffn.ffn.multi_tile import run_side_by_side
+
+SHAPES = [(24, 40, 40), (22, 36, 44), (26, 38, 34), (24, 44, 36)]
+
+
+def _tile(i: int) -> np.ndarray:
+    raw, _ = synthetic.balls_volume(SHAPES[i % 4], radius=(4, 7), gap=2, seed=10 + i)
+    return raw
+
+
+def _summary(r) -> tuple:
+    return (r.segments, r.fills, r.seeds_tried, r.fov_evaluations - r.fov_wasted, r.finished,
+            {i: (o.start, o.steps) for i, o in r.origins.items()})
+
+
+@pytest.fixture(scope="module")
+def alone():
+    """Each of 8 tiles segmented on its own, one fill at a time (FFN's loop)."""
+    params = InferenceParams(min_segment_size=30)
+    return [segment_volume(_tile(i), CanvasSensitive(), MP, params, log=lambda s: None) for i in range(8)]
+
+
+@pytest.mark.parametrize("width", [1, 3])
+@pytest.mark.parametrize("k", range(1, 9))
+def test_k_tiles_side_by_side_equal_each_tile_alone(alone, k, width):
+    params = InferenceParams(min_segment_size=30, parallel_fills=width)
+    model = CanvasSensitive()
+    works = [lambda p, i=i: segment_volume(_tile(i), p, MP, params, log=lambda s: None) for i in range(k)]
+    results, stats = run_side_by_side(works, model)
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r.segmentation, alone[i].segmentation)
+        assert _summary(r) == _summary(alone[i])
+    assert stats.calls == len(model.batches) and stats.fovs == sum(model.batches)
+    assert stats.fovs == sum(r.fov_evaluations for r in results)
+    if width == 1:
+        # one FOV of every working tile per call: K per call while all K tiles work
+        assert stats.full_fovs_per_call == k
+        assert stats.calls == max(r.fov_evaluations for r in results)
+    else:
+        assert max(model.batches) <= k * width
+
+
+def test_stopped_tiles_resume_each_from_its_own_state(alone, tmp_path):
+    """A stop (a signal before the time limit) saves every tile's state; a run with another K
+    (and parallel_fills) resumes each tile where it stopped, to the same result."""
+    params = InferenceParams(min_segment_size=30, parallel_fills=2)
+    states = [tmp_path / f"t{i}.state" for i in range(4)]
+    first = [lambda p, i=i: segment_volume(_tile(i), p, MP, params, state_path=states[i], fp="x",
+                                           stop=StopAfter(15 + 5 * i), log=lambda s: None) for i in range(4)]
+    stopped, _ = run_side_by_side(first, CanvasSensitive())
+    assert not any(r.finished for r in stopped)
+    assert all(load_state(states[i], "x", _tile(i).shape) is not None for i in range(4))
+    again = [lambda p, i=i: segment_volume(_tile(i), p, MP, params.model_copy(update={"parallel_fills": 1}),
+                                           state_path=states[i], fp="x", log=lambda s: None) for i in range(4)]
+    resumed, _ = run_side_by_side(again, CanvasSensitive())
+    for i, r in enumerate(resumed):
+        np.testing.assert_array_equal(r.segmentation, alone[i].segmentation)
+        assert {j: (o.start, o.steps) for j, o in r.origins.items()} == \
+            {j: (o.start, o.steps) for j, o in alone[i].origins.items()}
+
+
+def test_a_failing_tile_ends_the_task_with_its_error_and_the_others_do_not_hang():
+    params = InferenceParams(min_segment_size=30)
+
+    def broken(predict):
+        predict(np.zeros((1,) + (9, 9, 9, 2), np.float32))
+        raise ValueError("tile 1 broke")
+
+    works = [lambda p: segment_volume(_tile(0), p, MP, params, log=lambda s: None), broken]
+    with pytest.raises(ValueError, match="tile 1 broke"):
+        run_side_by_side(works, CanvasSensitive())
+
+
+def test_a_failing_model_call_reaches_every_tile():
+    params = InferenceParams(min_segment_size=30)
+
+    def failing(batch):
+        raise MemoryError("out of GPU memory")
+
+    works = [lambda p, i=i: segment_volume(_tile(i), p, MP, params, log=lambda s: None) for i in range(3)]
+    with pytest.raises(RuntimeError, match="out of GPU memory"):
+        run_side_by_side(works, failing)
