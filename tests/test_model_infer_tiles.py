@@ -8,6 +8,8 @@ segmentation. K tiles of different scenes run side by side; each must equal its 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from test_model_infer import StopAfter
@@ -98,3 +100,68 @@ def test_a_failing_model_call_reaches_every_tile():
     works = [lambda p, i=i: segment_volume(_tile(i), p, MP, params, log=lambda s: None) for i in range(3)]
     with pytest.raises(RuntimeError, match="out of GPU memory"):
         run_side_by_side(works, failing)
+
+
+def _plan(tmp_path, k: int):
+    """A hand-made plan of one 22x34x102 volume in 3 tiles of group g0, with tiles_per_task k."""
+    from hpcffn.core.params import FFNParams
+    from hpcffn.core.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
+    from hpcffn.core.units import write_unit_indexes
+    from hpcffn.plan.planner import plan_jobs
+
+    raw = np.concatenate([_tile(i)[:22, :34, :34] for i in range(3)], axis=2)
+    import h5py
+
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_dataset("raw", data=raw)
+    vol = VolumePlan(name="v", shape=raw.shape, raw=f"{tmp_path}/v.h5:raw", raw_source=f"{tmp_path}/v.h5:raw")
+    tiles = [TilePlan(name=f"v_z0_y0_x{j}", volume="v", index=(0, 0, j), box=Box(start=(0, 0, 34 * j), size=(22, 34, 34)),
+                      infer_box=Box(start=(0, 0, 34 * j), size=(22, 34, 34)), group="g0") for j in range(3)]
+    groups = [GroupPlan(name="g0", tiles=[t.name for t in tiles], voxels=raw.size)]
+    ffn = FFNParams(model=MP, inference=InferenceParams(min_segment_size=30, tiles_per_task=k,
+                                                        checkpoint=str(tmp_path / "ck" / "ckpt-1")))
+    jobs = plan_jobs(["infer"], [vol], tiles, groups, tiles_per_task=k)
+    plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / f"work{k}"), spec_file="t.yaml", spec={},
+                ffn=ffn, volumes=[vol], tiles=tiles, groups=groups, jobs=jobs)
+    write_plan(plan, plan.layout.plan)
+    write_unit_indexes(plan)
+    return plan
+
+
+@pytest.mark.tf
+def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
+    """Through the plan: the infer array has ceil(3/2) tasks; task 0 segments two tiles in one
+    process and marks each (and itself) done; every tile's file equals the one-tile-per-task run's."""
+    import h5py
+    import tensorflow as tf
+
+    from hpcffn.core.units import load_task_plan
+    from hpcffn.ffn.model import build_model
+    from hpcffn.stages import infer, markers
+
+    model = build_model(MP, seed=3)
+    tf.train.Checkpoint(model=model, step=tf.Variable(1, dtype=tf.int64)).write(str(tmp_path / "ck" / "ckpt-1"))
+    one, two = _plan(tmp_path, 1), _plan(tmp_path, 2)
+    assert one.job("infer_g0").units == ["v_z0_y0_x0", "v_z0_y0_x1", "v_z0_y0_x2"]
+    assert two.job("infer_g0").units == ["v_z0_y0_x0+1", "v_z0_y0_x2"]
+    for i in range(3):
+        task, unit = load_task_plan(one.layout.plan, "infer_g0", i)
+        assert infer.run_from_plan(task, unit, log=lambda s: None) == 0
+    lines = []
+    for i in range(2):
+        task, unit = load_task_plan(two.layout.plan, "infer_g0", i)
+        assert [t.name for t in task.tiles] == [["v_z0_y0_x0", "v_z0_y0_x1"], ["v_z0_y0_x2"]][i]
+        assert infer.run_from_plan(task, unit, log=lines.append) == 0
+    side = next(line for line in lines if "2 tiles side by side" in line)
+    assert int(re.search(r"(\d+) FOVs", side)[1]) >= 10 and "2.00 while all 2 tiles worked" in side, side
+    for t in one.tiles:
+        with h5py.File(one.layout.segmentation(t.name), "r") as a, h5py.File(two.layout.segmentation(t.name), "r") as b:
+            np.testing.assert_array_equal(a["seg"][...], b["seg"][...])
+            assert tuple(b.attrs["offset"]) == tuple(t.infer_box.start)
+        assert markers.is_done(two, "infer", t.name)
+    assert markers.is_done(two, "infer", "v_z0_y0_x0+1")
+    # a rerun of a finished task finds its tiles done and rewrites nothing
+    task, unit = load_task_plan(two.layout.plan, "infer_g0", 0)
+    before = two.layout.segmentation("v_z0_y0_x0").stat().st_mtime_ns
+    assert infer.run_from_plan(task, unit, log=lambda s: None) == 0
+    assert two.layout.segmentation("v_z0_y0_x0").stat().st_mtime_ns == before

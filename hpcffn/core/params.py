@@ -155,6 +155,21 @@ class InferenceParams(_Strict):
         description="face_max: fills of this many seeds run side by side, one FOV each per model call (for GPUs); "
         "speculative and checked, so the segmentation is exactly the one-fill-at-a-time result",
     )
+    tiles_per_task: int = Field(
+        1, ge=1, le=64,
+        description="tiles one infer array task segments side by side, their FOVs evaluated together in one "
+        "model call (for GPUs); every tile's segmentation is the one it gets alone. The array has "
+        "ceil(tiles/K) tasks",
+    )
+    precision: Literal["float32", "mixed_float16"] = Field(
+        "float32", description="mixed_float16: the network computes in float16 (GPUs; FFN's manual: 2x+ faster "
+        "at a slightly higher merge rate); float32 reproduces FFN's segmentation",
+    )
+    fov_per_second: float | None = Field(
+        None, gt=0, description="inference FOVs per second one task reaches at this tiles_per_task (measure it "
+        "with benchmarks/bench_gpu.py); the plan's GPU-hour estimate uses it. Default: "
+        "4.5, Google FFN's own FIB-25 run on a 2-core CPU (docs/train_infer.md)",
+    )
 
 
 class StitchParams(_Strict):

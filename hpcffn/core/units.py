@@ -22,7 +22,8 @@ from pathlib import Path
 from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
-from hpcffn.core.plan_model import Plan, TilePlan, load_plan
+from hpcffn.core.bundles import first_and_count, is_bundle, members
+from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
 
 
 def head_of(plan: Plan) -> Plan:
@@ -32,9 +33,14 @@ def head_of(plan: Plan) -> Plan:
     return plan.model_copy(update={"tiles": [], "groups": groups, "jobs": jobs})
 
 
-def unit_lines(units: list[str], records: dict[str, str]) -> str:
-    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name)."""
-    lines = [records.get(u) or '{"name": ' + _quote(u) + "}" for u in units]  # = json.dumps({"name": u})
+def unit_lines(units: list[str], records: dict[str, str], members: dict[str, list[str]] | None = None) -> str:
+    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name).
+
+    `members`: a bundle unit (core/bundles.py) -> its tiles; its line is {"name": B, "tiles": [records]}."""
+    members = members or {}
+    lines = [records.get(u) or ('{"name":' + _quote(u) + ',"tiles":[' + ",".join(records[t] for t in members[u]) + "]}"
+                                if u in members else '{"name": ' + _quote(u) + "}")  # = json.dumps({"name": u})
+             for u in units]
     width = max(map(len, lines), default=0)
     return "".join([x.ljust(width) + "\n" for x in lines])
 
@@ -74,7 +80,8 @@ def write_unit_indexes(plan: Plan) -> None:
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                text = unit_lines(job.units, records)
+                members = task_tiles(plan, job) if job.stage == "infer" else None
+                text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(lay.unit_index(job.name), text)
 
@@ -113,8 +120,23 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     head = load_plan(lay.plan_head)
     if set(record) == {"name"}:
         return head, record["name"]
+    if set(record) == {"name", "tiles"}:  # an infer task of several tiles (core/bundles.py)
+        tiles = [TilePlan.model_validate(t) for t in record["tiles"]]
+        return head.model_copy(update={"tiles": tiles}), record["name"]
     tile = TilePlan.model_validate(record)
     return head.model_copy(update={"tiles": [tile]}), tile.name
+
+
+def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
+    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py)."""
+    out = {}
+    for unit in job.units:
+        if is_bundle(unit):
+            found = members(plan.tiles, unit)
+            if len(found) != first_and_count(unit)[1]:
+                raise HpcffnError(f"task {unit} of job {job.name} does not match the plan's tiles; re-run `hpcffn plan`")
+            out[unit] = [t.name for t in found]
+    return out
 
 
 def _workdir(plan_path: str | Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from hpcffn import __version__
 from hpcffn.plan import grid
 from hpcffn.plan import container as containers
+from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, spec_stage
@@ -237,7 +238,12 @@ def choose_stages(spec: Spec, volumes: list[VolumePlan], spec_path: Path, warnin
     return [s for s in SPEC_STAGES if s in spec.stages]
 
 
-def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list[JobPlan]:
+def _task_units(tiles: list[str], k: int) -> list[str]:
+    """An infer array's units: its tiles, or with tiles_per_task K > 1 runs of K tiles (core/bundles.py)."""
+    return tiles if k <= 1 else [bundle_name(b) for b in bundles(tiles, k)]
+
+
+def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, tiles_per_task: int = 1) -> list[JobPlan]:
     """Jobs (without script hashes yet) in submission order, with afterok dependencies."""
     names_by_stage: dict[str, list[str]] = {}
     jobs: list[JobPlan] = []
@@ -262,10 +268,10 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None) -> list
             for t in tiles:  # one pass, not one per group
                 by_group.setdefault(t.group or None, []).append(t.name)
             for g in groups:
-                add(f"infer_{g.name}", stage, True, by_group.get(g.name, []), g.name)
+                add(f"infer_{g.name}", stage, True, _task_units(by_group.get(g.name, []), tiles_per_task), g.name)
             rest = by_group.get(None, [])
             if rest or not groups:
-                add("infer_ungrouped" if groups else "infer", stage, True, rest)
+                add("infer_ungrouped" if groups else "infer", stage, True, _task_units(rest, tiles_per_task))
         elif stage == "stitch":  # the steps of docs/stitch.md
             add("joins", "joins", True, [t.name for t in tiles])
             add("resolve", "resolve", True, [v.name for v in volumes])
@@ -426,7 +432,7 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                             "read their HDF5 raw in place, unequalised (give them as TIF to convert them)")
     resources = {s: stage_resources(profile, spec.cluster, spec_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
-    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size)
+    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, ffn.inference.tiles_per_task)
     warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)
