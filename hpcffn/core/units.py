@@ -139,6 +139,26 @@ def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
     return out
 
 
+def infer_task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
+    """`task_tiles` of a plan loaded with or without its tiles (status reads plan.json without
+    them): from the plan's tiles, else from the job's unit index. {} for one tile per task."""
+    if not any(is_bundle(u) for u in job.units):
+        return {}
+    if plan.tiles:
+        return task_tiles(plan, job)
+    out = {}
+    try:
+        with open(plan.layout.unit_index(job.name), encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                if "tiles" in record:
+                    out[record["name"]] = [t["name"] for t in record["tiles"]]
+    except (OSError, ValueError):
+        raise HpcffnError(f"cannot read the tasks of {job.name} from {plan.layout.unit_index(job.name)}; "
+                          "re-run `hpcffn plan`") from None
+    return out
+
+
 def _workdir(plan_path: str | Path) -> Path:
     p = Path(plan_path)
     return p if p.is_dir() else p.parent
