@@ -58,13 +58,17 @@ class TileRun:
     name: str = ""
 
 
-def prepare_tile(image: str, prefix: str, output: str | Path, model_params: ModelParams, params: InferenceParams,
+def prepare_tile(image: str, checkpoint: str | Path, output: str | Path, model_params: ModelParams, params: InferenceParams,
                  box_start=None, box_size=None, overwrite: bool = False, mask: str | None = None,
                  origins: str | Path | None = None, name: str = "") -> TileRun:
-    """Check and read one box to segment (image, box, mask, seeds) and its resume fingerprint."""
+    """Check and read one box to segment (image, box, checkpoint, mask, seeds) and its resume fingerprint."""
+    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.inference import fingerprint
     from hpcffn.ffn.model import fov_zyx
+    from hpcffn.ffn.devices import use_onednn
+    from hpcffn.ffn.tf1_import import resolve_checkpoint
 
+    use_onednn()  # before TensorFlow is imported (resolve_checkpoint imports it)
     output = Path(output)
     if output.exists() and not overwrite:
         raise HpcffnError(f"output {output} already exists: remove it, choose another --output, or pass --overwrite")
@@ -79,6 +83,7 @@ def prepare_tile(image: str, prefix: str, output: str | Path, model_params: Mode
             f"box start {start} size {size} (z,y,x) lies outside {loc} of shape {shape}: give a --bbox inside "
             "the image (or re-plan if the volume changed)"
         )
+    check_fits(checkpoint, model_params)
     seeds = None
     if params.seed_policy == "invert_origins":
         from hpcffn.io import origins as origin_table
@@ -91,6 +96,7 @@ def prepare_tile(image: str, prefix: str, output: str | Path, model_params: Mode
     fov = fov_zyx(model_params)
     if any(n < f for n, f in zip(size, fov)):
         raise HpcffnError(f"box size z,y,x {size} of {loc} is smaller than the FOV {fov}: use a larger box")
+    prefix = resolve_checkpoint(checkpoint)
     data = read_box(loc, start, size)
     blocked = None
     if mask is not None:
@@ -114,14 +120,12 @@ SAME_RESULT = {"parallel_fills", "tiles_per_task", "fov_per_second"}
 
 def load_predict(checkpoint: str | Path, model_params: ModelParams, params: InferenceParams, xla: bool, log):
     """(model call, checkpoint prefix, step) of `checkpoint` in `params.precision`."""
-    from hpcffn.core.pretrained import check_fits
     from hpcffn.ffn.devices import environment_line, use_onednn
     from hpcffn.ffn.inference import make_predict
     from hpcffn.ffn.model import build_model, fov_zyx
     from hpcffn.ffn.tf1_import import load_weights, resolve_checkpoint
 
     use_onednn()  # before TensorFlow is imported
-    check_fits(checkpoint, model_params)
     log(environment_line("infer"))
     prefix = resolve_checkpoint(checkpoint)
     model = build_model(model_params, mixed_precision=params.precision == "mixed_float16")
@@ -163,12 +167,9 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
 
     `origins`: with seed_policy invert_origins, the segmentation of the same box (an earlier
     pass's output) whose fill starts are the seeds, last-created first."""
-    from hpcffn.core.pretrained import check_fits
-    from hpcffn.ffn.tf1_import import resolve_checkpoint
     from hpcffn.ffn.training import StopFlag
 
-    check_fits(checkpoint, model_params)
-    run = prepare_tile(image, str(resolve_checkpoint(checkpoint)), output, model_params, params, box_start, box_size,
+    run = prepare_tile(image, checkpoint, output, model_params, params, box_start, box_size,
                        overwrite, mask, origins)
     predict, prefix, step = load_predict(checkpoint, model_params, params, xla, log)
     log(f"hpcffn infer: {run.loc} box start {run.start} size {run.size} with {prefix} (step {step})")
@@ -240,9 +241,6 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
             codes = [segment_location(volume.raw, checkpoint, output, mp, params, tile.infer_box.start,
                                       tile.infer_box.size, xla=xla, overwrite=True, log=log, mask=volume.mask)]
         else:
-            from hpcffn.ffn.tf1_import import resolve_checkpoint
-
-            prefix = str(resolve_checkpoint(checkpoint))
             runs = []
             for tile in tiles:
                 output = plan.layout.segmentation(tile.name)
@@ -250,7 +248,7 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
                 if plan.layout.marker("infer", tile.name).is_file() and output.is_file():
                     continue  # done in an earlier run of this task
                 volume = plan.volume(tile.volume)
-                runs.append(prepare_tile(volume.raw, prefix, output, mp, params, tile.infer_box.start,
+                runs.append(prepare_tile(volume.raw, checkpoint, output, mp, params, tile.infer_box.start,
                                          tile.infer_box.size, overwrite=True, mask=volume.mask, name=tile.name))
             codes = segment_tiles(runs, checkpoint, mp, params, xla=xla, log=log) if runs else []
             for run, code in zip(runs, codes):
