@@ -86,6 +86,8 @@ def main() -> None:
                      for b in boxes[first:first + k]]
             results, stats = run_side_by_side(works, predict)
             segs += [r.segmentation for r in results]
+            print(f"  K={k}: tiles {first}..{first + len(results) - 1}: {stats.fovs} FOVs in {stats.calls} calls, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
             calls += stats.calls
             fovs += stats.fovs
             full_calls += stats.full_calls
@@ -97,7 +99,7 @@ def main() -> None:
         rows.append((k, calls, fovs, fovs / calls, full_fovs / max(full_calls, 1), wall, fovs / wall, same))
         print(f"K={k}: {calls} calls, {fovs} FOVs, {fovs / calls:.2f} FOV/call, "
               f"{full_fovs / max(full_calls, 1):.2f} FOV/call while all K tiles work, {wall:.0f} s, "
-              f"{fovs / wall:.2f} FOV/s, same segmentation as K={a.k[0]}: {same}", flush=True)
+              f"{fovs / wall:.2f} FOV/s, same segmentations as K={a.k[0]}: {same}", flush=True)
     print()
     print(f"{'K':>3} {'calls':>7} {'FOVs':>7} {'FOV/call':>9} {'full':>6} {'target':>7} {'wall s':>7} {'FOV/s':>6}  same")
     for k, calls, fovs, per, full, wall, rate, same in rows:
