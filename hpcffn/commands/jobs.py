@@ -14,7 +14,7 @@ from hpcffn.core.layout import expand_stages
 
 PLAN_DIR = typer.Argument(None, help="The experiment's workdir (holding plan.json); default: the current directory.")
 SPEC = typer.Option(None, "--spec", help="Find the workdir from this experiment spec instead of PLAN_DIR.")
-STAGE = typer.Option(None, "--stage", help="Only this stage (repeatable); stitch means its steps joins, resolve, relabel, pyramid.",
+STAGE = typer.Option(None, "--stage", help="Only this stage (repeatable); stitch means its steps joins, resolve, relabel, pyramid; infer also reverse and consensus.",
                      callback=expand_stages)
 PLAN_DIR_OPT = typer.Option(None, "--plan-dir", help="The workdir; default: the current directory.")
 GROUP = typer.Option(None, "--group", help="Only this group's jobs and tasks (repeatable).")

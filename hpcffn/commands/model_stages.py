@@ -1,4 +1,4 @@
-"""CLI commands: `hpcffn stage train|infer|stitch|evaluate`, from a plan or standalone with explicit paths.
+"""CLI commands: `hpcffn stage train|infer|consensus|stitch|evaluate`, from a plan or standalone with explicit paths.
 
 Thin: parse options, build parameter objects (plan values overridden by any flag given), call
 the stage module, exit with its code (0 done, 75 requeue me, 2 user error).
@@ -126,6 +126,8 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         bbox: Annotated[str | None, typer.Option("--bbox", help="Standalone: z0,y0,x0:dz,dy,dx box to segment (default: all).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
         mask: Annotated[str | None, typer.Option("--mask", help="Standalone: path.h5[:dataset] (default mask) of the image's shape; non-zero voxels are never seeded or segmented.")] = None,
+        origins: Annotated[Path | None, typer.Option("--origins", help="Standalone, with --seed-policy invert_origins: an earlier pass's output of the same box; its segments' fill starts are the seeds, last-created first.")] = None,
+        pass_name: Annotated[str, typer.Option("--pass", help="With --plan: forward, or reverse (ffn.inference.consensus: seeds at the forward pass's origins).")] = "forward",
         depth: _Depth = None,
         features: _Features = None,
         fov_size: _FovSize = None,
@@ -136,7 +138,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         segment_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
         min_segment_size: Annotated[int | None, typer.Option(rich_help_panel=_INFER)] = None,
         min_boundary_dist: Annotated[str | None, typer.Option(help="x,y,z.", rich_help_panel=_INFER)] = None,
-        seed_policy: Annotated[str | None, typer.Option(help="peaks (FFN's PolicyPeaks) or peaks_shuffled (hpcffn 0.1).", rich_help_panel=_INFER)] = None,
+        seed_policy: Annotated[str | None, typer.Option(help="peaks (FFN's PolicyPeaks), peaks_shuffled (hpcffn 0.1) or invert_origins (FFN's PolicyInvertOrigins; needs --origins).", rich_help_panel=_INFER)] = None,
         movement_policy: Annotated[str | None, typer.Option(help="face_max (FFN's) or face_centre (hpcffn 0.1).", rich_help_panel=_INFER)] = None,
         disco_seed_threshold: Annotated[float | None, typer.Option(help="FFN's disconnection rule; negative: off.", rich_help_panel=_INFER)] = None,
         seed_threshold: Annotated[float | None, typer.Option(rich_help_panel=_INFER)] = None,
@@ -158,24 +160,58 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
               "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "parallel_fills": parallel_fills,
               "checkpoint": checkpoint}
         if plan is not None:
-            if tile is None or image or output or bbox or mask:
-                raise HpcffnError("with --plan give --tile T only (image, box, mask and output come from the plan)")
+            if tile is None or image or output or bbox or mask or origins:
+                raise HpcffnError("with --plan give --tile T only (image, box, mask, origins and output come from the plan)")
+            if pass_name not in ("forward", "reverse"):
+                raise HpcffnError(f"--pass {pass_name!r}: give forward or reverse")
             from hpcffn.stages.infer import run_from_plan
 
             p, tile = task_plan(plan, job, tile)
             mp = _params(ModelParams, p.ffn.model, mo, "ffn.model")
             ip = _params(InferenceParams, p.ffn.inference, io, "ffn.inference")
             tp = p.ffn.training.model_copy(update={"xla": True}) if xla else None
-            _exit(run_from_plan(p, tile, mp, ip, tp))
+            _exit(run_from_plan(p, tile, mp, ip, tp, job=job, pass_name=pass_name))
             return
         if image is None or checkpoint is None or output is None:
             raise HpcffnError("give --plan P --tile T, or standalone --image path.h5:raw --checkpoint CKPT --output seg.h5")
+        if pass_name != "forward":
+            raise HpcffnError("--pass is for --plan; standalone, give --seed-policy invert_origins --origins FWD.h5")
         from hpcffn.stages.infer import segment_location
 
         mp = _params(ModelParams, None, mo, "ffn.model")
         ip = _params(InferenceParams, None, io, "ffn.inference")
         start, size = _bbox(bbox)
-        _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite, mask=mask))
+        _exit(segment_location(image, checkpoint, output, mp, ip, start, size, xla=xla, overwrite=overwrite, mask=mask,
+                               origins=origins))
+
+    @stage_app.command("consensus")
+    def consensus(
+        plan: Annotated[Path | None, typer.Option("--plan", help="plan.json (or its workdir).")] = None,
+        tile: Annotated[str | None, typer.Option("--tile", help="Tile name or array index, with --plan.")] = None,
+        a: Annotated[Path | None, typer.Option("--a", help="Standalone: the forward pass's segmentation (infer output).")] = None,
+        b: Annotated[Path | None, typer.Option("--b", help="Standalone: the reverse pass's segmentation of the same box.")] = None,
+        output: Annotated[Path | None, typer.Option("--output", help="Standalone: the consensus segmentation HDF5 to write (dataset seg).")] = None,
+        split_min_size: Annotated[int | None, typer.Option(help="Pieces smaller than this (voxels) become 0 (FFN: 1000; default: the plan's).")] = None,
+        small_pieces: Annotated[str | None, typer.Option("--small-pieces", help="drop (default): pieces below --split-min-size become 0 (FFN's); forward: they keep their forward id.")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+    ) -> None:
+        """FFN's split consensus of two inference passes: a merge either pass did not make is split."""
+        if plan is not None:
+            if tile is None or a or b or output or split_min_size is not None or small_pieces is not None:
+                raise HpcffnError("with --plan give --tile T only (the passes, output and split_min_size come from the plan)")
+            from hpcffn.stages.consensus import run_from_plan
+
+            run_from_plan(_load_plan(plan), tile)
+            return
+        if a is None or b is None or output is None:
+            raise HpcffnError("give --plan P --tile T, or standalone --a FWD.h5 --b REV.h5 --output C.h5")
+        from hpcffn.stages.consensus import consensus_files
+
+        small_pieces = small_pieces or "drop"
+        if small_pieces not in ("drop", "forward"):
+            raise HpcffnError(f"--small-pieces {small_pieces!r}: give drop or forward")
+        consensus_files(a, b, output, 1000 if split_min_size is None else split_min_size, overwrite=overwrite,
+                        small_pieces=small_pieces)
 
     @stage_app.command("stitch")
     def stitch(

@@ -16,7 +16,9 @@ are relative to the workdir the spec names (plan.json records it).
       partitions/<tile>.h5          stage 1: dataset `af` (uint8), attrs offset (z,y,x)
       coordinates/<group>.tfrecord.gz   stage 2: GZIP TFRecord of tf.train.Example
       train/<group>/                stage 3: checkpoints + TensorBoard events
-      infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x)
+      infer/<tile>.h5               stage 4: dataset `seg` (uint64), attrs offset (z,y,x), dataset `origins`
+      infer/<pass>/<tile>.h5        with ffn.inference.consensus: each pass's own output (forward, reverse);
+                                    infer/<tile>.h5 is then their consensus (step consensus)
       stitch/joins/<tile>.npz       stitch step joins: the tile's id range, owned ids, agreeing pairs
       stitch/<volume>.lut.npy       stitch step resolve: every tile id -> final id (+ .tiles.json: id bases)
       stitch/<volume>.ome.zarr/     the stitched volume: OME-Zarr raw + labels/seg pyramid (io/ome_zarr.py)
@@ -35,7 +37,9 @@ from pathlib import Path
 # The stages a spec's `stages:` names; "stitch" runs as the four steps of STITCH_STEPS.
 SPEC_STAGES = ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
 STITCH_STEPS = ("joins", "resolve", "relabel", "pyramid")
-STAGES = ("convert", "partitions", "coordinates", "train", "infer", *STITCH_STEPS, "evaluate")
+# Spec stage infer with ffn.inference.consensus on: the forward pass (job stage "infer"), then these.
+CONSENSUS_STEPS = ("reverse", "consensus")
+STAGES = ("convert", "partitions", "coordinates", "train", "infer", *CONSENSUS_STEPS, *STITCH_STEPS, "evaluate")
 
 # What one unit of work of each stage is: a volume, a tile, a group, or the whole experiment.
 STAGE_UNIT = {
@@ -44,6 +48,8 @@ STAGE_UNIT = {
     "coordinates": "group",
     "train": "group",
     "infer": "tile",
+    "reverse": "tile",
+    "consensus": "tile",
     "joins": "tile",
     "resolve": "volume",
     "relabel": "tile",
@@ -112,6 +118,10 @@ class Layout:
     def segmentation(self, tile: str) -> Path:
         return self.root / "infer" / f"{tile}.h5"
 
+    def pass_segmentation(self, tile: str, name: str) -> Path:
+        """One inference pass's output (forward, reverse) when consensus makes the tile's segmentation."""
+        return self.root / "infer" / name / f"{tile}.h5"
+
     def stitched(self, volume: str) -> Path:
         return self.root / "stitch" / f"{volume}.ome.zarr"
 
@@ -151,12 +161,19 @@ def infer_state_path(output: Path) -> Path:
 
 
 def spec_stage(stage: str) -> str:
-    """The spec-level stage a stage belongs to (its resources, its `stages:` name)."""
-    return "stitch" if stage in STITCH_STEPS else stage
+    """The spec-level stage a stage belongs to (its `stages:` name)."""
+    return "stitch" if stage in STITCH_STEPS else "infer" if stage in CONSENSUS_STEPS else stage
+
+
+def resource_stage(stage: str) -> str:
+    """The stage whose resources a job of `stage` gets: the reverse pass the forward pass's (GPUs),
+    the consensus (numpy over a tile's two segmentations) stitch's CPU resources."""
+    return "stitch" if stage == "consensus" else spec_stage(stage)
 
 
 def expand_stages(names: list[str] | None) -> list[str] | None:
-    """`--stage stitch` means all of its steps."""
+    """`--stage stitch` means all of its steps; `--stage infer` the consensus steps too."""
     if not names:
         return names
-    return list(dict.fromkeys(s for n in names for s in (STITCH_STEPS if n == "stitch" else (n,))))
+    steps = {"stitch": STITCH_STEPS, "infer": ("infer", *CONSENSUS_STEPS)}
+    return list(dict.fromkeys(s for n in names for s in steps.get(n, (n,))))

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 XYZ = tuple[int, int, int]
 
@@ -116,6 +123,31 @@ class TrainingParams(_Strict):
     )
 
 
+class ConsensusParams(_Strict):
+    """FFN's oversegmentation consensus: a reverse pass and the split consensus of the two (docs/consensus.md)."""
+
+    passes: tuple[Literal["forward", "reverse"], ...] = Field(
+        ("forward", "reverse"), description="the passes whose split consensus is the tile's segmentation: "
+        "forward (the seed policy's order) then reverse (its segments' origins, last first)"
+    )
+    split_min_size: int = Field(1000, ge=0, description="consensus pieces smaller than this (voxels) become 0 (FFN: 1000)")
+    small_pieces: Literal["drop", "forward"] = Field(
+        "drop", description="drop: pieces below split_min_size become 0 (FFN's); forward: they keep their forward "
+        "segment's id (only disagreements of split_min_size voxels or more split a segment)"
+    )
+
+    @field_validator("passes")
+    @classmethod
+    def _two(cls, v):
+        if tuple(v) != ("forward", "reverse"):
+            raise ValueError("must be [forward, reverse] (FFN's consensus of a pass and its inverted-origins pass)")
+        return v
+
+
+# Newer inference options left out of plan.json while they hold their default (see the serializer).
+_UNSET_DEFAULTS = {"tiles_per_task": 1, "precision": "float32", "fov_per_second": None}
+
+
 class InferenceParams(_Strict):
     """Stage 4 (flood-filling inference); the defaults are Google FFN's (see docs/train_infer.md)."""
 
@@ -170,6 +202,22 @@ class InferenceParams(_Strict):
         "with benchmarks/bench_gpu.py); the plan's GPU-hour estimate uses it. Default: "
         "4.5, Google FFN's own FIB-25 run on a 2-core CPU (docs/train_infer.md)",
     )
+    consensus: ConsensusParams | None = Field(
+        None, description="off by default; {passes: [forward, reverse], split_min_size: 1000}: a reverse pass per tile "
+        "and FFN's split consensus of the two become the tile's segmentation"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_consensus(self, handler):
+        # Plans without consensus (or tiles_per_task, precision, fov_per_second) keep their plan.json
+        # and resolved spec byte for byte.
+        out = handler(self)
+        if out.get("consensus", 0) is None:
+            del out["consensus"]
+        for key, default in _UNSET_DEFAULTS.items():
+            if key in out and out[key] == default:
+                del out[key]
+        return out
 
 
 class StitchParams(_Strict):

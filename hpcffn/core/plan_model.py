@@ -182,6 +182,19 @@ class Plan(_Model):
             )
         return job.units[i]
 
+    @property
+    def consensus(self) -> bool:
+        """Whether each tile's segmentation is the consensus of a forward and a reverse pass."""
+        return self.ffn.inference.consensus is not None
+
+    def infer_output(self, stage: str, tile: str) -> Path:
+        """Where a tile's inference step writes: without consensus the forward pass ("infer")
+        writes the tile's segmentation; with it each pass writes its own file and step
+        "consensus" writes the tile's segmentation (what joins, stitch and evaluate read)."""
+        if stage == "consensus" or not self.consensus:
+            return self.layout.segmentation(tile)
+        return self.layout.pass_segmentation(tile, {"infer": "forward", "reverse": "reverse"}[stage])
+
     def group_tiles(self, group: str) -> list[TilePlan]:
         names = set(self.group(group).tiles)
         return [t for t in self.tiles if t.name in names]

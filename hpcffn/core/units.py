@@ -80,7 +80,7 @@ def write_unit_indexes(plan: Plan) -> None:
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                members = task_tiles(plan, job) if job.stage == "infer" else None
+                members = task_tiles(plan, job) if job.stage in ("infer", "reverse") else None
                 text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(lay.unit_index(job.name), text)

@@ -32,7 +32,9 @@ def output_of(plan: Plan, stage: str):
         "partitions": lay.partitions,
         "coordinates": lay.coordinates,
         "train": lambda g: lay.train_dir(g) / f"ckpt-{plan.ffn.training.max_steps}.index",
-        "infer": lay.segmentation,
+        "infer": lambda t: plan.infer_output("infer", t),
+        "reverse": lambda t: plan.infer_output("reverse", t),
+        "consensus": lay.segmentation,
         "joins": lay.joins,
         "resolve": lay.relabelling,
         # relabel and pyramid write chunks into the volume's store; a unit's own record is its marker.
@@ -143,20 +145,21 @@ def collect(plan: Plan, detail: bool = True) -> Report:
 
     columns = observe_jobs(plan, state, query=query)
     listing = Listing()
-    progress = path_pattern(lambda u: infer_state_path(plan.layout.segmentation(u)))
     for job in plan.jobs:
         c = columns[job.name]
         states = _labels(c)
         output = path_pattern(output_of(plan, job.stage))
-        bundled = infer_task_tiles(plan, job) if job.stage == "infer" else {}
+        bundled = infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}
         exists = listing.each(output, c.units) if not bundled else []
         extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
         tile_counts = None
         if job.stage == "train":
             extra = {i: {"step": checkpoint_step(plan.layout.train_dir(u))} for i, u in enumerate(c.units)}
         elif bundled:  # tiles_per_task > 1: outputs and progress per tile, a task done when all its tiles are
+            progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             exists, extra, tile_counts = _bundled_infer(plan, c.units, bundled, output, progress, listing)
-        elif job.stage == "infer":
+        elif job.stage in ("infer", "reverse"):
+            progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             # Listed first: most tiles have no progress file, and opening each would cost.
             started = listing.each(progress, c.units)
             extra = {i: {"seeds": infer_progress(Path(output(u))) if started[i] else None}

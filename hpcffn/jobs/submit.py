@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import STAGES
+from hpcffn.core.layout import CONSENSUS_STEPS, STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
 from hpcffn.jobs import limits, pretest, slurm
 
@@ -125,7 +125,8 @@ def check_filters(plan: Plan, stages: list[str] | None, groups: list[str] | None
     for s in stages or []:
         if s not in STAGES:
             raise HpcffnError(f"--stage {s!r} is not a stage; use one of {', '.join(STAGES)}")
-        if not any(j.stage == s for j in plan.jobs):
+        expanded = s in CONSENSUS_STEPS and "infer" in stages  # --stage infer, in a plan without consensus
+        if not any(j.stage == s for j in plan.jobs) and not expanded:
             raise HpcffnError(f"--stage {s!r} has no job in {plan.layout.plan} (not in the spec's stages:)")
     names = {g.name for g in plan.groups}
     for g in groups or []:

@@ -19,7 +19,7 @@ from hpcffn.plan import container as containers
 from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import FFNParams
-from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, spec_stage
+from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
 from hpcffn.plan.limits import check_resources
@@ -28,7 +28,7 @@ from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
 
-LONG_STAGES = ("train", "infer")  # checkpoint on USR1/TERM and requeue
+LONG_STAGES = ("train", "infer", "reverse")  # checkpoint on USR1/TERM and requeue
 
 
 @dataclass
@@ -206,7 +206,9 @@ _DEPENDS = {
     "coordinates": ["partitions"],
     "train": ["coordinates"],
     "infer": ["train", "convert"],
-    "joins": ["infer"],
+    "reverse": ["infer"],  # the same group's forward array (plan_jobs)
+    "consensus": ["reverse"],
+    "joins": ["consensus"],  # infer when consensus is not planned
     "resolve": ["joins"],
     "relabel": ["resolve"],
     "pyramid": ["relabel"],  # pyramid_s<k> waits for pyramid_s<k-1> instead (plan_jobs)
@@ -239,12 +241,18 @@ def choose_stages(spec: Spec, volumes: list[VolumePlan], spec_path: Path, warnin
 
 
 def _task_units(tiles: list[str], k: int) -> list[str]:
-    """An infer array's units: its tiles, or with tiles_per_task K > 1 runs of K tiles (core/bundles.py)."""
+    """An infer (or reverse) array's units: its tiles, or with tiles_per_task K > 1 runs of K tiles
+    (core/bundles.py)."""
     return tiles if k <= 1 else [bundle_name(b) for b in bundles(tiles, k)]
 
 
-def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, tiles_per_task: int = 1) -> list[JobPlan]:
-    """Jobs (without script hashes yet) in submission order, with afterok dependencies."""
+def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consensus: bool = False,
+              tiles_per_task: int = 1) -> list[JobPlan]:
+    """Jobs (without script hashes yet) in submission order, with afterok dependencies.
+
+    `consensus` (ffn.inference.consensus): each forward infer array gets a reverse array over the
+    same tiles, and one consensus array over all tiles follows them. `tiles_per_task`: tasks of
+    the infer and reverse arrays segment that many tiles each."""
     names_by_stage: dict[str, list[str]] = {}
     jobs: list[JobPlan] = []
 
@@ -267,11 +275,14 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, tiles_p
             by_group: dict[str | None, list[str]] = {}
             for t in tiles:  # one pass, not one per group
                 by_group.setdefault(t.group or None, []).append(t.name)
-            for g in groups:
-                add(f"infer_{g.name}", stage, True, _task_units(by_group.get(g.name, []), tiles_per_task), g.name)
             rest = by_group.get(None, [])
-            if rest or not groups:
-                add("infer_ungrouped" if groups else "infer", stage, True, _task_units(rest, tiles_per_task))
+            for step in ("infer", "reverse") if consensus else ("infer",):
+                for g in groups:
+                    add(f"{step}_{g.name}", step, True, _task_units(by_group.get(g.name, []), tiles_per_task), g.name)
+                if rest or not groups:
+                    add(f"{step}_ungrouped" if groups else step, step, True, _task_units(rest, tiles_per_task))
+            if consensus:
+                add("consensus", "consensus", True, [t.name for t in tiles])
         elif stage == "stitch":  # the steps of docs/stitch.md
             add("joins", "joins", True, [t.name for t in tiles])
             add("resolve", "resolve", True, [v.name for v in volumes])
@@ -296,6 +307,8 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, tiles_p
                 names = [n for n in names if n.endswith(f"_{job.group}")]
             elif job.stage == "infer" and d == "train" and names:
                 names = names[:1]  # ungrouped tiles are segmented with the first group's model
+            elif job.stage == "reverse" and d == "infer":
+                names = ["infer" + job.name[len("reverse"):]]  # the forward array of the same tiles
             targets += names
         if job.stage == "pyramid" and job.name != "pyramid_s1":
             targets = [f"pyramid_s{int(job.name.rpartition('_s')[2]) - 1}"]
@@ -430,9 +443,13 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
         if in_place:
             warnings.append(f"convert.clahe applies to grayscale that convert writes; {', '.join(in_place)} "
                             "read their HDF5 raw in place, unequalised (give them as TIF to convert them)")
-    resources = {s: stage_resources(profile, spec.cluster, spec_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
+    if ffn.inference.seed_policy == "invert_origins":
+        raise _fail(spec_path, "ffn.inference.seed_policy", "invert_origins seeds at an earlier pass's origins, which "
+                    "a plan's first pass does not have; set ffn.inference.consensus to run a reverse pass after it")
+    resources = {s: stage_resources(profile, spec.cluster, resource_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
-    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, ffn.inference.tiles_per_task)
+    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, consensus=ffn.inference.consensus is not None,
+                     tiles_per_task=ffn.inference.tiles_per_task)
     warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)

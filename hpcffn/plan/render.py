@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import STAGES, Layout
+from hpcffn.core.layout import CONSENSUS_STEPS, STAGES, Layout
 from hpcffn.core.plan_model import Plan, write_plan
 from hpcffn.core.units import write_unit_indexes
 from hpcffn.plan.resources import templates_dir
@@ -116,7 +116,10 @@ def _write(plan: Plan, scripts: dict[str, str], resolved_yaml: str, *, force: bo
     report = WriteReport()
     recorded = previous_hashes(layout)
     report.stale = sorted(rel for rel in recorded if rel not in scripts and (layout.root / rel).exists())
+    planned = {j.stage for j in plan.jobs}
     for stage in STAGES:
+        if stage in CONSENSUS_STEPS and stage not in planned:
+            continue  # made only in plans with ffn.inference.consensus
         d = layout.logs_dir(stage)
         if not d.is_dir():
             report.dirs.append(str(d))

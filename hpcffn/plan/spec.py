@@ -28,7 +28,7 @@ from hpcffn.core.params import FFNParams
 
 ZYX = tuple[int, int, int]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"]
+StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"]  # infer: with ffn.inference.consensus also its steps reverse, consensus
 
 
 def _name(v: str) -> str:

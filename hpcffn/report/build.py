@@ -22,7 +22,7 @@ from hpcffn.report.evaluation import HOW_TO_READ, evaluation_rows, load_evaluati
 from hpcffn.report.events import read_scalars
 from hpcffn.report.slices import stitched_slice, tile_candidates, tile_segmentation_slice, volume_slice
 
-TILE_STAGES = ("partitions", "infer")
+TILE_STAGES = ("partitions", "infer", "reverse", "consensus")
 MAX_PIXELS = 1024  # a stitched slice wider than this is shown every n-th voxel
 
 
@@ -61,10 +61,10 @@ def _categories(plan: Plan, page: Page) -> dict[tuple[str, str], str]:
     page.status_rows = report.rows
     cats = {(r["stage"], t["unit"]): t["category"] for r in report.rows for t in r["detail"]}
     for job in plan.jobs:  # a task of several tiles: each tile done by its marker, else as its task
-        for unit, tiles in (infer_task_tiles(plan, job) if job.stage == "infer" else {}).items():
+        for unit, tiles in (infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}).items():
             for tile in tiles:
-                done = plan.layout.marker("infer", tile).is_file()
-                cats[("infer", tile)] = "done" if done else cats.get(("infer", unit), "never")
+                done = plan.layout.marker(job.stage, tile).is_file()
+                cats[(job.stage, tile)] = "done" if done else cats.get((job.stage, unit), "never")
     return cats
 
 
@@ -72,7 +72,7 @@ def tile_grids(plan: Plan, cats: dict) -> list[Picture]:
     """One picture per volume: its tiles by the state of each tile-level stage (and training)."""
     stages = [s for s in TILE_STAGES if any(j.stage == s for j in plan.jobs)]
     if any(j.stage == "train" for j in plan.jobs):
-        stages.insert(-1 if "infer" in stages else len(stages), "train")
+        stages.insert(stages.index("infer") if "infer" in stages else len(stages), "train")
     out = []
     for volume in plan.volumes:
         tiles = [t for t in plan.tiles if t.volume == volume.name]
@@ -125,8 +125,15 @@ def overlay_pictures(plan: Plan, tiles_shown: int) -> list[Picture]:
             continue
         raw = volume_slice(volume.raw, z, ys, xs, "raw")
         gt = volume_slice(volume.groundtruth, z, ys, xs, "stack") if volume.groundtruth else None
-        out.append(Picture(f"tile_{tile.name}.png", f"tile {tile.name}, z {z}",
-                           figures.overlay(f"tile {tile.name} (z = {z})", raw, gt, seg)))
+        if plan.consensus:  # each pass beside the consensus they make
+            for stage, name in (("infer", "forward"), ("reverse", "reverse")):
+                one = tile_segmentation_slice(plan, tile, z, stage)
+                if one is not None:
+                    out.append(Picture(f"tile_{tile.name}_{name}.png", f"tile {tile.name}, z {z}, {name} pass",
+                                       figures.overlay(f"tile {tile.name} {name} pass (z = {z})", raw, gt, one)))
+        what = " consensus" if plan.consensus else ""
+        out.append(Picture(f"tile_{tile.name}.png", f"tile {tile.name}, z {z}{what}",
+                           figures.overlay(f"tile {tile.name}{what} (z = {z})", raw, gt, seg)))
     for volume in plan.volumes:
         z = volume.shape[0] // 2
         step = max(1, math.ceil(max(volume.shape[1:]) / MAX_PIXELS))

@@ -30,9 +30,11 @@ def tile_candidates(tile: TilePlan) -> list[int]:
     return list(dict.fromkeys(z0 + (n * k) // 4 for k in (2, 1, 3)))
 
 
-def tile_segmentation_slice(plan: Plan, tile: TilePlan, z: int) -> np.ndarray | None:
-    """The tile's segmentation at volume z, cropped to the box the tile owns; None before infer."""
-    path = plan.layout.segmentation(tile.name)
+def tile_segmentation_slice(plan: Plan, tile: TilePlan, z: int, stage: str = "consensus") -> np.ndarray | None:
+    """The tile's segmentation at volume z, cropped to the box the tile owns; None before infer.
+
+    `stage` infer or reverse: that inference pass's own output (plans with consensus)."""
+    path = plan.infer_output(stage, tile.name)
     if not path.is_file():
         return None
     start, size = tile.infer_box.start, tile.box.size

@@ -115,7 +115,7 @@ def prepare_tile(image: str, checkpoint: str | Path, output: str | Path, model_p
 
 
 # Inference options that do not change the segmentation (left out of the resume fingerprint).
-SAME_RESULT = {"parallel_fills", "tiles_per_task", "fov_per_second"}
+SAME_RESULT = {"parallel_fills", "tiles_per_task", "fov_per_second", "consensus"}
 
 
 def load_predict(checkpoint: str | Path, model_params: ModelParams, params: InferenceParams, xla: bool, log):
@@ -216,47 +216,71 @@ def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> 
 
 def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = None,
                   params: InferenceParams | None = None, training: TrainingParams | None = None,
-                  log=print) -> int:
+                  log=print, job: str | None = None, pass_name: str = "forward") -> int:
     """Segment one planned task's tiles (one, or tiles_per_task side by side), each tile's infer_box
-    into layout.segmentation(tile), with a marker per finished tile (and one for the task's bundle)."""
+    (plan.infer_output says where), with a marker per finished tile (and one for the task's bundle).
+
+    `pass_name` reverse (ffn.inference.consensus): seeds at the forward pass's origins of the
+    tile, last-created segment first."""
     from contextlib import ExitStack
 
     from hpcffn.core.bundles import first_and_count, is_bundle, members
     from hpcffn.stages.markers import hold_unit, mark_done
 
-    unit = str(plan.task_unit("infer", tile_key))
+    stage = {"forward": "infer", "reverse": "reverse"}[pass_name]
+    if stage == "reverse" and not plan.consensus:
+        raise HpcffnError(f"--pass reverse: the plan of {plan.spec_file} has no ffn.inference.consensus; "
+                          "set it and re-plan")
+    unit = str(plan.task_unit(job or stage, tile_key))
     tiles = members(plan.tiles, unit) if is_bundle(unit) else [plan.tile(unit)]
     if len(tiles) != first_and_count(unit)[1]:
         raise HpcffnError(f"task {unit} does not match the tiles of the plan of {plan.spec_file}; re-run `hpcffn plan`")
     params = params or plan.ffn.inference
+    if stage == "reverse":
+        params = params.model_copy(update={"seed_policy": "invert_origins"})
     mp = model_params or plan.ffn.model
     xla = (training or plan.ffn.training).xla
     checkpoint = plan_checkpoint(plan, tiles[0], params)
+
+    def origins_of(tile) -> Path | None:
+        if stage != "reverse":
+            return None
+        forward = plan.infer_output("infer", tile.name)
+        if not forward.is_file():
+            raise HpcffnError(f"the reverse pass of tile {tile.name} needs the forward pass's {forward}: "
+                              "run the tile's infer job first (hpcffn submit --resume runs what is missing)")
+        return forward
+
     with ExitStack() as held:
         if len(tiles) == 1:
             tile = tiles[0]
             volume = plan.volume(tile.volume)
-            output = plan.layout.segmentation(tile.name)
-            held.enter_context(hold_unit(plan, "infer", tile.name, (output, state_path(output))))
+            output = plan.infer_output(stage, tile.name)
+            origins = origins_of(tile)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(hold_unit(plan, stage, tile.name, (output, state_path(output))))
             codes = [segment_location(volume.raw, checkpoint, output, mp, params, tile.infer_box.start,
-                                      tile.infer_box.size, xla=xla, overwrite=True, log=log, mask=volume.mask)]
+                                      tile.infer_box.size, xla=xla, overwrite=True, log=log, mask=volume.mask,
+                                      origins=origins)]
         else:
             runs = []
             for tile in tiles:
-                output = plan.layout.segmentation(tile.name)
-                held.enter_context(hold_unit(plan, "infer", tile.name, (output, state_path(output))))
-                if plan.layout.marker("infer", tile.name).is_file() and output.is_file():
+                output = plan.infer_output(stage, tile.name)
+                output.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(hold_unit(plan, stage, tile.name, (output, state_path(output))))
+                if plan.layout.marker(stage, tile.name).is_file() and output.is_file():
                     continue  # done in an earlier run of this task
                 volume = plan.volume(tile.volume)
                 runs.append(prepare_tile(volume.raw, checkpoint, output, mp, params, tile.infer_box.start,
-                                         tile.infer_box.size, overwrite=True, mask=volume.mask, name=tile.name))
+                                         tile.infer_box.size, overwrite=True, mask=volume.mask,
+                                         origins=origins_of(tile), name=tile.name))
             codes = segment_tiles(runs, checkpoint, mp, params, xla=xla, log=log) if runs else []
             for run, code in zip(runs, codes):
                 if code == 0:
-                    mark_done(plan, "infer", run.name)
+                    mark_done(plan, stage, run.name)
         if all(c == 0 for c in codes):
             if len(tiles) == 1:
-                mark_done(plan, "infer", tiles[0].name)
+                mark_done(plan, stage, tiles[0].name)
             else:
-                mark_done(plan, "infer", unit, tiles=[t.name for t in tiles])
+                mark_done(plan, stage, unit, tiles=[t.name for t in tiles])
     return next((c for c in codes if c != 0), 0)

@@ -30,6 +30,7 @@ STAGE_NEEDS = {
     "coordinates": ("h5py",),
     "train": ("h5py", "tensorflow"),
     "infer": ("h5py", "tensorflow", "scipy", "skimage", "edt"),
+    "consensus": ("h5py",),
     "stitch": ("h5py", "scipy"),
     "joins": ("h5py", "scipy"),
     "resolve": ("h5py", "scipy", "zarr"),
@@ -73,7 +74,9 @@ def _gpus(problems: list[str]) -> dict:
 def _inputs(plan: Plan, stage: str, unit: str | None, job: str | None = None) -> list:
     """The user's input files this job reads (sources outside the workdir)."""
     job = job if job in {j.name for j in plan.jobs} else stage  # an index is a position in the job's units
-    if stage == "convert" and unit is not None:
+    if stage == "consensus":
+        volumes = []  # reads the two passes in the workdir only
+    elif stage == "convert" and unit is not None:
         volumes = [plan.volume(plan.task_unit("convert", unit))]
     elif stage in ("partitions", "infer", "joins", "relabel") and unit is not None:
         volumes = [plan.volume(plan.tile(plan.task_unit(job, unit)).volume)]
