@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=64, help="edge of the corner crop of the 132^3 reference box")
     ap.add_argument("--box", type=int, nargs=3, default=(52, 72, 72), metavar=("Z", "Y", "X"),
                     help="size of the ts2_dev box (from its corner)")
+    ap.add_argument("--replay", type=int, default=0, metavar="N",
+                    help="instead: segment the ts1 crop in float32, then evaluate N of the FOV inputs it made "
+                    "(spread over the run) in mixed_float16 too, and compare the logits (cheap where float16 is slow)")
     a = ap.parse_args()
 
     import h5py
@@ -55,6 +58,9 @@ def main() -> None:
     print(f"FIB-25, Google's weights, FFN's settings; ts1 crop {a.crop}^3 (vs Google's segmentation), ts2_dev box "
           f"{tuple(a.box)} (vs groundtruth); {os.cpu_count()} CPUs", flush=True)
 
+    if a.replay:
+        replay(a.replay, ts1, google, mp, params, checkpoint)
+        return
     segs: dict[str, dict] = {}
     for precision in ("float32", "mixed_float16"):
         model = build_model(mp, mixed_precision=precision == "mixed_float16")
@@ -78,6 +84,52 @@ def main() -> None:
         m = compare(y + 1, x + 1)
         print(f"{name}: mixed_float16 against float32: identical {np.array_equal(x, y)}, ARE {m['adapted_rand_error']:.4f}, "
               f"VI split {m['vi_split']:.3f} merge {m['vi_merge']:.3f}")
+
+
+def replay(n: int, raw, google, mp, params, checkpoint) -> None:
+    """The float32 run's own FOV inputs, evaluated again in mixed_float16: how far the logits move
+    and how many voxels change side of the segment (0.6) and move (0.9) thresholds."""
+    from hpcffn.ffn.canvas import option_logit
+    from hpcffn.ffn.inference import make_predict, segment_volume
+    from hpcffn.ffn.model import build_model, fov_zyx
+    from hpcffn.ffn.tf1_import import load_weights
+    from hpcffn.stages.evaluate import compare
+
+    calls = {}
+    for precision in ("float32", "mixed_float16"):
+        model = build_model(mp, mixed_precision=precision == "mixed_float16")
+        load_weights(model, checkpoint)
+        calls[precision] = make_predict(model, fov_zyx(mp))
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recording(batch):
+        out = calls["float32"](batch)
+        seen.append((batch.copy(), out))
+        return out
+
+    t0 = time.perf_counter()
+    r = segment_volume(raw, recording, mp, params, log=lambda s: None)
+    dt = time.perf_counter() - t0
+    m = compare(r.segmentation + 1, google + 1)
+    print(f"float32: {r.segments} segments, {r.fov_evaluations} FOVs, {dt:.0f} s; against Google: VI split "
+          f"{m['vi_split']:.3f} merge {m['vi_merge']:.3f}, ARE {m['adapted_rand_error']:.4f}", flush=True)
+    picks = np.unique(np.linspace(0, len(seen) - 1, min(n, len(seen))).round().astype(int))
+    seg_t, move_t = option_logit(params.segment_threshold), option_logit(params.move_threshold)
+    diffs, seg_flips, move_flips, t16 = [], 0, 0, 0.0
+    voxels = 0
+    for i in picks:
+        x, y32 = seen[i]
+        t = time.perf_counter()
+        y16 = calls["mixed_float16"](x)
+        t16 += time.perf_counter() - t
+        diffs.append(float(np.abs(y16 - y32).max()))
+        seg_flips += int(np.count_nonzero((y16 >= seg_t) != (y32 >= seg_t)))
+        move_flips += int(np.count_nonzero((y16 >= move_t) != (y32 >= move_t)))
+        voxels += y32.size
+    print(f"mixed_float16 on {len(picks)} of those {len(seen)} FOV inputs ({t16 / len(picks):.1f} s per FOV here): "
+          f"largest logit difference {max(diffs):.3f} (median per FOV {np.median(diffs):.3f}); voxels on the other "
+          f"side of segment_threshold {seg_flips}/{voxels} ({seg_flips / voxels:.2e}), of move_threshold "
+          f"{move_flips}/{voxels} ({move_flips / voxels:.2e})")
 
 
 if __name__ == "__main__":
