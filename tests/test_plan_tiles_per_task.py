@@ -91,3 +91,15 @@ def test_one_tile_per_task_keeps_the_unit_index_of_tiles(tmp_path):
     job = next(j for j in planned.plan.jobs if j.stage == "infer")
     line = planned.plan.layout.unit_index(job.name).read_text().splitlines()[0]
     assert json.loads(line)["name"] == job.units[0] and "tiles" not in json.loads(line)
+
+
+def test_defaults_leave_plan_json_as_it_was(tmp_path):
+    """K = 1, float32 and no FOV/s: none of the new options is written (plans stay byte for byte)."""
+    planned = make_plan(_spec(tmp_path, {}))
+    write_planned(planned)
+    text = planned.plan.layout.plan.read_text() + planned.plan.layout.plan_head.read_text()
+    assert not any(key in text for key in ('"tiles_per_task"', '"precision"', '"fov_per_second"'))
+    set_ = make_plan(_spec(tmp_path, {"tiles_per_task": 2, "precision": "mixed_float16"}, "k2.yaml"))
+    write_planned(set_)
+    loaded = json.loads(set_.plan.layout.plan.read_text())["ffn"]["inference"]
+    assert (loaded["tiles_per_task"], loaded["precision"]) == (2, "mixed_float16")
