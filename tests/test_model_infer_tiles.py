@@ -105,7 +105,14 @@ def test_a_failing_model_call_reaches_every_tile():
 def _plan(tmp_path, k: int):
     """A hand-made plan of one 22x34x102 volume in 3 tiles of group g0, with tiles_per_task k."""
     from hpcffn.core.params import FFNParams
-    from hpcffn.core.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
+    from hpcffn.core.plan_model import (
+        Box,
+        GroupPlan,
+        Plan,
+        TilePlan,
+        VolumePlan,
+        write_plan,
+    )
     from hpcffn.core.units import write_unit_indexes
     from hpcffn.plan.planner import plan_jobs
 

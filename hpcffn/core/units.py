@@ -20,9 +20,9 @@ from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoti
 from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.bundles import first_and_count, is_bundle, members
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
-from hpcffn.core.bundles import first_and_count, is_bundle, members
 from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
 
 

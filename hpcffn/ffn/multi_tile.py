@@ -43,7 +43,7 @@ class BatchStats:
 
 
 class _Request:
-    __slots__ = ("batch", "out", "error")
+    __slots__ = ("batch", "error", "out")
 
     def __init__(self, batch: np.ndarray):
         self.batch, self.out, self.error = batch, None, None
@@ -95,7 +95,7 @@ class SharedModel:
         sizes = [len(r.batch) for r in requests]
         try:
             out = self.predict(requests[0].batch if len(requests) == 1 else np.concatenate([r.batch for r in requests]))
-        except Exception as exc:  # handed to every waiting loop, which raise it in their thread
+        except Exception as exc:  # noqa: BLE001 (handed to every waiting loop, which raises it in its thread)
             with self._cond:
                 for r in requests:
                     r.error = exc

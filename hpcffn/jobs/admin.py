@@ -13,10 +13,10 @@ import signal
 import socket
 from pathlib import Path
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import infer_task_tiles
+from hpcffn.jobs import slurm
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (

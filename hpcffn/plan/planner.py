@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcffn import __version__
-from hpcffn.plan import grid
-from hpcffn.plan import container as containers
 from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import FFNParams
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
+from hpcffn.core.params import FFNParams
 from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
-from hpcffn.plan.limits import check_resources
-from hpcffn.plan.resources import profiles_dir
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
+from hpcffn.plan import container as containers
+from hpcffn.plan import grid
+from hpcffn.plan.limits import check_resources
+from hpcffn.plan.resources import profiles_dir
 from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
 
 LONG_STAGES = ("train", "infer", "reverse")  # checkpoint on USR1/TERM and requeue

@@ -20,7 +20,12 @@ from hpcffn.report import figures
 from hpcffn.report.accounting import stage_usage
 from hpcffn.report.evaluation import HOW_TO_READ, evaluation_rows, load_evaluation
 from hpcffn.report.events import read_scalars
-from hpcffn.report.slices import stitched_slice, tile_candidates, tile_segmentation_slice, volume_slice
+from hpcffn.report.slices import (
+    stitched_slice,
+    tile_candidates,
+    tile_segmentation_slice,
+    volume_slice,
+)
 
 TILE_STAGES = ("partitions", "infer", "reverse", "consensus")
 MAX_PIXELS = 1024  # a stitched slice wider than this is shown every n-th voxel
@@ -52,9 +57,8 @@ class Page:
 
 
 def _categories(plan: Plan, page: Page) -> dict[tuple[str, str], str]:
-    from hpcffn.jobs.status import collect
-
     from hpcffn.core.units import infer_task_tiles
+    from hpcffn.jobs.status import collect
 
     report = collect(plan)
     page.notes += report.warnings

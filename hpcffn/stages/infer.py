@@ -63,9 +63,9 @@ def prepare_tile(image: str, checkpoint: str | Path, output: str | Path, model_p
                  origins: str | Path | None = None, name: str = "") -> TileRun:
     """Check and read one box to segment (image, box, checkpoint, mask, seeds) and its resume fingerprint."""
     from hpcffn.core.pretrained import check_fits
+    from hpcffn.ffn.devices import use_onednn
     from hpcffn.ffn.inference import fingerprint
     from hpcffn.ffn.model import fov_zyx
-    from hpcffn.ffn.devices import use_onednn
     from hpcffn.ffn.tf1_import import resolve_checkpoint
 
     use_onednn()  # before TensorFlow is imported (resolve_checkpoint imports it)
