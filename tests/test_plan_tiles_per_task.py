@@ -103,3 +103,12 @@ def test_defaults_leave_plan_json_as_it_was(tmp_path):
     write_planned(set_)
     loaded = json.loads(set_.plan.layout.plan.read_text())["ffn"]["inference"]
     assert (loaded["tiles_per_task"], loaded["precision"]) == (2, "mixed_float16")
+
+
+def test_check_of_a_task_of_several_tiles_reads_their_volume(tmp_path):
+    from hpcffn.stages.probe import _inputs
+
+    plan = make_plan(_spec(tmp_path, {"tiles_per_task": 3})).plan
+    job = next(j for j in plan.jobs if j.stage == "infer")
+    assert job.units[0].endswith("+2")
+    assert _inputs(plan, "infer", "0", job.name) == [plan.volume("v1").raw_source, plan.volume("v1").groundtruth_source]
