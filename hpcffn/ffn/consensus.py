@@ -28,7 +28,7 @@ import numpy as np
 
 from hpcffn.io.labeling import pair_counts
 
-SLAB_VOXELS = 1 << 24  # voxels per z-slab (a few int64 arrays of this size at a time)
+SLAB_VOXELS = 1 << 22  # voxels per z-slab: np.unique makes a few int64 copies of one (~200 MB at the peak)
 
 
 @dataclass
