@@ -102,9 +102,9 @@ def test_a_failing_model_call_reaches_every_tile():
         run_side_by_side(works, failing)
 
 
-def _plan(tmp_path, k: int):
+def _plan(tmp_path, k: int, consensus: bool = False):
     """A hand-made plan of one 22x34x102 volume in 3 tiles of group g0, with tiles_per_task k."""
-    from hpcffn.core.params import FFNParams
+    from hpcffn.core.params import ConsensusParams, FFNParams
     from hpcffn.core.plan_model import (
         Box,
         GroupPlan,
@@ -126,8 +126,9 @@ def _plan(tmp_path, k: int):
                       infer_box=Box(start=(0, 0, 34 * j), size=(22, 34, 34)), group="g0") for j in range(3)]
     groups = [GroupPlan(name="g0", tiles=[t.name for t in tiles], voxels=raw.size)]
     ffn = FFNParams(model=MP, inference=InferenceParams(min_segment_size=30, tiles_per_task=k,
-                                                        checkpoint=str(tmp_path / "ck" / "ckpt-1")))
-    jobs = plan_jobs(["infer"], [vol], tiles, groups, tiles_per_task=k)
+                                                        checkpoint=str(tmp_path / "ck" / "ckpt-1"),
+                                                        consensus=ConsensusParams() if consensus else None))
+    jobs = plan_jobs(["infer"], [vol], tiles, groups, consensus=consensus, tiles_per_task=k)
     plan = Plan(hpcffn_version="test", name="t", workdir=str(tmp_path / f"work{k}"), spec_file="t.yaml", spec={},
                 ffn=ffn, volumes=[vol], tiles=tiles, groups=groups, jobs=jobs)
     write_plan(plan, plan.layout.plan)
@@ -192,3 +193,33 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     before = two.layout.segmentation("v_z0_y0_x0").stat().st_mtime_ns
     assert infer.run_from_plan(task, unit, log=lambda s: None) == 0
     assert two.layout.segmentation("v_z0_y0_x0").stat().st_mtime_ns == before
+
+
+@pytest.mark.tf
+def test_the_reverse_pass_of_a_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
+    """With consensus, the reverse array's tasks of two tiles seed each tile at its own forward
+    pass's origins: each tile's reverse pass equals the one-tile-per-task run's."""
+    import h5py
+    import tensorflow as tf
+
+    from hpcffn.core.units import load_task_plan
+    from hpcffn.ffn.model import build_model
+    from hpcffn.stages import infer, markers
+
+    model = build_model(MP, seed=3)
+    tf.train.Checkpoint(model=model, step=tf.Variable(1, dtype=tf.int64)).write(str(tmp_path / "ck" / "ckpt-1"))
+    plans = {k: _plan(tmp_path, k, consensus=True) for k in (1, 2)}
+    for k, plan in plans.items():
+        for stage, pass_name in (("infer", "forward"), ("reverse", "reverse")):
+            job = f"{stage}_g0"
+            for i in range(len(plan.job(job).units)):
+                task, unit = load_task_plan(plan.layout.plan, job, i)
+                assert infer.run_from_plan(task, unit, log=lambda s: None, job=job, pass_name=pass_name) == 0
+    for t in plans[1].tiles:
+        for stage in ("infer", "reverse"):
+            with h5py.File(plans[1].infer_output(stage, t.name), "r") as a, \
+                    h5py.File(plans[2].infer_output(stage, t.name), "r") as b:
+                np.testing.assert_array_equal(a["seg"][...], b["seg"][...])
+                assert a["origins"].shape == b["origins"].shape
+        assert markers.is_done(plans[2], "reverse", t.name)
+    assert markers.is_done(plans[2], "reverse", "v_z0_y0_x0+1")

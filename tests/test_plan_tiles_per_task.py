@@ -112,3 +112,16 @@ def test_check_of_a_task_of_several_tiles_reads_their_volume(tmp_path):
     job = next(j for j in plan.jobs if j.stage == "infer")
     assert job.units[0].endswith("+2")
     assert _inputs(plan, "infer", "0", job.name) == [plan.volume("v1").raw_source, plan.volume("v1").groundtruth_source]
+
+
+def test_reverse_arrays_take_tasks_of_k_tiles_too(tmp_path):
+    planned = make_plan(_spec(tmp_path, {"tiles_per_task": 2, "consensus": {}}))
+    write_planned(planned)
+    plan = planned.plan
+    infer = {j.group: j.units for j in plan.jobs if j.stage == "infer"}
+    reverse = {j.group: j.units for j in plan.jobs if j.stage == "reverse"}
+    assert infer == reverse and all(u.endswith("+1") for units in infer.values() for u in units[:-1])
+    job = next(j for j in plan.jobs if j.stage == "reverse")
+    task, unit = load_task_plan(plan.layout.plan, job.name, 0)
+    assert unit == job.units[0] and len(task.tiles) == 2
+    assert next(j for j in plan.jobs if j.stage == "consensus").units == [t.name for t in plan.tiles]
