@@ -209,7 +209,7 @@ def test_the_reverse_pass_of_a_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_
     model = build_model(MP, seed=3)
     tf.train.Checkpoint(model=model, step=tf.Variable(1, dtype=tf.int64)).write(str(tmp_path / "ck" / "ckpt-1"))
     plans = {k: _plan(tmp_path, k, consensus=True) for k in (1, 2)}
-    for k, plan in plans.items():
+    for plan in plans.values():
         for stage, pass_name in (("infer", "forward"), ("reverse", "reverse")):
             job = f"{stage}_g0"
             for i in range(len(plan.job(job).units)):
