@@ -89,6 +89,8 @@ def test_a_failing_tile_ends_the_task_with_its_error_and_the_others_do_not_hang(
     works = [lambda p: segment_volume(_tile(0), p, MP, params, log=lambda s: None), broken]
     with pytest.raises(ValueError, match="tile 1 broke"):
         run_side_by_side(works, CanvasSensitive())
+    results, _ = run_side_by_side(works, CanvasSensitive(), keep_errors=True)
+    assert results[0].finished and isinstance(results[1], ValueError)  # the healthy tile ran to its end
 
 
 def test_a_failing_model_call_reaches_every_tile():

@@ -117,12 +117,13 @@ class SharedModel:
             self._cond.notify_all()
 
 
-def run_side_by_side(works: list, predict) -> tuple[list, BatchStats]:
+def run_side_by_side(works: list, predict, keep_errors: bool = False) -> tuple[list, BatchStats]:
     """Run `works` (each a function of a predict function, one tile's whole loop) side by side,
     their model calls gathered into one; returns their results in order, and the call figures.
 
     One work alone runs directly in this thread (tiles_per_task 1: no thread, no gathering).
-    An exception in a work is raised here once every other work has ended.
+    An exception in a work is raised here once every other work has ended (the others run on:
+    their tiles are not at fault), or with `keep_errors` returned in that work's place.
     """
     if len(works) == 1:
         counted = _Counting(predict)
@@ -146,9 +147,11 @@ def run_side_by_side(works: list, predict) -> tuple[list, BatchStats]:
     shared.serve()
     for t in threads:
         t.join()
-    for exc in errors:
+    for i, exc in enumerate(errors):
         if exc is not None:
-            raise exc
+            if not keep_errors:
+                raise exc
+            results[i] = exc
     return results, shared.stats
 
 

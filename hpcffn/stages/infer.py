@@ -179,9 +179,10 @@ def segment_location(image: str, checkpoint: str | Path, output: str | Path, mod
 
 
 def segment_tiles(runs: list[TileRun], checkpoint: str | Path, model_params: ModelParams, params: InferenceParams,
-                  xla: bool = False, log=print) -> list[int]:
+                  xla: bool = False, log=print, on_done=None) -> list[int]:
     """Segment several prepared boxes side by side, their FOVs in one model call per round
-    (ffn/multi_tile.py); each tile's result is the one it gets alone. Exit code per tile."""
+    (ffn/multi_tile.py); each tile's result is the one it gets alone. Exit code per tile;
+    `on_done(run)` after each tile written (its marker)."""
     from hpcffn.ffn.multi_tile import run_side_by_side
     from hpcffn.ffn.training import StopFlag
 
@@ -194,10 +195,19 @@ def segment_tiles(runs: list[TileRun], checkpoint: str | Path, model_params: Mod
 
     with StopFlag() as stop:
         works = [_work(r, model_params, params, stop, tile_log(r)) for r in runs]
-        results, stats = run_side_by_side(works, predict)
+        results, stats = run_side_by_side(works, predict, keep_errors=True)
     log(f"hpcffn infer: {len(runs)} tiles side by side: {stats.fovs} FOVs in {stats.calls} model calls "
         f"({stats.fovs_per_call:.2f} per call; {stats.full_fovs_per_call:.2f} while all {len(runs)} tiles worked)")
-    return [_finish(r, res, prefix, params, stop, tile_log(r)) for r, res in zip(runs, results)]
+    # the tiles that finished are written before a failed tile's error ends the task
+    codes = []
+    for r, res in zip(runs, results):
+        codes.append(None if isinstance(res, BaseException) else _finish(r, res, prefix, params, stop, tile_log(r)))
+        if codes[-1] == 0 and on_done is not None:
+            on_done(r)
+    failed = next((res for res in results if isinstance(res, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return codes
 
 
 def plan_checkpoint(plan: Plan, tile, params: InferenceParams | None = None) -> Path | str:
@@ -274,10 +284,8 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
                 runs.append(prepare_tile(volume.raw, checkpoint, output, mp, params, tile.infer_box.start,
                                          tile.infer_box.size, overwrite=True, mask=volume.mask,
                                          origins=origins_of(tile), name=tile.name))
-            codes = segment_tiles(runs, checkpoint, mp, params, xla=xla, log=log) if runs else []
-            for run, code in zip(runs, codes):
-                if code == 0:
-                    mark_done(plan, stage, run.name)
+            codes = segment_tiles(runs, checkpoint, mp, params, xla=xla, log=log,
+                                  on_done=lambda run: mark_done(plan, stage, run.name)) if runs else []
         if all(c == 0 for c in codes):
             if len(tiles) == 1:
                 mark_done(plan, stage, tiles[0].name)
