@@ -4,6 +4,8 @@
 entry segments a tile's `infer_box` with the tile's group's latest checkpoint (or the spec's
 `ffn.inference.checkpoint`). Progress is saved beside the output as `<output>.state` every
 few minutes and on SIGUSR1/SIGTERM (exit layout.EXIT_REQUEUE), and picked up by the next run.
+With ffn.inference.tiles_per_task K a plan task segments K tiles side by side in one process,
+their FOVs in one model call (`segment_tiles`, ffn/multi_tile.py), each tile as it would alone.
 """
 
 from __future__ import annotations
