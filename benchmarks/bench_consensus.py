@@ -53,7 +53,8 @@ def parse_box(text: str):
 
 
 def run_pass(raw, predict, mp, params, seeds, path: Path, log):
-    """One inference pass, saved to `path` (seg + origins + counters); reused when present."""
+    """One inference pass, saved to `path` (seg + origins + counters); reused when present
+    (None when absent and `predict` is None: --cached-only)."""
     import h5py
 
     from hpcffn.ffn.inference import segment_volume
@@ -63,6 +64,8 @@ def run_pass(raw, predict, mp, params, seeds, path: Path, log):
     if path.is_file():
         with h5py.File(path, "r") as f:
             return f["seg"][...], origin_table.read(f), dict(f.attrs)
+    if predict is None:
+        return None
     t0 = time.perf_counter()
     res = segment_volume(raw, predict, mp, params, state_path=path.with_name(path.name + ".state"),
                          fp=path.name, seeds=seeds, log=log)
@@ -98,6 +101,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_consensus"),
                     help="where each pass's segmentation is kept (and reused)")
     ap.add_argument("--parallel-fills", type=int, default=1, help="seeds filled side by side (same segmentation)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="segment nothing: score the passes already in --workdir (a setting whose reverse pass is "
+                    "missing gets its forward row only)")
     a = ap.parse_args()
 
     import h5py
@@ -123,9 +129,11 @@ def main() -> int:
     mp = ModelParams()
     p = pretrained(a.checkpoint)
     ckpt = p.path() if p else a.checkpoint
-    model = build_model(mp)
-    load_weights(model, ckpt)
-    predict = make_predict(model, fov_zyx(mp))
+    predict = None
+    if not a.cached_only:
+        model = build_model(mp)
+        load_weights(model, ckpt)
+        predict = make_predict(model, fov_zyx(mp))
     a.workdir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(map(str, start + size))
 
@@ -138,14 +146,22 @@ def main() -> int:
     rows = []
     for name in a.settings.split(","):
         params = InferenceParams(checkpoint_minutes=2.0, parallel_fills=a.parallel_fills, **SETTINGS[name])
-        fwd, fwd_origins, fa = run_pass(raw, predict, mp, params, None, a.workdir / f"{name}_{tag}_forward.h5", log)
+        forward = run_pass(raw, predict, mp, params, None, a.workdir / f"{name}_{tag}_forward.h5", log)
+        if forward is None:
+            print(f"{name}: no forward pass in {a.workdir} (--cached-only)")
+            continue
+        fwd, fwd_origins, fa = forward
         log(f"{name} forward: {fa}")
+        rows.append((f"{name} forward", score(fwd, gt, inner), int(fa["fov_evaluations"]), fa["seconds"]))
         rev_params = params.model_copy(update={"seed_policy": "invert_origins"})
-        rev, _, ra = run_pass(raw, predict, mp, rev_params, origin_table.inverted_seeds(fwd_origins),
-                              a.workdir / f"{name}_{tag}_reverse.h5", log)
+        reverse = run_pass(raw, predict, mp, rev_params, origin_table.inverted_seeds(fwd_origins),
+                           a.workdir / f"{name}_{tag}_reverse.h5", log)
+        if reverse is None:
+            print(f"{name}: no reverse pass in {a.workdir} (--cached-only)")
+            continue
+        rev, _, ra = reverse
         log(f"{name} reverse: {ra}")
         both = int(fa["fov_evaluations"] + ra["fov_evaluations"])
-        rows.append((f"{name} forward", score(fwd, gt, inner), int(fa["fov_evaluations"]), fa["seconds"]))
         rows.append((f"{name} reverse", score(rev, gt, inner), int(ra["fov_evaluations"]), ra["seconds"]))
         # FFN's consensus, then the ways to keep its small pieces: every piece its own segment
         # (split_min_size 0), or small pieces back to their forward segment (small_pieces forward)
@@ -166,6 +182,8 @@ def main() -> int:
     print()
     for name in a.settings.split(","):
         got = {label.split(" ", 1)[1]: m for label, m, _, _ in rows if label.startswith(name + " ")}
+        if "forward" not in got:
+            continue
         fw = got["forward"]
         for variant, co in got.items():
             if not variant.startswith("consensus"):

@@ -96,6 +96,11 @@ def test_consensus_plan_runs_end_to_end_with_the_local_runner(tmp_path):
     _check_outputs(workdir)
     status = subprocess.run([*HPCFFN, "status", str(workdir)], capture_output=True, text=True, check=False)
     assert status.returncode == 0 and "reverse_g0" in status.stdout and "consensus" in status.stdout
+    report = subprocess.run([*HPCFFN, "report", str(workdir)], capture_output=True, text=True, check=False)
+    assert report.returncode == 0, report.stderr
+    pictures = {p.name for p in (workdir / "report").glob("tile_*.png")}
+    shown = {n for n in pictures if not n.endswith(("_forward.png", "_reverse.png"))}
+    assert shown and all(n.replace(".png", f"_{k}.png") in pictures for n in shown for k in ("forward", "reverse"))
     again = subprocess.run([*HPCFFN, "run", str(workdir), "--resume", "--no-progress"], capture_output=True,
                            text=True, check=False)
     assert again.returncode == 0, again.stderr  # nothing left to do: every unit has its marker
