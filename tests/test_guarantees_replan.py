@@ -323,3 +323,20 @@ def test_a_plan_killed_before_plan_json_is_refused_by_tasks(tmp_path, monkeypatc
     assert hpcffn("plan", tmp_path / "exp.yaml").returncode == 0  # planning again puts it right
     task_plan, unit = load_task_plan(old.layout.plan, "partitions", 0)
     assert task_plan.tile(unit).box.size[0] == 50
+
+
+def test_a_tile_of_a_task_of_several_tiles_is_done_only_for_the_plan_it_was_made_for(tmp_path):
+    # tiles_per_task > 1: a task skips its tiles whose markers say done; those markers must certify
+    # the tiles' meaning, or a re-plan with new inference settings would keep their old results.
+    from hpcffn.stages.markers import is_done, mark_done
+
+    _, plan = _planned(tmp_path, ffn={"inference": {"tiles_per_task": 2}})
+    tiles = [t.name for t in plan.tiles]
+    for t in tiles:
+        mark_done(plan, "infer", t)
+    assert all(is_done(plan, "infer", t) for t in tiles)
+    _, same = _planned(tmp_path, ffn={"inference": {"tiles_per_task": 2}})
+    assert all(is_done(same, "infer", t) for t in tiles)
+    proc, changed = _planned(tmp_path, ffn={"inference": {"tiles_per_task": 2, "segment_threshold": 0.7}})
+    assert proc.returncode == 0, proc.stderr
+    assert not any(is_done(changed, "infer", t) for t in tiles)

@@ -146,6 +146,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between saved progress.", rich_help_panel=_INFER)] = None,
         batch_size: Annotated[int | None, typer.Option(help="FOVs per model call (movement policy face_centre only).", rich_help_panel=_INFER)] = None,
         parallel_fills: Annotated[int | None, typer.Option(help="Seeds filled side by side, one FOV each per model call (same result; for GPUs).", rich_help_panel=_INFER)] = None,
+        precision: Annotated[str | None, typer.Option(help="float32 (FFN's segmentation) or mixed_float16 (float16 network; GPUs).", rich_help_panel=_INFER)] = None,
         xla: Annotated[bool, typer.Option("--xla", help="Compile the model with XLA.", rich_help_panel=_INFER)] = False,
     ) -> None:
         """Stage 4: flood-filling segmentation (exit 0 done; 75 after saving progress on SIGUSR1/SIGTERM)."""
@@ -158,6 +159,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
               "disco_seed_threshold": disco_seed_threshold,
               "seed_threshold": seed_threshold, "seed_min_distance": seed_min_distance,
               "checkpoint_minutes": checkpoint_minutes, "batch_size": batch_size, "parallel_fills": parallel_fills,
+              "precision": precision,
               "checkpoint": checkpoint}
         if plan is not None:
             if tile is None or image or output or bbox or mask or origins:

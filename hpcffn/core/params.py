@@ -144,6 +144,10 @@ class ConsensusParams(_Strict):
         return v
 
 
+# Newer inference options left out of plan.json while they hold their default (see the serializer).
+_UNSET_DEFAULTS = {"tiles_per_task": 1, "precision": "float32", "fov_per_second": None}
+
+
 class InferenceParams(_Strict):
     """Stage 4 (flood-filling inference); the defaults are Google FFN's (see docs/train_infer.md)."""
 
@@ -183,6 +187,21 @@ class InferenceParams(_Strict):
         description="face_max: fills of this many seeds run side by side, one FOV each per model call (for GPUs); "
         "speculative and checked, so the segmentation is exactly the one-fill-at-a-time result",
     )
+    tiles_per_task: int = Field(
+        1, ge=1, le=64,
+        description="tiles one infer array task segments side by side, their FOVs evaluated together in one "
+        "model call (for GPUs); every tile's segmentation is the one it gets alone. The array has "
+        "ceil(tiles/K) tasks",
+    )
+    precision: Literal["float32", "mixed_float16"] = Field(
+        "float32", description="mixed_float16: the network computes in float16 (GPUs; FFN's manual: 2x+ faster "
+        "at a slightly higher merge rate); float32 reproduces FFN's segmentation",
+    )
+    fov_per_second: float | None = Field(
+        None, gt=0, description="inference FOVs per second one task reaches at this tiles_per_task (measure it "
+        "with benchmarks/bench_gpu.py); the plan's GPU-hour estimate uses it. Default: "
+        "4.5, Google FFN's own FIB-25 run on a 2-core CPU (docs/train_infer.md)",
+    )
     consensus: ConsensusParams | None = Field(
         None, description="off by default; {passes: [forward, reverse], split_min_size: 1000}: a reverse pass per tile "
         "and FFN's split consensus of the two become the tile's segmentation"
@@ -190,10 +209,14 @@ class InferenceParams(_Strict):
 
     @model_serializer(mode="wrap")
     def _without_unset_consensus(self, handler):
-        # Plans without consensus keep their plan.json and resolved spec byte for byte.
+        # Plans without consensus (or tiles_per_task, precision, fov_per_second) keep their plan.json
+        # and resolved spec byte for byte.
         out = handler(self)
         if out.get("consensus", 0) is None:
             del out["consensus"]
+        for key, default in _UNSET_DEFAULTS.items():
+            if key in out and out[key] == default:
+                del out[key]
         return out
 
 

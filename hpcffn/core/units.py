@@ -21,9 +21,10 @@ from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoti
 from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
+from hpcffn.core.bundles import first_and_count, is_bundle, members
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
-from hpcffn.core.plan_model import Plan, TilePlan, load_plan
+from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
 
 
 def head_of(plan: Plan) -> Plan:
@@ -33,9 +34,14 @@ def head_of(plan: Plan) -> Plan:
     return plan.model_copy(update={"tiles": [], "groups": groups, "jobs": jobs})
 
 
-def unit_lines(units: list[str], records: dict[str, str]) -> str:
-    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name)."""
-    lines = [records.get(u) or '{"name": ' + _quote(u) + "}" for u in units]  # = json.dumps({"name": u})
+def unit_lines(units: list[str], records: dict[str, str], members: dict[str, list[str]] | None = None) -> str:
+    """The fixed-width lines of a job's unit index (`records`: tile name -> its JSON; others by name).
+
+    `members`: a bundle unit (core/bundles.py) -> its tiles; its line is {"name": B, "tiles": [records]}."""
+    members = members or {}
+    lines = [records.get(u) or ('{"name":' + _quote(u) + ',"tiles":[' + ",".join(records[t] for t in members[u]) + "]}"
+                                if u in members else '{"name": ' + _quote(u) + "}")  # = json.dumps({"name": u})
+             for u in units]
     width = max(map(len, lines), default=0)
     return "".join([x.ljust(width) + "\n" for x in lines])
 
@@ -78,7 +84,8 @@ def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = N
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                text = unit_lines(job.units, records)
+                members = task_tiles(plan, job) if job.stage in ("infer", "reverse") else None
+                text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(folder / lay.unit_index(job.name).name, text)
         if fingerprints is not None:
@@ -117,6 +124,9 @@ def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
     where = _TASKS.get((plan.workdir, stage, unit))
     if where is None:
         where = next(((j.name, j.units.index(unit)) for j in plan.jobs if j.stage == stage and unit in j.units), None)
+    if where is None:  # a tile of a task of several tiles: its marker certifies that task's meaning
+        where = next(((j.name, i) for j in plan.jobs if j.stage == stage for i, u in enumerate(j.units)
+                      if is_bundle(u) and unit in {t.name for t in members(plan.tiles, u)}), None)
     return read_fingerprint(plan.workdir, *where) if where is not None else None
 
 
@@ -176,8 +186,43 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     _TASKS[(head.workdir, stage, record["name"])] = (job, index)
     if set(record) == {"name"}:
         return head, record["name"]
+    if set(record) == {"name", "tiles"}:  # an infer task of several tiles (core/bundles.py)
+        tiles = [TilePlan.model_validate(t) for t in record["tiles"]]
+        return head.model_copy(update={"tiles": tiles}), record["name"]
     tile = TilePlan.model_validate(record)
     return head.model_copy(update={"tiles": [tile]}), tile.name
+
+
+def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
+    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py)."""
+    out = {}
+    for unit in job.units:
+        if is_bundle(unit):
+            found = members(plan.tiles, unit)
+            if len(found) != first_and_count(unit)[1]:
+                raise HpcffnError(f"task {unit} of job {job.name} does not match the plan's tiles; re-run `hpcffn plan`")
+            out[unit] = [t.name for t in found]
+    return out
+
+
+def infer_task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
+    """`task_tiles` of a plan loaded with or without its tiles (status reads plan.json without
+    them): from the plan's tiles, else from the job's unit index. {} for one tile per task."""
+    if not any(is_bundle(u) for u in job.units):
+        return {}
+    if plan.tiles:
+        return task_tiles(plan, job)
+    out = {}
+    try:
+        with open(plan.layout.unit_index(job.name), encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                if "tiles" in record:
+                    out[record["name"]] = [t["name"] for t in record["tiles"]]
+    except (OSError, ValueError):
+        raise HpcffnError(f"cannot read the tasks of {job.name} from {plan.layout.unit_index(job.name)}; "
+                          "re-run `hpcffn plan`") from None
+    return out
 
 
 def _workdir(plan_path: str | Path) -> Path:

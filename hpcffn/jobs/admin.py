@@ -13,9 +13,10 @@ import signal
 import socket
 from pathlib import Path
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.units import infer_task_tiles
+from hpcffn.jobs import slurm
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
@@ -76,10 +77,13 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
     out = []
     tile_groups = {x.name: x.group for x in plan.tiles}
     for job in jobs:
+        # a task of several tiles (tiles_per_task) is found by any of its tiles too
+        members = infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}
         for t in job_tasks(job):
             unit = unit_of(job, t)
             tile_group = tile_groups.get(unit)
-            if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)):
+            if which is None or which in (unit, job.group, tile_group) or (job.array and which == str(t)) \
+                    or which in members.get(unit, ()):
                 out.append((job.name, t))
     if not out:
         raise HpcffnError(f"no {stage} task for {which!r}: give a group, tile or volume name of the plan (see `hpcffn status --json`)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.units import infer_task_tiles
 from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
 from hpcffn.jobs.observe import JobTasks, observe_jobs, output_of
@@ -127,17 +128,23 @@ def collect(plan: Plan, detail: bool = True) -> Report:
         c = columns[job.name]
         states = _labels(c)
         output = path_pattern(output_of(plan, job.stage))
-        exists = listing.each(output, c.units)
+        bundled = infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}
+        exists = listing.each(output, c.units) if not bundled else []
         extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
+        tile_counts = None
         if job.stage == "train":
             extra = {i: {"step": checkpoint_step(plan.layout.train_dir(u))} for i, u in enumerate(c.units)}
+        elif bundled:  # tiles_per_task > 1: outputs and progress per tile, a task done when all its tiles are
+            progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
+            exists, extra, tile_counts = _bundled_infer(plan, c.units, bundled, output, progress, listing)
         elif job.stage in ("infer", "reverse"):
             progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             # Listed first: most tiles have no progress file, and opening each would cost.
             started = listing.each(progress, c.units)
             extra = {i: {"seeds": infer_progress(Path(output(u))) if started[i] else None}
                      for i, u in enumerate(c.units) if not exists[i]}
-        tasks = _detail(c, states, list(map(output, c.units)), exists, extra) if detail else []
+        outs = [None if u in bundled else output(u) for u in c.units]  # a task of several tiles: see its tiles
+        tasks = _detail(c, states, outs, exists, extra) if detail else []
         report.notes[job.name] = {
             "requeues": sum(i.restarts or 0 for i in c.infos if i is not None),  # SLURM's count, or the local runner's
             "steps": [e["step"] or 0 for e in extra.values() if "step" in e],
@@ -148,7 +155,27 @@ def collect(plan: Plan, detail: bool = True) -> Report:
             "counts": dict(Counter(c.categories)), "states": dict(Counter(states)),
             "job_ids": sorted({s.job_id for s in c.subs if s is not None}), "outputs": sum(exists), "detail": tasks,
         })
+        if tile_counts is not None:
+            report.rows[-1].update(tile_outputs=tile_counts[0], tiles=tile_counts[1])
     return report
+
+
+def _bundled_infer(plan: Plan, units: list[str], bundled: dict[str, list[str]], output, progress,
+                   listing: Listing) -> tuple[list[bool], dict[int, dict], tuple[int, int]]:
+    """An infer array of several tiles per task: (each task's outputs all there, "seeds" of its
+    part-way tiles summed, (tile outputs, tiles))."""
+    tiles_of = [bundled.get(u, [u]) for u in units]
+    flat = [t for ts in tiles_of for t in ts]
+    there = dict(zip(flat, listing.each(output, flat)))
+    started = dict(zip(flat, listing.each(progress, flat)))
+    exists = [all(there[t] for t in ts) for ts in tiles_of]
+    extra: dict[int, dict] = {}
+    for i, ts in enumerate(tiles_of):
+        if exists[i]:
+            continue
+        parts = [p for t in ts if not there[t] and started[t] and (p := infer_progress(Path(output(t))))]
+        extra[i] = {"tiles": ts, "seeds": (sum(d for d, _ in parts), sum(n for _, n in parts)) if parts else None}
+    return exists, extra, (sum(there.values()), len(flat))
 
 
 def _detail(c: JobTasks, states: list[str], outs: list, exists: list[bool], extra: dict[int, dict]) -> list[dict]:
@@ -183,6 +210,8 @@ def render_table(plan: Plan, report: Report):
         notes = report.notes.get(r["job"]) or _notes_of(r)
         states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
         outputs = f"{r['outputs']}/{r['tasks']}"
+        if "tiles" in r:  # several tiles per task
+            outputs += f" ({r['tile_outputs']}/{r['tiles']} tiles)"
         steps, seeds, requeues = notes["steps"], notes["seeds"], notes["requeues"]
         if steps and r["outputs"] < r["tasks"]:  # training still has steps to go: show the slowest
             outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"

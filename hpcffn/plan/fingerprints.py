@@ -14,6 +14,7 @@ longer done, whatever its marker, its name or SLURM say.
                 which leave the result as it is, nor the consensus settings past on/off), its
                 model's, its volume's
     reverse     the tile's forward pass's (its seeds are that pass's origins)
+    (a task of several tiles, tiles_per_task > 1: its tiles' together; their markers hold it)
     consensus   ffn.inference.consensus and the tile's reverse pass's
     joins, resolve, relabel   ffn.stitch and every infer fingerprint of the volume
     pyramid     subvolume.size and every volume's resolve fingerprint
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 from hashlib import blake2b
 
+from hpcffn.core.bundles import is_bundle, members
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import tile_records
 
@@ -114,6 +116,9 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
         table = fps.get(job.stage)
         if table is None:  # a stage this module does not know yet: changed by any change at all
             table = {u: _h("other", job.stage, everything) for u in job.units}
+        if job.stage in ("infer", "reverse") and any(map(is_bundle, job.units)):  # tiles_per_task > 1
+            table = {**table, **{u: _h("tiles", *(table[t.name] for t in members(plan.tiles, u)))
+                                 for u in job.units if is_bundle(u)}}
         try:
             out[job.name] = list(map(table.__getitem__, job.units))
         except KeyError:  # a unit this module does not know yet: changed by any change at all

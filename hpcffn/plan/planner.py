@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcffn import __version__
+from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
 from hpcffn.core.params import FFNParams
@@ -301,11 +302,19 @@ def choose_stages(spec: Spec, volumes: list[VolumePlan], spec_path: Path, warnin
     return [s for s in SPEC_STAGES if s in spec.stages]
 
 
-def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consensus: bool = False) -> list[JobPlan]:
+def _task_units(tiles: list[str], k: int) -> list[str]:
+    """An infer (or reverse) array's units: its tiles, or with tiles_per_task K > 1 runs of K tiles
+    (core/bundles.py)."""
+    return tiles if k <= 1 else [bundle_name(b) for b in bundles(tiles, k)]
+
+
+def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consensus: bool = False,
+              tiles_per_task: int = 1) -> list[JobPlan]:
     """Jobs (without script hashes yet) in submission order, with afterok dependencies.
 
     `consensus` (ffn.inference.consensus): each forward infer array gets a reverse array over the
-    same tiles, and one consensus array over all tiles follows them."""
+    same tiles, and one consensus array over all tiles follows them. `tiles_per_task`: tasks of
+    the infer and reverse arrays segment that many tiles each."""
     names_by_stage: dict[str, list[str]] = {}
     jobs: list[JobPlan] = []
 
@@ -331,9 +340,9 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
             rest = by_group.get(None, [])
             for step in ("infer", "reverse") if consensus else ("infer",):
                 for g in groups:
-                    add(f"{step}_{g.name}", step, True, by_group.get(g.name, []), g.name)
+                    add(f"{step}_{g.name}", step, True, _task_units(by_group.get(g.name, []), tiles_per_task), g.name)
                 if rest or not groups:
-                    add(f"{step}_ungrouped" if groups else step, step, True, rest)
+                    add(f"{step}_ungrouped" if groups else step, step, True, _task_units(rest, tiles_per_task))
             if consensus:
                 add("consensus", "consensus", True, [t.name for t in tiles])
         elif stage == "stitch":  # the steps of docs/stitch.md
@@ -501,7 +510,8 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                     "a plan's first pass does not have; set ffn.inference.consensus to run a reverse pass after it")
     resources = {s: stage_resources(profile, spec.cluster, resource_stage(s)) for s in dict.fromkeys(SPEC_STAGES + STAGES)}
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
-    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, consensus=ffn.inference.consensus is not None)
+    jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, consensus=ffn.inference.consensus is not None,
+                     tiles_per_task=ffn.inference.tiles_per_task)
     warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)

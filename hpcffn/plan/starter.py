@@ -58,6 +58,11 @@ ffn:                           # everything here has FFN's usual default; a few 
     #                          # not for anisotropic ssTEM, other voxel sizes or stains)
     # parallel_fills: 8        # GPUs: fill 8 seeds side by side, one batched model call (the same
     #                          # segmentation as FFN's one-at-a-time loop; 1 = FFN's loop)
+    # tiles_per_task: 8        # GPUs: each infer task segments 8 tiles side by side, their FOVs in
+    #                          # one model call (each tile's result as alone; ceil(tiles/8) tasks)
+    # precision: mixed_float16 # GPUs: float16 network, faster, a slightly different segmentation
+    # fov_per_second: 60       # FOV/s of one task on your GPU (bench_gpu.py): `hpcffn plan` prints
+    #                          # the expected GPU-hours from it
   # stitch:                    # joining tiles: segments agreeing in the overlaps become one
   #   min_overlap_voxels: 100
   #   min_overlap_fraction: 0.5

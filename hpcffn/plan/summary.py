@@ -47,6 +47,7 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
         deps = sorted({d.job.split("_g")[0] for j in jobs for d in j.depends_on})
         jt.add_row(stage, str(len(jobs)), str(tasks), ", ".join(deps) or "-", *resource_cells(plan.spec, stage))
     console.print(jt)
+    print_infer_costs(console, plan)
 
     verb = "would write" if dry_run else "wrote"
     console.print(f"{verb} {len(report.written)} scripts ({len(report.unchanged)} unchanged) into {plan.workdir}/jobs, "
@@ -69,3 +70,25 @@ def print_plan_summary(planned, report, dry_run: bool) -> None:
     else:
         console.print(f"next: hpcffn check {plan.workdir} (each script runs once for seconds on its node), "
                       f"then hpcffn submit {plan.workdir}")
+
+
+def print_infer_costs(console, plan) -> None:
+    """Expected FOVs, model calls and GPU-hours of each infer job (hpcffn/plan/cost.py)."""
+    from rich.table import Table
+
+    from hpcffn.plan.cost import fov_rate, infer_costs
+
+    costs = infer_costs(plan)
+    if not costs:
+        return
+    rate, source = fov_rate(plan)
+    k = plan.ffn.inference.tiles_per_task
+    ct = Table(title=f"inference estimate: {k} tile{'s' if k > 1 else ''} per task, {rate:g} FOV/s per task",
+               title_justify="left")
+    for col in ("job", "tiles", "tasks", "FOVs", "model calls", "GPU-hours"):
+        ct.add_column(col)
+    for c in costs:
+        ct.add_row(c.job, str(c.tiles), str(c.tasks), f"{c.fovs:,.0f}", f"{c.model_calls:,.0f}", f"{c.hours:,.1f}")
+    console.print(ct)
+    console.print(f"  FOV/s from {source}; FOVs from the tiles' voxels at FIB-25 density (Google FFN's run on "
+                  "the reference box, dense neuropil: sparser tissue needs fewer); model calls about FOVs / tiles_per_task")

@@ -15,11 +15,17 @@ import numpy as np
 
 from hpcffn.core.atomic import atomic_write_bytes, atomic_write_text
 from hpcffn.core.plan_model import Plan
+from hpcffn.plan.cost import fov_rate, infer_costs
 from hpcffn.report import figures
 from hpcffn.report.accounting import stage_usage
 from hpcffn.report.evaluation import HOW_TO_READ, evaluation_rows, load_evaluation
 from hpcffn.report.events import read_scalars
-from hpcffn.report.slices import stitched_slice, tile_candidates, tile_segmentation_slice, volume_slice
+from hpcffn.report.slices import (
+    stitched_slice,
+    tile_candidates,
+    tile_segmentation_slice,
+    volume_slice,
+)
 
 TILE_STAGES = ("partitions", "infer", "reverse", "consensus")
 MAX_PIXELS = 1024  # a stitched slice wider than this is shown every n-th voxel
@@ -45,16 +51,25 @@ class Page:
     evaluation: list[dict] | None = None
     usage: dict | None = None
     status_rows: list[dict] = field(default_factory=list)
+    infer_costs: list = field(default_factory=list)  # plan/cost.py: expected FOVs, model calls, GPU-hours
+    fov_rate: tuple = ()
     notes: list[str] = field(default_factory=list)
 
 
 def _categories(plan: Plan, page: Page) -> dict[tuple[str, str], str]:
+    from hpcffn.core.units import infer_task_tiles
     from hpcffn.jobs.status import collect
 
     report = collect(plan)
     page.notes += report.warnings
     page.status_rows = report.rows
-    return {(r["stage"], t["unit"]): t["category"] for r in report.rows for t in r["detail"]}
+    cats = {(r["stage"], t["unit"]): t["category"] for r in report.rows for t in r["detail"]}
+    for job in plan.jobs:  # a task of several tiles: each tile done by its marker, else as its task
+        for unit, tiles in (infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}).items():
+            for tile in tiles:
+                done = plan.layout.marker(job.stage, tile).is_file()
+                cats[(job.stage, tile)] = "done" if done else cats.get((job.stage, unit), "never")
+    return cats
 
 
 def tile_grids(plan: Plan, cats: dict) -> list[Picture]:
@@ -148,6 +163,8 @@ def gather(plan: Plan, tiles_shown: int = 3) -> Page:
     page.evaluation = evaluation_rows(plan, evaluation) if evaluation is not None else None
     page.overlays = overlay_pictures(plan, tiles_shown)
     page.usage = stage_usage(plan)
+    page.infer_costs = infer_costs(plan)
+    page.fov_rate = fov_rate(plan)
     return page
 
 

@@ -78,7 +78,13 @@ def _inputs(plan: Plan, stage: str, unit: str | None, job: str | None = None) ->
         volumes = []  # reads the two passes in the workdir only
     elif stage == "convert" and unit is not None:
         volumes = [plan.volume(plan.task_unit("convert", unit))]
-    elif stage in ("partitions", "infer", "joins", "relabel") and unit is not None:
+    elif stage in ("infer", "reverse") and unit is not None:
+        from hpcffn.core.bundles import is_bundle, members
+
+        name = str(plan.task_unit(job, unit))  # a task of several tiles (tiles_per_task) reads all their volumes
+        tiles = members(plan.tiles, name) if is_bundle(name) else [plan.tile(name)]
+        volumes = [plan.volume(v) for v in dict.fromkeys(t.volume for t in tiles)]
+    elif stage in ("partitions", "joins", "relabel") and unit is not None:
         volumes = [plan.volume(plan.tile(plan.task_unit(job, unit)).volume)]
     elif stage in ("stitch", "resolve") and unit is not None:
         volumes = [plan.volume(plan.task_unit(job, unit))]

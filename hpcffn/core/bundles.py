@@ -1,0 +1,46 @@
+"""Infer tasks of several tiles (`ffn.inference.tiles_per_task` K): a task's unit is a bundle.
+
+An infer array with K > 1 runs ceil(tiles/K) tasks; task i segments the i-th run of K tiles of
+its job (in plan order). Its unit is named `<first tile>+<n>`: the first tile and the n that
+follow it in the job (a tile name never ends in `+<digits>`). Tiles keep their own outputs,
+progress files and markers; the bundle's marker is written when all of its tiles are done,
+so a finished task reads as done like any other.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BUNDLE = re.compile(r"^(?P<first>.+)\+(?P<more>[0-9]+)$")
+
+
+def bundle_name(tiles: list[str]) -> str:
+    """The unit name of a task of `tiles` (one tile: its own name)."""
+    return tiles[0] if len(tiles) == 1 else f"{tiles[0]}+{len(tiles) - 1}"
+
+
+def bundles(tiles: list[str], k: int) -> list[list[str]]:
+    """`tiles` in runs of `k` (the last may be shorter)."""
+    k = max(1, int(k))
+    return [tiles[i:i + k] for i in range(0, len(tiles), k)]
+
+
+def is_bundle(unit: str) -> bool:
+    return _BUNDLE.match(unit) is not None
+
+
+def first_and_count(unit: str) -> tuple[str, int]:
+    """(first tile, number of tiles) of a unit (a plain tile: itself, 1)."""
+    m = _BUNDLE.match(unit)
+    return (m["first"], int(m["more"]) + 1) if m else (unit, 1)
+
+
+def members(tiles: list, unit: str) -> list:
+    """The TilePlans of task `unit` among `tiles` (the plan's, or a task plan's own): the first tile
+    and those that follow it in the same group, as the planner made the runs; [] if not found."""
+    first, count = first_and_count(unit)
+    at = next((i for i, t in enumerate(tiles) if t.name == first), None)
+    if at is None:
+        return []
+    group = tiles[at].group
+    return [t for t in tiles[at:] if t.group == group][:count]
