@@ -134,6 +134,21 @@ def test_what_one_tile_left_unsegmented_does_not_block_a_join():
     assert agreeing_pairs(a, b, StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5)).tolist() == [[7, 1]]
 
 
+def test_fraction_of_smaller_joins_every_piece_of_a_body_one_tile_split():
+    # Tile B holds one body as segment 1; tile A split it into 7 (70%) and 8 (30%). As FIB-25's
+    # tiles do near faces (docs/real_data.md): with `larger` only 7 joins and 8 stays a split
+    # at the face; with `smaller` both join (and so would two objects B had merged: its cost).
+    a = np.full((4, 10, 10), 7, np.uint64)
+    a[:, :, 7:] = 8
+    b = np.ones((4, 10, 10), np.uint64)
+    larger = StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5)
+    assert agreeing_pairs(a, b, larger).tolist() == [[7, 1]]
+    smaller = StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.9, fraction_of="smaller")
+    assert agreeing_pairs(a, b, smaller).tolist() == [[7, 1], [8, 1]]
+    b[:, 5:, :] = 2  # B cuts across both of A's pieces: none lies 90% inside the other's: no join
+    assert agreeing_pairs(a, b, smaller).shape == (0, 2)
+
+
 def test_grid_cores_split_overlaps_in_the_middle():
     boxes = [((0, 0, 0), (10, 10, 40)), ((0, 0, 32), (10, 10, 40)), ((0, 0, 64), (10, 10, 16))]
     cores = grid_cores(boxes, ["a", "b", "c"])

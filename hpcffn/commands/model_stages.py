@@ -223,14 +223,16 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         output: Annotated[str | None, typer.Option("--output", help="Standalone: stitched volume out.h5[:seg].")] = None,
         shape: Annotated[str | None, typer.Option("--shape", help="Standalone: z,y,x volume shape (default: what the tiles reach).")] = None,
         min_overlap_voxels: Annotated[int | None, typer.Option(help="Voxels two tiles' segments must share to be joined.")] = None,
-        min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger of the two there.")] = None,
+        min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger (--fraction-of) of the two there.")] = None,
+        fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (a tile's merge never spreads) or smaller (a tile's split pieces all join).")] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
     ) -> None:
         """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
         from hpcffn.core.params import StitchParams
         from hpcffn.stages import stitch as stage
 
-        overrides = {"min_overlap_voxels": min_overlap_voxels, "min_overlap_fraction": min_overlap_fraction}
+        overrides = {"min_overlap_voxels": min_overlap_voxels, "min_overlap_fraction": min_overlap_fraction,
+                     "fraction_of": fraction_of}
         if plan is not None:
             if volume is None:
                 raise HpcffnError("--plan needs --volume NAME|INDEX (the array task id in the rendered script)")

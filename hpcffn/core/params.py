@@ -228,7 +228,13 @@ class StitchParams(_Strict):
     )
     min_overlap_fraction: float = Field(
         0.5, gt=0, le=1,
-        description="...and that share must be at least this fraction of the larger segment there",
+        description="...and that share must be at least this fraction of the larger (or smaller, see fraction_of) "
+        "segment there",
+    )
+    fraction_of: Literal["larger", "smaller"] = Field(
+        "larger", description="larger: a merge inside one tile never spreads into its neighbour, but a body one tile "
+        "split is joined only through its largest piece; smaller: every piece lying mostly inside the neighbour's "
+        "segment is joined (fewer splits at tile faces, a tile's merge spreads) - docs/real_data.md measures both",
     )
 
 

@@ -8,10 +8,13 @@ tile owns, relabelled 1..K, into one `seg` dataset the size of the volume.
 
 Two segments a, b of neighbouring tiles are joined when, inside the shared region, they
 cover at least `min_overlap_voxels` common voxels and that is at least
-`min_overlap_fraction` of the larger of the two there, both counted where both tiles
-segmented (what one tile left unsegmented is not a disagreement). Measuring against the larger one keeps
-a merge error in one tile from spreading: a segment that wrongly holds two objects agrees
-well with at most one of the neighbour's.
+`min_overlap_fraction` of the larger of the two there (`fraction_of: larger`), both counted where
+both tiles segmented (what one tile left unsegmented is not a disagreement). Measuring against
+the larger one keeps a merge error in one tile from spreading: a segment that wrongly holds two
+objects agrees well with at most one of the neighbour's. But a body that one tile split in two
+is then joined only through its larger piece: the other stays split at the face.
+`fraction_of: smaller` joins every piece that lies mostly inside the neighbour's segment, and so
+also spreads a tile's merge (docs/real_data.md measures both on FIB-25).
 
 Memory stays bounded: tiles are read in z-slabs of SLAB_VOXELS, and only the shared regions
 (one pair at a time) are read whole for the comparison.
@@ -28,8 +31,8 @@ import numpy as np
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import StitchParams
-from hpcffn.io.labeling import merge_ids, pair_counts
 from hpcffn.core.plan_model import Plan
+from hpcffn.io.labeling import merge_ids, pair_counts
 from hpcffn.io.volumes import Location, open_dataset, parse_location, segmentation_box
 
 SLAB_VOXELS = 8 * 2**20  # voxels read at a time (64 MB of uint64 ids): 26 slices of a 564^2 tile
@@ -98,8 +101,9 @@ def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.nda
     ua, ca = np.unique(a[both], return_counts=True)
     ub, cb = np.unique(b[both], return_counts=True)
     pa, pb, common = pair_counts(a[both], b[both])
-    larger = np.maximum(ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)])
-    keep = (common >= params.min_overlap_voxels) & (common >= params.min_overlap_fraction * larger)
+    size_a, size_b = ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)]
+    reference = np.maximum(size_a, size_b) if params.fraction_of == "larger" else np.minimum(size_a, size_b)
+    keep = (common >= params.min_overlap_voxels) & (common >= params.min_overlap_fraction * reference)
     return np.stack([pa[keep], pb[keep]], axis=1).astype(np.uint64)
 
 

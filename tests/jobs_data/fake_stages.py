@@ -45,13 +45,19 @@ output = {"convert": lambda: layout.converted_volume(unit), "partitions": lambda
           "joins": lambda: layout.joins(unit), "resolve": lambda: layout.relabelling(unit),
           "relabel": lambda: None, "pyramid": lambda: None,  # these write into the volume store: marker only
           "stitch": lambda: layout.stitched_hdf5(unit), "evaluate": lambda: layout.evaluation_report,
-          "train": lambda: layout.train_dir(unit) / "ckpt-fake.index"}[stage]()
+          # what status takes for a finished training: the checkpoint at max_steps
+          "train": lambda: layout.train_dir(unit) / f"ckpt-{json.loads(plan.read_text())['ffn']['training']['max_steps']}.index",
+          }[stage]()
 if output is not None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("fake\n")
 marker = layout.marker(stage, unit)
 marker.parent.mkdir(parents=True, exist_ok=True)
-marker.write_text("{}\n")
+# The marker certifies the unit as `hpcffn plan` fingerprinted it (plan/fingerprints.py).
+from hpcffn.core.plan_model import load_plan as _load_plan  # noqa: E402
+from hpcffn.core.units import task_fingerprint  # noqa: E402
+
+marker.write_text(json.dumps({"fingerprint": task_fingerprint(_load_plan(plan), stage, unit)}) + "\n")
 record = {"stage": stage, "job": job, "unit": unit, "key": key, "start": start, "end": time.time(),
           "slurm_job": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
           "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID")}
