@@ -33,6 +33,15 @@ def run_steps(plan, params=None, log=lambda s: None) -> None:
                 modules[job.stage].run_from_plan(plan, unit, log=log, **extra)
 
 
+@pytest.fixture
+def stitched(planned):  # noqa: F811
+    """The tiny plan, its tiles segmented (fake_inference) and stitched by the planned steps."""
+    plan, labels = planned
+    fake_inference(plan, labels)
+    run_steps(plan)
+    return plan
+
+
 def test_parallel_stitch_gives_the_single_task_result(planned, monkeypatch):  # noqa: F811
     monkeypatch.setattr(single, "SLAB_VOXELS", 5 * 74 * 70)  # tiles read a few slices at a time
     plan, labels = planned

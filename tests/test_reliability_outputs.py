@@ -13,18 +13,10 @@ import textwrap
 import numpy as np
 import pytest
 from test_model_stitch import fake_inference, planned  # noqa: F401 (fixture)
-from test_model_stitch_volume import run_steps
+from test_model_stitch_volume import stitched  # noqa: F401 (fixture)
 from test_plan_cli import assert_one_line_error, hpcffn
 
 from hpcffn.stages import joins, resolve
-
-
-@pytest.fixture
-def stitched(planned):  # noqa: F811
-    plan, labels = planned
-    fake_inference(plan, labels)
-    run_steps(plan)
-    return plan
 
 
 def _chunk(plan, level=0):
@@ -43,7 +35,7 @@ def _readers(plan, tmp_path):
 # ------------------------------------------------------------------ 10, 15. damaged stitched store
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_a_damaged_chunk_is_refused_by_every_reader_naming_store_and_chunk(stitched, tmp_path, damage):
+def test_a_damaged_chunk_is_refused_by_every_reader_naming_store_and_chunk(stitched, tmp_path, damage):  # noqa: F811
     store, chunk = _chunk(stitched)
     key = chunk.relative_to(store).as_posix()
     if damage == "deleted":
@@ -57,7 +49,7 @@ def test_a_damaged_chunk_is_refused_by_every_reader_naming_store_and_chunk(stitc
     assert not (tmp_path / "out.tif").exists()
 
 
-def test_verify_says_whole_or_lists_the_damaged_chunks(stitched):
+def test_verify_says_whole_or_lists_the_damaged_chunks(stitched):  # noqa: F811
     proc = hpcffn("verify", stitched.layout.root)
     assert proc.returncode == 0 and "v1: whole" in proc.stdout, proc.stdout + proc.stderr
     store, chunk = _chunk(stitched)
@@ -85,7 +77,7 @@ def test_an_unfinished_stitch_is_not_damage_for_verify_or_report(planned, tmp_pa
     assert list((tmp_path / "report").glob("tile_*.png")) and not (tmp_path / "report" / "stitched_v1.png").exists()
 
 
-def test_view_without_the_view_extra_names_it(stitched, tmp_path):
+def test_view_without_the_view_extra_names_it(stitched, tmp_path):  # noqa: F811
     # As on an install without neuroglancer: importing it fails.
     shadow = tmp_path / "shadow"
     shadow.mkdir()
@@ -178,7 +170,7 @@ def test_disk_full_while_writing_zarr_chunks_names_the_store_and_chunk(tmp_path)
 
 # ------------------------------------------------------------------ 20. what a killed resolve left
 
-def test_the_next_resolve_removes_what_a_killed_resolve_left(stitched):
+def test_the_next_resolve_removes_what_a_killed_resolve_left(stitched):  # noqa: F811
     plan = stitched
     folder = plan.layout.stitched("v1").parent
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

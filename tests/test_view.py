@@ -14,19 +14,11 @@ import threading
 import urllib.request
 
 import pytest
-from test_model_stitch import fake_inference, planned  # noqa: F401 (fixture)
-from test_model_stitch_volume import run_steps
+from test_model_stitch import planned  # noqa: F401 (fixture)
+from test_model_stitch_volume import stitched  # noqa: F401 (fixture)
 
 neuroglancer = pytest.importorskip("neuroglancer")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def stitched(planned):  # noqa: F811
-    plan, labels = planned
-    fake_inference(plan, labels)
-    run_steps(plan)
-    return plan
 
 
 def _screenshot(viewer, timeout: float):
@@ -39,7 +31,7 @@ def _screenshot(viewer, timeout: float):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package chromium)")
-def test_headless_chromium_shows_the_three_layers(stitched, tmp_path):
+def test_headless_chromium_shows_the_three_layers(stitched, tmp_path):  # noqa: F811
     from hpcffn.io.viewer import serve
 
     session = serve(stitched, bind="127.0.0.1")
@@ -68,7 +60,7 @@ def test_headless_chromium_shows_the_three_layers(stitched, tmp_path):
         session.close()
 
 
-def test_cli_prints_the_url_and_the_tunnel_and_serves(stitched):
+def test_cli_prints_the_url_and_the_tunnel_and_serves(stitched):  # noqa: F811
     # started with SIGINT ignored, as a shell starts a background job: Ctrl-C must stop it anyway
     proc = subprocess.Popen([sys.executable, "-m", "hpcffn.cli", "view", str(stitched.layout.root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
