@@ -168,9 +168,11 @@ class ClusterPlan(_AsWritten):
         """(MaxArraySize, MaxSubmitJobs, where the size came from): the spec's own, else what SLURM
         says (submit asks it; the planner cannot), else the profile's. Sources: "spec", "slurm",
         "profile"; None with no size anywhere."""
-        size, source = next(((v, s) for v, s in ((self.max_array_size, "spec"), (slurm_size, "slurm"),
-                                                 (self.profile_max_array_size, "profile")) if v), (None, None))
-        return size, self.max_submit_jobs or slurm_submit or self.profile_max_submit_jobs, source
+        submit = self.max_submit_jobs or slurm_submit or self.profile_max_submit_jobs
+        for size, source in ((self.max_array_size, "spec"), (slurm_size, "slurm"), (self.profile_max_array_size, "profile")):
+            if size:
+                return size, submit, source
+        return None, submit, None
 
     def resources(self, stage: str) -> dict:
         """The resources a stage asked for, as written (unset ones left out)."""
