@@ -85,7 +85,8 @@ def test_the_spec_switches_clahe_on_for_converted_volumes(tmp_path):
 
     spec = spec_dict(convert={"clahe": {"enabled": True, "kernel_size": [8, 32, 32]}})
     planned = make_plan(write_spec(tmp_path, spec))
-    assert planned_clahe(planned.plan) == {"kernel_size": [8, 32, 32], "clip_limit": 0.01}
+    clahe = planned_clahe(planned.plan)
+    assert clahe is not None and clahe.kernel_size == (8, 32, 32) and clahe.clip_limit == 0.01
     # The plan's volume is HDF5 read in place: the plan says CLAHE does not reach it.
     assert any("convert.clahe applies to grayscale that convert writes; v1" in w for w in planned.warnings)
     write_tif_dir(tmp_path / "tifs")

@@ -8,7 +8,7 @@ import tifffile
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.io.labeling import foreground, label_volume
-from hpcffn.stages.convert import convert
+from hpcffn.stages.convert import ConvertOptions, convert
 from hpcffn.io.tif import TifStack, open_volume
 
 
@@ -89,8 +89,8 @@ def test_convert_tif_directory_natural_order(tmp_path):
     names = [f"s{i}.tif" for i in range(12)]  # s2 must come before s10
     write_slices(tmp_path / "gt", gt, names)
     write_slices(tmp_path / "raw", raw, names)
-    info = convert(tmp_path / "out.h5", raw=str(tmp_path / "raw"), groundtruth=str(tmp_path / "gt"),
-                   polarity="white", slab=2, progress=False)
+    info = convert(tmp_path / "out.h5", ConvertOptions(raw=str(tmp_path / "raw"), groundtruth=str(tmp_path / "gt"),
+                                                       polarity="white", slab=2, progress=False))
     with h5py.File(tmp_path / "out.h5") as fh:
         np.testing.assert_array_equal(fh["raw"][...], raw)
         stack = fh["stack"][...]
@@ -106,15 +106,15 @@ def test_convert_multipage_black_labels_and_rescale(tmp_path):
     vol[2:6, 6:8, 1:9] = 300
     tifffile.imwrite(tmp_path / "gt.tif", vol)
     tifffile.imwrite(tmp_path / "raw.tif", (vol * 100).astype(np.uint16))
-    convert(tmp_path / "a.h5", groundtruth=str(tmp_path / "gt.tif"), polarity="black", slab=2)
-    convert(tmp_path / "b.h5", groundtruth=str(tmp_path / "gt.tif"), polarity="labels", slab=4)
+    convert(tmp_path / "a.h5", ConvertOptions(groundtruth=str(tmp_path / "gt.tif"), polarity="black", slab=2))
+    convert(tmp_path / "b.h5", ConvertOptions(groundtruth=str(tmp_path / "gt.tif"), polarity="labels", slab=4))
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
         assert same_partition(a["stack"][...], vol.astype(np.uint64))
         np.testing.assert_array_equal(b["stack"][...], vol)
     with pytest.raises(HpcffnError, match="--rescale"):
-        convert(tmp_path / "c.h5", raw=str(tmp_path / "raw.tif"))
-    convert(tmp_path / "c.h5", raw=str(tmp_path / "raw.tif"), rescale="minmax", slab=1)
-    convert(tmp_path / "d.h5", raw=str(tmp_path / "raw.tif"), rescale="dtype")
+        convert(tmp_path / "c.h5", ConvertOptions(raw=str(tmp_path / "raw.tif")))
+    convert(tmp_path / "c.h5", ConvertOptions(raw=str(tmp_path / "raw.tif"), rescale="minmax", slab=1))
+    convert(tmp_path / "d.h5", ConvertOptions(raw=str(tmp_path / "raw.tif"), rescale="dtype"))
     with h5py.File(tmp_path / "c.h5") as c, h5py.File(tmp_path / "d.h5") as d:
         r = c["raw"][...]
         assert r.dtype == np.uint8 and r.max() == 255 and r.min() == 0
@@ -139,26 +139,28 @@ def test_convert_errors(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "r.tif", np.zeros((3, 4, 5), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "g.tif", np.zeros((3, 4, 6), np.uint8), photometric="minisblack")
     with pytest.raises(HpcffnError, match="same voxels"):
-        convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"), groundtruth=str(tmp_path / "g.tif"), polarity="white")
+        convert(tmp_path / "o.h5", ConvertOptions(raw=str(tmp_path / "r.tif"), groundtruth=str(tmp_path / "g.tif"),
+                                                  polarity="white"))
     assert not (tmp_path / "o.h5").exists()
     with h5py.File(tmp_path / "x.h5", "w") as fh:
         fh["other"] = np.zeros((2, 2, 2))
     with pytest.raises(HpcffnError, match="datasets present: other"):
         open_volume(f"{tmp_path}/x.h5:raw")
-    convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
+    convert(tmp_path / "o.h5", ConvertOptions(raw=str(tmp_path / "r.tif")))
     with pytest.raises(HpcffnError, match="already exists"):
-        convert(tmp_path / "o.h5", raw=str(tmp_path / "r.tif"))
+        convert(tmp_path / "o.h5", ConvertOptions(raw=str(tmp_path / "r.tif")))
     # Bad groundtruth options fail before the (possibly hours-long) raw pass reads anything.
     reads = []
     monkeypatch.setattr(TifStack, "read", lambda self, z0, z1: reads.append(self.name))
     for kw, needle in (({"polarity": "bogus"}, "polarity"), ({"polarity": "white", "connectivity": 7}, "connectivity")):
         with pytest.raises(HpcffnError, match=needle):
-            convert(tmp_path / "p.h5", raw=str(tmp_path / "r.tif"), groundtruth=str(tmp_path / "r.tif"), **kw)
+            convert(tmp_path / "p.h5", ConvertOptions(raw=str(tmp_path / "r.tif"), groundtruth=str(tmp_path / "r.tif"),
+                                                      **kw))
     assert reads == []
     monkeypatch.undo()
     for slab in (0, -2):  # not silently an empty (all-zero) output
         with pytest.raises(HpcffnError, match="--slab"):
-            convert(tmp_path / "s.h5", raw=str(tmp_path / "r.tif"), slab=slab)
+            convert(tmp_path / "s.h5", ConvertOptions(raw=str(tmp_path / "r.tif"), slab=slab))
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -176,8 +178,8 @@ def test_long_stack_streams_with_bounded_memory(tmp_path):
     for i in range(2000):
         tifffile.imwrite(d / f"z{i}.tif", sl)
     code = (
-        "from hpcffn.stages.convert import convert;"
-        f"i=convert({str(tmp_path / 'o.h5')!r}, groundtruth={str(d)!r}, polarity='white', slab=16);"
+        "from hpcffn.stages.convert import ConvertOptions, convert;"
+        f"i=convert({str(tmp_path / 'o.h5')!r}, ConvertOptions(groundtruth={str(d)!r}, polarity='white', slab=16));"
         "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
         "print(i['objects'], hwm)"
     )

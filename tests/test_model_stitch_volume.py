@@ -87,7 +87,7 @@ def test_store_is_ome_zarr_with_a_pyramid(planned):  # noqa: F811
 
 def test_chunks_align_with_tile_cores(planned):  # noqa: F811
     plan, _ = planned
-    size = tuple(plan.spec["subvolume"]["size"])
+    size = plan.spec.subvolume.size
     chunks = ome_zarr.chunk_shape(size, plan.volumes[0].shape)
     for t in plan.tiles:
         assert all(s % c == 0 for s, c in zip(t.box.start, chunks))

@@ -44,7 +44,7 @@ def test_consensus_adds_a_reverse_array_per_group_and_a_consensus_array(tmp_path
 def test_without_consensus_the_plan_has_no_such_jobs_and_the_forward_pass_writes_the_tile(tmp_path):
     plan = make_plan(_spec(tmp_path)).plan
     assert not {j.stage for j in plan.jobs} & {"reverse", "consensus"}
-    assert "consensus" not in plan.ffn.model_dump()["inference"] and "consensus" not in plan.spec["ffn"]["inference"]
+    assert "consensus" not in plan.ffn.model_dump()["inference"] and "consensus" not in plan.spec.ffn["inference"]
     tile = plan.tiles[0].name
     assert plan.infer_output("infer", tile) == plan.layout.segmentation(tile)
 

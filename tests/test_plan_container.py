@@ -49,7 +49,7 @@ def test_relative_binds_and_image_resolve_against_the_spec(tmp_path):
     text = planned.scripts["jobs/train/train_g0.sbatch"]
     assert f"IMAGE={tmp_path}/img/h.sif\n" in text
     assert f"BINDS={tmp_path}/ref:/ref:ro,{tmp_path}/data:{tmp_path}/data:ro,{tmp_path}/work\n" in text
-    assert planned.plan.spec["container"]["image"] == f"{tmp_path}/img/h.sif"
+    assert planned.plan.spec.container["image"] == f"{tmp_path}/img/h.sif"
 
 
 def test_missing_image_is_a_warning_until_it_is_built(tmp_path):

@@ -56,3 +56,33 @@ def test_plan_of_another_format_is_refused(tmp_path):
         load_plan(tmp_path)
     with pytest.raises(HpcffnError, match="no plan at"):
         load_plan(tmp_path / "missing")
+
+
+def test_spec_sections_jobs_read_are_typed_and_an_older_plan_reads_and_writes_as_it_was(tmp_path):
+    plan = _plan(tmp_path)
+    write_plan(plan, tmp_path / "plan.json")
+    data = json.loads((tmp_path / "plan.json").read_text())
+    # A plan written before convert.clahe and the array limits: sections and keys are missing.
+    data["spec"] = {"name": "t", "subvolume": {"size": [8, 9, 10], "overlap": [1, 1, 1], "min_edge": [2, 2, 2],
+                                               "groups": 1, "array_throttle": None},
+                    "cluster": {"profile": "local", "train": {"time": "1:00:00", "gpus": 1}}, "stages": ["train"]}
+    (tmp_path / "plan.json").write_text(json.dumps(data, indent=1))
+    loaded = load_plan(tmp_path)
+    assert loaded.spec.subvolume.size == (8, 9, 10) and loaded.spec.convert.clahe.enabled is False
+    assert loaded.spec.cluster.resources("train") == {"time": "1:00:00", "gpus": 1}
+    written = json.loads(loaded.model_dump_json())["spec"]
+    assert json.dumps(written) == json.dumps(data["spec"])  # nothing added, key order kept
+    data["spec"]["subvolume"]["size"] = [8, 9]
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(HpcffnError, match="field spec.subvolume.size"):
+        load_plan(tmp_path)
+
+
+def test_array_limits_take_the_spec_then_slurm_then_the_profile():
+    from hpcffn.core.plan_model import ClusterPlan
+
+    both = ClusterPlan(max_array_size=None, max_submit_jobs=None, profile_max_array_size=50, profile_max_submit_jobs=9)
+    assert both.array_limits() == (50, 9, "profile")
+    assert both.array_limits(11, 5) == (11, 5, "slurm")
+    assert both.model_copy(update={"max_array_size": 7}).array_limits(11, 5) == (7, 5, "spec")
+    assert ClusterPlan().array_limits() == (None, None, None)

@@ -24,15 +24,15 @@ def _starter_cluster(profile: str) -> dict:
 def test_starter_switched_to_ibex_keeps_ibexs_stage_limits(tmp_path):
     cluster = ClusterSpec.model_validate(_starter_cluster("ibex"))
     profile, _ = load_profile("ibex", tmp_path, tmp_path / "x.yaml")
-    times = {s: stage_resources(profile, cluster, s)["time"] for s in ("convert", "train", "infer", "stitch")}
+    times = {s: stage_resources(profile, cluster, s).time for s in ("convert", "train", "infer", "stitch")}
     assert times == {"convert": "06:00:00", "train": "5-00:00:00", "infer": "2-00:00:00", "stitch": "12:00:00"}
     # The spec's own per-stage setting still wins, and its defaults beat the profile's defaults.
     cluster = ClusterSpec.model_validate({**_starter_cluster("ibex"), "infer": {"time": "3-00:00:00"},
                                           "defaults": {"time": "12:00:00", "cpus": 2}})
     infer = stage_resources(profile, cluster, "infer")
-    assert infer["time"] == "3-00:00:00" and infer["cpus"] == 8 and infer["memory"] == "96G"
-    assert stage_resources(profile, cluster, "stitch")["cpus"] == 4  # the profile's stitch setting
-    assert stage_resources(profile, ClusterSpec.model_validate({"defaults": {"cpus": 2}}), "train")["cpus"] == 8
+    assert infer.time == "3-00:00:00" and infer.cpus == 8 and infer.memory == "96G"
+    assert stage_resources(profile, cluster, "stitch").cpus == 4  # the profile's stitch setting
+    assert stage_resources(profile, ClusterSpec.model_validate({"defaults": {"cpus": 2}}), "train").cpus == 8
 
 
 def test_plan_prints_the_resolved_time_memory_and_gpus_of_each_stage(tmp_path):

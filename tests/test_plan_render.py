@@ -139,7 +139,7 @@ def test_plan_json_jobs_units_and_dependencies(tmp_path):
     for stage in ("convert", "partitions", "train", "infer", "joins", "resolve", "relabel", "pyramid", "evaluate"):
         assert (tmp_path / "work" / "logs" / stage).is_dir()
     assert (tmp_path / "work" / "spec.resolved.yaml").is_file()
-    assert plan.spec["subvolume"]["min_edge"] == [21, 21, 21]
+    assert plan.spec.subvolume.min_edge == (21, 21, 21)
 
 
 def test_array_index_matches_plan_order(tmp_path):

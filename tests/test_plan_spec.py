@@ -88,7 +88,7 @@ def test_inference_only_plan_may_use_tiles_smaller_than_fov_plus_margins(tmp_pat
            "inference": {"checkpoint": "model/ckpt-100"}}
     spec = spec_dict(volumes=[{"name": "v1", "raw": "data/v1.h5"}], ffn=ffn)
     plan = make_plan(write_spec(tmp_path, spec)).plan
-    assert (64, 64, 70) in {t.box.size for t in plan.tiles} and "train" not in plan.spec["stages"]
+    assert (64, 64, 70) in {t.box.size for t in plan.tiles} and "train" not in plan.spec.stages
     assert min(min(t.box.size) for t in plan.tiles) >= 33  # remainders still hold one FOV
     trained = spec_dict(ffn=ffn)
     assert "(81, 81, 81)" in plan_error(tmp_path / "train", trained)

@@ -15,7 +15,7 @@ from plan_helpers import write_spec
 from test_plan_cli import assert_one_line_error, hpcffn
 
 from hpcffn.io.labeling import polarity_findings
-from hpcffn.stages.convert import convert
+from hpcffn.stages.convert import ConvertOptions, convert
 
 SHAPE = (8, 96, 96)
 
@@ -120,7 +120,8 @@ def test_convert_with_polarity_black_on_dense_groundtruth_writes_nothing(tmp_pat
 def test_convert_of_dense_white_groundtruth_keeps_every_object_wider_than_a_boundary(tmp_path):
     ids = dense_ids()
     tifffile.imwrite(tmp_path / "gt.tif", white_boundary_gt(ids))
-    info = convert(tmp_path / "o.h5", groundtruth=str(tmp_path / "gt.tif"), polarity="white", progress=False)
+    info = convert(tmp_path / "o.h5", ConvertOptions(groundtruth=str(tmp_path / "gt.tif"), polarity="white",
+                                                     progress=False))
     with h5py.File(tmp_path / "o.h5") as fh:
         stack = fh["stack"][...]
     # Each converted object lies inside one true cell (boundaries only ever split, never merge).

@@ -16,6 +16,7 @@ from hpcffn.commands.options import int_list as _ints
 from hpcffn.commands.options import refuse_existing
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ClaheSpec
 from hpcffn.core.plan_model import load_plan as _load_plan
 from hpcffn.commands.options import task_plan
 
@@ -60,7 +61,7 @@ def _echo_coordinates(summary: dict, where: str) -> None:
         typer.echo(f"  class {c:>3}: {row['voxels']:>12} voxels -> {row['records']} records")
 
 
-def _clahe_option(text: str | None, clip_limit: float) -> dict | None:
+def _clahe_option(text: str | None, clip_limit: float) -> ClaheSpec | None:
     """--clahe z,y,x and --clahe-clip-limit as convert's clahe settings."""
     if text is None:
         return None
@@ -72,7 +73,7 @@ def _clahe_option(text: str | None, clip_limit: float) -> dict | None:
         raise HpcffnError(f"--clahe {text!r}: give the z,y,x size of the contextual regions, e.g. --clahe 16,128,128")
     if not 0 < clip_limit <= 1:
         raise HpcffnError(f"--clahe-clip-limit {clip_limit}: give a number in (0, 1], e.g. 0.01")
-    return {"kernel_size": kernel, "clip_limit": clip_limit}
+    return ClaheSpec(enabled=True, kernel_size=kernel, clip_limit=clip_limit)
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
@@ -107,11 +108,11 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
             return
         if output is None:
             raise HpcffnError("give --output out.h5 (or --plan plan.json --volume V)")
-        info = stage.convert(
-            output, raw=raw, groundtruth=groundtruth, polarity=polarity or "labels", rescale=rescale or "none",
+        info = stage.convert(output, stage.ConvertOptions(
+            raw=raw, groundtruth=groundtruth, polarity=polarity or "labels", rescale=rescale or "none",
             connectivity=connectivity or 6, slab=slab, overwrite=overwrite,
             clahe=_clahe_option(clahe, clahe_clip_limit),
-        )
+        ))
         typer.echo(f"convert -> {output}: {info}")
 
     app.command("convert")(convert_cmd)

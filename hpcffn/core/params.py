@@ -1,7 +1,9 @@
-"""FFN stage parameters with FFN's usual defaults (the `ffn:` section of the spec).
+"""The spec sections the stages read: FFN's parameters with FFN's usual defaults (`ffn:`),
+the tiling (`subvolume:`) and what convert does to the grayscale (`convert:`).
 
-Shared by the spec (validation), plan.json (resolved values) and the stage code. Axis order
-is stated per field: FFN's own flags give radii/sizes as x,y,z; volumes are indexed z,y,x.
+Shared by the spec (validation), plan.json (resolved values) and the stage code, so a field is
+declared once and a job reads it typed. Axis order is stated per field: FFN's own flags give
+radii/sizes as x,y,z; volumes are indexed z,y,x.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     field_validator,
     model_serializer,
     model_validator,
 )
 
 XYZ = tuple[int, int, int]
+ZYX = tuple[int, int, int]
 
 
 class _Strict(BaseModel):
@@ -266,3 +270,46 @@ class FFNParams(_Strict):
             if p is not None and (problem := model_mismatch(p, self.model)):
                 raise ValueError(f"{field}: {problem}; change ffn.model or the checkpoint")
         return self
+
+
+class SubvolumeSpec(_Strict):
+    """How volumes are cut into sub-volumes (tiles) and dealt into GPU groups."""
+
+    size: ZYX = Field((500, 500, 500), description="z,y,x tile size")
+    overlap: ZYX = Field((32, 32, 32), description="z,y,x voxels added on each side of a tile for inference")
+    min_edge: ZYX | None = Field(
+        None, description="z,y,x: an edge remainder shorter than this merges into the previous tile; "
+        "default: the smallest size that holds the FOV plus both margins"
+    )
+    # strict: YAML's `true` is not 1 group.
+    groups: int = Field(1, ge=1, strict=True, description="number of GPU training groups")
+    array_throttle: int | None = Field(None, ge=1, strict=True, description="at most this many array tasks run at once (%N)")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v):
+        if any(s < 1 for s in v):
+            raise ValueError("every size must be >= 1")
+        return v
+
+    @field_validator("overlap", "min_edge")
+    @classmethod
+    def _nonneg(cls, v):
+        if v is not None and any(s < 0 for s in v):
+            raise ValueError("every value must be >= 0")
+        return v
+
+
+class ClaheSpec(_Strict):
+    """Contrast-limited adaptive histogram equalisation of the grayscale during convert."""
+
+    enabled: bool = Field(False, description="equalise local contrast (CLAHE) of every converted grayscale stack")
+    kernel_size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
+    clip_limit: float = Field(0.01, gt=0, le=1, description="contrast limit (scikit-image's clip_limit, 0..1)")
+
+
+class ConvertSpec(_Strict):
+    """What convert does to the grayscale beyond the uint8 mapping."""
+
+    clahe: ClaheSpec = ClaheSpec()

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from hpcffn import PLAN_FORMAT
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import FFNParams
+from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
 from hpcffn.core.layout import Layout
 
 ZYX = tuple[int, int, int]
@@ -135,6 +135,69 @@ class JobPlan(_Model):
     depends_on: list[Dependency] = Field(default_factory=list)
 
 
+class _AsWritten(BaseModel):
+    """A section of the resolved spec in plan.json, typed where jobs read it.
+
+    A field an older plan.json lacks takes its default and is left out again when the plan is
+    written, so every plan.json reads and writes as it was. Keys not declared are kept as written.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        out = handler(self)
+        for key in type(self).model_fields.keys() - self.model_fields_set:
+            out.pop(key, None)
+        return out
+
+
+class ClusterPlan(_AsWritten):
+    """spec.cluster: the profile, the array limits `hpcffn submit` obeys and (as further keys,
+    one per stage, for people and the plan summary) the SLURM resources each stage asked for."""
+
+    profile: str = "generic"
+    # The spec's own limits (they win over what SLURM says at submit) and the profile's.
+    max_array_size: int | None = None
+    max_submit_jobs: int | None = None
+    profile_max_array_size: int | None = None
+    profile_max_submit_jobs: int | None = None
+
+    def array_limits(self, slurm_size: int | None = None,
+                     slurm_submit: int | None = None) -> tuple[int | None, int | None, str | None]:
+        """(MaxArraySize, MaxSubmitJobs, where the size came from): the spec's own, else what SLURM
+        says (submit asks it; the planner cannot), else the profile's. Sources: "spec", "slurm",
+        "profile"; None with no size anywhere."""
+        submit = self.max_submit_jobs or slurm_submit or self.profile_max_submit_jobs
+        for size, source in ((self.max_array_size, "spec"), (slurm_size, "slurm"), (self.profile_max_array_size, "profile")):
+            if size:
+                return size, submit, source
+        return None, submit, None
+
+    def resources(self, stage: str) -> dict:
+        """The resources a stage asked for, as written (unset ones left out)."""
+        return (self.model_extra or {}).get(stage) or {}
+
+
+class PlanSpec(_AsWritten):
+    """plan.json's `spec`: the spec with every default filled in, in the spec's key order.
+
+    Jobs read `subvolume`, `convert` and `cluster`, typed with the spec's own models; the other
+    sections are recorded for people (and fingerprints) as plain JSON.
+    """
+
+    name: str = ""
+    workdir: str = ""
+    volumes: list[dict] = Field(default_factory=list)
+    subvolume: SubvolumeSpec = SubvolumeSpec()
+    convert: ConvertSpec = ConvertSpec()  # absent (unset) in plans made before convert.clahe
+    ffn: dict = Field(default_factory=dict)
+    cluster: ClusterPlan = ClusterPlan()
+    container: dict = Field(default_factory=dict)
+    stages: list[str] | None = None
+    templates: str | None = None
+
+
 class Plan(_Model):
     format: int = PLAN_FORMAT
     hpcffn_version: str
@@ -144,7 +207,7 @@ class Plan(_Model):
     name: str
     workdir: str
     spec_file: str
-    spec: dict  # the resolved spec (every default filled in), as JSON
+    spec: PlanSpec  # the resolved spec (every default filled in)
     ffn: FFNParams
     volumes: list[VolumePlan]
     tiles: list[TilePlan]

@@ -25,21 +25,19 @@ class Limits:
     source: str  # where max_array_size came from, for messages
 
 
+# Where the array size limit came from (core/plan_model.ClusterPlan.array_limits), for messages.
+_SOURCES = {"spec": "the spec's cluster.max_array_size", "slurm": "MaxArraySize of `scontrol show config`",
+            "profile": "the profile's max_array_size", None: "SLURM's default MaxArraySize"}
+
+
 def resolve(plan: Plan, ask_slurm: bool = True) -> Limits:
     """The spec's cluster settings, else what SLURM says, else the profile's, else SLURM's default."""
-    cluster = plan.spec.get("cluster", {}) if isinstance(plan.spec, dict) else {}
+    cluster = plan.spec.cluster
     asked_size = asked_submit = None
-    if ask_slurm and not (cluster.get("max_array_size") and cluster.get("max_submit_jobs")):
+    if ask_slurm and not (cluster.max_array_size and cluster.max_submit_jobs):
         asked_size, asked_submit = slurm.array_limits()
-    for value, source in ((cluster.get("max_array_size"), "the spec's cluster.max_array_size"),
-                          (asked_size, "MaxArraySize of `scontrol show config`"),
-                          (cluster.get("profile_max_array_size"), "the profile's max_array_size"),
-                          (SLURM_DEFAULT_MAX_ARRAY_SIZE, "SLURM's default MaxArraySize")):
-        if value:
-            size = int(value)
-            break
-    submit = cluster.get("max_submit_jobs") or asked_submit or cluster.get("profile_max_submit_jobs")
-    return Limits(size, int(submit) if submit else None, source)
+    size, submit, source = cluster.array_limits(asked_size, asked_submit)
+    return Limits(size or SLURM_DEFAULT_MAX_ARRAY_SIZE, submit, _SOURCES[source])
 
 
 def pieces(tasks: list[int], limit: int) -> list[tuple[int, list[int]]]:

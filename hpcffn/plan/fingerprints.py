@@ -60,7 +60,9 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
     for t in plan.tiles:
         by_volume.setdefault(t.volume, []).append(t)
     tile_hash = {n: blake2b(r.encode(), digest_size=8).hexdigest() for n, r in records.items()}
-    vol = {v.name: _h("volume", v.model_dump_json(), _js(spec.get("convert")),
+    # convert as plan.json has it (null in plans made before convert.clahe, so their units keep their fingerprints)
+    convert = _js(spec.model_dump(mode="json", include={"convert"}).get("convert"))
+    vol = {v.name: _h("volume", v.model_dump_json(), convert,
                       _js([records[t.name] for t in by_volume.get(v.name, [])]) if v.tile_files else "")
            for v in plan.volumes}
     fps: dict[str, dict[str, str]] = {"convert": vol}
@@ -103,10 +105,10 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
     fps["joins"] = {t.name: joins[t.volume] for t in plan.tiles}
     fps["relabel"] = {t.name: relabel[t.volume] for t in plan.tiles}
     stitched = "joins" in {j.stage for j in plan.jobs}
-    fps["evaluate"] = {"experiment": _h("evaluate", _js(spec.get("evaluate")), str(stitched),
+    fps["evaluate"] = {"experiment": _h("evaluate", _js(None), str(stitched),  # null: the spec has no evaluate section
                                         *(resolved if stitched else inferred).values(),
                                         *(vol[v.name] for v in plan.volumes if v.groundtruth))}
-    pyramid = _h("pyramid", _js(spec.get("subvolume", {}).get("size")), *resolved.values())
+    pyramid = _h("pyramid", _js(spec.subvolume.size), *resolved.values())
     everything = _h(plan.model_dump_json(include={"ffn", "spec", "volumes"}), *inferred.values())
     out = {}
     for job in plan.jobs:

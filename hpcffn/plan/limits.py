@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.plan.spec import StageResources
 
 # Seconds before the time limit that SLURM sends train/infer USR1 when no profile says (planner).
 DEFAULT_SIGNAL_GRACE = 300
@@ -33,27 +34,27 @@ def time_seconds(text: str) -> float:
     return a * 60 + (b or 0)  # MM[:SS]
 
 
-def check_resources(resources: dict[str, dict], stages: list[str], max_time: str | None, profile: str,
+def check_resources(resources: dict[str, StageResources], stages: list[str], max_time: str | None, profile: str,
                     spec_path: Path) -> None:
     """Refuse times above the profile's `max_time`, train/infer times within their checkpoint
     signal's grace (USR1 would come before the work) and a GPU-less train."""
     for stage in stages:
         res = resources[stage]
-        if max_time and res.get("time") and time_seconds(res["time"]) > time_seconds(max_time):
+        if max_time and res.time and time_seconds(res.time) > time_seconds(max_time):
             raise HpcffnError(
-                f"{spec_path}: field cluster.{stage}.time: {res['time']} is above the limit of profile {profile} "
+                f"{spec_path}: field cluster.{stage}.time: {res.time} is above the limit of profile {profile} "
                 f"(max_time {max_time}), so SLURM would refuse the job; give at most {max_time} "
                 "(train and infer continue across requeues)"
             )
-        grace = res.get("signal_grace") or DEFAULT_SIGNAL_GRACE
-        if stage in ("train", "infer") and res.get("time") and time_seconds(res["time"]) <= grace:
+        grace = res.signal_grace or DEFAULT_SIGNAL_GRACE
+        if stage in ("train", "infer") and res.time and time_seconds(res.time) <= grace:
             raise HpcffnError(
-                f"{spec_path}: field cluster.{stage}.time: {res['time']} ({time_seconds(res['time']):g} s) is not "
+                f"{spec_path}: field cluster.{stage}.time: {res.time} ({time_seconds(res.time):g} s) is not "
                 f"longer than the checkpoint signal grace of {grace} s (--signal=B:USR1@{grace}, "
                 f"cluster.{stage}.signal_grace): SLURM would ask for the checkpoint before the job starts; give a "
                 f"longer time or a signal_grace well below it (at least 10)"
             )
-    if "train" in stages and resources["train"].get("gpus") == 0:
+    if "train" in stages and resources["train"].gpus == 0:
         raise HpcffnError(
             f"{spec_path}: field cluster.train.gpus: 0 trains FFN on CPUs, which takes weeks; give 1 or more "
             "(or leave gpus out with a profile without GPUs, such as local, to try a pipeline on CPUs)"

@@ -18,7 +18,7 @@ from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
 from hpcffn.core.params import FFNParams
-from hpcffn.core.plan_model import Dependency, JobPlan, Plan, VolumePlan
+from hpcffn.core.plan_model import ClusterPlan, Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
@@ -26,7 +26,15 @@ from hpcffn.plan import container as containers
 from hpcffn.plan import grid
 from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources
 from hpcffn.plan.resources import profiles_dir
-from hpcffn.plan.spec import Spec, _safe_path, load_profile, load_spec, stage_resources
+from hpcffn.plan.spec import (
+    Spec,
+    StageResources,
+    _safe_path,
+    load_profile,
+    load_spec,
+    resources_as_set,
+    stage_resources,
+)
 
 LONG_STAGES = ("train", "infer", "reverse")  # checkpoint on USR1/TERM and requeue
 
@@ -378,17 +386,16 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
     return jobs
 
 
-def array_limits(cluster, profile) -> dict:
+def array_limits(cluster, profile) -> ClusterPlan:
     """The resolved spec's limits: the spec's own (submit prefers them to what SLURM says) and the profile's."""
-    return {"max_array_size": cluster.max_array_size, "max_submit_jobs": cluster.max_submit_jobs,
-            "profile_max_array_size": profile.max_array_size, "profile_max_submit_jobs": profile.max_submit_jobs}
+    return ClusterPlan(max_array_size=cluster.max_array_size, max_submit_jobs=cluster.max_submit_jobs,
+                       profile_max_array_size=profile.max_array_size, profile_max_submit_jobs=profile.max_submit_jobs)
 
 
-def warn_array_limits(jobs: list[JobPlan], limits: dict, profile: str, warnings: list[str]) -> None:
+def warn_array_limits(jobs: list[JobPlan], limits: ClusterPlan, profile: str, warnings: list[str]) -> None:
     """Say at plan time which arrays the cluster's MaxArraySize/MaxSubmitJobs will not take whole."""
-    size = limits["max_array_size"] or limits["profile_max_array_size"]
-    submit = limits["max_submit_jobs"] or limits["profile_max_submit_jobs"]
-    where = "the spec's cluster" if limits["max_array_size"] else f"profile {profile}"
+    size, submit, source = limits.array_limits()
+    where = "the spec's cluster" if source == "spec" else f"profile {profile}"
     for job in jobs:
         if job.array and size and len(job.units) > size:
             warnings.append(f"job {job.name} has {len(job.units):,} tasks, more than MaxArraySize {size:,} of {where}: "
@@ -411,24 +418,24 @@ _SBATCH_OPTIONS = (
 )
 
 
-def sbatch_lines(spec: Spec, job: JobPlan, res: dict, layout: Layout, throttle: int | None) -> list[str]:
+def sbatch_lines(spec: Spec, job: JobPlan, res: StageResources, layout: Layout, throttle: int | None) -> list[str]:
     """The #SBATCH options of one job, in a fixed order."""
     log = "%x_%A_%a.out" if job.array else "%x_%j.out"
     lines = [f"--job-name={spec.name}-{job.name}", f"--output={layout.logs_dir(job.stage)}/{log}", "--open-mode=append"]
     for key, opt in _SBATCH_OPTIONS:
-        if res[key]:
-            value = f"gpu:{res[key]}" if key == "gpus" else res[key]
+        if value := getattr(res, key):
+            value = f"gpu:{value}" if key == "gpus" else value
             lines.append(f"--{opt}={value}")
     if job.array:
         lines.append(f"--array=0-{len(job.units) - 1}" + (f"%{throttle}" if throttle else ""))
     if job.stage in LONG_STAGES:
-        lines.append(f"--signal=B:USR1@{res['signal_grace'] or DEFAULT_SIGNAL_GRACE}")
+        lines.append(f"--signal=B:USR1@{res.signal_grace or DEFAULT_SIGNAL_GRACE}")
         lines.append("--requeue")
-    lines += res["extra_sbatch"] or []
+    lines += res.extra_sbatch or []
     return lines
 
 
-def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], layout: Layout,
+def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, StageResources], layout: Layout,
                    binds: list[str], template_dir: Path | None) -> dict[str, str]:
     """Render every job's script and record its sha256 in the job."""
     from hpcffn.plan.render import environment, render, sha256
@@ -437,7 +444,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], 
     scripts: dict[str, str] = {}
     for job in jobs:
         res = resources[job.stage]
-        gpu = bool(res["gpus"])
+        gpu = bool(res.gpus)
         throttle = spec.subvolume.array_throttle if job.array else None
         job.throttle = throttle
         context = {
@@ -457,10 +464,10 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, dict], 
             "image": spec.container.image or "",
             "binds": ",".join(binds),
             "hpcffn": containers.shell_array(spec.container, binds, gpu),
-            "modules": res["modules"] or [],
-            "setup": res["setup"] or [],
+            "modules": res.modules or [],
+            "setup": res.setup or [],
             "requeue": job.stage in LONG_STAGES,
-            "signal_grace": res["signal_grace"] or DEFAULT_SIGNAL_GRACE,
+            "signal_grace": res.signal_grace or DEFAULT_SIGNAL_GRACE,
             "depends_on": [d.job for d in job.depends_on],
         }
         text = render(env, f"{job.stage}.sbatch.j2", context)
@@ -512,7 +519,8 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     check_resources(resources, stages, profile.max_time, spec.cluster.profile, spec_path)
     jobs = plan_jobs(stages, volumes, tiles, groups, spec.subvolume.size, consensus=ffn.inference.consensus is not None,
                      tiles_per_task=ffn.inference.tiles_per_task)
-    warn_array_limits(jobs, array_limits(spec.cluster, profile), spec.cluster.profile, warnings)
+    limits = array_limits(spec.cluster, profile)
+    warn_array_limits(jobs, limits, spec.cluster.profile, warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():
@@ -533,8 +541,8 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
     resolved["container"].update(image=image, binds=binds)
     shipped = profile_path.parent == profiles_dir()
     resolved["cluster"] = {"profile": spec.cluster.profile if shipped else str(profile_path),
-                           **array_limits(spec.cluster, profile),
-                           **{s: _cluster_view(resources[s]) for s in SPEC_STAGES}}
+                           **limits.model_dump(exclude={"profile"}),
+                           **{s: resources_as_set(profile, spec.cluster, s) for s in SPEC_STAGES}}
     plan = Plan(
         hpcffn_version=__version__, name=spec.name, workdir=workdir, spec_file=str(spec_path.resolve()),
         spec=resolved, ffn=ffn, volumes=volumes, tiles=tiles, groups=groups, jobs=jobs,
@@ -614,10 +622,6 @@ def _abs_bind(base: Path, bind: str) -> str:
     """A bind with its host side made absolute against the spec's folder."""
     src, sep, rest = bind.partition(":")
     return _abs(base, src) + sep + rest
-
-
-def _cluster_view(res: dict) -> dict:
-    return {k: v for k, v in res.items() if v not in (None, [])}
 
 
 def _resolve_ffn(spec: Spec, base: Path):

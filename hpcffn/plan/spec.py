@@ -18,13 +18,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationError,
     field_validator,
 )
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import FFNParams
+from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
 
 ZYX = tuple[int, int, int]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -97,34 +96,6 @@ class VolumeSpec(_Strict):
     def _positive(cls, v):
         if v is not None and any(s < 1 for s in v):
             raise ValueError("every size must be >= 1")
-        return v
-
-
-class SubvolumeSpec(_Strict):
-    """How volumes are cut into sub-volumes (tiles) and dealt into GPU groups."""
-
-    size: ZYX = Field((500, 500, 500), description="z,y,x tile size")
-    overlap: ZYX = Field((32, 32, 32), description="z,y,x voxels added on each side of a tile for inference")
-    min_edge: ZYX | None = Field(
-        None, description="z,y,x: an edge remainder shorter than this merges into the previous tile; "
-        "default: the smallest size that holds the FOV plus both margins"
-    )
-    # strict: YAML's `true` is not 1 group.
-    groups: int = Field(1, ge=1, strict=True, description="number of GPU training groups")
-    array_throttle: int | None = Field(None, ge=1, strict=True, description="at most this many array tasks run at once (%N)")
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v):
-        if any(s < 1 for s in v):
-            raise ValueError("every size must be >= 1")
-        return v
-
-    @field_validator("overlap", "min_edge")
-    @classmethod
-    def _nonneg(cls, v):
-        if v is not None and any(s < 0 for s in v):
-            raise ValueError("every value must be >= 0")
         return v
 
 
@@ -318,21 +289,6 @@ class ContainerSpec(_Strict):
             for p in parts:
                 _safe_path(p)
         return v
-
-
-class ClaheSpec(_Strict):
-    """Contrast-limited adaptive histogram equalisation of the grayscale during convert."""
-
-    enabled: bool = Field(False, description="equalise local contrast (CLAHE) of every converted grayscale stack")
-    kernel_size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        (16, 128, 128), description="z,y,x size of the contextual regions, in voxels")
-    clip_limit: float = Field(0.01, gt=0, le=1, description="contrast limit (scikit-image's clip_limit, 0..1)")
-
-
-class ConvertSpec(_Strict):
-    """What convert does to the grayscale beyond the uint8 mapping."""
-
-    clahe: ClaheSpec = ClaheSpec()
 
 
 class Spec(_Strict):
@@ -530,18 +486,23 @@ def load_profile(name_or_path: str, spec_dir: Path, spec_path: Path) -> tuple[Pr
     return validate_model(ProfileSpec, load_yaml(path, "profile"), path), path
 
 
-def stage_resources(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> dict:
+def stage_resources(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> StageResources:
     """Merge profile defaults < spec defaults < profile stage < spec stage; "" clears a value.
 
     The more specific setting wins before the later source: a profile's limit for one stage
     (Ibex: infer 2 days) holds against a spec's generic `defaults.time`; only the spec's own
-    per-stage setting overrides it.
+    per-stage setting overrides it. Fields nothing sets are None.
     """
+    return StageResources.model_validate(_merged(profile, cluster, stage))
+
+
+def resources_as_set(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> dict:
+    """The stage's resources that some layer sets, in the order first set (plan.json's spec.cluster.<stage>)."""
+    return {k: v for k, v in _merged(profile, cluster, stage).items() if v not in (None, [])}
+
+
+def _merged(profile: ProfileSpec, cluster: ClusterSpec, stage: str) -> dict:
     merged: dict = {}
     for layer in (profile.defaults, cluster.defaults, getattr(profile, stage), getattr(cluster, stage)):
         merged.update(layer.model_dump(exclude_none=True))
-    out = {k: (None if v == "" else v) for k, v in merged.items()}
-    for key in StageResources.model_fields:
-        out.setdefault(key, None)
-    return out
-
+    return {k: (None if v == "" else v) for k, v in merged.items()}

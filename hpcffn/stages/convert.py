@@ -11,11 +11,13 @@ ranges):
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ClaheSpec
 from hpcffn.io.ownership import OWNER_ATTR, same_file, written_by_hpcffn
 
 RESCALES = ("none", "dtype", "minmax")
@@ -91,144 +93,169 @@ class _Progress:
             self._bar.stop()
 
 
-def convert(
-    output: str | Path,
-    raw: str | None = None,
-    groundtruth: str | None = None,
-    polarity: str = "labels",
-    rescale: str = "none",
-    raw_dataset: str = "raw",
-    gt_dataset: str = "stack",
-    connectivity: int = 6,
-    slab: int | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    expected_shape=None,
-    clahe: dict | None = None,
-) -> dict:
-    """Write `raw` and/or `stack` into `output`; returns shape and object count.
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What one conversion reads and how it maps it: the standalone command's flags, or a planned
+    volume's settings (run_from_plan). Checked when made, before any input is opened."""
 
-    `clahe` ({"kernel_size": [z, y, x], "clip_limit": c}) equalises the grayscale's local
-    contrast after the uint8 mapping (hpcffn/stages/clahe.py).
+    raw: str | None = None  # grayscale: path.h5[:dataset], a TIF stack or a directory of TIF slices
+    groundtruth: str | None = None  # the same forms
+    polarity: str = "labels"  # how groundtruth becomes object ids (io/labeling.py)
+    rescale: str = "none"  # how non-uint8 grayscale becomes uint8 (module docstring)
+    raw_dataset: str = "raw"  # the datasets written into the output file
+    gt_dataset: str = "stack"
+    connectivity: int = 6  # of the components white/black groundtruth becomes
+    clahe: ClaheSpec | None = None  # equalise the grayscale after the uint8 mapping, when enabled
+    slab: int | None = None  # slices per streamed slab (default: from a memory budget)
+    overwrite: bool = False  # replace an existing output
+    progress: bool | None = None  # a progress bar (None: when stderr is a terminal)
+    expected_shape: tuple[int, int, int] | None = None  # the plan's shape: other data is refused
+
+    def __post_init__(self):
+        if self.raw is None and self.groundtruth is None:
+            raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
+        if self.rescale not in RESCALES:
+            raise HpcffnError(f"rescale {self.rescale!r} is not one of {', '.join(RESCALES)}")
+        if self.slab is not None and self.slab < 1:  # range(0, n, slab) would write nothing (or fail on 0)
+            raise HpcffnError(f"--slab {self.slab}: give a positive number of slices per slab (or leave it out)")
+
+
+def convert(output: str | Path, opts: ConvertOptions) -> dict:
+    """Write `raw` and/or `stack` into `output` (replaced whole, atomically); returns the shape,
+    the min..max that rescale minmax mapped and the object count.
+
+    Three steps: open and check the inputs (headers and sampled groundtruth slices, before
+    anything is written), stream the grayscale, stream the groundtruth.
     """
+    from contextlib import ExitStack
 
-    from hpcffn.io.labeling import (
-        check_options,
-        default_slab,
-        label_volume,
-        polarity_findings,
-        sampled_planes,
-    )
-    from hpcffn.io.tif import open_volume
+    from hpcffn.io.labeling import default_slab
     from hpcffn.io.volumes import atomic_h5
 
-    if raw is None and groundtruth is None:
-        raise HpcffnError("nothing to convert: give --raw and/or --groundtruth")
-    if rescale not in RESCALES:
-        raise HpcffnError(f"rescale {rescale!r} is not one of {', '.join(RESCALES)}")
-    if slab is not None and slab < 1:  # range(0, n, slab) would write nothing (or fail on 0)
-        raise HpcffnError(f"--slab {slab}: give a positive number of slices per slab (or leave it out)")
     output = Path(output)
-    refuse_input_as_output(output, {"--raw": raw, "--groundtruth": groundtruth})
-    if output.exists() and not overwrite:
+    refuse_input_as_output(output, {"--raw": opts.raw, "--groundtruth": opts.groundtruth})
+    if output.exists() and not opts.overwrite:
         raise HpcffnError(f"{output} already exists; remove it or choose another --output (pass --overwrite to replace it)")
-    readers = []
-    try:
-        raw_r = open_volume(raw, "raw") if raw is not None else None
-        if raw_r:
-            readers.append(raw_r)
-        gt_r = open_volume(groundtruth, "stack") if groundtruth is not None else None
-        if gt_r:
-            readers.append(gt_r)
-            check_options(gt_r, polarity, connectivity)
-        if raw_r and gt_r and raw_r.shape != gt_r.shape:
-            raise HpcffnError(
-                f"raw {raw_r.name} has shape {raw_r.shape} (z,y,x) but groundtruth {gt_r.name} has "
-                f"{gt_r.shape}; both must cover the same voxels"
-            )
+    with ExitStack() as readers:
+        raw_r, gt_r = _open_inputs(opts, readers)
         shape = (raw_r or gt_r).shape
-        if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-            raise HpcffnError(
-                f"{(raw_r or gt_r).name} is {tuple(shape)} (z,y,x) but the plan says {tuple(expected_shape)}; "
-                "re-run `hpcffn plan` after changing the data"
-            )
-        if raw_r and raw_r.dtype != np.uint8 and rescale == "none":
-            raise HpcffnError(
-                f"raw {raw_r.name} is {raw_r.dtype}, not uint8: choose how to map it to 0..255 with "
-                "--rescale dtype (full dtype range) or --rescale minmax (the stack's min..max), "
-                "or `rescale:` on the volume in the spec"
-            )
-        if gt_r:
-            # What validate samples, checked here too (after the header checks): a standalone
-            # convert must not write the background or the boundaries as objects.
-            errors, warnings = polarity_findings(sampled_planes(gt_r), polarity, gt_r.name)
-            if errors:
-                raise HpcffnError(f"groundtruth: {errors[0]}")
-            for w in warnings:
-                print(f"hpcffn: warning: {w}", file=sys.stderr)
-        step = slab or default_slab(shape)
-        total = (shape[0] if raw_r else 0) + (shape[0] if gt_r else 0) + (
-            shape[0] if raw_r and rescale == "minmax" and raw_r.dtype != np.uint8 else 0
-        )
+        step = opts.slab or default_slab(shape)
+        minmax = raw_r is not None and opts.rescale == "minmax" and raw_r.dtype != np.uint8
+        total = shape[0] * ((raw_r is not None) + (gt_r is not None) + minmax)
         info: dict = {"shape": list(shape)}
-        with atomic_h5(output) as fh, _Progress(
-            total, f"convert {output.name}", progress
-        ) as bar:
+        with atomic_h5(output) as fh, _Progress(total, f"convert {output.name}", opts.progress) as bar:
             fh.attrs[OWNER_ATTR] = "convert"  # this file is hpcffn's to replace (io/ownership.py)
             if raw_r:
-                lo = hi = 0.0
-                if rescale == "minmax" and raw_r.dtype != np.uint8:
-                    lo, hi = _min_max(raw_r, step)
-                    bar.advance(shape[0])
-                    info["raw_range"] = [lo, hi]
-                ds = fh.create_dataset(
-                    raw_dataset, shape=shape, dtype=np.uint8, chunks=_chunks(shape), compression="gzip",
-                    compression_opts=1,
-                )
-                def read_uint8(a, b, raw_r=raw_r, lo=lo, hi=hi):
-                    block = raw_r.read(a, b)
-                    if rescale == "dtype":
-                        check_float_range(raw_r.name, block, a)
-                    return _to_uint8(block, rescale, lo, hi)
-
-                if clahe:
-                    from hpcffn.stages.clahe import clahe_slabs
-
-                    blocks = clahe_slabs(read_uint8, shape[0], step, clahe["kernel_size"], clahe["clip_limit"])
-                else:
-                    blocks = ((z0, read_uint8(z0, min(shape[0], z0 + step))) for z0 in range(0, shape[0], step))
-                for z0, block in blocks:
-                    ds[z0:z0 + len(block)] = block
-                    bar.advance(len(block))
-                ds.attrs["source"] = raw_r.name
-                ds.attrs["rescale"] = rescale if raw_r.dtype != np.uint8 else "none"
-                if clahe:
-                    ds.attrs["clahe_kernel_size"] = list(clahe["kernel_size"])
-                    ds.attrs["clahe_clip_limit"] = clahe["clip_limit"]
+                info.update(_write_raw(fh, raw_r, opts, step, bar))
             if gt_r:
-                ds = fh.create_dataset(
-                    gt_dataset, shape=shape, dtype=np.uint64, chunks=_chunks(shape), compression="gzip",
-                    compression_opts=1, shuffle=True,
-                )
-
-                def write(z0, ids, ds=ds):
-                    ds[z0:z0 + len(ids)] = ids
-
-                def read_back(z0, z1, ds=ds):
-                    return ds[z0:z1]
-
-                info["objects"] = label_volume(
-                    gt_r, write, read_back, polarity, connectivity, step, bar.advance
-                )
-                _check_objects(gt_r.name, info["objects"], polarity)
-                ds.attrs["source"] = gt_r.name
-                ds.attrs["polarity"] = polarity
-                if polarity != "labels":
-                    ds.attrs["connectivity"] = connectivity
+                info["objects"] = _write_groundtruth(fh, gt_r, opts, step, bar)
         return info
-    finally:
-        for r in readers:
-            r.close()
+
+
+def _open_inputs(opts: ConvertOptions, readers):
+    """(raw reader, groundtruth reader), either None when not given, each closed by `readers`
+    (an ExitStack); refuses mismatched shapes, unmapped grayscale and groundtruth whose sampled
+    slices show the wrong polarity."""
+    from hpcffn.io.labeling import check_options, polarity_findings, sampled_planes
+    from hpcffn.io.tif import open_volume
+
+    raw_r = gt_r = None
+    if opts.raw is not None:
+        raw_r = open_volume(opts.raw, "raw")
+        readers.callback(raw_r.close)
+    if opts.groundtruth is not None:
+        gt_r = open_volume(opts.groundtruth, "stack")
+        readers.callback(gt_r.close)
+        check_options(gt_r, opts.polarity, opts.connectivity)
+    if raw_r and gt_r and raw_r.shape != gt_r.shape:
+        raise HpcffnError(
+            f"raw {raw_r.name} has shape {raw_r.shape} (z,y,x) but groundtruth {gt_r.name} has "
+            f"{gt_r.shape}; both must cover the same voxels"
+        )
+    shape = (raw_r or gt_r).shape
+    if opts.expected_shape is not None and tuple(shape) != tuple(opts.expected_shape):
+        raise HpcffnError(
+            f"{(raw_r or gt_r).name} is {tuple(shape)} (z,y,x) but the plan says {tuple(opts.expected_shape)}; "
+            "re-run `hpcffn plan` after changing the data"
+        )
+    if raw_r and raw_r.dtype != np.uint8 and opts.rescale == "none":
+        raise HpcffnError(
+            f"raw {raw_r.name} is {raw_r.dtype}, not uint8: choose how to map it to 0..255 with "
+            "--rescale dtype (full dtype range) or --rescale minmax (the stack's min..max), "
+            "or `rescale:` on the volume in the spec"
+        )
+    if gt_r:
+        # What validate samples, checked here too (after the header checks): a standalone
+        # convert must not write the background or the boundaries as objects.
+        errors, warnings = polarity_findings(sampled_planes(gt_r), opts.polarity, gt_r.name)
+        if errors:
+            raise HpcffnError(f"groundtruth: {errors[0]}")
+        for w in warnings:
+            print(f"hpcffn: warning: {w}", file=sys.stderr)
+    return raw_r, gt_r
+
+
+def _write_raw(fh, raw_r, opts: ConvertOptions, step: int, bar: _Progress) -> dict:
+    """The uint8 grayscale dataset, slab by slab (CLAHE on kernel-aligned slabs when enabled);
+    returns {"raw_range": [min, max]} when rescale minmax measured it."""
+    shape, out = raw_r.shape, {}
+    lo = hi = 0.0
+    if opts.rescale == "minmax" and raw_r.dtype != np.uint8:
+        lo, hi = _min_max(raw_r, step)
+        bar.advance(shape[0])
+        out["raw_range"] = [lo, hi]
+    ds = fh.create_dataset(
+        opts.raw_dataset, shape=shape, dtype=np.uint8, chunks=_chunks(shape), compression="gzip",
+        compression_opts=1,
+    )
+
+    def read_uint8(a, b):
+        block = raw_r.read(a, b)
+        if opts.rescale == "dtype":
+            check_float_range(raw_r.name, block, a)
+        return _to_uint8(block, opts.rescale, lo, hi)
+
+    clahe = opts.clahe if opts.clahe is not None and opts.clahe.enabled else None
+    if clahe:
+        from hpcffn.stages.clahe import clahe_slabs
+
+        blocks = clahe_slabs(read_uint8, shape[0], step, clahe.kernel_size, clahe.clip_limit)
+    else:
+        blocks = ((z0, read_uint8(z0, min(shape[0], z0 + step))) for z0 in range(0, shape[0], step))
+    for z0, block in blocks:
+        ds[z0:z0 + len(block)] = block
+        bar.advance(len(block))
+    ds.attrs["source"] = raw_r.name
+    ds.attrs["rescale"] = opts.rescale if raw_r.dtype != np.uint8 else "none"
+    if clahe:
+        ds.attrs["clahe_kernel_size"] = list(clahe.kernel_size)
+        ds.attrs["clahe_clip_limit"] = clahe.clip_limit
+    return out
+
+
+def _write_groundtruth(fh, gt_r, opts: ConvertOptions, step: int, bar: _Progress) -> int:
+    """The uint64 object-id dataset, labelled slab by slab; returns the object count."""
+    from hpcffn.io.labeling import label_volume
+
+    shape = gt_r.shape
+    ds = fh.create_dataset(
+        opts.gt_dataset, shape=shape, dtype=np.uint64, chunks=_chunks(shape), compression="gzip",
+        compression_opts=1, shuffle=True,
+    )
+
+    def write(z0, ids):
+        ds[z0:z0 + len(ids)] = ids
+
+    def read_back(z0, z1):
+        return ds[z0:z1]
+
+    objects = label_volume(gt_r, write, read_back, opts.polarity, opts.connectivity, step, bar.advance)
+    _check_objects(gt_r.name, objects, opts.polarity)
+    ds.attrs["source"] = gt_r.name
+    ds.attrs["polarity"] = opts.polarity
+    if opts.polarity != "labels":
+        ds.attrs["connectivity"] = opts.connectivity
+    return objects
 
 
 def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: int | None = None,
@@ -255,23 +282,20 @@ def run_from_plan(plan, volume_key, rescale: str | None = None, connectivity: in
     tile_files = [plan.layout.tile_file(t.name) for t in plan.tiles if t.volume == vol.name] if vol.tile_files else []
     outputs = (target, *tile_files)
     with hold_unit(plan, "convert", vol.name, outputs):
-        rescale = rescale or vol.rescale
-        connectivity = connectivity or vol.connectivity
-        info = convert(
-            target,
+        info = convert(target, ConvertOptions(
             raw=vol.raw_source if want_raw else None,
             groundtruth=vol.groundtruth_source if want_gt else None,
             polarity=vol.polarity,
-            rescale=rescale,
+            rescale=rescale or vol.rescale,
             raw_dataset=raw_loc.dataset,
             gt_dataset=gt_loc.dataset if gt_loc else "stack",
-            connectivity=connectivity,
+            connectivity=connectivity or vol.connectivity,
+            clahe=planned_clahe(plan) if want_raw else None,
             slab=slab,
             overwrite=True,  # our own output of an earlier run
             progress=progress,
             expected_shape=vol.shape,
-            clahe=planned_clahe(plan) if want_raw else None,
-        )
+        ))
         if vol.tile_files:
             info["tile_files"] = write_tile_files(plan, vol)
         mark_done(plan, "convert", vol.name, **info)
@@ -304,12 +328,10 @@ def refuse_replacing_user_data(plan, volume: str, target: Path) -> None:
                           "it whole; move that file out of the workdir's data/ folder and run again")
 
 
-def planned_clahe(plan) -> dict | None:
+def planned_clahe(plan) -> ClaheSpec | None:
     """The spec's convert.clahe settings when it is enabled (None otherwise)."""
-    clahe = (plan.spec.get("convert") or {}).get("clahe") or {}
-    if not clahe.get("enabled"):
-        return None
-    return {"kernel_size": clahe["kernel_size"], "clip_limit": clahe["clip_limit"]}
+    clahe = plan.spec.convert.clahe
+    return clahe if clahe.enabled else None
 
 
 def _check_objects(name: str, objects: int, polarity: str) -> None:

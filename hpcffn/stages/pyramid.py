@@ -49,7 +49,7 @@ def block_of(plan: Plan, unit: str) -> tuple[str, int, tuple, tuple]:
                           "pass a task index or a name from plan.json")
     volume = plan.volume(m["volume"])
     level, k = int(m["level"]), int(m["block"])
-    levels = ome_zarr.pyramid_blocks(volume.shape, plan.spec["subvolume"]["size"])
+    levels = ome_zarr.pyramid_blocks(volume.shape, plan.spec.subvolume.size)
     blocks = levels[level - 1] if level <= len(levels) else []
     if k >= len(blocks):
         raise HpcffnError(f"pyramid block {unit} is not in volume {volume.name}'s pyramid: re-run `hpcffn plan`")

@@ -72,7 +72,7 @@ def run_from_plan(plan: Plan, volume_key: str, log=print) -> dict:
             {t.name: [b, int(j["biggest"])] for t, b, j in zip(tiles, bases, joins)}) + "\n")
         with open_dataset(volume.raw, "raw") as raw:
             raw_type = np.dtype(raw.dtype)
-        chunks = ome_zarr.chunk_shape(tuple(plan.spec["subvolume"]["size"]), volume.shape)
+        chunks = ome_zarr.chunk_shape(plan.spec.subvolume.size, volume.shape)
         ome_zarr.create(store, volume.shape, chunks, dtype, raw_type)
         log(f"hpcffn resolve: {volume.name}: {sum(len(j['owned']) for j in joins)} tile segments, {n_joins} joins "
             f"-> {segments} segments ({dtype}); store {plan.layout.stitched(volume.name)} chunks {chunks}")
