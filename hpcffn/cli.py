@@ -48,12 +48,14 @@ def _stage(ctx: typer.Context) -> None:
     # Stage logs start with what the stage says, not TensorFlow's C++ start-up notices
     # (HPCFFN_TF_LOGS=1 shows them again).
     from hpcffn.core.native_logs import quiet_tensorflow
+    from hpcffn.core.stage_table import STAGE
 
     quiet_tensorflow()
     # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
     # of running: the job script is exercised on its node without doing the work.
     job = os.environ.get("HPCFFN_CHECK")
-    if ctx.invoked_subcommand in ("train", "infer") and not job:
+    facts = STAGE.get(ctx.invoked_subcommand or "")
+    if facts and facts.requeues and not job:  # train and infer checkpoint at their time limit
         from hpcffn.core.signals import catch_early
 
         catch_early()  # before TensorFlow loads: a time-limit USR1 then still checkpoints
