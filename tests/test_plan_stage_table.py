@@ -34,3 +34,13 @@ def test_steps_and_their_expansion():
     assert CONSENSUS_STEPS == ("reverse", "consensus")
     assert expand_stages(["stitch", "infer", "convert"]) == [*STITCH_STEPS, "infer", *CONSENSUS_STEPS, "convert"]
     assert "stitch" in SPEC_STAGES and "stitch" not in STAGES  # runs as its steps
+
+
+def test_base_packages_are_base_dependencies():
+    import tomllib
+    from pathlib import Path
+
+    from hpcffn.core.stage_table import BASE_PACKAGES
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert all(any(d.startswith(p) for d in deps) for p in BASE_PACKAGES)

@@ -121,6 +121,12 @@ def packages(stage: str) -> tuple[str, ...]:
     return STAGE[stage].packages if stage in STAGE else ()
 
 
+# The stages' packages that the base install (pyproject's dependencies) brings: a login node has them.
+BASE_PACKAGES = ("h5py", "tifffile", "zarr")
+# Imported only by stage code (the `ffn` extra): a base install that misses one says which extra brings it.
+EXTRA_PACKAGES: frozenset[str] = frozenset(p for s in TABLE for p in s.packages) - set(BASE_PACKAGES)
+
+
 def expand_stages(names: list[str] | None) -> list[str] | None:
     """`--stage stitch` means all of its steps; `--stage infer` the consensus steps too."""
     if not names:
