@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.progress import ProgressBar
 from hpcffn.io.ownership import OWNER_ATTR, same_file, written_by_hpcffn
 
 RESCALES = ("none", "dtype", "minmax")
@@ -63,32 +64,6 @@ def _min_max(reader, slab: int) -> tuple[float, float]:
         if block.size:
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     return lo, hi
-
-
-class _Progress:
-    """A rich progress bar over slices when stderr is a terminal; silent otherwise."""
-
-    def __init__(self, total: float, label: str, enabled: bool | None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._bar = None
-        if self.enabled:
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=False)
-            self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self):
-        if self._bar:
-            self._bar.start()
-        return self
-
-    def advance(self, n: float) -> None:
-        if self._bar:
-            self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        if self._bar:
-            self._bar.stop()
 
 
 def convert(
@@ -171,9 +146,7 @@ def convert(
             shape[0] if raw_r and rescale == "minmax" and raw_r.dtype != np.uint8 else 0
         )
         info: dict = {"shape": list(shape)}
-        with atomic_h5(output) as fh, _Progress(
-            total, f"convert {output.name}", progress
-        ) as bar:
+        with atomic_h5(output) as fh, ProgressBar(f"convert {output.name}", total, progress) as bar:
             fh.attrs[OWNER_ATTR] = "convert"  # this file is hpcffn's to replace (io/ownership.py)
             if raw_r:
                 lo = hi = 0.0
