@@ -44,3 +44,9 @@ def test_base_packages_are_base_dependencies():
 
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     assert all(any(d.startswith(p) for d in deps) for p in BASE_PACKAGES)
+
+
+def test_the_starter_spec_lists_the_spec_stages():
+    from hpcffn.plan.starter import STARTER
+
+    assert f"# stages: [{', '.join(SPEC_STAGES)}]" in STARTER

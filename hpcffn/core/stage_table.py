@@ -106,11 +106,6 @@ STITCH_STEPS = steps_of("stitch")
 CONSENSUS_STEPS = steps_of("infer")[1:]
 
 
-def spec_stage(stage: str) -> str:
-    """The spec-level stage a stage belongs to (its `stages:` name)."""
-    return STAGE[stage].spec_stage if stage in STAGE else stage
-
-
 def resource_stage(stage: str) -> str:
     """The spec stage whose cluster.<stage> resources a job of `stage` gets."""
     return STAGE[stage].resource_stage if stage in STAGE else stage

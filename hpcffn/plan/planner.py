@@ -308,7 +308,7 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
             add("convert", stage, True, [v.name for v in volumes if v.needs_convert])
         elif stage == "partitions":
             add("partitions", stage, True, [t.name for t in tiles if t.group])
-        elif stage in ("coordinates", "train"):
+        elif STAGE[stage].unit == "group":  # coordinates, train: one job per group
             for g in groups:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
