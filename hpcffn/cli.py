@@ -15,6 +15,7 @@ import typer
 
 from hpcffn import __version__
 from hpcffn.core.errors import DiskFull, HpcffnError
+from hpcffn.core.stage_table import EXTRA_PACKAGES, STAGE
 
 app = typer.Typer(
     name="hpcffn",
@@ -53,7 +54,8 @@ def _stage(ctx: typer.Context) -> None:
     # Under `hpcffn check` (HPCFFN_CHECK=<job>) a stage command writes a probe report instead
     # of running: the job script is exercised on its node without doing the work.
     job = os.environ.get("HPCFFN_CHECK")
-    if ctx.invoked_subcommand in ("train", "infer") and not job:
+    facts = STAGE.get(ctx.invoked_subcommand or "")
+    if facts and facts.requeues and not job:  # train and infer checkpoint at their time limit
         from hpcffn.core.signals import catch_early
 
         catch_early()  # before TensorFlow loads: a time-limit USR1 then still checkpoints
@@ -75,8 +77,6 @@ def _register_all() -> None:
 _register_all()
 
 
-# Imported only by stage code; the base install (plan, submit, status, export) has none of them.
-STAGE_PACKAGES = ("tensorflow", "scipy", "skimage", "cc3d", "edt")
 # Imported only by `hpcffn report`.
 REPORT_PACKAGES = ("matplotlib", "tensorboard")
 # Imported only by `hpcffn view`.
@@ -116,7 +116,8 @@ def main() -> None:
             print(f"hpcffn: error: this command needs {package}, part of the view extra: "
                   "pip install 'hpcffn[view]'", file=sys.stderr)
             sys.exit(2)
-        if os.environ.get("HPCFFN_DEBUG") or package not in STAGE_PACKAGES:
+        # Stage code's own packages (core/stage_table.py); the base install has all others.
+        if os.environ.get("HPCFFN_DEBUG") or package not in EXTRA_PACKAGES:
             raise
         print(f"hpcffn: error: this command needs {exc.name.split('.')[0]}, part of the stage code's extra: "
               "pip install 'hpcffn[ffn]', or run it inside the hpcffn container", file=sys.stderr)

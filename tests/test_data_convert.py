@@ -100,7 +100,7 @@ def test_convert_tif_directory_natural_order(tmp_path):
     assert info["objects"] == want.max()
 
 
-def test_convert_multipage_black_labels_and_rescale(tmp_path):
+def test_convert_multipage_black_labels_and_rescale(tmp_path, capsys):
     vol = np.zeros((6, 9, 10), np.uint16)
     vol[1:4, 2:5, 2:5] = 7
     vol[2:6, 6:8, 1:9] = 300
@@ -113,7 +113,8 @@ def test_convert_multipage_black_labels_and_rescale(tmp_path):
         np.testing.assert_array_equal(b["stack"][...], vol)
     with pytest.raises(HpcffnError, match="--rescale"):
         convert(tmp_path / "c.h5", ConvertOptions(raw=str(tmp_path / "raw.tif")))
-    convert(tmp_path / "c.h5", ConvertOptions(raw=str(tmp_path / "raw.tif"), rescale="minmax", slab=1))
+    convert(tmp_path / "c.h5", ConvertOptions(raw=str(tmp_path / "raw.tif"), rescale="minmax", slab=1, progress=True))
+    assert "convert c.h5" in capsys.readouterr().out  # the bar (core/progress.py): min/max pass, then the slices
     convert(tmp_path / "d.h5", ConvertOptions(raw=str(tmp_path / "raw.tif"), rescale="dtype"))
     with h5py.File(tmp_path / "c.h5") as c, h5py.File(tmp_path / "d.h5") as d:
         r = c["raw"][...]

@@ -124,10 +124,11 @@ def test_seed_reproducible_and_changes(tmp_path):
     assert outs[0] != outs[2] and sorted(outs[0]) != [] and len(outs[0]) == len(outs[2])
 
 
-def test_max_records_keeps_balance(tmp_path):
+def test_max_records_keeps_balance(tmp_path, capsys):
     af = make_af(tmp_path / "a.h5", (10, 10, 10), 2)
     vols = [parse_input(f"v:{tmp_path}/a.h5:af")]
-    summary = build_coordinates(vols, tmp_path / "c.tfrecord.gz", (0, 0, 0), max_records=103, seed=1)
+    summary = build_coordinates(vols, tmp_path / "c.tfrecord.gz", (0, 0, 0), max_records=103, seed=1, progress=True)
+    assert "coordinates" in capsys.readouterr().out  # the bar (core/progress.py)
     recs = read_records(tmp_path / "c.tfrecord.gz")
     per = {}
     for center, _ in recs:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import expand_stages
+from hpcffn.core.stage_table import expand_stages
 
 PLAN_DIR = typer.Argument(None, help="The experiment's workdir (holding plan.json); default: the current directory.")
 SPEC = typer.Option(None, "--spec", help="Find the workdir from this experiment spec instead of PLAN_DIR.")

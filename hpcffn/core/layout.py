@@ -35,29 +35,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The stages a spec's `stages:` names; "stitch" runs as the four steps of STITCH_STEPS.
-SPEC_STAGES = ("convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate")
-STITCH_STEPS = ("joins", "resolve", "relabel", "pyramid")
-# Spec stage infer with ffn.inference.consensus on: the forward pass (job stage "infer"), then these.
-CONSENSUS_STEPS = ("reverse", "consensus")
-STAGES = ("convert", "partitions", "coordinates", "train", "infer", *CONSENSUS_STEPS, *STITCH_STEPS, "evaluate")
-
-# What one unit of work of each stage is: a volume, a tile, a group, or the whole experiment.
-STAGE_UNIT = {
-    "convert": "volume",
-    "partitions": "tile",
-    "coordinates": "group",
-    "train": "group",
-    "infer": "tile",
-    "reverse": "tile",
-    "consensus": "tile",
-    "joins": "tile",
-    "resolve": "volume",
-    "relabel": "tile",
-    "pyramid": "block",
-    "evaluate": "experiment",
-}
-
 PLAN_FILE = "plan.json"
 RESOLVED_SPEC_FILE = "spec.resolved.yaml"
 STATE_FILE = "state.json"
@@ -162,22 +139,3 @@ class Layout:
 def infer_state_path(output: Path) -> Path:
     """Where infer saves its progress beside its output (`hpcffn status` reads it too)."""
     return output.with_name(output.name + ".state")
-
-
-def spec_stage(stage: str) -> str:
-    """The spec-level stage a stage belongs to (its `stages:` name)."""
-    return "stitch" if stage in STITCH_STEPS else "infer" if stage in CONSENSUS_STEPS else stage
-
-
-def resource_stage(stage: str) -> str:
-    """The stage whose resources a job of `stage` gets: the reverse pass the forward pass's (GPUs),
-    the consensus (numpy over a tile's two segmentations) stitch's CPU resources."""
-    return "stitch" if stage == "consensus" else spec_stage(stage)
-
-
-def expand_stages(names: list[str] | None) -> list[str] | None:
-    """`--stage stitch` means all of its steps; `--stage infer` the consensus steps too."""
-    if not names:
-        return names
-    steps = {"stitch": STITCH_STEPS, "infer": ("infer", *CONSENSUS_STEPS)}
-    return list(dict.fromkeys(s for n in names for s in steps.get(n, (n,))))

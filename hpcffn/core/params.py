@@ -169,12 +169,15 @@ class InferenceParams(_Strict):
         "below 0.5 are never raised again; negative turns it off"
     )
     seed_policy: Literal["peaks", "peaks_shuffled", "invert_origins"] = Field(
-        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: hpcffn 0.1's; "
+        "peaks", description="peaks: FFN's PolicyPeaks (raster order); peaks_shuffled: maxima at least 0.5 voxel "
+        "from an edge where the whole FOV fits, in a fixed shuffled order (hpcffn 0.1's seeds); "
         "invert_origins: FFN's PolicyInvertOrigins, the fill starts of a previous segmentation of the same box, "
         "last-created segment first (needs its file: --origins, or the plan's forward pass)"
     )
     movement_policy: Literal["face_max", "face_centre"] = Field(
-        "face_max", description="face_max: FFN's FaceMaxMovementPolicy and segment rules; face_centre: hpcffn 0.1's fill"
+        "face_max", description="face_max: FFN's FaceMaxMovementPolicy and segment rules; face_centre: moves to the "
+        "centre of each face above move_threshold, batch_size FOVs per call, the seed's connected part becomes the "
+        "segment (hpcffn 0.1's fill)"
     )
     seed_threshold: float = Field(
         0.0, ge=0, le=1,

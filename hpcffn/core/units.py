@@ -25,6 +25,7 @@ from hpcffn.core.bundles import first_and_count, is_bundle, members
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
 from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
+from hpcffn.core.stage_table import STAGE
 
 
 def head_of(plan: Plan) -> Plan:
@@ -84,7 +85,7 @@ def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = N
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                members = task_tiles(plan, job) if job.stage in ("infer", "reverse") else None
+                members = task_tiles(plan, job)
                 text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(folder / lay.unit_index(job.name).name, text)
@@ -194,8 +195,11 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
 
 
 def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
-    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py)."""
-    out = {}
+    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py);
+    {} for a job of another stage (only inference passes bundle tiles)."""
+    out: dict[str, list[str]] = {}
+    if not STAGE[job.stage].inference_pass:
+        return out
     for unit in job.units:
         if is_bundle(unit):
             found = members(plan.tiles, unit)
@@ -208,7 +212,7 @@ def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
 def infer_task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
     """`task_tiles` of a plan loaded with or without its tiles (status reads plan.json without
     them): from the plan's tiles, else from the job's unit index. {} for one tile per task."""
-    if not any(is_bundle(u) for u in job.units):
+    if not STAGE[job.stage].inference_pass or not any(is_bundle(u) for u in job.units):
         return {}
     if plan.tiles:
         return task_tiles(plan, job)

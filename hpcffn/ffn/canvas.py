@@ -240,7 +240,7 @@ class Canvas:
             return None
         return mask
 
-    # hpcffn 0.1's fill (movement_policy: face_centre) ------------------------------------------
+    # Face-centre fill (movement_policy: face_centre, hpcffn 0.1's) ------------------------------
 
     def _pick_batch(self, queue: deque, limit: int) -> list:
         """Up to `limit` queued positions whose FOVs do not overlap (their updates are independent)."""
@@ -292,7 +292,7 @@ class Canvas:
         return lo, hi, True
 
     def _accept_connected(self, start, box) -> np.ndarray | None:
-        """hpcffn 0.1's acceptance: the connected part of the voxels >= segment_threshold that holds the seed."""
+        """face_centre's acceptance: the connected part of the voxels >= segment_threshold that holds the seed."""
         from scipy import ndimage
 
         mask = (self.seed[box] >= self.segment_logit) & (self.seg[box] <= 0)

@@ -15,7 +15,9 @@ The default policies reproduce FFN's `Canvas.segment_all` with `PolicyPeaks` see
   they are >= `min_segment_size` (no connected-component step).
 
 The probabilities in InferenceParams are used as FFN uses them: converted to float32 logits.
-`movement_policy: face_centre` and `seed_policy: peaks_shuffled` keep hpcffn 0.1's rules.
+`movement_policy: face_centre` (moves to face centres, batched FOVs, the seed's connected part
+becomes the segment) and `seed_policy: peaks_shuffled` (peaks in a fixed shuffled order) keep
+hpcffn 0.1's rules.
 Progress (segmentation with FFN's -1 markers, seed list, next seed, next id) is saved between
 fills, so a requeued job continues exactly where the last one stopped.
 """
@@ -142,7 +144,7 @@ def policy_peaks(image: np.ndarray, params: InferenceParams, blocked: np.ndarray
 
 def shuffled_peaks(image: np.ndarray, fov_zyx, params: InferenceParams, blocked: np.ndarray | None = None,
                    rng_seed: int = 0) -> np.ndarray:
-    """hpcffn 0.1's seeds (`seed_policy: peaks_shuffled`): maxima at least 0.5 voxel from an edge
+    """Shuffled peak seeds (`seed_policy: peaks_shuffled`, hpcffn 0.1's): maxima at least 0.5 voxel from an edge
     and `seed_min_distance` apart where the whole FOV fits, in a fixed shuffled order."""
     from skimage.feature import peak_local_max
 

@@ -78,7 +78,7 @@ def _match(plan: Plan, stage: str, which: str | None) -> list[tuple[str, int | N
     tile_groups = {x.name: x.group for x in plan.tiles}
     for job in jobs:
         # a task of several tiles (tiles_per_task) is found by any of its tiles too
-        members = infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}
+        members = infer_task_tiles(plan, job)
         for t in job_tasks(job):
             unit = unit_of(job, t)
             tile_group = tile_groups.get(unit)

@@ -21,6 +21,7 @@ from pathlib import Path
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import EXIT_REQUEUE
 from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.core.progress import ProgressBar
 from hpcffn.jobs.reaper import Reaper
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import LocalTask, Submission, load_state, locked, now, updating
@@ -244,27 +245,16 @@ def _run_steps(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues
 
 def _run_with(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues: int, parallel: int,
               running: _Running) -> bool:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     names = {s.job.name for s in steps}
     finished: dict[str, bool] = {}  # job name -> every task completed
     waiting = list(steps)  # in dependency order
     started: dict = {}  # future -> step
     # Tasks sharing this machine's GPU: TensorFlow would give all of its memory to the first.
     extra_env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if parallel > 1 and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ else {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar, ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="hpcffn-job") as jobs:
-        overall = bar.add_task("hpcffn run", total=sum(len(s.tasks) for s in steps))
-
-        def advance() -> None:
-            bar.advance(overall)
-
+    total = sum(len(s.tasks) for s in steps)
+    with ProgressBar("hpcffn run", total, progress, elapsed=True) as bar, \
+            ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="hpcffn-job") as jobs:
+        advance = bar.advance  # one task done (called from the job threads)
         try:
             while waiting or started:
                 for step in list(waiting):
@@ -275,7 +265,7 @@ def _run_with(plan: Plan, steps: list[Step], echo, progress: bool, max_requeues:
                         _cancel_step(plan, step, advance)
                     elif all(name in finished for name in upstream):
                         waiting.remove(step)
-                        bar.update(overall, description=step.job.name)
+                        bar.describe(step.job.name)
                         started[jobs.submit(_run_job, plan, step, max_requeues, parallel, running, extra_env,
                                             advance, echo)] = step
                 if started:

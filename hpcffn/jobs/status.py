@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import infer_state_path
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import STAGE
 from hpcffn.core.units import infer_task_tiles
 from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
@@ -128,7 +129,7 @@ def collect(plan: Plan, detail: bool = True) -> Report:
         c = columns[job.name]
         states = _labels(c)
         output = path_pattern(output_of(plan, job.stage))
-        bundled = infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}
+        bundled = infer_task_tiles(plan, job)
         exists = listing.each(output, c.units) if not bundled else []
         extra: dict[int, dict] = {}  # task position -> "step" (train) or "seeds" (infer)
         tile_counts = None
@@ -137,7 +138,7 @@ def collect(plan: Plan, detail: bool = True) -> Report:
         elif bundled:  # tiles_per_task > 1: outputs and progress per tile, a task done when all its tiles are
             progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             exists, extra, tile_counts = _bundled_infer(plan, c.units, bundled, output, progress, listing)
-        elif job.stage in ("infer", "reverse"):
+        elif STAGE[job.stage].inference_pass:
             progress = path_pattern(lambda u, stage=job.stage: infer_state_path(plan.infer_output(stage, u)))
             # Listed first: most tiles have no progress file, and opening each would cost.
             started = listing.each(progress, c.units)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import CONSENSUS_STEPS, STAGES
 from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.core.stage_table import CONSENSUS_STEPS, STAGES
 from hpcffn.jobs import limits, pretest, slurm
 
 # observe and its views live in observe.py; submit, admin and the local runner import them from here too.

@@ -28,6 +28,7 @@ from hashlib import blake2b
 
 from hpcffn.core.bundles import is_bundle, members
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import STAGE
 from hpcffn.core.units import tile_records
 
 
@@ -118,7 +119,7 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
         table = fps.get(job.stage)
         if table is None:  # a stage this module does not know yet: changed by any change at all
             table = {u: _h("other", job.stage, everything) for u in job.units}
-        if job.stage in ("infer", "reverse") and any(map(is_bundle, job.units)):  # tiles_per_task > 1
+        if STAGE[job.stage].inference_pass and any(map(is_bundle, job.units)):  # tiles_per_task > 1
             table = {**table, **{u: _h("tiles", *(table[t.name] for t in members(plan.tiles, u)))
                                  for u in job.units if is_bundle(u)}}
         try:

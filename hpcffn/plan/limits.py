@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.stage_table import STAGE
 from hpcffn.plan.spec import StageResources
 
 # Seconds before the time limit that SLURM sends train/infer USR1 when no profile says (planner).
@@ -47,7 +48,7 @@ def check_resources(resources: dict[str, StageResources], stages: list[str], max
                 "(train and infer continue across requeues)"
             )
         grace = res.signal_grace or DEFAULT_SIGNAL_GRACE
-        if stage in ("train", "infer") and res.time and time_seconds(res.time) <= grace:
+        if STAGE[stage].requeues and res.time and time_seconds(res.time) <= grace:
             raise HpcffnError(
                 f"{spec_path}: field cluster.{stage}.time: {res.time} ({time_seconds(res.time):g} s) is not "
                 f"longer than the checkpoint signal grace of {grace} s (--signal=B:USR1@{grace}, "

@@ -16,10 +16,11 @@ from pathlib import Path
 from hpcffn import __version__
 from hpcffn.core.bundles import bundle_name, bundles
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import SPEC_STAGES, STAGE_UNIT, STAGES, Layout, resource_stage
+from hpcffn.core.layout import Layout
 from hpcffn.core.params import FFNParams
 from hpcffn.core.plan_model import ClusterPlan, Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
+from hpcffn.core.stage_table import SPEC_STAGES, STAGE, STAGES, resource_stage
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan import container as containers
@@ -35,8 +36,6 @@ from hpcffn.plan.spec import (
     resources_as_set,
     stage_resources,
 )
-
-LONG_STAGES = ("train", "infer", "reverse")  # checkpoint on USR1/TERM and requeue
 
 
 @dataclass
@@ -199,13 +198,10 @@ def required_tile(spec: Spec) -> tuple[int, int, int]:
     return tuple(f + 2 * m for f, m in zip(fov, margin))  # type: ignore[return-value]
 
 
-# Stages that cut training examples (FOV + moves) out of tiles; inference only needs the
-# tile plus its overlap, so an inference-only plan may use tiles smaller than FOV + 2 x margin.
-EXAMPLE_STAGES = ("coordinates", "train")
-
-
 def cuts_examples(stages: list[str]) -> bool:
-    return any(s in stages for s in EXAMPLE_STAGES)
+    """Whether a planned stage cuts training examples (FOV + moves) out of tiles; inference only needs
+    the tile plus its overlap, so an inference-only plan may use tiles smaller than FOV + 2 x margin."""
+    return any(STAGE[s].cuts_examples for s in stages)
 
 
 def check_model_fits(spec: Spec, spec_path: Path, stages: list[str]) -> None:
@@ -269,22 +265,6 @@ def warn_uncapped_coordinates(stages: list[str], groups, ffn: FFNParams, warning
 
 # ---------------------------------------------------------------- jobs
 
-# The dependency table of docs/CONTRACTS.md (group jobs: per group).
-_DEPENDS = {
-    "convert": [],
-    "partitions": ["convert"],
-    "coordinates": ["partitions"],
-    "train": ["coordinates"],
-    "infer": ["train", "convert"],
-    "reverse": ["infer"],  # the same group's forward array (plan_jobs)
-    "consensus": ["reverse"],
-    "joins": ["consensus"],  # infer when consensus is not planned
-    "resolve": ["joins"],
-    "relabel": ["resolve"],
-    "pyramid": ["relabel"],  # pyramid_s<k> waits for pyramid_s<k-1> instead (plan_jobs)
-    "evaluate": ["relabel"],  # infer when stitch is not planned
-}
-
 
 def applicable_stages(volumes: list[VolumePlan]) -> list[str]:
     has_gt = any(v.groundtruth for v in volumes)
@@ -292,7 +272,7 @@ def applicable_stages(volumes: list[VolumePlan]) -> list[str]:
     for s in SPEC_STAGES:
         if s == "convert" and not any(v.needs_convert for v in volumes):
             continue
-        if s in ("partitions", "coordinates", "train", "evaluate") and not has_gt:
+        if STAGE[s].needs_groundtruth and not has_gt:
             continue
         out.append(s)
     return out
@@ -336,7 +316,7 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
             add("convert", stage, True, [v.name for v in volumes if v.needs_convert])
         elif stage == "partitions":
             add("partitions", stage, True, [t.name for t in tiles if t.group])
-        elif stage in ("coordinates", "train"):
+        elif STAGE[stage].unit == "group":  # coordinates, train: one job per group
             for g in groups:
                 add(f"{stage}_{g.name}", stage, False, [g.name], g.name)
         elif stage == "infer":
@@ -364,8 +344,9 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
             add("evaluate", stage, False, ["experiment"])
 
     def deps_of(stage: str) -> list[str]:
+        """What `stage` waits for (core/stage_table.py, docs/CONTRACTS.md's dependency table)."""
         out: list[str] = []
-        for d in _DEPENDS[stage]:
+        for d in STAGE[stage].after:
             out += [d] if d in names_by_stage else deps_of(d)  # skip stages not planned
         return list(dict.fromkeys(out))
 
@@ -373,7 +354,7 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
         targets: list[str] = []
         for d in deps_of(job.stage):
             names = names_by_stage[d]
-            if job.group and d in ("coordinates", "train"):
+            if job.group and STAGE[d].unit == "group":
                 names = [n for n in names if n.endswith(f"_{job.group}")]
             elif job.stage == "infer" and d == "train" and names:
                 names = names[:1]  # ungrouped tiles are segmented with the first group's model
@@ -428,7 +409,7 @@ def sbatch_lines(spec: Spec, job: JobPlan, res: StageResources, layout: Layout, 
             lines.append(f"--{opt}={value}")
     if job.array:
         lines.append(f"--array=0-{len(job.units) - 1}" + (f"%{throttle}" if throttle else ""))
-    if job.stage in LONG_STAGES:
+    if STAGE[job.stage].requeues:
         lines.append(f"--signal=B:USR1@{res.signal_grace or DEFAULT_SIGNAL_GRACE}")
         lines.append("--requeue")
     lines += res.extra_sbatch or []
@@ -444,6 +425,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, StageRe
     scripts: dict[str, str] = {}
     for job in jobs:
         res = resources[job.stage]
+        facts = STAGE[job.stage]
         gpu = bool(res.gpus)
         throttle = spec.subvolume.array_throttle if job.array else None
         job.throttle = throttle
@@ -452,7 +434,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, StageRe
             "experiment": spec.name,
             "job": job.name,
             "stage": job.stage,
-            "unit_kind": STAGE_UNIT[job.stage],
+            "unit_kind": facts.unit,
             "template": f"{job.stage}.sbatch.j2",
             "script_name": Path(job.script).name,
             "array": job.array,
@@ -466,7 +448,8 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, StageRe
             "hpcffn": containers.shell_array(spec.container, binds, gpu),
             "modules": res.modules or [],
             "setup": res.setup or [],
-            "requeue": job.stage in LONG_STAGES,
+            "requeue": facts.requeues,
+            "tensorflow": facts.tensorflow,
             "signal_grace": res.signal_grace or DEFAULT_SIGNAL_GRACE,
             "depends_on": [d.job for d in job.depends_on],
         }

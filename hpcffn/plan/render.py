@@ -16,8 +16,9 @@ from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.layout import CONSENSUS_STEPS, STAGES, Layout
+from hpcffn.core.layout import Layout
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import CONSENSUS_STEPS, STAGES
 from hpcffn.core.units import write_unit_indexes
 from hpcffn.plan.resources import templates_dir
 

@@ -24,10 +24,12 @@ from pydantic import (
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
+from hpcffn.core.stage_table import SPEC_STAGES
 
 ZYX = tuple[int, int, int]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-StageName = Literal["convert", "partitions", "coordinates", "train", "infer", "stitch", "evaluate"]  # infer: with ffn.inference.consensus also its steps reverse, consensus
+# The names `stages:` accepts (core/stage_table.py); infer and stitch run as their steps.
+StageName = Literal[SPEC_STAGES]  # type: ignore[valid-type]
 
 
 def _name(v: str) -> str:

@@ -8,7 +8,7 @@ from hpcffn.plan.render import pending_renders
 
 def resource_cells(resolved_spec: PlanSpec, stage: str) -> list[str]:
     """time, memory, CPUs, GPUs a stage's jobs ask for ("-": SLURM's default)."""
-    from hpcffn.core.layout import resource_stage
+    from hpcffn.core.stage_table import resource_stage
 
     res = resolved_spec.cluster.resources(resource_stage(stage))
     return [str(res.get(k) or "-") for k in ("time", "memory", "cpus", "gpus")]

@@ -65,7 +65,7 @@ def _categories(plan: Plan, page: Page) -> dict[tuple[str, str], str]:
     page.status_rows = report.rows
     cats = {(r["stage"], t["unit"]): t["category"] for r in report.rows for t in r["detail"]}
     for job in plan.jobs:  # a task of several tiles: each tile done by its marker, else as its task
-        for unit, tiles in (infer_task_tiles(plan, job) if job.stage in ("infer", "reverse") else {}).items():
+        for unit, tiles in infer_task_tiles(plan, job).items():
             for tile in tiles:
                 done = plan.layout.marker(job.stage, tile).is_file()
                 cats[(job.stage, tile)] = "done" if done else cats.get((job.stage, unit), "never")

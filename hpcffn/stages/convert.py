@@ -18,6 +18,7 @@ import numpy as np
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import ClaheSpec
+from hpcffn.core.progress import ProgressBar
 from hpcffn.io.ownership import OWNER_ATTR, same_file, written_by_hpcffn
 
 RESCALES = ("none", "dtype", "minmax")
@@ -65,32 +66,6 @@ def _min_max(reader, slab: int) -> tuple[float, float]:
         if block.size:
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     return lo, hi
-
-
-class _Progress:
-    """A rich progress bar over slices when stderr is a terminal; silent otherwise."""
-
-    def __init__(self, total: float, label: str, enabled: bool | None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._bar = None
-        if self.enabled:
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=False)
-            self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self):
-        if self._bar:
-            self._bar.start()
-        return self
-
-    def advance(self, n: float) -> None:
-        if self._bar:
-            self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        if self._bar:
-            self._bar.stop()
 
 
 @dataclass(frozen=True)
@@ -143,7 +118,7 @@ def convert(output: str | Path, opts: ConvertOptions) -> dict:
         minmax = raw_r is not None and opts.rescale == "minmax" and raw_r.dtype != np.uint8
         total = shape[0] * ((raw_r is not None) + (gt_r is not None) + minmax)
         info: dict = {"shape": list(shape)}
-        with atomic_h5(output) as fh, _Progress(total, f"convert {output.name}", opts.progress) as bar:
+        with atomic_h5(output) as fh, ProgressBar(f"convert {output.name}", total, opts.progress) as bar:
             fh.attrs[OWNER_ATTR] = "convert"  # this file is hpcffn's to replace (io/ownership.py)
             if raw_r:
                 info.update(_write_raw(fh, raw_r, opts, step, bar))
@@ -195,7 +170,7 @@ def _open_inputs(opts: ConvertOptions, readers):
     return raw_r, gt_r
 
 
-def _write_raw(fh, raw_r, opts: ConvertOptions, step: int, bar: _Progress) -> dict:
+def _write_raw(fh, raw_r, opts: ConvertOptions, step: int, bar: ProgressBar) -> dict:
     """The uint8 grayscale dataset, slab by slab (CLAHE on kernel-aligned slabs when enabled);
     returns {"raw_range": [min, max]} when rescale minmax measured it."""
     shape, out = raw_r.shape, {}
@@ -233,7 +208,7 @@ def _write_raw(fh, raw_r, opts: ConvertOptions, step: int, bar: _Progress) -> di
     return out
 
 
-def _write_groundtruth(fh, gt_r, opts: ConvertOptions, step: int, bar: _Progress) -> int:
+def _write_groundtruth(fh, gt_r, opts: ConvertOptions, step: int, bar: ProgressBar) -> int:
     """The uint64 object-id dataset, labelled slab by slab; returns the object count."""
     from hpcffn.io.labeling import label_volume
 

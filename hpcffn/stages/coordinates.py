@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.progress import ProgressBar
 from hpcffn.io.tfrecord import _MAX_COORD
 from hpcffn.io.volumes import HDF5_SUFFIXES, Location, open_dataset, parse_location
 
@@ -190,12 +191,10 @@ def build_coordinates(
     shards = _Shards(n_shards, Path(tmpdir) if tmpdir else Path(output).parent, shard_prefix(output))
 
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("coordinates", total=2 * sampling.total_records) if bar else None
-            advance = (lambda n: bar.advance(task, n)) if bar else (lambda n: None)
+        with ProgressBar("coordinates", 2 * sampling.total_records, progress) as bar:
             _deal_into_shards(volumes, per_volume, margin, sampling, shards, rng, deal, slab_voxels, block_records,
-                              advance)
-            written = _write_shuffled(volumes, shards, output, deal, block_records, advance)
+                              bar.advance)
+            written = _write_shuffled(volumes, shards, output, deal, block_records, bar.advance)
     finally:
         shards.close()
     if written != sampling.total_records:  # pragma: no cover - internal consistency
@@ -356,28 +355,6 @@ def _expand(members: np.ndarray, k: int, extra: int, rng, block: int):
             yield tiled
     if rest:
         yield np.tile(members, rest)
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
 def run_from_plan(plan, group_key, params=None, tmpdir=None, progress: bool | None = None) -> dict:

@@ -20,24 +20,9 @@ from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import STAGE, packages
 
 CHECK_ENV = "HPCFFN_CHECK"
-
-# What each stage's code imports beyond the base install.
-STAGE_NEEDS = {
-    "convert": ("h5py", "tifffile", "cc3d"),
-    "partitions": ("h5py", "scipy"),
-    "coordinates": ("h5py",),
-    "train": ("h5py", "tensorflow"),
-    "infer": ("h5py", "tensorflow", "scipy", "skimage", "edt"),
-    "consensus": ("h5py",),
-    "stitch": ("h5py", "scipy"),
-    "joins": ("h5py", "scipy"),
-    "resolve": ("h5py", "scipy", "zarr"),
-    "relabel": ("h5py", "zarr"),
-    "pyramid": ("zarr",),
-    "evaluate": ("h5py", "scipy", "skimage"),
-}
 UNIT_FLAGS = ("--tile", "--group", "--volume", "--block")
 
 
@@ -52,7 +37,7 @@ def _flag(argv: list[str], name: str) -> str | None:
 
 def _versions(stage: str, problems: list[str]) -> dict:
     out = {}
-    for name in STAGE_NEEDS.get(stage, ()):
+    for name in packages(stage):
         try:
             module = importlib.import_module(name)
             out[name] = getattr(module, "__version__", "?")
@@ -72,22 +57,20 @@ def _gpus(problems: list[str]) -> dict:
 
 
 def _inputs(plan: Plan, stage: str, unit: str | None, job: str | None = None) -> list:
-    """The user's input files this job reads (sources outside the workdir)."""
+    """The user's input files this job reads (sources outside the workdir): its unit's volume(s), or
+    (a group, a block, the experiment) those with groundtruth."""
     job = job if job in {j.name for j in plan.jobs} else stage  # an index is a position in the job's units
+    kind = STAGE[stage].unit if stage in STAGE else None
     if stage == "consensus":
         volumes = []  # reads the two passes in the workdir only
-    elif stage == "convert" and unit is not None:
-        volumes = [plan.volume(plan.task_unit("convert", unit))]
-    elif stage in ("infer", "reverse") and unit is not None:
+    elif kind == "volume" and unit is not None:
+        volumes = [plan.volume(plan.task_unit(job, unit))]
+    elif kind == "tile" and unit is not None:
         from hpcffn.core.bundles import is_bundle, members
 
         name = str(plan.task_unit(job, unit))  # a task of several tiles (tiles_per_task) reads all their volumes
         tiles = members(plan.tiles, name) if is_bundle(name) else [plan.tile(name)]
         volumes = [plan.volume(v) for v in dict.fromkeys(t.volume for t in tiles)]
-    elif stage in ("partitions", "joins", "relabel") and unit is not None:
-        volumes = [plan.volume(plan.tile(plan.task_unit(job, unit)).volume)]
-    elif stage in ("stitch", "resolve") and unit is not None:
-        volumes = [plan.volume(plan.task_unit(job, unit))]
     else:
         volumes = [v for v in plan.volumes if v.groundtruth]
     paths = []
@@ -145,7 +128,7 @@ def run_probe(job: str, stage: str, argv: list[str]) -> Path:
     if plan.hpcffn_version != __version__:
         problems.append(f"hpcffn {__version__} runs here but {plan.hpcffn_version} planned: "
                         "rebuild the image or re-plan with the same version")
-    if stage in ("train", "infer") and report["packages"].get("tensorflow"):
+    if report["packages"].get("tensorflow"):  # a TensorFlow stage (core/stage_table.py), and it imports
         report["gpus"] = _gpus(problems)
     report["inputs"] = {}
     for source in _inputs(plan, stage, unit, job):

@@ -1,0 +1,52 @@
+"""The stage table (hpcffn/core/stage_table.py) agrees with what is written elsewhere per stage:
+templates, `hpcffn stage` commands, the spec's per-stage resources."""
+
+from __future__ import annotations
+
+from hpcffn.cli import stage_app
+from hpcffn.core.stage_table import CONSENSUS_STEPS, SPEC_STAGES, STAGE, STAGES, STITCH_STEPS, TABLE, expand_stages
+from hpcffn.plan.resources import templates_dir
+from hpcffn.plan.spec import ClusterSpec, ProfileSpec
+
+
+def test_every_job_stage_has_a_template():
+    assert all((templates_dir() / f"{s}.sbatch.j2").is_file() for s in STAGES)
+
+
+def test_every_stage_command_is_in_the_table():
+    # `check` probes a command's packages and the CLI catches the time-limit signal by this name.
+    assert {c.name for c in stage_app.registered_commands} <= set(STAGE)
+
+
+def test_every_spec_stage_has_its_own_resources():
+    for model in (ClusterSpec, ProfileSpec):
+        assert set(SPEC_STAGES) <= set(model.model_fields)
+    assert {s.resource_stage for s in TABLE} <= set(SPEC_STAGES)
+
+
+def test_stages_wait_only_for_earlier_job_stages():
+    for i, s in enumerate(STAGES):
+        assert set(STAGE[s].after) <= set(STAGES[:i]), s
+
+
+def test_steps_and_their_expansion():
+    assert STITCH_STEPS == ("joins", "resolve", "relabel", "pyramid")
+    assert CONSENSUS_STEPS == ("reverse", "consensus")
+    assert expand_stages(["stitch", "infer", "convert"]) == [*STITCH_STEPS, "infer", *CONSENSUS_STEPS, "convert"]
+    assert "stitch" in SPEC_STAGES and "stitch" not in STAGES  # runs as its steps
+
+
+def test_base_packages_are_base_dependencies():
+    import tomllib
+    from pathlib import Path
+
+    from hpcffn.core.stage_table import BASE_PACKAGES
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert all(any(d.startswith(p) for d in deps) for p in BASE_PACKAGES)
+
+
+def test_the_starter_spec_lists_the_spec_stages():
+    from hpcffn.plan.starter import STARTER
+
+    assert f"# stages: [{', '.join(SPEC_STAGES)}]" in STARTER
