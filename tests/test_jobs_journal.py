@@ -99,8 +99,8 @@ def test_submit_killed_half_way_forgets_no_job_it_queued(tmp_path, monkeypatch):
         for t in s.tasks if s.tasks is not None else [None]:
             v = next(v for v in views[s.job] if v.task == t)
             assert v.category == "alive" and v.sub.job_id == s.job_id
-    rows = {r["job"]: r for r in collect(plan).rows}  # hpcffn status
-    assert rows["infer_g0"]["job_ids"] == ["6", "7"] and rows["infer_g0"]["states"] == {"PENDING": 22,
+    rows = {r.job: r for r in collect(plan).rows}  # hpcffn status
+    assert rows["infer_g0"].job_ids == ["6", "7"] and rows["infer_g0"].states == {"PENDING": 22,
                                                                                           "NOT SUBMITTED": 8}
     sent = []
     monkeypatch.setattr(slurm, "scancel", sent.extend)

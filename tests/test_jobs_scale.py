@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def _stats_during_status(tmp_path: Path, ny: int, nx: int, monkeypatch) -> int:
     monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     report = collect(plan)
     monkeypatch.setattr(os, "stat", real)
-    assert sum(r["tasks"] for r in report.rows) > ny * nx
+    assert sum(r.tasks for r in report.rows) > ny * nx
     return len(calls)
 
 
@@ -308,14 +309,14 @@ def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
         path.touch()
     monkeypatch.setattr(slurm, "query", lambda ids, problems=None: {i: infos[i] for i in ids if i in infos})
     full, light = collect(plan), collect(plan, detail=False)
-    assert [{**r, "detail": []} for r in full.rows] == light.rows
-    assert {r["job"]: _notes_of(r) for r in full.rows} == light.notes
-    rows = {r["job"]: r for r in full.rows}
-    assert rows["infer_g0"]["states"] == {"RUNNING": 1, "PENDING (Dependency)": 9, "FAILED": 1,  # task 3: re-planned
+    assert [replace(r, detail=[]) for r in full.rows] == light.rows
+    assert {r.job: _notes_of(r) for r in full.rows} == light.notes
+    rows = {r.job: r for r in full.rows}
+    assert rows["infer_g0"].states == {"RUNNING": 1, "PENDING (Dependency)": 9, "FAILED": 1,  # task 3: re-planned
                                           "COMPLETED (marker)": 1, "UNKNOWN (no marker)": 9, "NOT SUBMITTED": 9}
-    assert light.notes["infer_g0"]["requeues"] == 3 and rows["joins"]["counts"] == {"done": 1, "failed": 1, "never": 28}
+    assert light.notes["infer_g0"]["requeues"] == 3 and rows["joins"].counts == {"done": 1, "failed": 1, "never": 28}
     state = State(submissions=subs)
     columns = observe_jobs(plan, state, query=lambda ids: infos)
     for name, views in observe(plan, state, query=lambda ids: infos).items():
         assert views == columns[name].views()
-        assert [v.slurm_id for v in views] == [d["id"] for d in {r["job"]: r for r in full.rows}[name]["detail"]]
+        assert [v.slurm_id for v in views] == [d["id"] for d in {r.job: r for r in full.rows}[name].detail]

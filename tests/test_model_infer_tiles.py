@@ -161,7 +161,7 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     from hpcffn.jobs.status import collect, render_table
 
     def infer_row():
-        return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r["job"] == "infer_g0")
+        return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r.job == "infer_g0")
 
     assert (infer_row()["tasks"], infer_row()["tile_outputs"], infer_row()["tiles"]) == (2, 0, 3)
     lines = []
@@ -178,8 +178,8 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
         assert markers.is_done(two, "infer", t.name)
     assert markers.is_done(two, "infer", "v_z0_y0_x0+1")
     row = infer_row()
-    assert (row["outputs"], row["tile_outputs"], row["counts"]) == (2, 3, {"never": 2})
-    assert [t["tiles"] for t in row["detail"] if "tiles" in t] == []  # done tasks list no part-way tiles
+    assert (row.outputs, row.tile_outputs, row.counts) == (2, 3, {"never": 2})
+    assert [t["tiles"] for t in row.detail if "tiles" in t] == []  # done tasks list no part-way tiles
     from rich.console import Console
 
     console = Console(width=200, record=True)

@@ -17,6 +17,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import infer_task_tiles
 from hpcffn.jobs import slurm
+from hpcffn.jobs.observe import Category
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
@@ -44,7 +45,7 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     for job in plan.jobs:
         keep = set(selected_tasks(plan, job, stages, groups, of_unit))
         for v in views[job.name]:
-            if v.task in keep and v.category == "alive" and v.sub is not None:
+            if v.task in keep and v.category is Category.ALIVE and v.sub is not None:
                 if not v.sub.local:
                     queued.append(v)
                 elif v.sub.runner_host and v.sub.runner_host != host:

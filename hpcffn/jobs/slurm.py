@@ -58,6 +58,12 @@ class TaskInfo:
     def failed(self) -> bool:
         return not self.alive and self.state not in DONE_STATES
 
+    @property
+    def cancelled_by_dependency(self) -> bool:
+        """Cancelled only because a job it depends on failed (--kill-on-invalid-dep, or the
+        local runner doing the same): a follower of a failure, not a cause."""
+        return self.state == "CANCELLED" and self.reason in DEAD_PENDING_REASONS
+
 
 def _tool(name: str) -> str:
     path = shutil.which(name)
