@@ -128,7 +128,7 @@ def test_watch_backs_off_while_nothing_changes(mini_plan, monkeypatch):
                                  states={"RUNNING": 1}, job_ids=["1"], outputs=0, detail=[])
     done = replace(alive, counts={"done": 1}, states={"COMPLETED": 1})
     reports = [status_mod.Report(rows=[alive]) for _ in range(4)] + [status_mod.Report(rows=[done])]
-    monkeypatch.setattr(status_mod, "collect", lambda plan: reports.pop(0))
+    monkeypatch.setattr(status_mod, "collect", lambda plan, *_: reports.pop(0))
     sleeps = []
     monkeypatch.setattr(status_mod.time, "sleep", sleeps.append)
     final = status_mod.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)

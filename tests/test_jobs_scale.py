@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fake_slurm import FakeSlurm
 from plan_helpers import spec_dict, write_h5, write_spec
 
 from hpcffn.commands.options import task_plan
@@ -204,7 +205,7 @@ def test_status_loads_the_plan_without_its_tile_records(tmp_path):
     assert proc.returncode == 0 and "infer_g0" in proc.stdout and "NOT SUBMITTED 30" in proc.stdout, proc.stdout
 
 
-def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
+def test_cancel_names_whole_arrays_not_every_task(tmp_path):
     from hpcffn.jobs.admin import cancel
     from hpcffn.jobs.state import save_state
 
@@ -216,13 +217,11 @@ def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
     save_state(plan.layout.state, State(submissions=subs))
     states = {s.task_id(t): "RUNNING" for s in subs for t in s.tasks}
     states["601_3"] = "COMPLETED"  # one task of the second piece is done: that piece goes task by task
-    monkeypatch.setattr(slurm, "query", lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
-    sent = []
-    monkeypatch.setattr(slurm, "scancel", sent.extend)
+    queue = FakeSlurm(queue=lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
     lines = []
-    cancel(plan, echo=lines.append)
-    assert sent == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
-    assert lines == [f"cancelled 29 task(s): {' '.join(sent)}"]
+    cancel(plan, echo=lines.append, scheduler=queue)
+    assert queue.cancelled == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
+    assert lines == [f"cancelled 29 task(s): {' '.join(queue.cancelled)}"]
 
 
 def test_path_pattern_asks_the_layout_per_unit_where_the_path_is_no_pattern():
@@ -277,7 +276,7 @@ def test_pending_array_tasks_share_their_record():
     assert got["7_0"] is got["7_1"] and got["7_1"].id == "7_[0-1]"
 
 
-def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
+def test_status_counts_without_detail_as_with_it(tmp_path):
     """The table's report (no per-task detail) has the same rows and notes as the full one, and the
     columns observe_jobs keeps are the views observe hands out: re-planned, local, split, whole."""
     from hpcffn.jobs.observe import observe_jobs
@@ -307,8 +306,8 @@ def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
     for path in (plan.layout.segmentation(units[20]), plan.layout.joins(joins[0])):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-    monkeypatch.setattr(slurm, "query", lambda ids, problems=None: {i: infos[i] for i in ids if i in infos})
-    full, light = collect(plan), collect(plan, detail=False)
+    queue = FakeSlurm(queue=lambda ids: {i: infos[i] for i in ids if i in infos})
+    full, light = collect(plan, scheduler=queue), collect(plan, detail=False, scheduler=queue)
     assert [replace(r, detail=[]) for r in full.rows] == light.rows
     assert {r.job: _notes_of(r) for r in full.rows} == light.notes
     rows = {r.job: r for r in full.rows}

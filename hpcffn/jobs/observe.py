@@ -111,14 +111,14 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
 
 
 def observe_jobs(plan: Plan, state: State, query=None) -> dict[str, JobTasks]:
-    """`observe` as columns per job (`query`: ids -> TaskInfo, slurm.query by default)."""
+    """`observe` as columns per job (`query`: ids -> TaskInfo, this machine's Slurm().query by default)."""
     subs_of: dict[str, list[Submission]] = {}
     for sub in state.submissions:
         subs_of.setdefault(sub.job, []).append(sub)
     newest = {j.name: _newest(subs_of.get(j.name, []), j.array) for j in plan.jobs}
     ids = {name: _slurm_ids(pairs) for name, pairs in newest.items()}
     asked = [i for per in ids.values() for i in per.values()]
-    infos: dict[str, slurm.TaskInfo] = (query or slurm.query)(asked) if asked else {}
+    infos: dict[str, slurm.TaskInfo] = (query or slurm.Slurm().query)(asked) if asked else {}
     runners: dict[str, bool] = {}
     listing = Listing()
     return {job.name: _columns(plan, job, newest[job.name], ids[job.name], infos, listing, runners)

@@ -1,7 +1,7 @@
 """`hpcffn status`: one row per job (stage x group) with SLURM states, task counts and outputs.
 
 Combines state.json (which ids were submitted), SLURM (squeue, then sacct, then scontrol:
-see slurm.query), the success markers the stages write and the expected output files, so
+see slurm.Slurm.query), the success markers the stages write and the expected output files, so
 the table stays right when accounting is missing or SLURM has forgotten old jobs. A SLURM
 that does not answer degrades the table to markers and outputs with a warning, never a crash.
 """
@@ -136,19 +136,21 @@ def _labels(tasks: JobTasks) -> list[str]:
             for k, info, cat in zip(keys, tasks.infos, tasks.categories)]
 
 
-def collect(plan: Plan, detail: bool = True) -> Report:
-    """Build the status report; SLURM errors become warnings.
+def collect(plan: Plan, detail: bool = True, scheduler: slurm.Slurm | None = None) -> Report:
+    """Build the status report from `scheduler` (this machine's SLURM by default); SLURM errors
+    become warnings.
 
     detail=False leaves each row's per-task `detail` empty (the table needs only counts and
     `notes`): at 100,000 tiles that is half a million dicts not made.
     """
     report = Report()
     state = load_state(plan.layout.state)
+    scheduler = scheduler or slurm.Slurm()
 
     def query(ids):
         problems: list[str] = []
         try:
-            found = slurm.query(ids, problems=problems)
+            found = scheduler.query(ids, problems=problems)
             report.warnings += [f"{p}; states come from what did answer (and markers)" for p in problems]
             return found
         except HpcffnError as exc:
@@ -281,7 +283,7 @@ def next_step(plan: Plan, report: Report) -> str:
 
 
 def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
-         max_interval: float = 120.0, echo=print) -> Report:
+         max_interval: float = 120.0, echo=print, scheduler: slurm.Slurm | None = None) -> Report:
     """Print the status once, or until nothing is alive with --watch (backing off while idle).
 
     On a terminal --watch redraws one table in place; piped into a log it prints a table per
@@ -314,7 +316,7 @@ def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float
     try:
         while True:
             # The table needs counts only; --json and --watch's closing advice need every task.
-            report = collect(plan) if as_json or watch else collect(plan, detail=False)
+            report = collect(plan, as_json or watch, scheduler)
             emit(report)
             if not watch or report.finished:
                 if watch and not as_json:

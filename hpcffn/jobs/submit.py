@@ -348,18 +348,20 @@ def dry_run_script(plan: Plan, steps: list[Step], max_array_size: int | None = N
 
 
 def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
-           dry_run: bool = False, echo=print) -> list[Submission]:
-    """Submit what needs submitting; return the new submissions (none on a dry run).
+           dry_run: bool = False, echo=print, scheduler: slurm.Slurm | None = None) -> list[Submission]:
+    """Submit what needs submitting to `scheduler` (this machine's SLURM by default); return the
+    new submissions (none on a dry run).
 
     Arrays longer than the cluster's MaxArraySize go in as several arrays (limits.py); every
     later step depends on all of their ids, and state.json records each piece's offset.
     """
     state_path = plan.layout.state
-    if not dry_run and not slurm.available():
-        slurm._tool("sbatch")  # raises the one-line "not on PATH" error
+    scheduler = scheduler or slurm.Slurm()
+    if not dry_run:
+        scheduler.tool("sbatch")  # not installed here: the one-line "not on PATH" error
     with locked(state_path):
         state = load_state(state_path)
-        views = observe(plan, state)
+        views = observe(plan, state, query=scheduler.query)
         steps = plan_steps(plan, views, resume, stages, groups)
         check_scripts(plan, steps, views)
         lim = limits.resolve(plan) if any(s.job.array for s in steps) else None
@@ -371,10 +373,10 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         if dry_run:
             echo(dry_run_script(plan, steps, size).rstrip("\n"))
             return []
-        pretest.require_all_accepted(plan, steps, size)  # all or nothing: sbatch must accept every script first
+        pretest.require_all_accepted(plan, steps, size, scheduler)  # all or nothing: sbatch must accept every script first
         made: list[Submission] = []
         try:
-            _queue(plan, steps, size, state_path, made, echo)
+            _queue(plan, steps, size, state_path, made, echo, scheduler)
         finally:
             if made:  # once, not per sbatch call: until then each one is a journal line (state.record)
                 state.submissions += made
@@ -384,7 +386,8 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         return made
 
 
-def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, made: list[Submission], echo) -> None:
+def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, made: list[Submission], echo,
+           scheduler: slurm.Slurm) -> None:
     """The sbatch calls, in order; each new submission is recorded (journal line, fsynced) and
     put in `made` before the next call, so a submit stopped anywhere forgets nothing it queued."""
     new_ids: dict[str, list[str]] = {}
@@ -396,7 +399,7 @@ def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, ma
         calls = step.calls(size)
         for offset, tasks, array in calls:
             cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
-            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+            jid = scheduler.sbatch(cmd, cwd=plan.layout.root)
             new_ids.setdefault(step.job.name, []).append(jid)
             sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
                              tasks=[t for t in tasks if t is not None] if step.job.array else None,
