@@ -122,16 +122,17 @@ def test_script_edited_into_invalid_bash(mini_plan):
 def test_watch_backs_off_while_nothing_changes(mini_plan, monkeypatch):
     from dataclasses import replace
 
-    import hpcffn.jobs.status as status_mod
+    import hpcffn.commands.job_views as views
+    from hpcffn.jobs.status import Report, StatusRow
 
-    alive = status_mod.StatusRow(job="a", stage="train", group="g0", tasks=1, counts={"alive": 1},
+    alive = StatusRow(job="a", stage="train", group="g0", tasks=1, counts={"alive": 1},
                                  states={"RUNNING": 1}, job_ids=["1"], outputs=0, detail=[])
     done = replace(alive, counts={"done": 1}, states={"COMPLETED": 1})
-    reports = [status_mod.Report(rows=[alive]) for _ in range(4)] + [status_mod.Report(rows=[done])]
-    monkeypatch.setattr(status_mod, "collect", lambda plan, *_: reports.pop(0))
+    reports = [Report(rows=[alive]) for _ in range(4)] + [Report(rows=[done])]
+    monkeypatch.setattr(views, "collect", lambda plan, *_: reports.pop(0))
     sleeps = []
-    monkeypatch.setattr(status_mod.time, "sleep", sleeps.append)
-    final = status_mod.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)
+    monkeypatch.setattr(views.time, "sleep", sleeps.append)
+    final = views.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)
     assert final.all_done
     assert sleeps == [10, 15, 20, 20]
 
@@ -170,7 +171,8 @@ def test_cancel_stops_a_local_run(job_tmp, parallel):
 
 
 def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
-    from hpcffn.jobs.status import checkpoint_step, render_table
+    from hpcffn.commands.job_views import status_table
+    from hpcffn.jobs.status import checkpoint_step
 
     max_steps = mini_plan.ffn.training.max_steps
     train_dir = mini_plan.layout.train_dir("g0")
@@ -190,7 +192,7 @@ def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
     from rich.console import Console
 
     console = Console(width=250, record=True)
-    console.print(render_table(mini_plan, collect(mini_plan)))
+    console.print(status_table(mini_plan, collect(mini_plan)))
     text = console.export_text()
     assert f"0/1 (step 1200/{max_steps})" in text and f"0/1 (step 0/{max_steps})" in text
 
@@ -203,9 +205,9 @@ def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
 def test_status_shows_how_far_unfinished_inference_got(mini_plan):
     import numpy as np
 
+    from hpcffn.commands.job_views import status_table
     from hpcffn.ffn.inference import save_state
     from hpcffn.stages.infer import state_path
-    from hpcffn.jobs.status import render_table
 
     tile = mini_plan.tiles[1].name
     out = mini_plan.layout.segmentation(tile)
@@ -215,7 +217,7 @@ def test_status_shows_how_far_unfinished_inference_got(mini_plan):
     from rich.console import Console
 
     console = Console(width=250, record=True)
-    console.print(render_table(mini_plan, collect(mini_plan)))
+    console.print(status_table(mini_plan, collect(mini_plan)))
     assert "0/3 (1 part-way: seed 12/40)" in console.export_text()
 
 

@@ -157,8 +157,9 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     for i in range(3):
         task, unit = load_task_plan(one.layout.plan, "infer_g0", i)
         assert infer.run_from_plan(task, unit, log=lambda s: None) == 0
+    from hpcffn.commands.job_views import status_table
     from hpcffn.core.plan_model import load_plan
-    from hpcffn.jobs.status import collect, render_table
+    from hpcffn.jobs.status import collect
 
     def infer_row():
         return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r.job == "infer_g0")
@@ -183,7 +184,7 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(render_table(two, collect(load_plan(two.layout.plan, tiles=False))))
+    console.print(status_table(two, collect(load_plan(two.layout.plan, tiles=False))))
     assert "2/2 (3/3 tiles)" in console.export_text()
     pytest.importorskip("matplotlib")
     from hpcffn.report.build import write_report

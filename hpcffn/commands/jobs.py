@@ -106,17 +106,14 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     ) -> None:
         """Run every job script once, for seconds, on its own partition and in its own environment,
         and report what the real run would hit (missing packages, unseen GPUs, unreadable inputs)."""
-        import sys
-
-        from rich.console import Console
-
-        from hpcffn.jobs.check import render_rows, run_checks
+        from hpcffn.commands.job_views import check_table, terminal_console
+        from hpcffn.jobs.check import run_checks
 
         if collect and local:
             raise HpcffnError("--collect reads earlier reports; it does not combine with --local")
         rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo,
                           collect=collect)
-        Console(width=None if sys.stdout.isatty() else 200).print(render_rows(rows))
+        terminal_console().print(check_table(rows))
         bad = [r["job"] for r in rows if r.get("problems")]
         if bad:
             typer.echo(f"check: problems in {', '.join(bad)}; fix them (see the logs in logs/check/) and check again",
@@ -133,7 +130,7 @@ def register(app: typer.Typer, stage_app: typer.Typer) -> None:
         interval: float = typer.Option(10.0, "--interval", min=1.0, help="Seconds between refreshes with --watch (backs off while idle)."),
     ) -> None:
         """Show every job (stage x group) with its SLURM states, task counts and outputs."""
-        from hpcffn.jobs.status import show
+        from hpcffn.commands.job_views import show
 
         # The table needs the jobs, not the tile records (most of plan.json at 100,000 tiles).
         show(find_plan(plan_dir, spec, tiles=False), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)

@@ -141,23 +141,3 @@ def _wait(ids: list[str], timeout: float, poll: float, echo, scheduler: slurm.Sl
                  "later prints the table from them")
             return
         time.sleep(poll)
-
-
-def render_rows(rows: list[dict]):
-    """A rich Table: one row per job with node, versions, GPUs and problems."""
-    from rich.table import Table
-
-    table = Table(title="hpcffn check")
-    for col in ("job", "node", "hpcffn", "TensorFlow", "GPUs seen", "inputs", "problems"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        gpus = r.get("gpus")
-        inputs = r.get("inputs") or {}
-        table.add_row(
-            r["job"], r.get("host", "-"), r.get("hpcffn", "-"),
-            (r.get("packages") or {}).get("tensorflow") or "-",
-            ", ".join(gpus["seen"]) or "none" if gpus else "-",
-            f"{sum(v == 'ok' for v in inputs.values())}/{len(inputs)} readable" if inputs else "-",
-            "\n".join(r.get("problems") or []) or "ok",
-        )
-    return table

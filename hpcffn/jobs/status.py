@@ -9,7 +9,6 @@ that does not answer degrades the table to markers and outputs with a warning, n
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,6 +98,10 @@ class Report:
     @property
     def all_done(self) -> bool:
         return all(r.counts.get(Category.DONE, 0) == r.tasks for r in self.rows)
+
+    def notes_of(self, row: StatusRow) -> dict:
+        """What the table shows of a row beyond its counts: requeues, training steps, part-way tiles."""
+        return self.notes.get(row.job) or _notes_of(row)
 
     def as_json(self, plan: Plan) -> dict:
         """`hpcffn status --json`."""
@@ -234,29 +237,6 @@ def _notes_of(row: StatusRow) -> dict:
             "seeds": [t["seeds"] for t in detail if t.get("seeds")]}
 
 
-def render_table(plan: Plan, report: Report):
-    """A rich Table of the report (one row per job)."""
-    from rich.table import Table
-
-    table = Table(title=f"hpcffn status: {plan.name} ({plan.workdir})")
-    for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs", "requeues"):
-        table.add_column(col)
-    for r in report.rows:
-        notes = report.notes.get(r.job) or _notes_of(r)
-        states = ", ".join(f"{k} {n}" for k, n in sorted(r.states.items()))
-        outputs = f"{r.outputs}/{r.tasks}"
-        if r.tiles is not None:  # several tiles per task
-            outputs += f" ({r.tile_outputs}/{r.tiles} tiles)"
-        steps, seeds, requeues = notes["steps"], notes["seeds"], notes["requeues"]
-        if steps and r.outputs < r.tasks:  # training still has steps to go: show the slowest
-            outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"
-        if seeds:  # tiles part-way through inference (a requeued or running task)
-            outputs += f" ({len(seeds)} part-way: seed {sum(d for d, _ in seeds)}/{sum(n for _, n in seeds)})"
-        table.add_row(r.stage, r.group, r.job, str(r.tasks), states,
-                      " ".join(r.job_ids) or "-", outputs, str(requeues) if requeues else "-")
-    return table
-
-
 def next_step(plan: Plan, report: Report) -> str:
     """What to run after --watch ends: resume what failed, submit what never ran, or read the report.
 
@@ -280,52 +260,3 @@ def next_step(plan: Plan, report: Report) -> str:
     if report.all_done:
         return f"next: every job is done; `hpcffn report {where}` writes the page with the results"
     return f"next: some jobs were never submitted; `hpcffn submit {where}` submits them"
-
-
-def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
-         max_interval: float = 120.0, echo=print, scheduler: slurm.Slurm | None = None) -> Report:
-    """Print the status once, or until nothing is alive with --watch (backing off while idle).
-
-    On a terminal --watch redraws one table in place; piped into a log it prints a table per
-    refresh, so the history stays readable.
-    """
-    import json
-    import sys
-
-    from rich.console import Console, Group
-    from rich.live import Live
-
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-
-    def view(report: Report):
-        warnings = [f"[yellow]warning:[/yellow] {w}" for w in report.warnings]
-        return Group(render_table(plan, report), *warnings)
-
-    def emit(report: Report) -> None:
-        if as_json:
-            echo(json.dumps(report.as_json(plan), indent=1))
-        elif live is not None:
-            live.update(view(report), refresh=True)
-        else:
-            console.print(view(report))
-
-    live = Live(console=console, auto_refresh=False) if (watch and not as_json and console.is_terminal) else None
-    delay, last = interval, None
-    if live is not None:
-        live.start()
-    try:
-        while True:
-            # The table needs counts only; --json and --watch's closing advice need every task.
-            report = collect(plan, as_json or watch, scheduler)
-            emit(report)
-            if not watch or report.finished:
-                if watch and not as_json:
-                    echo(next_step(plan, report))
-                return report
-            snapshot = [r.states for r in report.rows]
-            delay = interval if snapshot != last else min(delay * 1.5, max_interval)
-            last = snapshot
-            time.sleep(delay)
-    finally:
-        if live is not None:
-            live.stop()
