@@ -54,7 +54,7 @@ def test_failed_array_task_then_resume_resubmits_only_its_chain(slurm, mini_plan
     rows = {r.job: r for r in report.rows}
     assert rows["partitions"].states == {"COMPLETED": 2, "FAILED": 1}
     for name in ("coordinates_g0", "coordinates_g1", "train_g0", "train_g1", "infer", "evaluate"):
-        assert set(rows[name]["states"]) == {"CANCELLED (DependencyNeverSatisfied)"}, rows[name]
+        assert set(rows[name].states) == {"CANCELLED (DependencyNeverSatisfied)"}, rows[name]
     # Dependants never ran: no outputs, no markers.
     assert not (root / "markers/coordinates").exists() and not (root / "infer").exists()
     status = _cli("status", str(root))

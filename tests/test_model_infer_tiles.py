@@ -164,7 +164,7 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     def infer_row():
         return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r.job == "infer_g0")
 
-    assert (infer_row()["tasks"], infer_row()["tile_outputs"], infer_row()["tiles"]) == (2, 0, 3)
+    assert (infer_row().tasks, infer_row().tile_outputs, infer_row().tiles) == (2, 0, 3)
     lines = []
     for i in range(2):
         task, unit = load_task_plan(two.layout.plan, "infer_g0", i)
