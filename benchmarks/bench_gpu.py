@@ -95,13 +95,13 @@ def train_rate(mp, batch: int, steps: int, warmup: int, work: Path) -> tuple[flo
     replicas = strategy.num_replicas_in_sync
     per_replica = max(1, batch // replicas)
     tp = TrainingParams(max_steps=warmup, batch_size=per_replica, checkpoint_minutes=1e6)
-    trainer = Trainer(mp, tp, work / f"train_b{batch}", strategy=strategy)
+    trainer = Trainer(mp, tp, work / f"train_b{batch}", strategy=strategy, log=lambda s: None)
     vol = TrainingVolume("v", parse_location(f"{work}/v.h5:raw"), parse_location(f"{work}/v.h5:stack"))
     ds = make_dataset([str(work / "c.tfrecord.gz")], PatchReader([vol], mp), mp, per_replica * replicas, seed=1)
-    trainer.run(ds, log=lambda s: None)  # tracing and pipeline start, untimed
+    trainer.run(ds)  # tracing and pipeline start, untimed
     trainer.tp = tp.model_copy(update={"max_steps": warmup + steps})
     t0 = time.perf_counter()
-    res = trainer.run(ds, log=lambda s: None)
+    res = trainer.run(ds)
     return res.fov_examples / (time.perf_counter() - t0), replicas
 
 

@@ -35,15 +35,15 @@ def _train_rate(args, work: Path, eager: bool, xla: bool) -> tuple[float, int]:
     try:
         tag = f"{'eager' if eager else 'graph'}{'_xla' if xla else ''}"
         tp = TrainingParams(max_steps=args.warmup, batch_size=args.batch, xla=xla, checkpoint_minutes=1e6)
-        trainer = Trainer(mp, tp, work / f"train_{tag}")
+        trainer = Trainer(mp, tp, work / f"train_{tag}", log=lambda s: None)
         vol = TrainingVolume("v", parse_location(f"{work}/v.h5:raw"), parse_location(f"{work}/v.h5:stack"))
         ds = make_dataset([str(work / "c.tfrecord.gz")], PatchReader([vol], mp), mp, args.batch, seed=1)
         # Warm-up steps (tracing, XLA compilation, pipeline start) are excluded: the same
         # trainer first runs `warmup` steps, then its budget is raised and the rest is timed.
-        trainer.run(ds, log=lambda s: None)
+        trainer.run(ds)
         trainer.tp = tp.model_copy(update={"max_steps": args.warmup + args.steps})
         t0 = time.perf_counter()
-        res = trainer.run(ds, log=lambda s: None)
+        res = trainer.run(ds)
         dt = time.perf_counter() - t0
         return res.fov_examples / dt, res.step - args.warmup
     finally:

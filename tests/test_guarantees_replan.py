@@ -230,8 +230,8 @@ def test_a_deleted_output_makes_its_unit_not_done(tmp_path, marker_too):
     assert cats[infer.name][infer.units.index(tile)] == "missing"
     for resume in (False, True):  # run, run --resume and submit --resume
         assert _to_run(plan, resume) == {infer.name: [infer.units.index(tile)]}
-    row = next(r for r in collect(plan).rows if r["job"] == infer.name)
-    assert row["states"].get("OUTPUT MISSING") == 1 and row["counts"]["done"] == len(infer.units) - 1
+    row = next(r for r in collect(plan).rows if r.job == infer.name)
+    assert row.states.get("OUTPUT MISSING") == 1 and row.counts["done"] == len(infer.units) - 1
 
 
 def test_a_task_marks_nothing_done_when_the_plan_changed_while_it_ran(tmp_path):

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from itertools import repeat
 
 import pytest
+from fake_slurm import FakeSlurm
 from plan_helpers import write_spec
 
 from hpcffn.plan.planner import make_plan
@@ -97,7 +99,7 @@ def test_check_on_slurm(job_tmp, slurm):
     assert not (root / "state.json").exists()
 
 
-def test_check_waits_for_an_array_check_known_to_slurm_by_its_task(job_tmp, monkeypatch):
+def test_check_waits_for_an_array_check_known_to_slurm_by_its_task(job_tmp):
     from hpcffn.jobs import check, slurm
 
     plan = _planned(job_tmp)
@@ -109,7 +111,6 @@ def test_check_waits_for_an_array_check_known_to_slurm_by_its_task(job_tmp, monk
         running = slurm.TaskInfo(id="7_0", state="RUNNING") if len(polls) < 3 else slurm.TaskInfo(id="7_0", state="COMPLETED")
         return {"7_0": running}  # squeue lists the running array task, never the bare "7"
 
-    monkeypatch.setattr(slurm, "sbatch", lambda cmd, cwd: "7")
-    monkeypatch.setattr(slurm, "query", fake_query)
-    check.run_checks(plan, stages=["infer"], timeout=60, poll=0.01, echo=lambda *_: None)
+    scheduler = FakeSlurm(queue=fake_query, job_ids=repeat("7"))
+    check.run_checks(plan, stages=["infer"], timeout=60, poll=0.01, echo=lambda *_: None, scheduler=scheduler)
     assert set(asked[0]) == {"7_0"} and len(polls) == 3  # one infer check per group, each by its task

@@ -69,7 +69,7 @@ def _check_outputs(workdir: Path) -> None:
         ["infer_g0", "infer_g1", "reverse_g0", "reverse_g1", "consensus"]
     report = collect(plan)
     for row in report.rows:
-        assert row["counts"] == {"done": row["tasks"]} and row["outputs"] == row["tasks"], row
+        assert row.counts == {"done": row.tasks} and row.outputs == row.tasks, row
     segments = 0
     for tile in plan.tiles:
         with h5py.File(plan.layout.pass_segmentation(tile.name, "forward"), "r") as f:
@@ -115,5 +115,5 @@ def test_consensus_plan_runs_end_to_end_on_slurm(slurm, job_tmp):
     assert proc.returncode == 0, proc.stderr
     report = wait_finished(load_plan(workdir), timeout=900, poll=5)
     for row in report.rows:
-        assert row["states"] == {"COMPLETED": row["tasks"]}, row
+        assert row.states == {"COMPLETED": row.tasks}, row
     _check_outputs(workdir)

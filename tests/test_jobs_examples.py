@@ -89,19 +89,19 @@ def test_train_script_checkpoints_requeues_and_continues_at_the_time_limit(slurm
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline:
         report = collect(plan)
-        row = next(r for r in report.rows if r["job"] == "train_g0")
-        task = row["detail"][0]
+        row = next(r for r in report.rows if r.job == "train_g0")
+        task = row.detail[0]
         if not extended and task["restarts"] >= 1 and task["state"].startswith("PENDING"):
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=00:10:00"], check=True,
                            capture_output=True, timeout=30)
             extended = True
-        if row["counts"].get("alive", 0) == 0:
+        if row.counts.get("alive", 0) == 0:
             break
         time.sleep(2)
     logs = "\n".join(p.read_text() for p in sorted((workdir / "logs" / "train").glob("*.out")))
     assert extended, (row, logs)
-    assert row["states"] == {"COMPLETED": 1}, (row, logs)
-    assert row["detail"][0]["restarts"] >= 1
+    assert row.states == {"COMPLETED": 1}, (row, logs)
+    assert row.detail[0]["restarts"] >= 1
     ckpt = json.loads((workdir / "train" / "g0" / "ckpt.json").read_text())
     runs = ckpt["runs"]
     assert ckpt["step"] == 45 and len(runs) == 2, ckpt
@@ -130,8 +130,8 @@ def test_tiny_example_end_to_end_on_slurm(slurm, job_tmp):
     assert proc.returncode == 0, proc.stderr
     report = wait_finished(plan, timeout=3000, poll=10)
     for row in report.rows:
-        assert row["states"] == {"COMPLETED": row["tasks"]}, (row, _first_failed_log(plan))
-        assert row["outputs"] == row["tasks"], row
+        assert row.states == {"COMPLETED": row.tasks}, (row, _first_failed_log(plan))
+        assert row.outputs == row.tasks, row
     # The workdir is found from the spec too (its relative `workdir: work`).
     status = subprocess.run([*HPCFFN, "status", "--spec", str(workdir.parent / "tiny.yaml")], cwd=job_tmp,
                             capture_output=True, text=True, check=False)

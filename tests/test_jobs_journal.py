@@ -2,7 +2,7 @@
 
 A submit killed (kill -9) or stopped after some sbatch calls leaves every job it queued visible
 to status, cancel and `submit --resume`; a plain re-run submits exactly the rest. Without SLURM:
-stand-in sbatch scripts on PATH, and slurm.query stubbed where a queue is needed.
+stand-in sbatch scripts on PATH, and a fake scheduler's queue where one is needed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_slurm import FakeSlurm
 from plan_helpers import spec_dict, write_h5, write_spec
 
 from hpcffn.core.errors import HpcffnError
@@ -73,8 +74,9 @@ def _covered(subs: list[Submission]) -> dict[str, list]:
     return out
 
 
-def _queue_all_pending(monkeypatch):
-    monkeypatch.setattr(slurm, "query", lambda ids, **_: {i: slurm.TaskInfo(id=i, state="PENDING") for i in ids})
+def _queue_all_pending() -> FakeSlurm:
+    """SLURM holding every job it is asked about, pending; sbatch goes to the stand-in on PATH."""
+    return FakeSlurm(queue=lambda ids: {i: slurm.TaskInfo(id=i, state="PENDING") for i in ids})
 
 
 def test_submit_killed_half_way_forgets_no_job_it_queued(tmp_path, monkeypatch):
@@ -93,24 +95,22 @@ def test_submit_killed_half_way_forgets_no_job_it_queued(tmp_path, monkeypatch):
     partial = [j for j in plan.jobs if j.array and 0 < len(_covered(subs).get(j.name, [])) < len(j.units)]
     assert partial, "the kill should land between two pieces of one array"
 
-    _queue_all_pending(monkeypatch)
-    views = observe(plan, load_state(path))  # what status, cancel and --resume see
+    queue = _queue_all_pending()
+    views = observe(plan, load_state(path), query=queue.query)  # what status, cancel and --resume see
     for s in subs:
         for t in s.tasks if s.tasks is not None else [None]:
             v = next(v for v in views[s.job] if v.task == t)
             assert v.category == "alive" and v.sub.job_id == s.job_id
-    rows = {r["job"]: r for r in collect(plan).rows}  # hpcffn status
-    assert rows["infer_g0"]["job_ids"] == ["6", "7"] and rows["infer_g0"]["states"] == {"PENDING": 22,
+    rows = {r.job: r for r in collect(plan, scheduler=queue).rows}  # hpcffn status
+    assert rows["infer_g0"].job_ids == ["6", "7"] and rows["infer_g0"].states == {"PENDING": 22,
                                                                                           "NOT SUBMITTED": 8}
-    sent = []
-    monkeypatch.setattr(slurm, "scancel", sent.extend)
     from hpcffn.jobs.admin import cancel
 
-    cancel(plan, echo=lambda *_: None)
-    assert set(sent) == {s.job_id for s in subs}
+    cancel(plan, echo=lambda *_: None, scheduler=queue)
+    assert set(queue.cancelled) == {s.job_id for s in subs}
 
     monkeypatch.setenv("PATH", _sbatch(tmp_path / "bin"))
-    new = submit(plan, resume=True, echo=lambda *_: None)  # submits the rest, nothing twice
+    new = submit(plan, resume=True, echo=lambda *_: None, scheduler=queue)  # submits the rest, nothing twice
     assert new and all(int(s.job_id) > kill_on for s in new)
     every = load_state(path).submissions
     assert not journal.path_of(path).exists() and json.loads(path.read_text())["submissions"]  # compacted
@@ -118,7 +118,7 @@ def test_submit_killed_half_way_forgets_no_job_it_queued(tmp_path, monkeypatch):
     for job in plan.jobs:
         expect = list(range(len(job.units))) if job.array else [None]
         assert sorted(covered[job.name], key=lambda t: -1 if t is None else t) == expect, job.name
-    assert submit(plan, echo=lambda *_: None) == []  # everything is alive now: nothing more
+    assert submit(plan, echo=lambda *_: None, scheduler=queue) == []  # everything is alive now: nothing more
 
 
 def test_sbatch_refusing_half_way_records_what_went_in_with_one_state_write(tmp_path, monkeypatch):

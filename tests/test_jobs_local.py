@@ -24,7 +24,7 @@ def test_local_run_completes_with_slurm_variables(mini_plan):
     assert run_local(mini_plan, echo=lambda *_: None, progress=False)
     report = collect(mini_plan)
     assert report.all_done
-    assert all(r["outputs"] == r["tasks"] for r in report.rows)
+    assert all(r.outputs == r.tasks for r in report.rows)
     log = (mini_plan.layout.root / "logs/partitions").glob("partitions_*_1.out")
     text = next(log).read_text()
     assert "task=1 cpus=1" in text
@@ -39,11 +39,11 @@ def test_local_failure_cancels_dependants_and_resume_reruns_only_the_chain(mini_
     (root / "fail").mkdir()
     (root / "fail/coordinates_g1").write_text("")
     assert not run_local(mini_plan, echo=lambda *_: None, progress=False)
-    rows = {r["job"]: r for r in collect(mini_plan).rows}
-    assert rows["coordinates_g1"]["states"] == {"FAILED": 1}
-    assert rows["train_g1"]["states"] == {"CANCELLED (DependencyNeverSatisfied)": 1}
-    assert rows["train_g0"]["states"] == {"COMPLETED": 1}
-    assert rows["infer"]["states"] == {"CANCELLED (DependencyNeverSatisfied)": 3}
+    rows = {r.job: r for r in collect(mini_plan).rows}
+    assert rows["coordinates_g1"].states == {"FAILED": 1}
+    assert rows["train_g1"].states == {"CANCELLED (DependencyNeverSatisfied)": 1}
+    assert rows["train_g0"].states == {"COMPLETED": 1}
+    assert rows["infer"].states == {"CANCELLED (DependencyNeverSatisfied)": 3}
     before = len(load_state(mini_plan.layout.state).submissions)
     (root / "fail/coordinates_g1").unlink()
     assert run_local(mini_plan, resume=True, echo=lambda *_: None, progress=False)
@@ -120,16 +120,19 @@ def test_script_edited_into_invalid_bash(mini_plan):
 
 
 def test_watch_backs_off_while_nothing_changes(mini_plan, monkeypatch):
-    import hpcffn.jobs.status as status_mod
+    from dataclasses import replace
 
-    alive = {"job": "a", "stage": "train", "group": "g0", "tasks": 1, "counts": {"alive": 1},
-             "states": {"RUNNING": 1}, "job_ids": ["1"], "outputs": 0, "detail": []}
-    done = {**alive, "counts": {"done": 1}, "states": {"COMPLETED": 1}}
-    reports = [status_mod.Report(rows=[alive]) for _ in range(4)] + [status_mod.Report(rows=[done])]
-    monkeypatch.setattr(status_mod, "collect", lambda plan: reports.pop(0))
+    import hpcffn.commands.job_views as views
+    from hpcffn.jobs.status import Report, StatusRow
+
+    alive = StatusRow(job="a", stage="train", group="g0", tasks=1, counts={"alive": 1},
+                                 states={"RUNNING": 1}, job_ids=["1"], outputs=0, detail=[])
+    done = replace(alive, counts={"done": 1}, states={"COMPLETED": 1})
+    reports = [Report(rows=[alive]) for _ in range(4)] + [Report(rows=[done])]
+    monkeypatch.setattr(views, "collect", lambda plan, *_: reports.pop(0))
     sleeps = []
-    monkeypatch.setattr(status_mod.time, "sleep", sleeps.append)
-    final = status_mod.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)
+    monkeypatch.setattr(views.time, "sleep", sleeps.append)
+    final = views.show(mini_plan, as_json=True, watch=True, interval=10, max_interval=20, echo=lambda *_: None)
     assert final.all_done
     assert sleeps == [10, 15, 20, 20]
 
@@ -152,7 +155,7 @@ def test_cancel_stops_a_local_run(job_tmp, parallel):
                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not collect(plan).rows[0]["counts"].get("alive"):
+        while time.monotonic() < deadline and not collect(plan).rows[0].counts.get("alive"):
             time.sleep(0.2)
         out = _cli("cancel", root)
         assert out.returncode == 0 and "stopped the local runner" in out.stdout
@@ -162,13 +165,14 @@ def test_cancel_stops_a_local_run(job_tmp, parallel):
             runner.kill()
     assert runner.returncode == 2 and err.strip().splitlines() == [
         "hpcffn: error: the local run was stopped (SIGTERM, e.g. `hpcffn cancel`); `hpcffn run --resume` continues it"]
-    rows = {r["job"]: r for r in collect(plan).rows}
-    assert rows["partitions"]["states"] == {"CANCELLED": 3}
-    assert rows["evaluate"]["states"] == {"NOT SUBMITTED": 1}
+    rows = {r.job: r for r in collect(plan).rows}
+    assert rows["partitions"].states == {"CANCELLED": 3}
+    assert rows["evaluate"].states == {"NOT SUBMITTED": 1}
 
 
 def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
-    from hpcffn.jobs.status import checkpoint_step, render_table
+    from hpcffn.commands.job_views import status_table
+    from hpcffn.jobs.status import checkpoint_step
 
     max_steps = mini_plan.ffn.training.max_steps
     train_dir = mini_plan.layout.train_dir("g0")
@@ -180,40 +184,40 @@ def test_status_shows_training_progress_from_the_checkpoint_index(mini_plan):
         'all_model_checkpoint_paths: "ckpt-1200"\n')
     (train_dir / "ckpt-1200.index").write_text("")
     assert checkpoint_step(train_dir) == 1200
-    rows = {r["job"]: r for r in collect(mini_plan).rows}
-    assert rows["train_g0"]["detail"][0]["step"] == 1200
-    assert rows["train_g0"]["outputs"] == 0  # a partial checkpoint is not the trained model
-    assert rows["train_g1"]["detail"][0]["step"] is None
+    rows = {r.job: r for r in collect(mini_plan).rows}
+    assert rows["train_g0"].detail[0]["step"] == 1200
+    assert rows["train_g0"].outputs == 0  # a partial checkpoint is not the trained model
+    assert rows["train_g1"].detail[0]["step"] is None
 
     from rich.console import Console
 
     console = Console(width=250, record=True)
-    console.print(render_table(mini_plan, collect(mini_plan)))
+    console.print(status_table(mini_plan, collect(mini_plan)))
     text = console.export_text()
     assert f"0/1 (step 1200/{max_steps})" in text and f"0/1 (step 0/{max_steps})" in text
 
     (train_dir / "checkpoint").write_text(f'model_checkpoint_path: "{train_dir}/ckpt-{max_steps}"\n')
     (train_dir / f"ckpt-{max_steps}.index").write_text("")
-    rows = {r["job"]: r for r in collect(mini_plan).rows}
-    assert rows["train_g0"]["outputs"] == 1 and rows["train_g0"]["detail"][0]["step"] == max_steps
+    rows = {r.job: r for r in collect(mini_plan).rows}
+    assert rows["train_g0"].outputs == 1 and rows["train_g0"].detail[0]["step"] == max_steps
 
 
 def test_status_shows_how_far_unfinished_inference_got(mini_plan):
     import numpy as np
 
+    from hpcffn.commands.job_views import status_table
     from hpcffn.ffn.inference import save_state
     from hpcffn.stages.infer import state_path
-    from hpcffn.jobs.status import render_table
 
     tile = mini_plan.tiles[1].name
     out = mini_plan.layout.segmentation(tile)
     save_state(state_path(out), np.zeros((2, 2, 2), np.uint64), np.zeros((40, 3), np.int64), 12, 5, "fp")
-    rows = {r["job"]: r for r in collect(mini_plan).rows}
-    assert [t.get("seeds") for t in rows["infer"]["detail"]] == [None, (12, 40), None]
+    rows = {r.job: r for r in collect(mini_plan).rows}
+    assert [t.get("seeds") for t in rows["infer"].detail] == [None, (12, 40), None]
     from rich.console import Console
 
     console = Console(width=250, record=True)
-    console.print(render_table(mini_plan, collect(mini_plan)))
+    console.print(status_table(mini_plan, collect(mini_plan)))
     assert "0/3 (1 part-way: seed 12/40)" in console.export_text()
 
 
@@ -234,7 +238,7 @@ def test_parallel_runs_array_tasks_at_the_same_time(job_tmp):
                             '[ "$(ls started | wc -l)" -ge 3 ] || { echo "alone" >&2; exit 4; }\n'
                             'echo "gpu growth=${TF_FORCE_GPU_ALLOW_GROWTH:-unset}"\n')
     assert run_local(plan, stages=["partitions"], echo=lambda *_: None, progress=False, parallel=3)
-    assert collect(plan).rows[0]["states"] == {"COMPLETED": 3}
+    assert collect(plan).rows[0].states == {"COMPLETED": 3}
     # Tasks sharing one GPU must not each take all of its memory.
     logs = [p.read_text() for p in (plan.layout.root / "logs" / "partitions").glob("*.out")]
     assert len(logs) == 3 and all("gpu growth=true" in text for text in logs)
@@ -272,8 +276,8 @@ def test_parallel_runs_independent_jobs_at_the_same_time(job_tmp):
     for name in ("coordinates_g0", "coordinates_g1"):
         _patch_job(plan, name, wait_both)
     assert run_local(plan, stages=["partitions", "coordinates"], echo=lambda *_: None, progress=False, parallel=2)
-    rows = {r["job"]: r for r in collect(plan).rows}
-    assert rows["coordinates_g0"]["states"] == rows["coordinates_g1"]["states"] == {"COMPLETED": 1}
+    rows = {r.job: r for r in collect(plan).rows}
+    assert rows["coordinates_g0"].states == rows["coordinates_g1"].states == {"COMPLETED": 1}
 
 
 def test_parallel_caps_the_tasks_of_all_jobs_together(job_tmp):

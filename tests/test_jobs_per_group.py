@@ -88,5 +88,5 @@ def test_infer_g0_starts_while_train_g1_runs_on_slurm(slurm, job_tmp, monkeypatc
     submit(plan, echo=lambda *_: None)
     report = wait_finished(plan, timeout=600, poll=2)
     for row in report.rows:
-        assert row["states"] == {"COMPLETED": row["tasks"]}, row
+        assert row.states == {"COMPLETED": row.tasks}, row
     assert_infer_g0_overlaps_train_g1(plan)

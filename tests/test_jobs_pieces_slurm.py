@@ -79,10 +79,10 @@ def test_thirty_tasks_split_run_and_show_as_one_job(small_array_slurm, job_tmp, 
     assert [(s.array_offset, s.tasks[0], s.tasks[-1]) for s in pieces] == [(0, 0, 10), (11, 11, 21), (22, 22, 29)]
     assert any("piece 3/3, offset 22" in x for x in lines), lines
     report = wait_finished(plan, timeout=400, poll=2)
-    rows = {r["job"]: r for r in report.rows}
-    assert rows["infer_g0"]["states"] == {"COMPLETED": 30}, rows["infer_g0"]
-    assert rows["infer_g0"]["job_ids"] == sorted(s.job_id for s in pieces) and rows["infer_g0"]["outputs"] == 30
-    assert rows["resolve"]["states"] == {"COMPLETED": 1} and rows["relabel"]["states"] == {"COMPLETED": 30}
+    rows = {r.job: r for r in report.rows}
+    assert rows["infer_g0"].states == {"COMPLETED": 30}, rows["infer_g0"]
+    assert rows["infer_g0"].job_ids == sorted(s.job_id for s in pieces) and rows["infer_g0"].outputs == 30
+    assert rows["resolve"].states == {"COMPLETED": 1} and rows["relabel"].states == {"COMPLETED": 30}
 
     # Each SLURM task id of each piece worked on the plan's unit at task id + offset, once.
     offsets = {s.job_id: s.array_offset for s in pieces}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from hpcffn.commands.job_views import show, status_table
 from hpcffn.jobs.admin import log_paths
 from hpcffn.jobs.local_runner import run_local
-from hpcffn.jobs.status import collect, next_step, render_table, show
+from hpcffn.jobs.status import collect, next_step
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 
@@ -18,7 +19,7 @@ def _table_text(plan) -> str:
 
     console = Console(width=250)
     with console.capture() as captured:
-        console.print(render_table(plan, collect(plan)))
+        console.print(status_table(plan, collect(plan)))
     return captured.get()
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fake_slurm import FakeSlurm
 from plan_helpers import spec_dict, write_h5, write_spec
 
 from hpcffn.commands.options import task_plan
@@ -94,7 +96,7 @@ def _stats_during_status(tmp_path: Path, ny: int, nx: int, monkeypatch) -> int:
     monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     report = collect(plan)
     monkeypatch.setattr(os, "stat", real)
-    assert sum(r["tasks"] for r in report.rows) > ny * nx
+    assert sum(r.tasks for r in report.rows) > ny * nx
     return len(calls)
 
 
@@ -203,7 +205,7 @@ def test_status_loads_the_plan_without_its_tile_records(tmp_path):
     assert proc.returncode == 0 and "infer_g0" in proc.stdout and "NOT SUBMITTED 30" in proc.stdout, proc.stdout
 
 
-def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
+def test_cancel_names_whole_arrays_not_every_task(tmp_path):
     from hpcffn.jobs.admin import cancel
     from hpcffn.jobs.state import save_state
 
@@ -215,13 +217,11 @@ def test_cancel_names_whole_arrays_not_every_task(tmp_path, monkeypatch):
     save_state(plan.layout.state, State(submissions=subs))
     states = {s.task_id(t): "RUNNING" for s in subs for t in s.tasks}
     states["601_3"] = "COMPLETED"  # one task of the second piece is done: that piece goes task by task
-    monkeypatch.setattr(slurm, "query", lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
-    sent = []
-    monkeypatch.setattr(slurm, "scancel", sent.extend)
+    queue = FakeSlurm(queue=lambda ids: {i: slurm.TaskInfo(id=i, state=states[i]) for i in ids})
     lines = []
-    cancel(plan, echo=lines.append)
-    assert sent == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
-    assert lines == [f"cancelled 29 task(s): {' '.join(sent)}"]
+    cancel(plan, echo=lines.append, scheduler=queue)
+    assert queue.cancelled == ["600"] + [f"601_{i}" for i in range(11) if i != 3] + ["602"]
+    assert lines == [f"cancelled 29 task(s): {' '.join(queue.cancelled)}"]
 
 
 def test_path_pattern_asks_the_layout_per_unit_where_the_path_is_no_pattern():
@@ -276,7 +276,7 @@ def test_pending_array_tasks_share_their_record():
     assert got["7_0"] is got["7_1"] and got["7_1"].id == "7_[0-1]"
 
 
-def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
+def test_status_counts_without_detail_as_with_it(tmp_path):
     """The table's report (no per-task detail) has the same rows and notes as the full one, and the
     columns observe_jobs keeps are the views observe hands out: re-planned, local, split, whole."""
     from hpcffn.jobs.observe import observe_jobs
@@ -306,16 +306,16 @@ def test_status_counts_without_detail_as_with_it(tmp_path, monkeypatch):
     for path in (plan.layout.segmentation(units[20]), plan.layout.joins(joins[0])):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-    monkeypatch.setattr(slurm, "query", lambda ids, problems=None: {i: infos[i] for i in ids if i in infos})
-    full, light = collect(plan), collect(plan, detail=False)
-    assert [{**r, "detail": []} for r in full.rows] == light.rows
-    assert {r["job"]: _notes_of(r) for r in full.rows} == light.notes
-    rows = {r["job"]: r for r in full.rows}
-    assert rows["infer_g0"]["states"] == {"RUNNING": 1, "PENDING (Dependency)": 9, "FAILED": 1,  # task 3: re-planned
+    queue = FakeSlurm(queue=lambda ids: {i: infos[i] for i in ids if i in infos})
+    full, light = collect(plan, scheduler=queue), collect(plan, detail=False, scheduler=queue)
+    assert [replace(r, detail=[]) for r in full.rows] == light.rows
+    assert {r.job: _notes_of(r) for r in full.rows} == light.notes
+    rows = {r.job: r for r in full.rows}
+    assert rows["infer_g0"].states == {"RUNNING": 1, "PENDING (Dependency)": 9, "FAILED": 1,  # task 3: re-planned
                                           "COMPLETED (marker)": 1, "UNKNOWN (no marker)": 9, "NOT SUBMITTED": 9}
-    assert light.notes["infer_g0"]["requeues"] == 3 and rows["joins"]["counts"] == {"done": 1, "failed": 1, "never": 28}
+    assert light.notes["infer_g0"]["requeues"] == 3 and rows["joins"].counts == {"done": 1, "failed": 1, "never": 28}
     state = State(submissions=subs)
     columns = observe_jobs(plan, state, query=lambda ids: infos)
     for name, views in observe(plan, state, query=lambda ids: infos).items():
         assert views == columns[name].views()
-        assert [v.slurm_id for v in views] == [d["id"] for d in {r["job"]: r for r in full.rows}[name]["detail"]]
+        assert [v.slurm_id for v in views] == [d["id"] for d in {r.job: r for r in full.rows}[name].detail]

@@ -33,9 +33,9 @@ def test_pipeline_completes_and_second_submit_submits_nothing(slurm, mini_plan):
     report = wait_finished(mini_plan, timeout=240)
     assert report.all_done, report.rows
     for row in report.rows:
-        assert row["states"] == {"COMPLETED": row["tasks"]}, row
-        assert row["outputs"] == row["tasks"], row
-        assert all(t["source"] == "squeue" for t in row["detail"])
+        assert row.states == {"COMPLETED": row.tasks}, row
+        assert row.outputs == row.tasks, row
+        assert all(t["source"] == "squeue" for t in row.detail)
     out = _cli("status", str(mini_plan.layout.root))
     assert out.returncode == 0 and "COMPLETED" in out.stdout and "evaluate" in out.stdout
     again = _cli("submit", str(mini_plan.layout.root))
@@ -51,10 +51,10 @@ def test_failed_array_task_then_resume_resubmits_only_its_chain(slurm, mini_plan
     (root / "fail/partitions_v_z0_y0_x1").write_text("")  # task 1 of 3, group g1
     submit(mini_plan, echo=_quiet)
     report = wait_finished(mini_plan, timeout=240)
-    rows = {r["job"]: r for r in report.rows}
-    assert rows["partitions"]["states"] == {"COMPLETED": 2, "FAILED": 1}
+    rows = {r.job: r for r in report.rows}
+    assert rows["partitions"].states == {"COMPLETED": 2, "FAILED": 1}
     for name in ("coordinates_g0", "coordinates_g1", "train_g0", "train_g1", "infer", "evaluate"):
-        assert set(rows[name]["states"]) == {"CANCELLED (DependencyNeverSatisfied)"}, rows[name]
+        assert set(rows[name].states) == {"CANCELLED (DependencyNeverSatisfied)"}, rows[name]
     # Dependants never ran: no outputs, no markers.
     assert not (root / "markers/coordinates").exists() and not (root / "infer").exists()
     status = _cli("status", str(root))
@@ -112,14 +112,14 @@ def test_cancel_by_stage_and_all(slurm, job_tmp):
     submit(plan, echo=_quiet)
     out = _cli("cancel", str(plan.layout.root), "--stage", "evaluate")
     assert out.returncode == 0 and "cancelled 1 task" in out.stdout
-    rows = {r["job"]: r for r in collect(plan).rows}
-    assert set(rows["evaluate"]["states"]) == {"CANCELLED"}
-    assert rows["partitions"]["counts"].get("alive") == 3
+    rows = {r.job: r for r in collect(plan).rows}
+    assert set(rows["evaluate"].states) == {"CANCELLED"}
+    assert rows["partitions"].counts.get("alive") == 3
     out = _cli("cancel", str(plan.layout.root))
     assert out.returncode == 0
     report = wait_finished(plan, timeout=60)
     assert report.finished and not report.all_done
-    assert all(r["counts"].get("failed", 0) == r["tasks"] for r in report.rows), report.rows
+    assert all(r.counts.get("failed", 0) == r.tasks for r in report.rows), report.rows
     out = _cli("status", str(plan.layout.root), "--json")
     assert json.loads(out.stdout)["finished"]
 

@@ -6,8 +6,9 @@ import json
 import threading
 
 import pytest
+from fake_slurm import FakeSlurm
 
-from hpcffn.core.errors import HpcffnError, SchedulerNotAnswering
+from hpcffn.core.errors import HpcffnError, SchedulerMissing, SchedulerNotAnswering
 from hpcffn.jobs import slurm
 from hpcffn.jobs.state import State, Submission, load_state, locked, save_state
 from hpcffn.jobs.status import collect
@@ -86,8 +87,8 @@ def test_sbatch_options_stop_at_first_command_and_pattern_expansion(tmp_path):
 
 def test_missing_sbatch_is_one_line(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(HpcffnError, match="`sbatch` is not on PATH"):
-        slurm.sbatch(["sbatch", "--parsable", "x.sbatch"], cwd=".")
+    with pytest.raises(SchedulerMissing, match="`sbatch` is not on PATH"):
+        slurm.Slurm().sbatch(["sbatch", "--parsable", "x.sbatch"], cwd=".")
 
 
 # ------------------------------------------------------------------------------ submit.py
@@ -302,68 +303,51 @@ def test_state_roundtrip_lock_and_bad_file(tmp_path):
         load_state(path)
 
 
-def test_whole_array_record_stands_for_every_task(monkeypatch):
+def test_whole_array_record_stands_for_every_task():
     text = json.dumps({"jobs": [{"job_id": 103, "array_job_id": 103, "array_task_id": None, "array_task_string": "",
                                  "job_state": "CANCELLED", "state_reason": "Dependency", "exit_code": 0}]})
     assert slurm.parse_squeue_json(text)["103_*"].state == "CANCELLED"
     assert "103_*" in slurm.parse_scontrol("JobId=103 ArrayJobId=103 ArrayTaskId=4294967294 JobState=CANCELLED")
 
-    class Proc:
-        returncode, stdout, stderr = 0, text, ""
-
-    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True, timeout=120: Proc())
-    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
-    got = slurm.query(["103_0", "103_2", "7"])
+    got = FakeSlurm({"squeue": (0, text, ""), "scontrol": (0, "", "")}).query(["103_0", "103_2", "7"])
     assert set(got) == {"103_0", "103_2"} and got["103_2"].state == "CANCELLED" and got["103_2"].id == "103_2"
 
 
-def _procs(monkeypatch, answers: dict[str, tuple[int, str]]):
+def _tools(answers: dict[str, tuple[int, str]]) -> FakeSlurm:
     """Fake SLURM tools: each command name returns (exit code, stderr); sacct is absent."""
-
-    class Proc:
-        def __init__(self, rc, err):
-            self.returncode, self.stdout, self.stderr = rc, "", err
-
-    monkeypatch.setattr(slurm, "_run", lambda args, cwd=None, check=True, timeout=120: Proc(*answers[args[0]]))
-    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    return FakeSlurm({name: (rc, "", err) for name, (rc, err) in answers.items()})
 
 
-def test_query_raises_when_slurm_does_not_answer(monkeypatch, mini_plan):
+def test_query_raises_when_slurm_does_not_answer(mini_plan):
     down = "squeue: fatal: Could not establish a configuration source"
-    _procs(monkeypatch, {"squeue": (1, "squeue: error: x\n" + down), "scontrol": (1, "scontrol: fatal: no config")})
-    with pytest.raises(HpcffnError, match="SLURM did not answer .*Could not establish"):
-        slurm.query(["12", "13_1"])
+    tools = _tools({"squeue": (1, "squeue: error: x\n" + down), "scontrol": (1, "scontrol: fatal: no config")})
+    with pytest.raises(SchedulerNotAnswering, match="SLURM did not answer .*Could not establish"):
+        tools.query(["12", "13_1"])
     # So resume does not take every submitted job for forgotten and submit it again ...
     state = State(submissions=[_sub("evaluate", "12")])
     with pytest.raises(HpcffnError, match="SLURM did not answer"):
-        plan_steps(mini_plan, observe(mini_plan, state), resume=True)
+        plan_steps(mini_plan, observe(mini_plan, state, query=tools.query), resume=True)
     # ... and status shows the table with a warning instead.
     save_state(mini_plan.layout.state, state)
-    report = collect(mini_plan)
+    report = collect(mini_plan, scheduler=tools)
     assert any("SLURM did not answer" in w for w in report.warnings)
     assert not report.finished  # so `status --watch` keeps waiting instead of declaring the run over
 
 
-def test_a_query_that_times_out_is_one_failed_source_other_errors_pass(monkeypatch):
+def test_a_query_that_times_out_is_one_failed_source_other_errors_pass():
     # Told apart by type: a timeout reads as exit 124; any other error (SLURM missing) is raised.
-    def timeout(args, cwd=None, check=True, timeout=120):
-        raise SchedulerNotAnswering("`squeue` did not answer within 1 s")
-
-    monkeypatch.setattr(slurm, "_run", timeout)
-    assert slurm._ask(["squeue"]).returncode == 124
-
-    def missing(args, cwd=None, check=True, timeout=120):
-        raise HpcffnError("`squeue` is not installed here: did not answer")  # words alone do not decide
-
-    monkeypatch.setattr(slurm, "_run", missing)
+    assert FakeSlurm({"squeue": SchedulerNotAnswering("`squeue` did not answer within 1 s")}).ask(["squeue"]).returncode == 124
+    with pytest.raises(SchedulerMissing, match="not on PATH"):
+        FakeSlurm({}).ask(["squeue"])
+    # Words alone do not decide.
     with pytest.raises(HpcffnError, match="not installed"):
-        slurm._ask(["squeue"])
+        FakeSlurm({"squeue": HpcffnError("`squeue` is not installed here: did not answer")}).ask(["squeue"])
 
 
-def test_query_forgotten_job_is_an_answer(monkeypatch):
-    _procs(monkeypatch, {"squeue": (1, "squeue: fatal: no JSON plugin"),
-                         "scontrol": (1, "slurm_load_jobs error: Invalid job id specified")})
-    assert slurm.query(["12"]) == {}
+def test_query_forgotten_job_is_an_answer():
+    tools = _tools({"squeue": (1, "squeue: fatal: no JSON plugin"),
+                    "scontrol": (1, "slurm_load_jobs error: Invalid job id specified")})
+    assert tools.query(["12"]) == {}
 
 
 def _local_sub(job, pid, host=None):

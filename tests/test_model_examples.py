@@ -142,3 +142,23 @@ def test_records_outside_the_volume_stop_training_with_one_line(tmp_path):
     assert "x,y,z (4, 3, 20) lies outside volume v" in out.stderr
     # Nothing but the unit lock (hpcffn/core/locks.py): no checkpoint, no event file.
     assert not (tmp_path / "t").exists() or [p.name for p in (tmp_path / "t").iterdir()] == [".hpcffn.lock"]
+
+
+@pytest.mark.tf
+def test_a_bad_record_past_the_early_check_fails_training_with_our_error(tmp_path):
+    """Records past the ones checked before TensorFlow runs fail inside its data pipeline: the
+    reader's own error comes back by type (kept as the cause), not fished out of TF's text."""
+    pytest.importorskip("tensorflow")
+    from hpcffn.core.params import TrainingParams
+    from hpcffn.ffn.training import train
+
+    synthetic.write_volume(tmp_path / "v.h5", np.zeros((8, 8, 8), np.uint8), np.zeros((8, 8, 8), np.uint64))
+    synthetic.write_coordinates(tmp_path / "c.tfrecord.gz", np.array([[2, 3, 4]] * 1000 + [[20, 3, 4]] * 1000), "v")
+    vol = TrainingVolume("v", parse_location(f"{tmp_path}/v.h5:raw"), parse_location(f"{tmp_path}/v.h5:stack"))
+    mp = ModelParams(depth=1, features=2, fov_size=(5, 5, 5), deltas=(1, 1, 1))
+    with pytest.raises(HpcffnError) as err:
+        train([str(tmp_path / "c.tfrecord.gz")], [vol], mp, TrainingParams(max_steps=50), tmp_path / "t",
+              log=lambda s: None)
+    assert str(err.value) == ("training input failed: volume v: coordinate z,y,x (20, 3, 4) lies outside "
+                              "its shape (8, 8, 8)")
+    assert isinstance(err.value.__cause__, HpcffnError)

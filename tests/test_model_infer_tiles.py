@@ -157,13 +157,14 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
     for i in range(3):
         task, unit = load_task_plan(one.layout.plan, "infer_g0", i)
         assert infer.run_from_plan(task, unit, log=lambda s: None) == 0
+    from hpcffn.commands.job_views import status_table
     from hpcffn.core.plan_model import load_plan
-    from hpcffn.jobs.status import collect, render_table
+    from hpcffn.jobs.status import collect
 
     def infer_row():
-        return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r["job"] == "infer_g0")
+        return next(r for r in collect(load_plan(two.layout.plan, tiles=False)).rows if r.job == "infer_g0")
 
-    assert (infer_row()["tasks"], infer_row()["tile_outputs"], infer_row()["tiles"]) == (2, 0, 3)
+    assert (infer_row().tasks, infer_row().tile_outputs, infer_row().tiles) == (2, 0, 3)
     lines = []
     for i in range(2):
         task, unit = load_task_plan(two.layout.plan, "infer_g0", i)
@@ -178,12 +179,12 @@ def test_a_planned_task_of_k_tiles_writes_each_tile_as_k_1_does(tmp_path):
         assert markers.is_done(two, "infer", t.name)
     assert markers.is_done(two, "infer", "v_z0_y0_x0+1")
     row = infer_row()
-    assert (row["outputs"], row["tile_outputs"], row["counts"]) == (2, 3, {"never": 2})
-    assert [t["tiles"] for t in row["detail"] if "tiles" in t] == []  # done tasks list no part-way tiles
+    assert (row.outputs, row.tile_outputs, row.counts) == (2, 3, {"never": 2})
+    assert [t["tiles"] for t in row.detail if "tiles" in t] == []  # done tasks list no part-way tiles
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(render_table(two, collect(load_plan(two.layout.plan, tiles=False))))
+    console.print(status_table(two, collect(load_plan(two.layout.plan, tiles=False))))
     assert "2/2 (3/3 tiles)" in console.export_text()
     pytest.importorskip("matplotlib")
     from hpcffn.report.build import write_report

@@ -284,10 +284,10 @@ synthetic.write_volume(d / "v.h5", raw, lab)
 synthetic.write_coordinates(d / "c.tfrecord.gz", synthetic.sample_centers(lab, 200, (6, 6, 6)), "v")
 mp = ModelParams(depth=2, features=8, fov_size=(9, 9, 9), deltas=(2, 2, 2))
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-tr = Trainer(mp, TrainingParams(max_steps=100, optimizer="adam"), d / "t", strategy=strategy)
+tr = Trainer(mp, TrainingParams(max_steps=100, optimizer="adam"), d / "t", strategy=strategy, log=lambda s: None)
 vol = TrainingVolume("v", parse_location(f"{d}/v.h5:raw"), parse_location(f"{d}/v.h5:stack"))
 ds = make_dataset([str(d / "c.tfrecord.gz")], PatchReader([vol], mp), mp, 4 * strategy.num_replicas_in_sync)
-r = tr.run(ds, log=lambda s: None)
+r = tr.run(ds)
 print("RESULT", strategy.num_replicas_in_sync, r.exit_code, r.step, r.mean_losses[0], r.mean_losses[-1])
 """
 
@@ -321,10 +321,10 @@ def test_mixed_precision_path_trains(data, tmp_path, monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: ["fake-gpu"] if kind == "GPU" else real(kind))
     trainer = Trainer(mp, TrainingParams(max_steps=60, optimizer="adam", mixed_precision=True), tmp_path / "t",
-                      strategy=tf.distribute.get_strategy())
+                      strategy=tf.distribute.get_strategy(), log=lambda s: None)
     assert trainer.mixed and trainer.model.compute_dtype == tf.float16
     ds = make_dataset([str(d / "c.tfrecord.gz")], PatchReader([vol], mp), mp, 4)
-    res = trainer.run(ds, log=lambda s: None)
+    res = trainer.run(ds)
     assert res.exit_code == 0 and res.step == 60
     assert res.mean_losses[-1] < res.mean_losses[0]
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)

@@ -39,132 +39,137 @@ def find_plan(plan_dir: Path | None, spec: Path | None, tiles: bool = True):
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
     """Attach submit, run, status, cancel and logs to the root app."""
+    app.command()(submit)
+    app.command()(run)
+    app.command()(check)
+    app.command()(status)
+    app.command()(cancel)
+    app.command()(logs)
 
-    @app.command()
-    def submit(
-        plan_dir: Path = PLAN_DIR,
-        spec: Path = SPEC,
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the sbatch calls as a bash script; submit nothing."),
-        stage: list[str] = STAGE,
-        group: list[str] = GROUP,
-        resume: bool = typer.Option(False, "--resume", help="Also resubmit what failed, was cancelled or timed out, and what depends on it."),
-        local: bool = typer.Option(False, "--local", help="Run the scripts here, without SLURM (same as `hpcffn run`)."),
-    ) -> None:
-        """Submit the rendered scripts (as they are on disk) to SLURM in dependency order."""
-        # Tile records (most of plan.json at 100,000 tiles) only matter to --group's filter.
-        plan = find_plan(plan_dir, spec, tiles=bool(group) or local)
-        _note_pending_renders(plan)
-        if local:
-            if dry_run:
-                raise HpcffnError("--dry-run prints sbatch calls; it does not combine with --local")
-            _run_local(plan, resume, stage, group)
-            return
-        from hpcffn.jobs.submit import submit as do_submit
 
-        do_submit(plan, resume=resume, stages=stage or None, groups=group or None, dry_run=dry_run, echo=typer.echo)
+def submit(
+    plan_dir: Path = PLAN_DIR,
+    spec: Path = SPEC,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the sbatch calls as a bash script; submit nothing."),
+    stage: list[str] = STAGE,
+    group: list[str] = GROUP,
+    resume: bool = typer.Option(False, "--resume", help="Also resubmit what failed, was cancelled or timed out, and what depends on it."),
+    local: bool = typer.Option(False, "--local", help="Run the scripts here, without SLURM (same as `hpcffn run`)."),
+) -> None:
+    """Submit the rendered scripts (as they are on disk) to SLURM in dependency order."""
+    # Tile records (most of plan.json at 100,000 tiles) only matter to --group's filter.
+    plan = find_plan(plan_dir, spec, tiles=bool(group) or local)
+    _note_pending_renders(plan)
+    if local:
+        if dry_run:
+            raise HpcffnError("--dry-run prints sbatch calls; it does not combine with --local")
+        _run_local(plan, resume, stage, group)
+        return
+    from hpcffn.jobs.submit import submit as do_submit
 
-    @app.command()
-    def run(
-        plan_dir: Path = PLAN_DIR,
-        spec: Path = SPEC,
-        stage: list[str] = STAGE,
-        group: list[str] = GROUP,
-        resume: bool = typer.Option(False, "--resume", help="Also rerun what failed or was cancelled, and what depends on it."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-        parallel: int = typer.Option(1, "--parallel", "-j", help="Array tasks of a job to run at the same time (at most the array's throttle)."),
-    ) -> None:
-        """Run the rendered scripts on this machine without SLURM, in dependency order."""
-        plan = find_plan(plan_dir, spec)
-        _note_pending_renders(plan)
-        _run_local(plan, resume, stage, group, progress, parallel)
+    do_submit(plan, resume=resume, stages=stage or None, groups=group or None, dry_run=dry_run, echo=typer.echo)
 
-    def _note_pending_renders(plan) -> None:
-        from hpcffn.plan.render import pending_renders
 
-        pending = pending_renders(plan.layout)
-        if pending:
-            typer.echo(f"note: {len(pending)} newer render(s) wait beside scripts you edited, and the edited "
-                       f"scripts are what runs: {', '.join(pending)} (diff each with its script, merge, then "
-                       "delete the .new)", err=True)
+def run(
+    plan_dir: Path = PLAN_DIR,
+    spec: Path = SPEC,
+    stage: list[str] = STAGE,
+    group: list[str] = GROUP,
+    resume: bool = typer.Option(False, "--resume", help="Also rerun what failed or was cancelled, and what depends on it."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    parallel: int = typer.Option(1, "--parallel", "-j", help="Array tasks of a job to run at the same time (at most the array's throttle)."),
+) -> None:
+    """Run the rendered scripts on this machine without SLURM, in dependency order."""
+    plan = find_plan(plan_dir, spec)
+    _note_pending_renders(plan)
+    _run_local(plan, resume, stage, group, progress, parallel)
 
-    def _run_local(plan, resume, stage, group, progress=True, parallel=1):
-        from hpcffn.jobs.local_runner import run_local
 
-        if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo,
-                         progress=progress, parallel=parallel):
-            typer.echo("some tasks failed: see `hpcffn status`, fix the cause, then `hpcffn run --resume`", err=True)
-            raise typer.Exit(1)
+def _note_pending_renders(plan) -> None:
+    from hpcffn.plan.render import pending_renders
 
-    @app.command()
-    def check(
-        plan_dir: Path = PLAN_DIR,
-        spec: Path = SPEC,
-        stage: list[str] = STAGE,
-        local: bool = typer.Option(False, "--local", help="Run the checks here with bash instead of submitting them."),
-        timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="Seconds to wait for the check jobs."),
-        collect: bool = typer.Option(False, "--collect", help="Submit nothing: print the reports earlier check jobs wrote."),
-    ) -> None:
-        """Run every job script once, for seconds, on its own partition and in its own environment,
-        and report what the real run would hit (missing packages, unseen GPUs, unreadable inputs)."""
-        import sys
+    pending = pending_renders(plan.layout)
+    if pending:
+        typer.echo(f"note: {len(pending)} newer render(s) wait beside scripts you edited, and the edited "
+                   f"scripts are what runs: {', '.join(pending)} (diff each with its script, merge, then "
+                   "delete the .new)", err=True)
 
-        from rich.console import Console
 
-        from hpcffn.jobs.check import render_rows, run_checks
+def _run_local(plan, resume, stage, group, progress=True, parallel=1):
+    from hpcffn.jobs.local_runner import run_local
 
-        if collect and local:
-            raise HpcffnError("--collect reads earlier reports; it does not combine with --local")
-        rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo,
-                          collect=collect)
-        Console(width=None if sys.stdout.isatty() else 200).print(render_rows(rows))
-        bad = [r["job"] for r in rows if r.get("problems")]
-        if bad:
-            typer.echo(f"check: problems in {', '.join(bad)}; fix them (see the logs in logs/check/) and check again",
-                       err=True)
-            raise typer.Exit(1)
-        typer.echo("check: every job script ran on its node and found what it needs")
+    if not run_local(plan, resume=resume, stages=stage or None, groups=group or None, echo=typer.echo,
+                     progress=progress, parallel=parallel):
+        typer.echo("some tasks failed: see `hpcffn status`, fix the cause, then `hpcffn run --resume`", err=True)
+        raise typer.Exit(1)
 
-    @app.command()
-    def status(
-        plan_dir: Path = PLAN_DIR,
-        spec: Path = SPEC,
-        as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
-        watch: bool = typer.Option(False, "--watch", help="Refresh until nothing is pending or running."),
-        interval: float = typer.Option(10.0, "--interval", min=1.0, help="Seconds between refreshes with --watch (backs off while idle)."),
-    ) -> None:
-        """Show every job (stage x group) with its SLURM states, task counts and outputs."""
-        from hpcffn.jobs.status import show
 
-        # The table needs the jobs, not the tile records (most of plan.json at 100,000 tiles).
-        show(find_plan(plan_dir, spec, tiles=False), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
+def check(
+    plan_dir: Path = PLAN_DIR,
+    spec: Path = SPEC,
+    stage: list[str] = STAGE,
+    local: bool = typer.Option(False, "--local", help="Run the checks here with bash instead of submitting them."),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="Seconds to wait for the check jobs."),
+    collect: bool = typer.Option(False, "--collect", help="Submit nothing: print the reports earlier check jobs wrote."),
+) -> None:
+    """Run every job script once, for seconds, on its own partition and in its own environment,
+    and report what the real run would hit (missing packages, unseen GPUs, unreadable inputs)."""
+    from hpcffn.commands.job_views import check_table, terminal_console
+    from hpcffn.jobs.check import run_checks
 
-    @app.command()
-    def cancel(
-        plan_dir: Path = PLAN_DIR,
-        spec: Path = SPEC,
-        stage: list[str] = STAGE,
-        group: list[str] = GROUP,
-    ) -> None:
-        """Cancel the experiment's pending and running jobs (all, or by stage/group)."""
-        from hpcffn.jobs.admin import cancel as do_cancel
+    if collect and local:
+        raise HpcffnError("--collect reads earlier reports; it does not combine with --local")
+    rows = run_checks(find_plan(plan_dir, spec), stages=stage or None, local=local, timeout=timeout, echo=typer.echo,
+                      collect=collect)
+    terminal_console().print(check_table(rows))
+    bad = [r["job"] for r in rows if r.get("problems")]
+    if bad:
+        typer.echo(f"check: problems in {', '.join(bad)}; fix them (see the logs in logs/check/) and check again",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo("check: every job script ran on its node and found what it needs")
 
-        do_cancel(find_plan(plan_dir, spec), stages=stage or None, groups=group or None, echo=typer.echo)
 
-    @app.command()
-    def logs(
-        stage_name: str = typer.Argument(..., metavar="STAGE", help="The stage whose log to show."),
-        which: str = typer.Argument(None, metavar="[GROUP|TILE]", help="A group, tile or volume name (or array index)."),
-        plan_dir: Path = PLAN_DIR_OPT,
-        spec: Path = SPEC,
-        tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
-    ) -> None:
-        """Print the logs of a stage's job for a group/tile: every run, oldest first (a resume is a
-        new run; a requeue appends to its run's log)."""
-        from hpcffn.jobs.admin import log_paths
+def status(
+    plan_dir: Path = PLAN_DIR,
+    spec: Path = SPEC,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until nothing is pending or running."),
+    interval: float = typer.Option(10.0, "--interval", min=1.0, help="Seconds between refreshes with --watch (backs off while idle)."),
+) -> None:
+    """Show every job (stage x group) with its SLURM states, task counts and outputs."""
+    from hpcffn.commands.job_views import show
 
-        paths = log_paths(find_plan(plan_dir, spec), stage_name, which)
-        for p in paths:
-            lines = p.read_text(errors="replace").splitlines()
-            if len(paths) > 1:
-                typer.echo(f"==> {p} <==")
-            typer.echo("\n".join(lines[-tail:] if tail else lines))
+    # The table needs the jobs, not the tile records (most of plan.json at 100,000 tiles).
+    show(find_plan(plan_dir, spec, tiles=False), as_json=as_json, watch=watch, interval=interval, echo=typer.echo)
+
+
+def cancel(
+    plan_dir: Path = PLAN_DIR,
+    spec: Path = SPEC,
+    stage: list[str] = STAGE,
+    group: list[str] = GROUP,
+) -> None:
+    """Cancel the experiment's pending and running jobs (all, or by stage/group)."""
+    from hpcffn.jobs.admin import cancel as do_cancel
+
+    do_cancel(find_plan(plan_dir, spec), stages=stage or None, groups=group or None, echo=typer.echo)
+
+
+def logs(
+    stage_name: str = typer.Argument(..., metavar="STAGE", help="The stage whose log to show."),
+    which: str = typer.Argument(None, metavar="[GROUP|TILE]", help="A group, tile or volume name (or array index)."),
+    plan_dir: Path = PLAN_DIR_OPT,
+    spec: Path = SPEC,
+    tail: int = typer.Option(0, "--tail", min=0, help="Only the last N lines (0: all)."),
+) -> None:
+    """Print the logs of a stage's job for a group/tile: every run, oldest first (a resume is a
+    new run; a requeue appends to its run's log)."""
+    from hpcffn.jobs.admin import log_paths
+
+    paths = log_paths(find_plan(plan_dir, spec), stage_name, which)
+    for p in paths:
+        lines = p.read_text(errors="replace").splitlines()
+        if len(paths) > 1:
+            typer.echo(f"==> {p} <==")
+        typer.echo("\n".join(lines[-tail:] if tail else lines))

@@ -34,6 +34,15 @@ def float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise HpcffnError(f"{flag} {text!r}: write numbers separated by commas, e.g. 0.1,0.5,0.9") from None
 
 
+def field_options(cls, options: dict, parse: dict | None = None) -> dict:
+    """A command's options that set fields of the parameter model `cls` (a pydantic model): the
+    flags are named after its fields, so the fields pick them out of `options` (the command's
+    arguments), each read by `parse[field]` where its flag is text (e.g. "x,y,z")."""
+    parse = parse or {}
+    return {name: parse[name](options[name]) if name in parse else options[name]
+            for name in cls.model_fields if name in options}
+
+
 def with_overrides(cls, base, overrides: dict, section: str):
     """`base` (or cls defaults) with every non-None override, validated with one-line errors."""
     from pydantic import ValidationError

@@ -23,40 +23,45 @@ def _unit(plan, job: str, key: str | None, flag: str) -> str:
 
 
 def register(app: typer.Typer, stage_app: typer.Typer) -> None:
-    @stage_app.command("joins")
-    def joins(plan: _PLAN, tile: Annotated[str | None, typer.Option(help="Tile name or index.")] = None) -> None:
-        """Stitch step 1: the segments this tile agrees on with its neighbours, where they overlap."""
-        from hpcffn.stages.joins import run_from_plan
+    stage_app.command("joins")(joins)
+    stage_app.command("resolve")(resolve)
+    stage_app.command("relabel")(relabel)
+    stage_app.command("pyramid")(pyramid)
 
-        p = load_plan(plan)
-        run_from_plan(p, _unit(p, "joins", tile, "--tile"))
 
-    @stage_app.command("resolve")
-    def resolve(plan: _PLAN, volume: Annotated[str | None, typer.Option(help="Volume name or index.")] = None) -> None:
-        """Stitch step 2: all tiles' joins -> final ids of one volume; makes its empty OME-Zarr store."""
-        from hpcffn.stages.resolve import run_from_plan
+def joins(plan: _PLAN, tile: Annotated[str | None, typer.Option(help="Tile name or index.")] = None) -> None:
+    """Stitch step 1: the segments this tile agrees on with its neighbours, where they overlap."""
+    from hpcffn.stages.joins import run_from_plan
 
-        p = load_plan(plan)
-        run_from_plan(p, _unit(p, "resolve", volume, "--volume"))
+    p = load_plan(plan)
+    run_from_plan(p, _unit(p, "joins", tile, "--tile"))
 
-    @stage_app.command("relabel")
-    def relabel(plan: _PLAN, tile: Annotated[str | None, typer.Option(help="Tile name or index.")] = None) -> None:
-        """Stitch step 3: write this tile's core, with final ids, and its raw image into the OME-Zarr volume."""
-        from hpcffn.stages.relabel import run_from_plan
 
-        p = load_plan(plan)
-        run_from_plan(p, _unit(p, "relabel", tile, "--tile"))
+def resolve(plan: _PLAN, volume: Annotated[str | None, typer.Option(help="Volume name or index.")] = None) -> None:
+    """Stitch step 2: all tiles' joins -> final ids of one volume; makes its empty OME-Zarr store."""
+    from hpcffn.stages.resolve import run_from_plan
 
-    @stage_app.command("pyramid")
-    def pyramid(
-        plan: _PLAN,
-        block: Annotated[str | None, typer.Option(help="Block name (<volume>_s<level>_b<k>) or index in --job.")] = None,
-        job: Annotated[str | None, typer.Option(help="The pyramid_s<level> job whose units an index counts in.")] = None,
-    ) -> None:
-        """Stitch step 4: one block of one pyramid level (labels by mode, raw by mean)."""
-        from hpcffn.stages.pyramid import run_from_plan
+    p = load_plan(plan)
+    run_from_plan(p, _unit(p, "resolve", volume, "--volume"))
 
-        p = load_plan(plan)
-        if block is not None and block.isdigit() and job is None:
-            raise HpcffnError("--block as an index needs --job pyramid_s<level> (the rendered script passes it)")
-        run_from_plan(p, _unit(p, job or "pyramid", block, "--block"))
+
+def relabel(plan: _PLAN, tile: Annotated[str | None, typer.Option(help="Tile name or index.")] = None) -> None:
+    """Stitch step 3: write this tile's core, with final ids, and its raw image into the OME-Zarr volume."""
+    from hpcffn.stages.relabel import run_from_plan
+
+    p = load_plan(plan)
+    run_from_plan(p, _unit(p, "relabel", tile, "--tile"))
+
+
+def pyramid(
+    plan: _PLAN,
+    block: Annotated[str | None, typer.Option(help="Block name (<volume>_s<level>_b<k>) or index in --job.")] = None,
+    job: Annotated[str | None, typer.Option(help="The pyramid_s<level> job whose units an index counts in.")] = None,
+) -> None:
+    """Stitch step 4: one block of one pyramid level (labels by mode, raw by mean)."""
+    from hpcffn.stages.pyramid import run_from_plan
+
+    p = load_plan(plan)
+    if block is not None and block.isdigit() and job is None:
+        raise HpcffnError("--block as an index needs --job pyramid_s<level> (the rendered script passes it)")
+    run_from_plan(p, _unit(p, job or "pyramid", block, "--block"))

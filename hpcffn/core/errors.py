@@ -22,6 +22,10 @@ class SchedulerNotAnswering(HpcffnError):
     from other errors by type, never by the message's words."""
 
 
+class SchedulerMissing(HpcffnError):
+    """A SLURM client tool is not installed here (not a login node, module not loaded)."""
+
+
 class DiskFull(HpcffnError):
     """No space left while writing an output (nothing was replaced).
 

@@ -60,6 +60,9 @@ class PatchReader:
         self._cache: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._preload_bytes = preload_bytes
+        # The first HpcffnError raised while TensorFlow's data pipeline called this reader:
+        # TensorFlow hands it on only as text inside an OpError, so training reads it here.
+        self.failure: HpcffnError | None = None
         self.shapes: dict[str, tuple[int, ...]] = {}
         for v in volumes:
             with open_dataset(v.raw) as r, open_dataset(v.labels) as lab:
@@ -220,7 +223,11 @@ def make_dataset(files: list[str], reader: PatchReader, params: ModelParams, bat
     size = patch_size(params)
 
     def load(center, name):
-        return reader.example(center, name, size)
+        try:
+            return reader.example(center, name, size)
+        except HpcffnError as exc:
+            reader.failure = reader.failure or exc
+            raise
 
     def tf_load(center, name):
         image, labels = tf.numpy_function(load, [center, name], [tf.float32, tf.float32], stateful=False)

@@ -145,7 +145,8 @@ def _offsets(deltas_zyx) -> list[tuple[int, int, int]]:
 class Trainer:
     """Builds model, optimizer and step functions under a strategy; runs the FOV-move loop."""
 
-    def __init__(self, model_params: ModelParams, train_params: TrainingParams, train_dir: Path, strategy=None):
+    def __init__(self, model_params: ModelParams, train_params: TrainingParams, train_dir: Path, strategy=None,
+                 log=print):
         import tensorflow as tf
 
         from hpcffn.ffn.model import (
@@ -158,6 +159,7 @@ class Trainer:
         )
 
         self.mp, self.tp = model_params, train_params
+        self.log = log  # every line this trainer says goes here (the CLI's print, a test's collector)
         self.train_dir = Path(train_dir)
         self.strategy = strategy or make_strategy()
         self.fov = fov_zyx(model_params)
@@ -167,7 +169,7 @@ class Trainer:
         self.move_logit = logit(train_params.move_threshold)
         mixed = train_params.mixed_precision and bool(tf.config.list_physical_devices("GPU"))
         if train_params.mixed_precision and not mixed:
-            print("hpcffn train: mixed precision needs a GPU; training in float32", flush=True)
+            log("hpcffn train: mixed precision needs a GPU; training in float32")
         self.mixed = mixed
         with self.strategy.scope():
             self.model = build_model(model_params, seed=train_params.seed, mixed_precision=mixed)
@@ -270,20 +272,20 @@ class Trainer:
                     f"cannot resume from {self.manager.latest_checkpoint}: it was written with other model or "
                     f"optimizer settings ({str(exc).splitlines()[0][:120]}); restore those settings or use a new train dir"
                 ) from None
-            print(f"hpcffn train: resumed from {self.manager.latest_checkpoint} at step {int(self.step.numpy())}", flush=True)
+            self.log(f"hpcffn train: resumed from {self.manager.latest_checkpoint} at step {int(self.step.numpy())}")
         elif init_checkpoint:
             from hpcffn.ffn.tf1_import import load_weights
 
             load_weights(self.model, init_checkpoint)
-            print(f"hpcffn train: initialised weights from {init_checkpoint}", flush=True)
+            self.log(f"hpcffn train: initialised weights from {init_checkpoint}")
 
     def save(self) -> str:
         return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
-    def run(self, dataset, stop: StopFlag | None = None, log=print) -> TrainResult:
+    def run(self, dataset, stop: StopFlag | None = None) -> TrainResult:
         import tensorflow as tf
 
-        tp = self.tp
+        tp, log = self.tp, self.log
         stop = stop if stop is not None else StopFlag()
         rng = np.random.default_rng(tp.seed + int(self.step.numpy()))
         dist = self.strategy.experimental_distribute_dataset(dataset)
@@ -325,7 +327,7 @@ class Trainer:
                 interval["fovs"] += int(n)
                 total_fovs += int(n)
                 if step % SUMMARY_EVERY == 0 or step == tp.max_steps:
-                    losses.append(self._summarize(writer, interval, step, log))
+                    losses.append(self._summarize(writer, interval, step))
                     interval = _new_interval()
             if time.monotonic() - last_save >= tp.checkpoint_minutes * 60:
                 self.save()
@@ -339,8 +341,7 @@ class Trainer:
         log(f"hpcffn train: reached max_steps {tp.max_steps}: saved {path}")
         return TrainResult(0, step, losses, total_fovs)
 
-    def _summarize(self, writer, iv, step, log) -> float:
-
+    def _summarize(self, writer, iv, step) -> float:
         elapsed = max(time.monotonic() - iv["t"], 1e-9)
         loss = iv["loss"] / max(iv["fovs"], 1)
         precision = iv["tp"] / max(iv["tp"] + iv["fp"], 1.0)
@@ -350,7 +351,7 @@ class Trainer:
             for tag, value in (("loss", loss), ("precision", precision), ("recall", recall), ("f1", f1),
                                ("examples_per_second", iv["fovs"] / elapsed)):
                 write_scalar(tag, value, step)
-        log(f"hpcffn train: step {step} loss {loss:.4f} precision {precision:.3f} recall {recall:.3f} "
+        self.log(f"hpcffn train: step {step} loss {loss:.4f} precision {precision:.3f} recall {recall:.3f} "
             f"f1 {f1:.3f} {iv['fovs'] / elapsed:.1f} FOV examples/s")
         return loss
 
@@ -404,19 +405,20 @@ def train(coordinate_files: list[str], volumes: list[TrainingVolume], model_para
         # Deterministic kernels, and tf.data runs maps with random ops in order.
         tf.config.experimental.enable_op_determinism()
     with StopFlag() as stop:
-        trainer = Trainer(model_params, train_params, train_dir, strategy=strategy)
+        trainer = Trainer(model_params, train_params, train_dir, strategy=strategy, log=log)
         trainer.restore(train_params.init_checkpoint)
         gbs = train_params.batch_size * trainer.strategy.num_replicas_in_sync
         ds = make_dataset(files, reader, model_params, gbs, seed=train_params.seed + int(trainer.step.numpy()))
         try:
-            return trainer.run(ds, stop, log)
+            return trainer.run(ds, stop)
         except tf.errors.OpError as exc:
             if "No space left on device" in str(exc):
                 remove_partial_checkpoints(train_dir)
                 raise HpcffnError(
                     f"no space left on the device of {train_dir} while saving a checkpoint: free space there and "
                     "run again (training continues from the last complete checkpoint)") from None
+            if reader.failure is not None:  # our own error, raised inside the data pipeline
+                raise HpcffnError(f"training input failed: {str(reader.failure)[:300]}") from reader.failure
             msg = op_error_lines(exc)
-            ours = [m.split("HpcffnError: ", 1)[1] for m in msg if "HpcffnError: " in m]
-            hint = ours[0] if ours else next((m for m in msg if "coordinate" in m), msg[0] if msg else "")
+            hint = next((m for m in msg if "coordinate" in m), msg[0] if msg else "")
             raise HpcffnError(f"training input failed: {hint[:300]}") from None

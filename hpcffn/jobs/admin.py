@@ -17,6 +17,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.units import infer_task_tiles
 from hpcffn.jobs import slurm
+from hpcffn.jobs.observe import Category
 from hpcffn.jobs.slurm import expand_pattern, sbatch_options
 from hpcffn.jobs.state import load_state
 from hpcffn.jobs.submit import (
@@ -31,11 +32,14 @@ from hpcffn.jobs.submit import (
 )
 
 
-def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None = None, echo=print) -> list[str]:
-    """scancel the alive tasks of the selected jobs; stop a local runner working on them."""
+def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None = None, echo=print,
+           scheduler: slurm.Slurm | None = None) -> list[str]:
+    """scancel the alive tasks of the selected jobs (on `scheduler`, this machine's SLURM by
+    default); stop a local runner working on them."""
     check_filters(plan, stages, groups)
+    scheduler = scheduler or slurm.Slurm()
     state = load_state(plan.layout.state)
-    views = observe(plan, state)
+    views = observe(plan, state, query=scheduler.query)
     queued: list[TaskView] = []
     runners: set[int] = set()
     elsewhere: set[str] = set()
@@ -44,7 +48,7 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     for job in plan.jobs:
         keep = set(selected_tasks(plan, job, stages, groups, of_unit))
         for v in views[job.name]:
-            if v.task in keep and v.category == "alive" and v.sub is not None:
+            if v.task in keep and v.category is Category.ALIVE and v.sub is not None:
                 if not v.sub.local:
                     queued.append(v)
                 elif v.sub.runner_host and v.sub.runner_host != host:
@@ -54,7 +58,7 @@ def cancel(plan: Plan, stages: list[str] | None = None, groups: list[str] | None
     # A whole array (or piece of one) by its job id, so 100,000 tasks stay one short scancel line.
     ids = alive_ids(queued)
     if ids:
-        slurm.scancel(ids)
+        scheduler.scancel(ids)
         echo(f"cancelled {len(queued)} task(s): {' '.join(ids)}")
     for pid in runners:
         try:
@@ -113,12 +117,13 @@ def _log_of(plan: Plan, job_name: str, sub, task, info=None) -> list[Path]:
     return [Path(p) for p in sorted(glob.glob(path))]
 
 
-def log_paths(plan: Plan, stage: str, which: str | None) -> list[Path]:
+def log_paths(plan: Plan, stage: str, which: str | None, scheduler: slurm.Slurm | None = None) -> list[Path]:
     """Log files of every run of the matching tasks, oldest first: each submission (a resume
-    is a new job id and log); a requeue appends to its job's log (--open-mode=append)."""
+    is a new job id and log); a requeue appends to its job's log (--open-mode=append). SLURM's
+    record (`scheduler`) names a log moved by hand; without an answer the script's pattern does."""
     wanted = _match(plan, stage, which)
     state = load_state(plan.layout.state)
-    views = observe(plan, state, query=_quiet_query)
+    views = observe(plan, state, query=_quiet(scheduler or slurm.Slurm()))
     paths: list[Path] = []
     for job_name, task in wanted:
         newest = next((v for v in views[job_name] if v.task == task and v.sub is not None), None)
@@ -134,8 +139,12 @@ def log_paths(plan: Plan, stage: str, which: str | None) -> list[Path]:
     return paths
 
 
-def _quiet_query(ids):
-    try:
-        return slurm.query(ids)
-    except HpcffnError:
-        return {}
+def _quiet(scheduler: slurm.Slurm):
+    """`scheduler.query`, answering nothing where SLURM does not answer."""
+    def query(ids):
+        try:
+            return scheduler.query(ids)
+        except HpcffnError:
+            return {}
+
+    return query

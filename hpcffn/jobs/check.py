@@ -48,8 +48,9 @@ def check_command(plan: Plan, job: JobPlan) -> list[str]:
 
 
 def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False, timeout: float = 900.0,
-               poll: float = 5.0, echo=print, collect: bool = False) -> list[dict]:
-    """Run the checks and return one row per job: its report, or why there is none.
+               poll: float = 5.0, echo=print, collect: bool = False, scheduler: slurm.Slurm | None = None) -> list[dict]:
+    """Run the checks (on `scheduler`, this machine's SLURM by default) and return one row per
+    job: its report, or why there is none.
 
     `collect`: run nothing, only read the reports earlier check jobs wrote (after a timeout).
     """
@@ -62,12 +63,13 @@ def run_checks(plan: Plan, stages: list[str] | None = None, local: bool = False,
     if local:
         logs = {job.name: _run_here(plan, job) for job in jobs}
     else:
+        scheduler = scheduler or slurm.Slurm()
         ids = {}
         for job in jobs:
-            ids[job.name] = slurm.sbatch(check_command(plan, job), cwd=plan.layout.root)
+            ids[job.name] = scheduler.sbatch(check_command(plan, job), cwd=plan.layout.root)
             echo(f"check {job.name}: submitted as job {ids[job.name]}")
         # SLURM knows an array check by its one task ("<id>_0"), not by the bare array id.
-        _wait([f"{ids[j.name]}_0" if j.array else ids[j.name] for j in jobs], timeout, poll, echo)
+        _wait([f"{ids[j.name]}_0" if j.array else ids[j.name] for j in jobs], timeout, poll, echo, scheduler)
         logs = {name: str(plan.layout.root / "logs" / "check" / f"{name}_{jid}.out") for name, jid in ids.items()}
     return _rows(plan, jobs, logs)
 
@@ -126,10 +128,10 @@ def _run_here(plan: Plan, job: JobPlan) -> str:
     return str(log)
 
 
-def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
+def _wait(ids: list[str], timeout: float, poll: float, echo, scheduler: slurm.Slurm) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        states = slurm.query(ids)
+        states = scheduler.query(ids)
         alive = [i for i in ids if i in states and states[i].alive]
         if not alive:
             return
@@ -139,23 +141,3 @@ def _wait(ids: list[str], timeout: float, poll: float, echo) -> None:
                  "later prints the table from them")
             return
         time.sleep(poll)
-
-
-def render_rows(rows: list[dict]):
-    """A rich Table: one row per job with node, versions, GPUs and problems."""
-    from rich.table import Table
-
-    table = Table(title="hpcffn check")
-    for col in ("job", "node", "hpcffn", "TensorFlow", "GPUs seen", "inputs", "problems"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        gpus = r.get("gpus")
-        inputs = r.get("inputs") or {}
-        table.add_row(
-            r["job"], r.get("host", "-"), r.get("hpcffn", "-"),
-            (r.get("packages") or {}).get("tensorflow") or "-",
-            ", ".join(gpus["seen"]) or "none" if gpus else "-",
-            f"{sum(v == 'ok' for v in inputs.values())}/{len(inputs)} readable" if inputs else "-",
-            "\n".join(r.get("problems") or []) or "ok",
-        )
-    return table

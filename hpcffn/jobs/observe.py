@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from hpcffn.core.plan_model import JobPlan, Plan
@@ -27,6 +28,23 @@ from hpcffn.stages.markers import certifies
 Task = int | None  # array task id, or None for a plain job
 
 
+class Category(StrEnum):
+    """What became of a task (see the module docstring).
+
+    The value is what `hpcffn status --json`, the report and state words show; members hash as
+    their value, so a count keyed by members reads the same as one keyed by the words.
+    """
+
+    DONE = "done"
+    ALIVE = "alive"
+    FAILED = "failed"
+    LOST = "lost"
+    NEVER = "never"
+    MISSING = "missing"
+
+    __hash__ = str.__hash__
+
+
 @dataclass
 class TaskView:
     """One unit of work of one job, with what is known about it."""
@@ -36,7 +54,7 @@ class TaskView:
     unit: str
     sub: Submission | None
     info: slurm.TaskInfo | None
-    category: str  # done | alive | failed | lost | never | missing
+    category: Category
 
     @property
     def slurm_id(self) -> str | None:
@@ -52,7 +70,7 @@ class JobTasks:
     units: list[str]
     subs: list[Submission | None]  # the newest submission that covers the task (None: never)
     infos: list[slurm.TaskInfo | None]  # what SLURM (or the local runner) says about it
-    categories: list[str]
+    categories: list[Category]
 
     def views(self) -> list[TaskView]:
         name = self.job.name
@@ -93,14 +111,14 @@ def observe(plan: Plan, state: State, query=None) -> dict[str, list[TaskView]]:
 
 
 def observe_jobs(plan: Plan, state: State, query=None) -> dict[str, JobTasks]:
-    """`observe` as columns per job (`query`: ids -> TaskInfo, slurm.query by default)."""
+    """`observe` as columns per job (`query`: ids -> TaskInfo, this machine's Slurm().query by default)."""
     subs_of: dict[str, list[Submission]] = {}
     for sub in state.submissions:
         subs_of.setdefault(sub.job, []).append(sub)
     newest = {j.name: _newest(subs_of.get(j.name, []), j.array) for j in plan.jobs}
     ids = {name: _slurm_ids(pairs) for name, pairs in newest.items()}
     asked = [i for per in ids.values() for i in per.values()]
-    infos: dict[str, slurm.TaskInfo] = (query or slurm.query)(asked) if asked else {}
+    infos: dict[str, slurm.TaskInfo] = (query or slurm.Slurm().query)(asked) if asked else {}
     runners: dict[str, bool] = {}
     listing = Listing()
     return {job.name: _columns(plan, job, newest[job.name], ids[job.name], infos, listing, runners)
@@ -183,7 +201,7 @@ def _columns(plan: Plan, job: JobPlan, newest: list[tuple[Submission, list[Task]
         for i, cat in enumerate(cats):
             if cat is None:
                 if subs[i] is None:
-                    cats[i] = "never"
+                    cats[i] = Category.NEVER
                     continue
                 path = marker(units[i])
                 if listing.exists(path):  # read only where it exists: does it certify this unit?
@@ -191,10 +209,10 @@ def _columns(plan: Plan, job: JobPlan, newest: list[tuple[Submission, list[Task]
                     certified = certifies(Path(path), fps[i] if i < len(fps) else None)
                 else:
                     certified = False
-                cats[i] = "done" if certified else "lost"
-    if "done" in cats:  # finished, by its record or marker: is its output still there?
+                cats[i] = Category.DONE if certified else Category.LOST
+    if Category.DONE in cats:  # finished, by its record or marker: is its output still there?
         exists = listing.each(path_pattern(output_of(plan, job.stage)), units)
-        cats = ["missing" if c == "done" and not e else c for c, e in zip(cats, exists)]
+        cats = [Category.MISSING if c is Category.DONE and not e else c for c, e in zip(cats, exists)]
     return JobTasks(job, tasks, units, subs, found, cats)
 
 
@@ -209,8 +227,8 @@ def _positions(mine: list[Task], array: bool, n: int) -> list[int]:
     return mine
 
 
-def _category(info: slurm.TaskInfo) -> str:
-    return "done" if info.state in slurm.DONE_STATES else "alive" if info.alive else "failed"
+def _category(info: slurm.TaskInfo) -> Category:
+    return Category.DONE if info.state in slurm.DONE_STATES else Category.ALIVE if info.alive else Category.FAILED
 
 
 def _local_info(sub: Submission, task: Task, alive: dict[str, bool]) -> slurm.TaskInfo | None:

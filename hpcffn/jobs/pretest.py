@@ -12,17 +12,19 @@ from hpcffn.core.plan_model import Plan
 from hpcffn.jobs import slurm
 
 
-def require_all_accepted(plan: Plan, steps: list, max_array_size: int | None = None) -> None:
+def require_all_accepted(plan: Plan, steps: list, max_array_size: int | None = None,
+                         scheduler: slurm.Slurm | None = None) -> None:
     """Raise one line naming every job sbatch would refuse, and why; queue nothing.
 
     An array split under MaxArraySize is asked about its first piece (the others differ only in
     their task ids and offset).
     """
+    scheduler = scheduler or slurm.Slurm()
     refused = []
     for step in steps:
         _, _, array = step.calls(max_array_size)[0]
         cmd = slurm.sbatch_command(step.job.script, array)
-        ok, message = slurm.test_only(cmd, cwd=plan.layout.root)
+        ok, message = scheduler.test_only(cmd, cwd=plan.layout.root)
         if not ok:
             reason = " ".join((message.splitlines() or ["refused"])[-1].split())
             refused.append(f"{step.job.name} ({reason})")

@@ -17,7 +17,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan, load_plan
 from hpcffn.core.units import read_fingerprints
 from hpcffn.jobs.listing import Listing, path_pattern
-from hpcffn.jobs.observe import observe
+from hpcffn.jobs.observe import Category, observe
 from hpcffn.jobs.state import load_state, locked, recorded, updating
 from hpcffn.plan.render import previous_head
 
@@ -78,7 +78,7 @@ def refuse_work_in_progress(new: Plan, changed: Changed, query=None) -> None:
         raise HpcffnError(f"cannot tell whether jobs of {lay.root} are still queued ({exc}); re-plan with --force "
                           "if none are") from None
     busy = sorted({j.name for j in old.jobs for v in views[j.name]
-                   if v.category == "alive" and v.unit in changed.get(j.stage, ())})
+                   if v.category is Category.ALIVE and v.unit in changed.get(j.stage, ())})
     if busy:
         raise HpcffnError(f"jobs {', '.join(busy)} are still pending or running and the new plan changes what their "
                           f"units mean ({_count(changed)} units: boxes, parameters or inputs); wait for them or run "

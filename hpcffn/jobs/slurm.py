@@ -1,6 +1,7 @@
 """Calls to the SLURM client tools (sbatch, squeue, sacct, scontrol, scancel) and their parsing.
 
-The only module that runs SLURM commands, so the rest of hpcffn deals in plain records
+The only module that runs SLURM commands (`Slurm`, an object submit, status, cancel and
+check are handed, so tests hand them a fake), so the rest of hpcffn deals in plain records
 (`TaskInfo`) and one-line errors. Job ids are strings: "123" for a plain job, "123_4" for
 task 4 of array job 123 (SLURM's own notation, accepted by scancel/scontrol/--dependency).
 Status reads three sources because each one misses something: squeue (live, and recently
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
-from hpcffn.core.errors import HpcffnError, SchedulerNotAnswering
+from hpcffn.core.errors import HpcffnError, SchedulerMissing, SchedulerNotAnswering
 
 # States after which a job never runs again by itself.
 DONE_STATES = {"COMPLETED"}
@@ -58,15 +59,11 @@ class TaskInfo:
     def failed(self) -> bool:
         return not self.alive and self.state not in DONE_STATES
 
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise HpcffnError(
-            f"`{name}` is not on PATH: run this on a SLURM login node (or load the slurm module), "
-            "or run the pipeline here with `hpcffn submit --local`"
-        )
-    return path
+    @property
+    def cancelled_by_dependency(self) -> bool:
+        """Cancelled only because a job it depends on failed (--kill-on-invalid-dep, or the
+        local runner doing the same): a follower of a failure, not a cause."""
+        return self.state == "CANCELLED" and self.reason in DEAD_PENDING_REASONS
 
 
 def query_timeout() -> float:
@@ -76,33 +73,6 @@ def query_timeout() -> float:
         return max(1.0, float(os.environ.get("HPCFFN_SLURM_TIMEOUT", "20")))
     except ValueError:
         return 20.0
-
-
-def _ask(args: list[str]) -> subprocess.CompletedProcess:
-    """A read-only query with the short timeout; no answer in time reads as a failed call (124)."""
-    limit = query_timeout()
-    try:
-        return _run(args, check=False, timeout=limit)
-    except SchedulerNotAnswering:
-        return subprocess.CompletedProcess(args, 124, "", f"`{args[0]}` did not answer within {limit:g} s")
-
-
-def _run(args: list[str], cwd: str | Path | None = None, check: bool = True,
-         timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [_tool(args[0]), *args[1:]]
-    try:
-        proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SchedulerNotAnswering(f"`{args[0]}` did not answer within {timeout:g} s: is slurmctld reachable? (`scontrol ping`)") from None
-    if check and proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().replace("\n", " ") or f"exit code {proc.returncode}"
-        raise HpcffnError(f"`{' '.join(args[:3])} ...` failed: {msg}")
-    return proc
-
-
-def available() -> bool:
-    """True when the SLURM client tools are installed here."""
-    return shutil.which("sbatch") is not None
 
 
 # ----------------------------------------------------------------------------------- sbatch
@@ -127,23 +97,6 @@ def sbatch_command(script: str | Path, array: str | None = None, dependency: str
     cmd += list(extra or [])
     cmd.append(str(script))
     return cmd
-
-
-def sbatch(cmd: list[str], cwd: str | Path) -> str:
-    """Run an sbatch command line from `sbatch_command`; return the new job id."""
-    proc = _run(cmd, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().replace("\n", " ")
-        raise HpcffnError(f"sbatch refused {cmd[-1]}: {msg}; fix the script or the spec and re-run `hpcffn submit --resume`")
-    return parse_parsable(proc.stdout)
-
-
-def test_only(cmd: list[str], cwd: str | Path) -> tuple[bool, str]:
-    """Ask sbatch whether it would accept a command line (`--test-only`); nothing is queued."""
-    args = [a for a in cmd if a != "--parsable"]
-    args.insert(1, "--test-only")
-    proc = _run(args, cwd=cwd, check=False)
-    return proc.returncode == 0, (proc.stderr + proc.stdout).strip()
 
 
 def array_spec(ids: list[int], throttle: int | None = None) -> str:
@@ -364,69 +317,6 @@ def _base_ids(ids: list[str]) -> list[str]:
     return sorted({i.split("_", 1)[0] for i in ids}, key=int)
 
 
-def query(ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontrol"),
-          problems: list[str] | None = None) -> dict[str, TaskInfo]:
-    """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
-
-    Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
-    When no source answers at all (controller down, no slurm.conf), raise instead: an empty
-    answer would make every submitted job look forgotten, and `submit --resume` resubmit it.
-    Every call has the short `query_timeout`; once the controller has not answered, it is not
-    asked again (scontrol, per job). `problems` gets a line for each source that did not answer.
-    """
-    ids = [i for i in ids if i]
-    if not ids:
-        return {}
-    # At 100,000 tiles there are 500,000 ids: each pass below is one lookup per id, no more.
-    found: dict[str, TaskInfo] = {}
-    answered, errors = False, []
-
-    controller_down = False
-
-    def heard(tool: str, proc: subprocess.CompletedProcess, forgotten: str | None = None) -> bool:
-        nonlocal answered, controller_down
-        ok = proc.returncode == 0 or (forgotten is not None and forgotten in proc.stderr)
-        answered |= ok
-        if not ok:
-            errors.append(_last_line(proc))
-            if problems is not None:
-                problems.append(f"the scheduler did not answer `{tool}` ({_last_line(proc)})")
-            controller_down |= tool in ("squeue", "scontrol") and _unreachable(proc)
-        return proc.returncode == 0
-
-    if "squeue" in sources:
-        proc = _ask(["squeue", "--json"])
-        if heard("squeue", proc):
-            found = parse_squeue_json(proc.stdout)  # other users' jobs too: left out at the end
-    missing = [i for i in ids if i not in found]
-    if missing and "sacct" in sources and shutil.which("sacct"):
-        proc = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
-                     "-j", ",".join(_base_ids(missing))])
-        if heard("sacct", proc):
-            for k, v in parse_sacct(proc.stdout).items():
-                found.setdefault(k, v)
-    unknown = [i for i in missing if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
-    for base in _base_ids(unknown) if "scontrol" in sources else []:
-        if controller_down:
-            break
-        proc = _ask(["scontrol", "show", "job", "-o", base])
-        if heard("scontrol", proc, forgotten="Invalid job id"):
-            for k, v in parse_scontrol(proc.stdout).items():
-                found.setdefault(k, v)
-    if not answered and errors:
-        raise HpcffnError(f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
-    for i in missing:  # array tasks covered by a whole-array record
-        if i in found or "_" not in i:
-            continue
-        whole = found.get(f"{i.split('_', 1)[0]}_*")
-        if whole is not None:
-            found[i] = TaskInfo(**{**whole.__dict__, "id": i})
-    want = set(ids)
-    for k in [k for k in found if k not in want]:  # records of jobs not asked about
-        del found[k]
-    return found
-
-
 # What SLURM's tools print when the controller (or its config) cannot be reached: asking it
 # again, per job, would only wait out the same retries.
 _UNREACHABLE = ("did not answer within", "Unable to contact slurm controller", "Could not establish a configuration",
@@ -448,27 +338,166 @@ def parse_config_value(text: str, key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def array_limits() -> tuple[int | None, int | None]:
-    """(MaxArraySize, MaxSubmitJobs of this user's association), None where SLURM does not say.
 
-    MaxArraySize comes from `scontrol show config`; MaxSubmitJobs from sacctmgr (needs
-    slurmdbd): the smallest limit set on the user's associations.
+
+# ------------------------------------------------------------------------------ the tools
+class Slurm:
+    """This machine's SLURM client tools: the commands hpcffn sends to SLURM.
+
+    Every command goes through `run` and every look-up of a tool through `which`, so a test's
+    fake scheduler (tests/fake_slurm.py) replaces those two, or a whole command, and hands the
+    object to submit, status, cancel and check instead of patching this module.
     """
-    size = submit = None
-    if shutil.which("scontrol"):
-        proc = _run(["scontrol", "show", "config"], check=False)
-        if proc.returncode == 0:
-            size = parse_config_value(proc.stdout, "MaxArraySize")
-    if shutil.which("sacctmgr"):
-        user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
-        proc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit"], check=False)
-        if proc.returncode == 0:
-            values = [int(v) for v in proc.stdout.split() if v.strip().isdigit()]
-            submit = min(values) if values else None
-    return size, submit
+
+    def which(self, name: str) -> str | None:
+        return shutil.which(name)
+
+    def tool(self, name: str) -> str:
+        path = self.which(name)
+        if path is None:
+            raise SchedulerMissing(
+                f"`{name}` is not on PATH: run this on a SLURM login node (or load the slurm module), "
+                "or run the pipeline here with `hpcffn submit --local`"
+            )
+        return path
+
+    def available(self) -> bool:
+        """True when the SLURM client tools are installed here."""
+        return self.which("sbatch") is not None
+
+    def run(self, args: list[str], cwd: str | Path | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [self.tool(args[0]), *args[1:]]
+        try:
+            proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SchedulerNotAnswering(
+                f"`{args[0]}` did not answer within {timeout:g} s: is slurmctld reachable? (`scontrol ping`)"
+            ) from None
+        if check and proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().replace("\n", " ") or f"exit code {proc.returncode}"
+            raise HpcffnError(f"`{' '.join(args[:3])} ...` failed: {msg}")
+        return proc
+
+    def ask(self, args: list[str]) -> subprocess.CompletedProcess:
+        """A read-only query with the short timeout; no answer in time reads as a failed call (124)."""
+        limit = query_timeout()
+        try:
+            return self.run(args, check=False, timeout=limit)
+        except SchedulerNotAnswering:
+            return subprocess.CompletedProcess(args, 124, "", f"`{args[0]}` did not answer within {limit:g} s")
+
+    def sbatch(self, cmd: list[str], cwd: str | Path) -> str:
+        """Run an sbatch command line from `sbatch_command`; return the new job id."""
+        proc = self.run(cmd, cwd=cwd, check=False)
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().replace("\n", " ")
+            raise HpcffnError(
+                f"sbatch refused {cmd[-1]}: {msg}; fix the script or the spec and re-run `hpcffn submit --resume`")
+        return parse_parsable(proc.stdout)
+
+    def test_only(self, cmd: list[str], cwd: str | Path) -> tuple[bool, str]:
+        """Ask sbatch whether it would accept a command line (`--test-only`); nothing is queued."""
+        args = [a for a in cmd if a != "--parsable"]
+        args.insert(1, "--test-only")
+        proc = self.run(args, cwd=cwd, check=False)
+        return proc.returncode == 0, (proc.stderr + proc.stdout).strip()
+
+    def scancel(self, ids: list[str]) -> None:
+        """Cancel jobs/array tasks (unknown ids are ignored by scancel itself)."""
+        if ids:
+            self.run(["scancel", *ids])
+
+    def array_limits(self) -> tuple[int | None, int | None]:
+        """(MaxArraySize, MaxSubmitJobs of this user's association), None where SLURM does not say.
+
+        MaxArraySize comes from `scontrol show config`; MaxSubmitJobs from sacctmgr (needs
+        slurmdbd): the smallest limit set on the user's associations.
+        """
+        size = submit = None
+        if self.which("scontrol"):
+            proc = self.run(["scontrol", "show", "config"], check=False)
+            if proc.returncode == 0:
+                size = parse_config_value(proc.stdout, "MaxArraySize")
+        if self.which("sacctmgr"):
+            user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+            proc = self.run(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit"],
+                            check=False)
+            if proc.returncode == 0:
+                values = [int(v) for v in proc.stdout.split() if v.strip().isdigit()]
+                submit = min(values) if values else None
+        return size, submit
+
+    def query(self, ids: list[str], sources: tuple[str, ...] = ("squeue", "sacct", "scontrol"),
+              problems: list[str] | None = None) -> dict[str, TaskInfo]:
+        """States of the given job/task ids from squeue, then sacct, then scontrol for what is missing.
+
+        Ids SLURM has forgotten are absent from the result (the caller falls back to markers).
+        When no source answers at all (controller down, no slurm.conf), raise
+        SchedulerNotAnswering instead: an empty answer would make every submitted job look
+        forgotten, and `submit --resume` resubmit it. Every call has the short `query_timeout`;
+        once the controller has not answered, it is not asked again (scontrol, per job).
+        `problems` gets a line for each source that did not answer.
+        """
+        ids = [i for i in ids if i]
+        if not ids:
+            return {}
+        # At 100,000 tiles there are 500,000 ids: each pass below is one lookup per id, no more.
+        found: dict[str, TaskInfo] = {}
+        answered, errors = False, []
+
+        controller_down = False
+
+        def heard(tool: str, proc: subprocess.CompletedProcess, forgotten: str | None = None) -> bool:
+            nonlocal answered, controller_down
+            ok = proc.returncode == 0 or (forgotten is not None and forgotten in proc.stderr)
+            answered |= ok
+            if not ok:
+                errors.append(_last_line(proc))
+                if problems is not None:
+                    problems.append(f"the scheduler did not answer `{tool}` ({_last_line(proc)})")
+                controller_down |= tool in ("squeue", "scontrol") and _unreachable(proc)
+            return proc.returncode == 0
+
+        if "squeue" in sources:
+            proc = self.ask(["squeue", "--json"])
+            if heard("squeue", proc):
+                found = parse_squeue_json(proc.stdout)  # other users' jobs too: left out at the end
+        missing = [i for i in ids if i not in found]
+        if missing and "sacct" in sources and self.which("sacct"):
+            proc = self.ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,Reason",
+                             "-j", ",".join(_base_ids(missing))])
+            if heard("sacct", proc):
+                for k, v in parse_sacct(proc.stdout).items():
+                    found.setdefault(k, v)
+        unknown = [i for i in missing if i not in found and f"{i.split('_', 1)[0]}_*" not in found]
+        for base in _base_ids(unknown) if "scontrol" in sources else []:
+            if controller_down:
+                break
+            proc = self.ask(["scontrol", "show", "job", "-o", base])
+            if heard("scontrol", proc, forgotten="Invalid job id"):
+                for k, v in parse_scontrol(proc.stdout).items():
+                    found.setdefault(k, v)
+        if not answered and errors:
+            raise SchedulerNotAnswering(
+                f"SLURM did not answer ({errors[0]}); is slurmctld reachable? (`scontrol ping`)")
+        return _asked_only(found, ids, missing)
 
 
-def scancel(ids: list[str]) -> None:
-    """Cancel jobs/array tasks (unknown ids are ignored by scancel itself)."""
-    if ids:
-        _run(["scancel", *ids])
+def _asked_only(found: dict[str, TaskInfo], ids: list[str], missing: list[str]) -> dict[str, TaskInfo]:
+    """The records of `ids` alone, array tasks covered by a whole-array record ("12_*") included."""
+    for i in missing:
+        if i in found or "_" not in i:
+            continue
+        whole = found.get(f"{i.split('_', 1)[0]}_*")
+        if whole is not None:
+            found[i] = TaskInfo(**{**whole.__dict__, "id": i})
+    want = set(ids)
+    for k in [k for k in found if k not in want]:  # records of jobs not asked about
+        del found[k]
+    return found
+
+
+def array_limits() -> tuple[int | None, int | None]:
+    """`Slurm.array_limits` of this machine's tools (for jobs/limits.py)."""
+    return Slurm().array_limits()

@@ -1,7 +1,7 @@
 """`hpcffn status`: one row per job (stage x group) with SLURM states, task counts and outputs.
 
 Combines state.json (which ids were submitted), SLURM (squeue, then sacct, then scontrol:
-see slurm.query), the success markers the stages write and the expected output files, so
+see slurm.Slurm.query), the success markers the stages write and the expected output files, so
 the table stays right when accounting is missing or SLURM has forgotten old jobs. A SLURM
 that does not answer degrades the table to markers and outputs with a warning, never a crash.
 """
@@ -9,9 +9,8 @@ that does not answer degrades the table to markers and outputs with a warning, n
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hpcffn.core.errors import HpcffnError
@@ -21,7 +20,7 @@ from hpcffn.core.stage_table import STAGE
 from hpcffn.core.units import infer_task_tiles
 from hpcffn.jobs import slurm
 from hpcffn.jobs.listing import Listing, path_pattern
-from hpcffn.jobs.observe import JobTasks, observe_jobs, output_of
+from hpcffn.jobs.observe import Category, JobTasks, observe_jobs, output_of
 from hpcffn.jobs.state import load_state
 
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', re.MULTILINE)
@@ -57,37 +56,75 @@ def infer_progress(output: Path) -> tuple[int, int] | None:
 
 
 @dataclass
+class StatusRow:
+    """One job (stage x group) of `hpcffn status`; `as_json` is its record in `--json`."""
+
+    job: str
+    stage: str
+    group: str
+    tasks: int
+    counts: dict[Category, int]  # tasks per category
+    states: dict[str, int]  # tasks per state label (`_label`)
+    job_ids: list[str]
+    outputs: int  # tasks whose output exists
+    detail: list[dict]  # one JSON-ready dict per task (`_detail`); empty without detail
+    tile_outputs: int | None = None  # several tiles per task (infer, reverse) only: tile outputs there
+    tiles: int | None = None  # ... and tiles in all
+
+    def as_json(self) -> dict:
+        """The row as `--json` has it: the tile counts only where a task has several tiles
+        (shallow: the detail's dicts are already JSON-ready, and there can be 100,000s)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.tiles is None:
+            del out["tile_outputs"], out["tiles"]
+        return out
+
+
+@dataclass
 class Report:
-    rows: list[dict] = field(default_factory=list)
+    rows: list[StatusRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     slurm_answered: bool = True
     # job -> what the table shows beyond the row's counts (requeues, training steps, part-way
     # tiles), for reports collected without the per-task detail.
     notes: dict[str, dict] = field(default_factory=dict)
+    # job -> its tasks as observed (categories, SLURM records): what `next_step` decides on.
+    columns: dict[str, JobTasks] = field(default_factory=dict, repr=False)
 
     @property
     def finished(self) -> bool:
         """Nothing alive: every task is done, failed or not submitted (unknowable without SLURM)."""
-        return self.slurm_answered and all(r["counts"].get("alive", 0) == 0 for r in self.rows)
+        return self.slurm_answered and all(r.counts.get(Category.ALIVE, 0) == 0 for r in self.rows)
 
     @property
     def all_done(self) -> bool:
-        return all(r["counts"].get("done", 0) == r["tasks"] for r in self.rows)
+        return all(r.counts.get(Category.DONE, 0) == r.tasks for r in self.rows)
+
+    def notes_of(self, row: StatusRow) -> dict:
+        """What the table shows of a row beyond its counts: requeues, training steps, part-way tiles."""
+        return self.notes.get(row.job) or _notes_of(row)
+
+    def as_json(self, plan: Plan) -> dict:
+        """`hpcffn status --json`."""
+        return {"plan": str(plan.layout.plan), "rows": [r.as_json() for r in self.rows], "warnings": self.warnings,
+                "finished": self.finished, "all_done": self.all_done}
 
 
-_NO_RECORD = {"never": "NOT SUBMITTED", "done": "COMPLETED (marker)", "missing": "OUTPUT MISSING"}  # else "UNKNOWN (no marker)"
+# The label of a task without a SLURM record (or whose record no longer counts).
+_NO_RECORD = {Category.NEVER: "NOT SUBMITTED", Category.DONE: "COMPLETED (marker)",
+              Category.MISSING: "OUTPUT MISSING"}  # else "UNKNOWN (no marker)"
 
 
-def _label(category: str, info: slurm.TaskInfo | None) -> str:
+def _label(category: Category | None, info: slurm.TaskInfo | None) -> str:
     """A task's state in the table (a task with a record: from the record alone)."""
-    if category in ("never", "missing"):
+    if category in (Category.NEVER, Category.MISSING):
         return _NO_RECORD[category]
     if info is None:
         return _NO_RECORD.get(category, "UNKNOWN (no marker)")
     if info.state == "PENDING" and info.reason not in ("", "None"):
         return f"PENDING ({info.reason})"
-    if info.state == "CANCELLED" and info.reason == "DependencyNeverSatisfied":
-        return "CANCELLED (DependencyNeverSatisfied)"
+    if info.cancelled_by_dependency:
+        return f"CANCELLED ({info.reason})"
     return info.state
 
 
@@ -96,26 +133,28 @@ def _labels(tasks: JobTasks) -> list[str]:
     stands for thousands of tasks)."""
     keys = list(map(id, tasks.infos))
     records = dict(zip(keys, tasks.infos))
-    label = {k: _label("", info) for k, info in records.items() if info is not None}
-    if id(None) not in records and "missing" not in tasks.categories:  # every task has a record
+    label = {k: _label(None, info) for k, info in records.items() if info is not None}
+    if id(None) not in records and Category.MISSING not in tasks.categories:  # every task has a record
         return list(map(label.__getitem__, keys))
-    return [label[k] if info is not None and cat != "missing" else _label(cat, None)
+    return [label[k] if info is not None and cat is not Category.MISSING else _label(cat, None)
             for k, info, cat in zip(keys, tasks.infos, tasks.categories)]
 
 
-def collect(plan: Plan, detail: bool = True) -> Report:
-    """Build the status report; SLURM errors become warnings.
+def collect(plan: Plan, detail: bool = True, scheduler: slurm.Slurm | None = None) -> Report:
+    """Build the status report from `scheduler` (this machine's SLURM by default); SLURM errors
+    become warnings.
 
     detail=False leaves each row's per-task `detail` empty (the table needs only counts and
     `notes`): at 100,000 tiles that is half a million dicts not made.
     """
     report = Report()
     state = load_state(plan.layout.state)
+    scheduler = scheduler or slurm.Slurm()
 
     def query(ids):
         problems: list[str] = []
         try:
-            found = slurm.query(ids, problems=problems)
+            found = scheduler.query(ids, problems=problems)
             report.warnings += [f"{p}; states come from what did answer (and markers)" for p in problems]
             return found
         except HpcffnError as exc:
@@ -123,7 +162,7 @@ def collect(plan: Plan, detail: bool = True) -> Report:
             report.warnings.append(f"{exc}; states come from markers only")
             return {}
 
-    columns = observe_jobs(plan, state, query=query)
+    columns = report.columns = observe_jobs(plan, state, query=query)
     listing = Listing()
     for job in plan.jobs:
         c = columns[job.name]
@@ -151,13 +190,12 @@ def collect(plan: Plan, detail: bool = True) -> Report:
             "steps": [e["step"] or 0 for e in extra.values() if "step" in e],
             "seeds": [e["seeds"] for e in extra.values() if e.get("seeds")],
         }
-        report.rows.append({
-            "job": job.name, "stage": job.stage, "group": job.group or "-", "tasks": len(c.tasks),
-            "counts": dict(Counter(c.categories)), "states": dict(Counter(states)),
-            "job_ids": sorted({s.job_id for s in c.subs if s is not None}), "outputs": sum(exists), "detail": tasks,
-        })
-        if tile_counts is not None:
-            report.rows[-1].update(tile_outputs=tile_counts[0], tiles=tile_counts[1])
+        report.rows.append(StatusRow(
+            job=job.name, stage=job.stage, group=job.group or "-", tasks=len(c.tasks),
+            counts=dict(Counter(c.categories)), states=dict(Counter(states)),
+            job_ids=sorted({s.job_id for s in c.subs if s is not None}), outputs=sum(exists), detail=tasks,
+            **({"tile_outputs": tile_counts[0], "tiles": tile_counts[1]} if tile_counts is not None else {}),
+        ))
     return report
 
 
@@ -186,112 +224,40 @@ def _detail(c: JobTasks, states: list[str], outs: list, exists: list[bool], extr
         tasks.append({
             "task": task, "unit": unit, "id": sub.task_id(task) if sub else None, "category": cat,
             "state": states[i], "exit_code": info.exit_code if info else None, "restarts": info.restarts if info else 0,
-            "source": info.source if info else ("marker" if cat == "done" else ""),
+            "source": info.source if info else ("marker" if cat is Category.DONE else ""),
             "output": outs[i], "output_exists": exists[i], **extra.get(i, {}),
         })
     return tasks
 
 
-def _notes_of(row: dict) -> dict:
+def _notes_of(row: StatusRow) -> dict:
     """A row's `notes` from its per-task detail (a report made elsewhere)."""
-    detail = row.get("detail") or []
+    detail = row.detail
     return {"requeues": sum(t["restarts"] or 0 for t in detail),
             "steps": [t["step"] or 0 for t in detail if "step" in t],
             "seeds": [t["seeds"] for t in detail if t.get("seeds")]}
 
 
-def render_table(plan: Plan, report: Report):
-    """A rich Table of the report (one row per job)."""
-    from rich.table import Table
-
-    table = Table(title=f"hpcffn status: {plan.name} ({plan.workdir})")
-    for col in ("stage", "group", "job", "tasks", "states", "job ids", "outputs", "requeues"):
-        table.add_column(col)
-    for r in report.rows:
-        notes = report.notes.get(r["job"]) or _notes_of(r)
-        states = ", ".join(f"{k} {n}" for k, n in sorted(r["states"].items()))
-        outputs = f"{r['outputs']}/{r['tasks']}"
-        if "tiles" in r:  # several tiles per task
-            outputs += f" ({r['tile_outputs']}/{r['tiles']} tiles)"
-        steps, seeds, requeues = notes["steps"], notes["seeds"], notes["requeues"]
-        if steps and r["outputs"] < r["tasks"]:  # training still has steps to go: show the slowest
-            outputs += f" (step {min(steps)}/{plan.ffn.training.max_steps})"
-        if seeds:  # tiles part-way through inference (a requeued or running task)
-            outputs += f" ({len(seeds)} part-way: seed {sum(d for d, _ in seeds)}/{sum(n for _, n in seeds)})"
-        table.add_row(r["stage"], r["group"], r["job"], str(r["tasks"]), states,
-                      " ".join(r["job_ids"]) or "-", outputs, str(requeues) if requeues else "-")
-    return table
-
-
 def next_step(plan: Plan, report: Report) -> str:
-    """What to run after --watch ends: resume what failed, submit what never ran, or read the report."""
-    def bad(t) -> bool:
-        return t["category"] in ("failed", "lost", "missing")
+    """What to run after --watch ends: resume what failed, submit what never ran, or read the report.
 
-    def waited(t) -> bool:  # cancelled only because something it depends on failed
-        return t["state"] == "CANCELLED (DependencyNeverSatisfied)"
-
-    tasks = [(r, t) for r in report.rows for t in r["detail"]]
-    causes = [(r, t) for r, t in tasks if bad(t) and not waited(t)] or [(r, t) for r, t in tasks if bad(t)]
-    local = any(str(t.get("id") or "").startswith("L") for _, t in tasks)
+    Decided on the observed tasks (`report.columns`): their categories and SLURM records.
+    """
+    bad = (Category.FAILED, Category.LOST, Category.MISSING)
+    tasks = [(c.job.stage, unit, info) for c in report.columns.values()
+             for unit, info, cat in zip(c.units, c.infos, c.categories) if cat in bad]
+    # Tasks cancelled only because something they depend on failed are not causes, unless
+    # nothing else failed.
+    causes = [t for t in tasks if t[2] is None or not t[2].cancelled_by_dependency] or tasks
+    local = any(s is not None and s.local for c in report.columns.values() for s in c.subs)
     where = plan.workdir
     if causes:
-        row, task = causes[0]
-        followers = sum(bad(t) for _, t in tasks) - len(causes)
+        stage, unit, _ = causes[0]
+        followers = len(tasks) - len(causes)
         more = f" ({followers} more cancelled because they depend on them)" if followers else ""
         rerun = f"hpcffn run {where} --resume" if local else f"hpcffn submit {where} --resume"
-        return (f"next: {len(causes)} task(s) failed or were cancelled{more}; read `hpcffn logs {row['stage']} "
-                f"{task['unit']} --plan-dir {where}`, fix the cause, then `{rerun}`")
+        return (f"next: {len(causes)} task(s) failed or were cancelled{more}; read `hpcffn logs {stage} "
+                f"{unit} --plan-dir {where}`, fix the cause, then `{rerun}`")
     if report.all_done:
         return f"next: every job is done; `hpcffn report {where}` writes the page with the results"
     return f"next: some jobs were never submitted; `hpcffn submit {where}` submits them"
-
-
-def show(plan: Plan, as_json: bool = False, watch: bool = False, interval: float = 10.0,
-         max_interval: float = 120.0, echo=print) -> Report:
-    """Print the status once, or until nothing is alive with --watch (backing off while idle).
-
-    On a terminal --watch redraws one table in place; piped into a log it prints a table per
-    refresh, so the history stays readable.
-    """
-    import json
-    import sys
-
-    from rich.console import Console, Group
-    from rich.live import Live
-
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-
-    def view(report: Report):
-        warnings = [f"[yellow]warning:[/yellow] {w}" for w in report.warnings]
-        return Group(render_table(plan, report), *warnings)
-
-    def emit(report: Report) -> None:
-        if as_json:
-            echo(json.dumps({"plan": str(plan.layout.plan), "rows": report.rows, "warnings": report.warnings,
-                             "finished": report.finished, "all_done": report.all_done}, indent=1))
-        elif live is not None:
-            live.update(view(report), refresh=True)
-        else:
-            console.print(view(report))
-
-    live = Live(console=console, auto_refresh=False) if (watch and not as_json and console.is_terminal) else None
-    delay, last = interval, None
-    if live is not None:
-        live.start()
-    try:
-        while True:
-            # The table needs counts only; --json and --watch's closing advice need every task.
-            report = collect(plan) if as_json or watch else collect(plan, detail=False)
-            emit(report)
-            if not watch or report.finished:
-                if watch and not as_json:
-                    echo(next_step(plan, report))
-                return report
-            snapshot = [r["states"] for r in report.rows]
-            delay = interval if snapshot != last else min(delay * 1.5, max_interval)
-            last = snapshot
-            time.sleep(delay)
-    finally:
-        if live is not None:
-            live.stop()

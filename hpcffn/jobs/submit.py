@@ -26,7 +26,7 @@ from hpcffn.core.stage_table import CONSENSUS_STEPS, STAGES
 from hpcffn.jobs import limits, pretest, slurm
 
 # observe and its views live in observe.py; submit, admin and the local runner import them from here too.
-from hpcffn.jobs.observe import Task, TaskView, job_tasks, observe, unit_of
+from hpcffn.jobs.observe import Category, Task, TaskView, job_tasks, observe, unit_of
 from hpcffn.jobs.state import (
     Submission,
     load_state,
@@ -86,7 +86,7 @@ def check_replan(old: Plan, new: Plan, query=None) -> None:
     except HpcffnError as exc:
         raise HpcffnError(f"cannot tell whether jobs of {old.workdir} are still queued ({exc}); "
                           "re-plan with --force if none are") from None
-    alive = [j.name for j in changed if any(v.category == "alive" for v in views[j.name])]
+    alive = [j.name for j in changed if any(v.category is Category.ALIVE for v in views[j.name])]
     if alive:
         raise HpcffnError(
             f"{old.layout.plan}: jobs {', '.join(alive)} are still pending or running and the new plan changes "
@@ -165,7 +165,9 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
     Linear in jobs + tasks: every per-task question is a set or dict lookup.
     """
     check_filters(plan, stages, groups)
-    redo = {"never", "missing", "failed", "lost"} if resume else {"never", "missing"}
+    redo = {Category.NEVER, Category.MISSING}
+    if resume:
+        redo |= {Category.FAILED, Category.LOST}
     of_unit = unit_groups(plan) if groups else None
     order = topo_order(plan)
     todo: dict[str, list[Task]] = {}
@@ -179,7 +181,7 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
             todo[job.name] = tasks
             chosen = set(tasks)
             redone[job.name] = _queue_ids([v for v in views[job.name] if v.task in chosen
-                                           and v.category in ("failed", "alive") and v.sub is not None])
+                                           and v.category in (Category.FAILED, Category.ALIVE) and v.sub is not None])
     by_name = {j.name: j for j in plan.jobs}
     upstream_of: dict[str, tuple[TaskView | None, list[str]]] = {}  # per upstream job: asked once
     steps = []
@@ -196,10 +198,12 @@ def plan_steps(plan: Plan, views: dict[str, list[TaskView]], resume: bool,
                 upstream_of[dep.job] = _upstream(plan, by_name[dep.job], views, todo, groups, of_unit)
             v, alive = upstream_of[dep.job]
             if v is not None:
-                what = {"never": "was never submitted", "failed": f"is {v.info.state if v.info else 'FAILED'}",
-                        "lost": "is unknown to SLURM and has no success marker",
-                        "missing": "finished but its output is gone"}[v.category]
-                hint = "use --resume" if v.category in ("failed", "lost") else "drop the --stage/--group filter"
+                what = {Category.NEVER: "was never submitted",
+                        Category.FAILED: f"is {v.info.state if v.info else 'FAILED'}",
+                        Category.LOST: "is unknown to SLURM and has no success marker",
+                        Category.MISSING: "finished but its output is gone"}[v.category]
+                hint = ("use --resume" if v.category in (Category.FAILED, Category.LOST)
+                        else "drop the --stage/--group filter")
                 raise HpcffnError(
                     f"job {job.name} depends on {dep.job} ({v.unit}), which {what}: {hint} so it is submitted too, "
                     f"or check `hpcffn status`"
@@ -218,8 +222,8 @@ def _upstream(plan: Plan, up: JobPlan, views: dict[str, list[TaskView]], todo: d
     again = set(todo.get(up.name, []))
     upstream = [v for v in views[up.name] if v.task in relevant and v.task not in again]
     # Never submitted but its success marker exists (run standalone or elsewhere): satisfied.
-    blocked = next((v for v in upstream if v.category in ("failed", "lost", "missing")
-                    or (v.category == "never" and not is_done(plan, up.stage, v.unit))), None)
+    blocked = next((v for v in upstream if v.category in (Category.FAILED, Category.LOST, Category.MISSING)
+                    or (v.category is Category.NEVER and not is_done(plan, up.stage, v.unit))), None)
     return blocked, alive_ids(upstream)
 
 
@@ -248,7 +252,7 @@ def _doomed(v: TaskView, redone_ids: set[str]) -> bool:
     `redone_ids`: ids of the upstream work submitted again (failed or itself doomed, never
     "lost": a job SLURM forgot may have satisfied it).
     """
-    if not redone_ids or v.category != "alive" or v.sub is None or v.sub.local or v.info is None \
+    if not redone_ids or v.category is not Category.ALIVE or v.sub is None or v.sub.local or v.info is None \
             or v.info.state != "PENDING":
         return False
     for word in v.sub.command:
@@ -262,7 +266,7 @@ def _doomed(v: TaskView, redone_ids: set[str]) -> bool:
 
 def alive_ids(views: list[TaskView]) -> list[str]:
     """Queue ids of alive tasks: a whole submission's id when all its tasks are alive."""
-    alive = [v for v in views if v.category == "alive" and v.sub is not None]
+    alive = [v for v in views if v.category is Category.ALIVE and v.sub is not None]
     by_sub: dict[str, list[TaskView]] = {}
     for v in alive:
         by_sub.setdefault(v.sub.job_id, []).append(v)
@@ -306,7 +310,7 @@ def check_scripts(plan: Plan, steps: list[Step], views: dict[str, list[TaskView]
             raise HpcffnError(f"{path} is not valid bash ({first}); fix the edit or re-render it with `hpcffn plan`")
     for job in plan.jobs:
         path = root / job.script
-        alive = [v for v in views[job.name] if v.category == "alive" and v.sub is not None]
+        alive = [v for v in views[job.name] if v.category is Category.ALIVE and v.sub is not None]
         if alive and path.is_file():
             digest = sha256_file(path)
             changed = [v for v in alive if v.sub.sha256 != digest]
@@ -344,18 +348,20 @@ def dry_run_script(plan: Plan, steps: list[Step], max_array_size: int | None = N
 
 
 def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, groups: list[str] | None = None,
-           dry_run: bool = False, echo=print) -> list[Submission]:
-    """Submit what needs submitting; return the new submissions (none on a dry run).
+           dry_run: bool = False, echo=print, scheduler: slurm.Slurm | None = None) -> list[Submission]:
+    """Submit what needs submitting to `scheduler` (this machine's SLURM by default); return the
+    new submissions (none on a dry run).
 
     Arrays longer than the cluster's MaxArraySize go in as several arrays (limits.py); every
     later step depends on all of their ids, and state.json records each piece's offset.
     """
     state_path = plan.layout.state
-    if not dry_run and not slurm.available():
-        slurm._tool("sbatch")  # raises the one-line "not on PATH" error
+    scheduler = scheduler or slurm.Slurm()
+    if not dry_run:
+        scheduler.tool("sbatch")  # not installed here: the one-line "not on PATH" error
     with locked(state_path):
         state = load_state(state_path)
-        views = observe(plan, state)
+        views = observe(plan, state, query=scheduler.query)
         steps = plan_steps(plan, views, resume, stages, groups)
         check_scripts(plan, steps, views)
         lim = limits.resolve(plan) if any(s.job.array for s in steps) else None
@@ -367,10 +373,10 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         if dry_run:
             echo(dry_run_script(plan, steps, size).rstrip("\n"))
             return []
-        pretest.require_all_accepted(plan, steps, size)  # all or nothing: sbatch must accept every script first
+        pretest.require_all_accepted(plan, steps, size, scheduler)  # all or nothing: sbatch must accept every script first
         made: list[Submission] = []
         try:
-            _queue(plan, steps, size, state_path, made, echo)
+            _queue(plan, steps, size, state_path, made, echo, scheduler)
         finally:
             if made:  # once, not per sbatch call: until then each one is a journal line (state.record)
                 state.submissions += made
@@ -380,7 +386,8 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         return made
 
 
-def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, made: list[Submission], echo) -> None:
+def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, made: list[Submission], echo,
+           scheduler: slurm.Slurm) -> None:
     """The sbatch calls, in order; each new submission is recorded (journal line, fsynced) and
     put in `made` before the next call, so a submit stopped anywhere forgets nothing it queued."""
     new_ids: dict[str, list[str]] = {}
@@ -392,7 +399,7 @@ def _queue(plan: Plan, steps: list[Step], size: int | None, state_path: Path, ma
         calls = step.calls(size)
         for offset, tasks, array in calls:
             cmd = slurm.sbatch_command(step.job.script, array, dep, limits.export_option(offset))
-            jid = slurm.sbatch(cmd, cwd=plan.layout.root)
+            jid = scheduler.sbatch(cmd, cwd=plan.layout.root)
             new_ids.setdefault(step.job.name, []).append(jid)
             sub = Submission(job=step.job.name, job_id=jid, submitted=now(), sha256=digest,
                              tasks=[t for t in tasks if t is not None] if step.job.array else None,

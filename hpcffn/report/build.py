@@ -50,7 +50,7 @@ class Page:
     overlays: list[Picture] = field(default_factory=list)
     evaluation: list[dict] | None = None
     usage: dict | None = None
-    status_rows: list[dict] = field(default_factory=list)
+    status_rows: list = field(default_factory=list)  # jobs/status.py StatusRow
     infer_costs: list = field(default_factory=list)  # plan/cost.py: expected FOVs, model calls, GPU-hours
     fov_rate: tuple = ()
     notes: list[str] = field(default_factory=list)
@@ -63,7 +63,7 @@ def _categories(plan: Plan, page: Page) -> dict[tuple[str, str], str]:
     report = collect(plan)
     page.notes += report.warnings
     page.status_rows = report.rows
-    cats = {(r["stage"], t["unit"]): t["category"] for r in report.rows for t in r["detail"]}
+    cats = {(r.stage, t["unit"]): t["category"] for r in report.rows for t in r.detail}
     for job in plan.jobs:  # a task of several tiles: each tile done by its marker, else as its task
         for unit, tiles in infer_task_tiles(plan, job).items():
             for tile in tiles:
