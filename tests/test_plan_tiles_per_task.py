@@ -125,3 +125,36 @@ def test_reverse_arrays_take_tasks_of_k_tiles_too(tmp_path):
     task, unit = load_task_plan(plan.layout.plan, job.name, 0)
     assert unit == job.units[0] and len(task.tiles) == 2
     assert next(j for j in plan.jobs if j.stage == "consensus").units == [t.name for t in plan.tiles]
+
+
+class _Unread(list):
+    """A plan's job list that must not be read (a task's fingerprint is a dict hit)."""
+
+    def __iter__(self):
+        raise AssertionError("task_fingerprint scanned plan.jobs")
+
+
+def test_a_tile_of_a_task_of_k_tiles_has_its_task_fingerprint_without_a_scan(tmp_path, monkeypatch):
+    """Each tile's marker certifies its task's fingerprint: found from the loaded task, not by
+    searching every job's units; a whole plan (a stage run by tile name) finds the same."""
+    from hpcffn.core import units
+    from hpcffn.core.units import read_fingerprint, task_fingerprint
+
+    planned = make_plan(_spec(tmp_path, {"tiles_per_task": 2}))
+    write_planned(planned)
+    plan = planned.plan
+    job = next(j for j in plan.jobs if j.stage == "infer")
+    for i in (0, len(job.units) - 1):
+        task, unit = load_task_plan(plan.layout.plan, job.name, i)
+        expected = read_fingerprint(plan.workdir, job.name, i)
+        assert expected is not None
+        blind = task.model_copy(update={"jobs": _Unread(task.jobs)})
+        for name in [unit, *(t.name for t in task.tiles)]:
+            assert task_fingerprint(blind, "infer", name) == expected, name
+            assert task_fingerprint(plan, "infer", name) == expected, name
+    monkeypatch.setattr(units, "_TASKS", {})  # no task loaded: the whole plan is searched
+    for job in [j for j in plan.jobs if j.stage == "infer"]:
+        for i, unit in enumerate(job.units):
+            for name in [unit, *infer_task_tiles(plan, job).get(unit, [])]:
+                assert task_fingerprint(plan, "infer", name) == read_fingerprint(plan.workdir, job.name, i), name
+    assert task_fingerprint(plan, "infer", "no_such_tile") is None

@@ -115,19 +115,51 @@ def read_fingerprints(workdir: str | Path, job: str) -> list[str] | None:
 
 
 # Tasks loaded by `load_task_plan` in this process: (workdir, stage, unit) -> (job, index), so
-# the stage's marker can name the fingerprint of the very task it ran.
+# the stage's marker can name the fingerprint of the very task it ran. A task of several tiles
+# registers each of its tiles too: their markers certify the task's meaning, found by a dict hit.
 _TASKS: dict[tuple[str, str, str], tuple[str, int]] = {}
 
 
+def _register(workdir: str, stage: str, job: str, index: int, names: list[str]) -> None:
+    for name in names:
+        _TASKS[(workdir, stage, name)] = (job, index)
+
+
 def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
-    """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none)."""
+    """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none).
+
+    A task loaded by `load_task_plan` is a dict hit; a whole plan (a stage run by name, status,
+    submit) is searched in its jobs' units."""
     where = _TASKS.get((plan.workdir, stage, unit))
     if where is None:
         where = next(((j.name, j.units.index(unit)) for j in plan.jobs if j.stage == stage and unit in j.units), None)
     if where is None:  # a tile of a task of several tiles: its marker certifies that task's meaning
-        where = next(((j.name, i) for j in plan.jobs if j.stage == stage for i, u in enumerate(j.units)
-                      if is_bundle(u) and unit in {t.name for t in members(plan.tiles, u)}), None)
+        where = _bundle_holding(plan, stage, unit)
     return read_fingerprint(plan.workdir, *where) if where is not None else None
+
+
+def _bundle_holding(plan: Plan, stage: str, tile: str) -> tuple[str, int] | None:
+    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan.
+
+    `members` takes the bundle's first tile and the tiles after it in its group: a tile belongs
+    to the bundle whose first tile's rank in the group is at most `count - 1` below its own.
+    One pass over the tiles and one over the units, not `members` per unit (tiles x units)."""
+    rank: dict[str, tuple[str | None, int]] = {}
+    seen: dict[str | None, int] = {}
+    for t in plan.tiles:
+        rank[t.name] = (t.group, seen.get(t.group, 0))
+        seen[t.group] = rank[t.name][1] + 1
+    if tile not in rank:
+        return None
+    group, mine = rank[tile]
+    for j in plan.jobs:
+        if j.stage != stage:
+            continue
+        for i, u in enumerate(j.units):
+            first, count = first_and_count(u)
+            if count > 1 and first in rank and rank[first][0] == group and 0 <= mine - rank[first][1] < count:
+                return j.name, i
+    return None
 
 
 _PLAN_ID = re.compile(rb'"plan_id": "([0-9a-f]*)"')
@@ -178,16 +210,21 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     lay = Layout(_workdir(plan_path))
     if not lay.plan_head.is_file() or not lay.unit_index(job).is_file():
         plan = load_plan(plan_path)
-        return plan, str(plan.task_unit(job, index))
+        unit = str(plan.task_unit(job, index))
+        stage = next((j.stage for j in plan.jobs if j.name == job), "")
+        held = [t.name for t in members(plan.tiles, unit)] if is_bundle(unit) else []
+        _register(plan.workdir, stage, job, index, [unit, *held])
+        return plan, unit
     record = read_unit(plan_path, job, index)
     head = load_plan(lay.plan_head)
     check_plan_id(lay.plan, head)
     stage = next((j.stage for j in head.jobs if j.name == job), "")
-    _TASKS[(head.workdir, stage, record["name"])] = (job, index)
+    _register(head.workdir, stage, job, index, [record["name"]])
     if set(record) == {"name"}:
         return head, record["name"]
     if set(record) == {"name", "tiles"}:  # an infer task of several tiles (core/bundles.py)
         tiles = [TilePlan.model_validate(t) for t in record["tiles"]]
+        _register(head.workdir, stage, job, index, [t.name for t in tiles])
         return head.model_copy(update={"tiles": tiles}), record["name"]
     tile = TilePlan.model_validate(record)
     return head.model_copy(update={"tiles": [tile]}), tile.name
