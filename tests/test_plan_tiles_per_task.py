@@ -158,3 +158,34 @@ def test_a_tile_of_a_task_of_k_tiles_has_its_task_fingerprint_without_a_scan(tmp
             for name in [unit, *infer_task_tiles(plan, job).get(unit, [])]:
                 assert task_fingerprint(plan, "infer", name) == read_fingerprint(plan.workdir, job.name, i), name
     assert task_fingerprint(plan, "infer", "no_such_tile") is None
+
+
+def test_plan_warns_when_k_canvases_exceed_the_infer_memory(tmp_path):
+    """A task of K tiles holds K canvases: `hpcffn plan` warns when their estimate is above
+    cluster.infer.memory; K = 1 warns as before (not at all here)."""
+    from hpcffn.plan.cost import (
+        CANVAS_BYTES_PER_VOXEL,
+        PEAK_BYTES_PER_VOXEL,
+        task_memory,
+    )
+    from hpcffn.plan.limits import memory_bytes
+
+    def planned(inference: dict, memory: str, name: str):
+        spec = _spec(tmp_path, inference, name)
+        text = spec.read_text().replace("profile: local", f"profile: local\n  infer:\n    memory: {memory}")
+        assert text != spec.read_text()
+        spec.write_text(text)
+        return make_plan(spec)
+
+    four = planned({"tiles_per_task": 4}, "2M", "four.yaml")
+    needed, tiles = task_memory(four.plan.tiles, four.plan.jobs, 4)
+    voxels = [t.infer_box.voxels for t in four.plan.tiles]
+    per_task = [(4 * CANVAS_BYTES_PER_VOXEL + PEAK_BYTES_PER_VOXEL) * v for v in (min(voxels), max(voxels))]
+    assert tiles == 4 and per_task[0] <= needed <= per_task[1]
+    assert needed > memory_bytes("2M")
+    warned = [w for w in four.warnings if "tiles_per_task" in w]
+    assert len(warned) == 1 and "its 4 tiles" in warned[0] and "cluster.infer.memory 2M" in warned[0], four.warnings
+    assert not [w for w in planned({"tiles_per_task": 4}, "64G", "roomy.yaml").warnings if "tiles_per_task" in w]
+    assert not [w for w in planned({}, "2M", "one.yaml").warnings if "tiles_per_task" in w]
+    assert (memory_bytes("2M"), memory_bytes("8000"), memory_bytes("1G"), memory_bytes("3K")) == \
+        (2 << 20, 8000 << 20, 1 << 30, 3 << 10)
