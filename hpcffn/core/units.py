@@ -21,7 +21,7 @@ from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoti
 from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
-from hpcffn.core.bundles import first_and_count, is_bundle, members
+from hpcffn.core.bundles import Runs, first_and_count, is_bundle, members
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
 from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
@@ -80,11 +80,12 @@ def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = N
     atomic_write_text(folder / lay.plan_head.name, head_of(plan).model_dump_json(indent=1))
     records = records if records is not None else tile_records(plan.tiles)  # every tile formatted once
     made: list[tuple[list[str], str]] = []  # partitions, joins and relabel all list every tile
+    runs = Runs(plan.tiles) if plan.ffn.inference.tiles_per_task > 1 else None  # tiles of bundles, one pass
     for job in plan.jobs:
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                members = task_tiles(plan, job) if job.stage in ("infer", "reverse") else None
+                members = task_tiles(plan, job, runs) if job.stage in ("infer", "reverse") else None
                 text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(folder / lay.unit_index(job.name).name, text)
@@ -139,25 +140,19 @@ def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
 
 
 def _bundle_holding(plan: Plan, stage: str, tile: str) -> tuple[str, int] | None:
-    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan.
-
-    `members` takes the bundle's first tile and the tiles after it in its group: a tile belongs
-    to the bundle whose first tile's rank in the group is at most `count - 1` below its own.
-    One pass over the tiles and one over the units, not `members` per unit (tiles x units)."""
-    rank: dict[str, tuple[str | None, int]] = {}
-    seen: dict[str | None, int] = {}
-    for t in plan.tiles:
-        rank[t.name] = (t.group, seen.get(t.group, 0))
-        seen[t.group] = rank[t.name][1] + 1
-    if tile not in rank:
+    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan: the
+    bundle whose first tile is at most `count - 1` before it in its group (core/bundles.py). One
+    pass over the tiles and one over the units, not `members` per unit (tiles x units)."""
+    at = Runs(plan.tiles).at
+    if tile not in at:
         return None
-    group, mine = rank[tile]
+    group, mine = at[tile]
     for j in plan.jobs:
         if j.stage != stage:
             continue
         for i, u in enumerate(j.units):
             first, count = first_and_count(u)
-            if count > 1 and first in rank and rank[first][0] == group and 0 <= mine - rank[first][1] < count:
+            if count > 1 and at.get(first, (None, -1))[0] == group and 0 <= mine - at[first][1] < count:
                 return j.name, i
     return None
 
@@ -230,12 +225,15 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     return head.model_copy(update={"tiles": [tile]}), tile.name
 
 
-def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
-    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py)."""
+def task_tiles(plan: Plan, job: JobPlan, runs: Runs | None = None) -> dict[str, list[str]]:
+    """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py).
+
+    `runs`: `Runs(plan.tiles)`, made once for several jobs."""
     out = {}
     for unit in job.units:
         if is_bundle(unit):
-            found = members(plan.tiles, unit)
+            runs = runs or Runs(plan.tiles)
+            found = runs.members(unit)
             if len(found) != first_and_count(unit)[1]:
                 raise HpcffnError(f"task {unit} of job {job.name} does not match the plan's tiles; re-run `hpcffn plan`")
             out[unit] = [t.name for t in found]
