@@ -95,3 +95,11 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def test_no_module_re_exports_what_it_does_not_use():
+    """A name is imported from the module that defines it: no module keeps an unused import
+    (`noqa: F401`) for others to import through it, which hides where the name lives."""
+    kept = [f"{path.relative_to(PACKAGE.parent)}:{i}" for path in _modules().values()
+            for i, line in enumerate(path.read_text().splitlines(), start=1) if "noqa: F401" in line]
+    assert not kept, kept

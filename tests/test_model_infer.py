@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.ffn import synthetic
 from hpcffn.core.params import InferenceParams, ModelParams
-from hpcffn.ffn.inference import Canvas, load_state, output_segmentation, peak_seeds, segment_volume
+from hpcffn.ffn import synthetic
+from hpcffn.ffn.canvas import Canvas
+from hpcffn.ffn.inference import (
+    load_state,
+    output_segmentation,
+    peak_seeds,
+    segment_volume,
+)
 
 pytest.importorskip("skimage")
 

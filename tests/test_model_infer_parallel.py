@@ -14,7 +14,8 @@ from test_model_infer import StopAfter
 
 from hpcffn.core.params import InferenceParams, ModelParams
 from hpcffn.ffn import synthetic
-from hpcffn.ffn.inference import Canvas, load_state, segment_volume
+from hpcffn.ffn.canvas import Canvas
+from hpcffn.ffn.inference import load_state, segment_volume
 
 MP = ModelParams(depth=2, fov_size=(9, 9, 9), deltas=(2, 2, 2), image_mean=125.0, image_stddev=65.0)
 

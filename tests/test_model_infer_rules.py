@@ -11,8 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from hpcffn.ffn.inference import EXCLUDED, Canvas, FaceMaxPolicy, option_logit, segment_volume
 from hpcffn.core.params import InferenceParams, ModelParams
+from hpcffn.ffn.canvas import EXCLUDED, Canvas, FaceMaxPolicy, option_logit
+from hpcffn.ffn.inference import segment_volume
 
 MP = ModelParams(depth=2, fov_size=(9, 9, 9), deltas=(2, 2, 2), image_mean=0.0, image_stddev=1.0)
 THR = option_logit(0.9)

@@ -194,3 +194,29 @@ def test_step_commands_need_their_unit(planned):  # noqa: F811
         proc = subprocess.run([sys.executable, "-m", "hpcffn.cli", "stage", *args[:1], "--plan", str(plan.layout.plan), *args[1:]],
                               capture_output=True, text=True, check=False)
         assert proc.returncode == 2 and needs in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_rerun_removes_its_own_partial_chunks_only(stitched):
+    """A relabel or pyramid task killed mid-chunk leaves zarr's `<chunk>.<hex>.partial` files:
+    its re-run removes those of its own chunks and leaves other tasks' (maybe live) alone."""
+    plan = stitched
+    store = plan.layout.stitched("v1")
+    chunks = ome_zarr.chunk_shape(plan.spec.subvolume.size, plan.volumes[0].shape)
+
+    def leftover(array: str, start):
+        row = store / array / str(start[0] // chunks[0]) / str(start[1] // chunks[1])
+        path = row / f"{start[2] // chunks[2]}.{'ab' * 16}.partial"
+        path.write_bytes(b"half a chunk")
+        return path
+
+    mine, theirs = plan.tiles[0], plan.tiles[-1]
+    own = [leftover("labels/seg/0", mine.box.start), leftover("0", mine.box.start)]
+    other = leftover("labels/seg/0", theirs.box.start)
+    relabel.run_from_plan(plan, mine.name, log=lambda s: None)
+    assert not any(p.exists() for p in own) and other.exists()
+    blocks = ome_zarr.pyramid_blocks(plan.volumes[0].shape, plan.spec.subvolume.size)[0]
+    assert len(blocks) > 1
+    own, other = leftover("labels/seg/1", blocks[0][0]), leftover("1", blocks[-1][0])
+    pyramid.run_from_plan(plan, "v1_s1_b0", log=lambda s: None)
+    assert not own.exists() and other.exists()
+    assert ome_zarr.damaged_chunks(store) == []

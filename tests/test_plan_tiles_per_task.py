@@ -125,3 +125,92 @@ def test_reverse_arrays_take_tasks_of_k_tiles_too(tmp_path):
     task, unit = load_task_plan(plan.layout.plan, job.name, 0)
     assert unit == job.units[0] and len(task.tiles) == 2
     assert next(j for j in plan.jobs if j.stage == "consensus").units == [t.name for t in plan.tiles]
+
+
+class _Unread(list):
+    """A plan's job list that must not be read (a task's fingerprint is a dict hit)."""
+
+    def __iter__(self):
+        raise AssertionError("task_fingerprint scanned plan.jobs")
+
+
+def test_a_tile_of_a_task_of_k_tiles_has_its_task_fingerprint_without_a_scan(tmp_path, monkeypatch):
+    """Each tile's marker certifies its task's fingerprint: found from the loaded task, not by
+    searching every job's units; a whole plan (a stage run by tile name) finds the same."""
+    from hpcffn.core import units
+    from hpcffn.core.units import read_fingerprint, task_fingerprint
+
+    planned = make_plan(_spec(tmp_path, {"tiles_per_task": 2}))
+    write_planned(planned)
+    plan = planned.plan
+    job = next(j for j in plan.jobs if j.stage == "infer")
+    for i in (0, len(job.units) - 1):
+        task, unit = load_task_plan(plan.layout.plan, job.name, i)
+        expected = read_fingerprint(plan.workdir, job.name, i)
+        assert expected is not None
+        blind = task.model_copy(update={"jobs": _Unread(task.jobs)})
+        for name in [unit, *(t.name for t in task.tiles)]:
+            assert task_fingerprint(blind, "infer", name) == expected, name
+            assert task_fingerprint(plan, "infer", name) == expected, name
+    monkeypatch.setattr(units, "_TASKS", {})  # no task loaded: the whole plan is searched
+    for job in [j for j in plan.jobs if j.stage == "infer"]:
+        for i, unit in enumerate(job.units):
+            for name in [unit, *infer_task_tiles(plan, job).get(unit, [])]:
+                assert task_fingerprint(plan, "infer", name) == read_fingerprint(plan.workdir, job.name, i), name
+    assert task_fingerprint(plan, "infer", "no_such_tile") is None
+
+
+def test_plan_warns_when_k_canvases_exceed_the_infer_memory(tmp_path):
+    """A task of K tiles holds K canvases: `hpcffn plan` warns when their estimate is above
+    cluster.infer.memory; K = 1 warns as before (not at all here)."""
+    from hpcffn.plan.cost import (
+        CANVAS_BYTES_PER_VOXEL,
+        PEAK_BYTES_PER_VOXEL,
+        task_memory,
+    )
+    from hpcffn.plan.limits import memory_bytes
+
+    def planned(inference: dict, memory: str, name: str):
+        spec = _spec(tmp_path, inference, name)
+        text = spec.read_text().replace("profile: local", f"profile: local\n  infer:\n    memory: {memory}")
+        assert text != spec.read_text()
+        spec.write_text(text)
+        return make_plan(spec)
+
+    four = planned({"tiles_per_task": 4}, "2M", "four.yaml")
+    needed, tiles = task_memory(four.plan.tiles, four.plan.jobs, 4)
+    voxels = [t.infer_box.voxels for t in four.plan.tiles]
+    per_task = [(4 * CANVAS_BYTES_PER_VOXEL + PEAK_BYTES_PER_VOXEL) * v for v in (min(voxels), max(voxels))]
+    assert tiles == 4 and per_task[0] <= needed <= per_task[1]
+    assert needed > memory_bytes("2M")
+    warned = [w for w in four.warnings if "tiles_per_task" in w]
+    assert len(warned) == 1 and "its 4 tiles" in warned[0] and "cluster.infer.memory 2M" in warned[0], four.warnings
+    assert not [w for w in planned({"tiles_per_task": 4}, "64G", "roomy.yaml").warnings if "tiles_per_task" in w]
+    assert not [w for w in planned({}, "2M", "one.yaml").warnings if "tiles_per_task" in w]
+    assert (memory_bytes("2M"), memory_bytes("8000"), memory_bytes("1G"), memory_bytes("3K")) == \
+        (2 << 20, 8000 << 20, 1 << 30, 3 << 10)
+
+
+def test_tasks_tiles_are_found_in_one_pass_over_the_tiles():
+    """Bundles' tiles (unit indexes, fingerprints, a tile's task) come from one pass over the
+    plan's tiles, not a search of them per bundle: 60,000 tiles in K = 2 take well under seconds
+    (per-bundle search: about a minute here)."""
+    import time
+    from types import SimpleNamespace
+
+    from hpcffn.core.bundles import Runs, bundle_name, bundles, members
+    from hpcffn.core.plan_model import JobPlan
+    from hpcffn.core.units import _bundle_holding, task_tiles
+
+    tiles = [SimpleNamespace(name=f"v_{i}", group=f"g{i % 3 % 2}") for i in range(60_000)]
+    jobs = [JobPlan(name=f"infer_{g}", stage="infer", script="x", sha256="", array=True, group=g,
+                    units=[bundle_name(b) for b in bundles([t.name for t in tiles if t.group == g], 2)])
+            for g in ("g0", "g1")]
+    plan = SimpleNamespace(tiles=tiles, jobs=jobs)
+    start = time.perf_counter()
+    found = {u: ts for job in jobs for u, ts in task_tiles(plan, job, Runs(tiles)).items()}
+    assert _bundle_holding(plan, "infer", tiles[-1].name) == ("infer_g0", len(jobs[0].units) - 1)
+    assert time.perf_counter() - start < 5
+    assert sum(map(len, found.values())) == len(tiles)
+    for u in (jobs[0].units[0], jobs[1].units[7], jobs[1].units[-1]):
+        assert found[u] == [t.name for t in members(tiles, u)]

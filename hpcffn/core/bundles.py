@@ -44,3 +44,26 @@ def members(tiles: list, unit: str) -> list:
         return []
     group = tiles[at].group
     return [t for t in tiles[at:] if t.group == group][:count]
+
+
+class Runs:
+    """Each group's tiles in plan order, to find many bundles' members in one pass over the tiles
+    (`members` per bundle searches the tiles each time: tiles x bundles at plan time).
+
+    `at`: tile name -> (group, its position among its group's tiles)."""
+
+    def __init__(self, tiles: list):
+        self.by_group: dict = {}
+        self.at: dict[str, tuple] = {}
+        for t in tiles:
+            run = self.by_group.setdefault(t.group, [])
+            self.at.setdefault(t.name, (t.group, len(run)))
+            run.append(t)
+
+    def members(self, unit: str) -> list:
+        """`members(tiles, unit)`: the first tile and those that follow it in its group."""
+        first, count = first_and_count(unit)
+        if first not in self.at:
+            return []
+        group, i = self.at[first]
+        return self.by_group[group][i:i + count]

@@ -21,7 +21,7 @@ from json.encoder import encode_basestring_ascii as _quote  # json.dumps's quoti
 from pathlib import Path
 
 from hpcffn.core.atomic import atomic_write_text
-from hpcffn.core.bundles import first_and_count, is_bundle, members
+from hpcffn.core.bundles import Runs, first_and_count, is_bundle, members
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import Layout
 from hpcffn.core.plan_model import JobPlan, Plan, TilePlan, load_plan
@@ -81,11 +81,12 @@ def write_unit_indexes(plan: Plan, fingerprints: dict[str, list[str]] | None = N
     atomic_write_text(folder / lay.plan_head.name, head_of(plan).model_dump_json(indent=1))
     records = records if records is not None else tile_records(plan.tiles)  # every tile formatted once
     made: list[tuple[list[str], str]] = []  # partitions, joins and relabel all list every tile
+    runs = Runs(plan.tiles) if plan.ffn.inference.tiles_per_task > 1 else None  # tiles of bundles, one pass
     for job in plan.jobs:
         if job.array:
             text = next((text for units, text in made if units == job.units), None)
             if text is None:
-                members = task_tiles(plan, job)
+                members = task_tiles(plan, job, runs)
                 text = unit_lines(job.units, records, members)
                 made.append((job.units, text))
             atomic_write_text(folder / lay.unit_index(job.name).name, text)
@@ -116,19 +117,45 @@ def read_fingerprints(workdir: str | Path, job: str) -> list[str] | None:
 
 
 # Tasks loaded by `load_task_plan` in this process: (workdir, stage, unit) -> (job, index), so
-# the stage's marker can name the fingerprint of the very task it ran.
+# the stage's marker can name the fingerprint of the very task it ran. A task of several tiles
+# registers each of its tiles too: their markers certify the task's meaning, found by a dict hit.
 _TASKS: dict[tuple[str, str, str], tuple[str, int]] = {}
 
 
+def _register(workdir: str, stage: str, job: str, index: int, names: list[str]) -> None:
+    for name in names:
+        _TASKS[(workdir, stage, name)] = (job, index)
+
+
 def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
-    """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none)."""
+    """The fingerprint `hpcffn plan` wrote for `stage` unit `unit` (None: the plan has none).
+
+    A task loaded by `load_task_plan` is a dict hit; a whole plan (a stage run by name, status,
+    submit) is searched in its jobs' units."""
     where = _TASKS.get((plan.workdir, stage, unit))
     if where is None:
         where = next(((j.name, j.units.index(unit)) for j in plan.jobs if j.stage == stage and unit in j.units), None)
     if where is None:  # a tile of a task of several tiles: its marker certifies that task's meaning
-        where = next(((j.name, i) for j in plan.jobs if j.stage == stage for i, u in enumerate(j.units)
-                      if is_bundle(u) and unit in {t.name for t in members(plan.tiles, u)}), None)
+        where = _bundle_holding(plan, stage, unit)
     return read_fingerprint(plan.workdir, *where) if where is not None else None
+
+
+def _bundle_holding(plan: Plan, stage: str, tile: str) -> tuple[str, int] | None:
+    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan: the
+    bundle whose first tile is at most `count - 1` before it in its group (core/bundles.py). One
+    pass over the tiles and one over the units, not `members` per unit (tiles x units)."""
+    at = Runs(plan.tiles).at
+    if tile not in at:
+        return None
+    group, mine = at[tile]
+    for j in plan.jobs:
+        if j.stage != stage:
+            continue
+        for i, u in enumerate(j.units):
+            first, count = first_and_count(u)
+            if count > 1 and at.get(first, (None, -1))[0] == group and 0 <= mine - at[first][1] < count:
+                return j.name, i
+    return None
 
 
 _PLAN_ID = re.compile(rb'"plan_id": "([0-9a-f]*)"')
@@ -179,30 +206,38 @@ def load_task_plan(plan_path: str | Path, job: str, index: int) -> tuple[Plan, s
     lay = Layout(_workdir(plan_path))
     if not lay.plan_head.is_file() or not lay.unit_index(job).is_file():
         plan = load_plan(plan_path)
-        return plan, str(plan.task_unit(job, index))
+        unit = str(plan.task_unit(job, index))
+        stage = next((j.stage for j in plan.jobs if j.name == job), "")
+        held = [t.name for t in members(plan.tiles, unit)] if is_bundle(unit) else []
+        _register(plan.workdir, stage, job, index, [unit, *held])
+        return plan, unit
     record = read_unit(plan_path, job, index)
     head = load_plan(lay.plan_head)
     check_plan_id(lay.plan, head)
     stage = next((j.stage for j in head.jobs if j.name == job), "")
-    _TASKS[(head.workdir, stage, record["name"])] = (job, index)
+    _register(head.workdir, stage, job, index, [record["name"]])
     if set(record) == {"name"}:
         return head, record["name"]
     if set(record) == {"name", "tiles"}:  # an infer task of several tiles (core/bundles.py)
         tiles = [TilePlan.model_validate(t) for t in record["tiles"]]
+        _register(head.workdir, stage, job, index, [t.name for t in tiles])
         return head.model_copy(update={"tiles": tiles}), record["name"]
     tile = TilePlan.model_validate(record)
     return head.model_copy(update={"tiles": [tile]}), tile.name
 
 
-def task_tiles(plan: Plan, job: JobPlan) -> dict[str, list[str]]:
+def task_tiles(plan: Plan, job: JobPlan, runs: Runs | None = None) -> dict[str, list[str]]:
     """An infer job's bundle units (tiles_per_task > 1) -> their tiles' names (core/bundles.py);
-    {} for a job of another stage (only inference passes bundle tiles)."""
+    {} for a job of another stage (only inference passes bundle tiles).
+
+    `runs`: `Runs(plan.tiles)`, made once for several jobs."""
     out: dict[str, list[str]] = {}
     if not STAGE[job.stage].inference_pass:
         return out
     for unit in job.units:
         if is_bundle(unit):
-            found = members(plan.tiles, unit)
+            runs = runs or Runs(plan.tiles)
+            found = runs.members(unit)
             if len(found) != first_and_count(unit)[1]:
                 raise HpcffnError(f"task {unit} of job {job.name} does not match the plan's tiles; re-run `hpcffn plan`")
             out[unit] = [t.name for t in found]

@@ -34,7 +34,7 @@ import numpy as np
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import InferenceParams, ModelParams
-from hpcffn.ffn.canvas import EXCLUDED, INTERRUPTED, Canvas, FaceMaxPolicy, option_logit  # noqa: F401 (re-exported)
+from hpcffn.ffn.canvas import INTERRUPTED, Canvas
 
 STATE_FORMAT = 3  # 3: with the origins of the segments made so far
 # The noise that breaks ties between equal distances in PolicyPeaks: NumPy's legacy generator

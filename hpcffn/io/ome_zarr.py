@@ -21,6 +21,8 @@ imported only where arrays are made or opened.
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,7 +118,6 @@ def create(path: Path, shape: ZYX, chunks: ZYX, label_type: np.dtype, raw_type: 
 
     Built beside the target and renamed into place, so a reader never sees half a store.
     """
-    import os
     import shutil
     import tempfile
 
@@ -174,6 +175,41 @@ def open_array(path: Path, dataset: str, mode: str = "r"):
         return zarr.open_array(store, path=key, mode=mode)
     except (KeyError, ValueError, zarr.errors.ArrayNotFoundError, zarr.errors.ContainsGroupError):
         raise HpcffnError(f"{path} has no array {dataset!r}: use seg, raw, labels/seg/<level> or <level>") from None
+
+
+# zarr's DirectoryStore writes chunk K of a row as `K.<32 hex>.partial` beside it, then renames it.
+_PARTIAL = re.compile(r"^(\d+)\.[0-9a-f]{32}\.partial$")
+
+
+def remove_partials(path: Path, level: int, start: ZYX, size: ZYX) -> list[Path]:
+    """Delete the partial chunk files a killed writer of box (start, size) of `level` left, in
+    raw and labels (what relabel and pyramid write), so they never pile up in the store.
+
+    Call only as the box's one writer (under its unit's lock): every chunk has one task (relabel:
+    a tile's core at level 0; pyramid: a block), so the partial files of these chunks are this
+    task's own from an earlier, killed run, never another live writer's. One listing per chunk row.
+    """
+    import json
+
+    removed = []
+    for image in ("raw", LABELS):
+        array = Path(path) / array_path(image, level)
+        try:
+            chunks = json.loads((array / ".zarray").read_text())["chunks"]
+        except (OSError, ValueError, KeyError):
+            continue
+        cz, cy, cx = (range(s // c, -(-(s + n) // c)) for s, n, c in zip(start, size, chunks))
+        for row in (array / str(i) / str(j) for i in cz for j in cy):
+            try:
+                names = [e.name for e in os.scandir(row)]
+            except OSError:  # no chunk of this row written yet
+                continue
+            for name in names:
+                m = _PARTIAL.match(name)
+                if m and int(m.group(1)) in cx:
+                    (row / name).unlink(missing_ok=True)
+                    removed.append(row / name)
+    return removed
 
 
 _META = (".zarray", ".zattrs", ".zgroup", ".zmetadata")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from hashlib import blake2b
 
-from hpcffn.core.bundles import is_bundle, members
+from hpcffn.core.bundles import Runs, is_bundle
 from hpcffn.core.plan_model import Plan
 from hpcffn.core.stage_table import STAGE
 from hpcffn.core.units import tile_records
@@ -112,6 +112,7 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
     pyramid = _h("pyramid", _js(spec.subvolume.size), *resolved.values())
     everything = _h(plan.model_dump_json(include={"ffn", "spec", "volumes"}), *inferred.values())
     out = {}
+    runs = None  # the tiles of bundles, found in one pass (core/bundles.py)
     for job in plan.jobs:
         if job.stage == "pyramid":  # blocks are counted, not listed in the tables (100,000s)
             out[job.name] = [pyramid] * len(job.units)
@@ -120,7 +121,8 @@ def unit_fingerprints(plan: Plan, records: dict[str, str] | None = None) -> dict
         if table is None:  # a stage this module does not know yet: changed by any change at all
             table = {u: _h("other", job.stage, everything) for u in job.units}
         if STAGE[job.stage].inference_pass and any(map(is_bundle, job.units)):  # tiles_per_task > 1
-            table = {**table, **{u: _h("tiles", *(table[t.name] for t in members(plan.tiles, u)))
+            runs = runs or Runs(plan.tiles)
+            table = {**table, **{u: _h("tiles", *(table[t.name] for t in runs.members(u)))
                                  for u in job.units if is_bundle(u)}}
         try:
             out[job.name] = list(map(table.__getitem__, job.units))

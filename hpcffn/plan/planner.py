@@ -25,7 +25,8 @@ from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan import container as containers
 from hpcffn.plan import grid
-from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources
+from hpcffn.plan.cost import task_memory
+from hpcffn.plan.limits import DEFAULT_SIGNAL_GRACE, check_resources, warn_infer_memory
 from hpcffn.plan.resources import profiles_dir
 from hpcffn.plan.spec import (
     Spec,
@@ -504,6 +505,8 @@ def make_plan(spec_path: str | Path, template_dir: str | Path | None = None) -> 
                      tiles_per_task=ffn.inference.tiles_per_task)
     limits = array_limits(spec.cluster, profile)
     warn_array_limits(jobs, limits, spec.cluster.profile, warnings)
+    if ffn.inference.tiles_per_task > 1:
+        warn_infer_memory(*task_memory(tiles, jobs, ffn.inference.tiles_per_task), resources["infer"], warnings)
     # render
     image, binds = container_setup(spec, base, folders, workdir, spec_path)
     if spec.container.runtime != "none" and image and not Path(image).is_file():

@@ -74,6 +74,7 @@ def run_from_plan(plan: Plan, unit: str, log=print) -> dict:
     volume, level, start, size = block_of(plan, unit)
     store = plan.layout.stitched(volume)
     with hold_unit(plan, "pyramid", unit):
+        ome_zarr.remove_partials(store, level, start, size)  # a killed run's, of this block's chunks
         downsample_block(store, level, start, size)
         log(f"hpcffn pyramid: {unit}: level {level} box {start} size {size}")
         mark_done(plan, "pyramid", unit)

@@ -45,6 +45,7 @@ def run_from_plan(plan: Plan, tile_key: str, log=print) -> dict:
         seg = ome_zarr.open_array(layout.stitched(volume.name), "seg", mode="r+")
         img = ome_zarr.open_array(layout.stitched(volume.name), "raw", mode="r+")
         c, n = me.box.start, me.box.size
+        ome_zarr.remove_partials(layout.stitched(volume.name), 0, c, n)  # a killed run's, of this core's chunks
         depth = slab_depth(seg.chunks[0], n)
         rel = [a - b for a, b in zip(c, me.infer_box.start)]
         with open_dataset(tile.location) as tile_seg, open_dataset(volume.raw, "raw") as raw:
