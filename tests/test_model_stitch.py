@@ -20,7 +20,8 @@ from hpcffn.core.params import StitchParams
 from hpcffn.plan.planner import make_plan
 from hpcffn.plan.render import write_workdir
 from hpcffn.stages.infer import write_segmentation
-from hpcffn.stages.stitch import agreeing_pairs, grid_cores, run_from_plan
+from hpcffn.io.volumes import Location
+from hpcffn.stages.stitch import TileSegmentation, agreeing_pairs, grid_cores, owner_pairs, run_from_plan
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 
@@ -78,14 +79,15 @@ def test_plan_has_the_stitch_steps_after_infer(planned):
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def test_stitched_tiles_give_back_the_objects(planned, monkeypatch):
+@pytest.mark.parametrize("rule", ["larger", "smaller", "owner"])
+def test_stitched_tiles_give_back_the_objects(planned, monkeypatch, rule):
     import hpcffn.stages.stitch as stitch_mod
 
     monkeypatch.setattr(stitch_mod, "SLAB_VOXELS", 5 * 74 * 70)  # tiles are read 5 slices at a time
     plan, labels = planned
     assert len(plan.tiles) == 4 and len({t.box.size for t in plan.tiles}) == 4  # a 2 x 2 grid in z, y
     fake_inference(plan, labels)
-    summary = run_from_plan(plan, "v1", log=lambda s: None)
+    summary = run_from_plan(plan, "v1", StitchParams(fraction_of=rule), log=lambda s: None)
     with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
         seg = f["seg"][...]
         assert tuple(f["seg"].attrs["offset"]) == (0, 0, 0)
@@ -147,6 +149,38 @@ def test_fraction_of_smaller_joins_every_piece_of_a_body_one_tile_split():
     assert agreeing_pairs(a, b, smaller).tolist() == [[7, 1], [8, 1]]
     b[:, 5:, :] = 2  # B cuts across both of A's pieces: none lies 90% inside the other's: no join
     assert agreeing_pairs(a, b, smaller).shape == (0, 2)
+
+
+def _two_tiles_sharing_x_0_to_20():
+    """Tiles t (owns x < 10) and u (owns x >= 10) whose infer boxes share z 0..4, y 0..10, x 0..20."""
+    t = TileSegmentation("t", Location("t.h5", "seg"), (0, 0, -20), (4, 10, 40), (0, 0, -20), (4, 10, 30))
+    u = TileSegmentation("u", Location("u.h5", "seg"), (0, 0, 0), (4, 10, 40), (0, 0, 10), (4, 10, 30))
+    return t, u, ((0, 0, 0), (4, 10, 20))
+
+
+def test_fraction_of_owner_lets_the_tile_that_owns_the_voxels_decide():
+    t, u, box = _two_tiles_sharing_x_0_to_20()
+    owner = StitchParams(min_overlap_voxels=10, min_overlap_fraction=0.5, fraction_of="owner")
+    # t split off a piece (8) of a body near its face, in u's part, where u holds the body whole
+    # (1): both of t's pieces join it (`larger` joins only the larger piece).
+    a = np.full((4, 10, 20), 7, np.uint64)
+    a[:, :, 14:] = 8
+    b = np.ones((4, 10, 20), np.uint64)
+    assert owner_pairs(t, u, box, a, b, owner).tolist() == [[7, 1], [8, 1]]
+    assert agreeing_pairs(a, b, StitchParams(min_overlap_voxels=10)).tolist() == [[7, 1]]
+    # t merged two bodies (1: y < 7, 2: y >= 7) into 7, but only in u's part; in its own part it
+    # keeps them apart (7, 9). u decides there: the merge does not spread across the face.
+    a = np.full((4, 10, 20), 7, np.uint64)
+    a[:, 7:, :10] = 9
+    b = np.ones((4, 10, 20), np.uint64)
+    b[:, 7:, :] = 2
+    assert owner_pairs(t, u, box, a, b, owner).tolist() == [[7, 1], [9, 2]]
+    # t merges them in its own part too: there t decides, and the stitched volume shows its merge.
+    a[:, 7:, :10] = 7
+    assert owner_pairs(t, u, box, a, b, owner).tolist() == [[7, 1], [7, 2]]
+    # Nothing segmented by both, or below min_overlap_voxels: no join.
+    assert owner_pairs(t, u, box, a, np.zeros_like(b), owner).shape == (0, 2)
+    assert owner_pairs(t, u, box, a, b, owner.model_copy(update={"min_overlap_voxels": 10**6})).shape == (0, 2)
 
 
 def test_grid_cores_split_overlaps_in_the_middle():

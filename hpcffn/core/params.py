@@ -238,10 +238,12 @@ class StitchParams(_Strict):
         description="...and that share must be at least this fraction of the larger (or smaller, see fraction_of) "
         "segment there",
     )
-    fraction_of: Literal["larger", "smaller"] = Field(
+    fraction_of: Literal["larger", "smaller", "owner"] = Field(
         "larger", description="larger: a merge inside one tile never spreads into its neighbour, but a body one tile "
         "split is joined only through its largest piece; smaller: every piece lying mostly inside the neighbour's "
-        "segment is joined (fewer splits at tile faces, a tile's merge spreads) - docs/real_data.md measures both",
+        "segment is joined (fewer splits at tile faces, a tile's merge spreads); owner: in the voxels each tile owns, "
+        "a neighbour's segment joins the owner's segment it mostly lies in (the owner decides where it is shown) - "
+        "docs/real_data.md measures all three",
     )
 
     @model_serializer(mode="wrap")
