@@ -136,7 +136,8 @@ def owner_pairs(t: "TileSegmentation", u: "TileSegmentation", box, a: np.ndarray
     tile decides: the neighbour's segment joins the owner's segment it mostly lies in. A piece a
     tile split off near its face (where it sees less image) joins the body its neighbour holds
     whole, and a merge joins across the face only where the tile that made it owns the voxels,
-    as it shows there anyway.
+    as it shows there anyway. min_overlap_voxels counts in each owner's part: counted over the
+    whole shared region it let slivers join (ts2_dev: VI -2.4% instead of -5.5% against untiled).
     """
     found = []
     for owner, flip in ((u, False), (t, True)):
