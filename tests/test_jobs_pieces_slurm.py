@@ -69,9 +69,9 @@ def test_thirty_tasks_split_run_and_show_as_one_job(small_array_slurm, job_tmp, 
     units = plan.job("infer_g0").units
     assert len(units) == 30
     # This SLURM really refuses the whole array.
-    ok, msg = slurm_mod.test_only(slurm_mod.sbatch_command(plan.job("infer_g0").script, "0-29"), plan.layout.root)
+    ok, msg = slurm_mod.Slurm().test_only(slurm_mod.sbatch_command(plan.job("infer_g0").script, "0-29"), plan.layout.root)
     assert not ok, msg
-    assert slurm_mod.array_limits()[0] == 11
+    assert slurm_mod.Slurm().array_limits()[0] == 11
 
     lines: list[str] = []
     made = submit(plan, echo=lines.append)
