@@ -52,7 +52,7 @@ class Page:
     overlays: list[Picture] = field(default_factory=list)
     evaluation: list[dict] | None = None
     usage: dict | None = None
-    status_rows: list = field(default_factory=list)  # jobs/status.py StatusRow
+    status_rows: list = field(default_factory=list)  # jobs/status.py StatusRow: the Jobs table of report.html.j2
     infer_costs: list = field(default_factory=list)  # plan/cost.py: expected FOVs, model calls, GPU-hours
     fov_rate: tuple = ()
     notes: list[str] = field(default_factory=list)
