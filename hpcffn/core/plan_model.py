@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from hpcffn import PLAN_FORMAT
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
 from hpcffn.core.layout import Layout
+from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
 from hpcffn.core.stage_table import STAGE
 
 ZYX = tuple[int, int, int]

@@ -20,7 +20,13 @@ from hpcffn.core.layout import Layout
 from hpcffn.core.params import FFNParams
 from hpcffn.core.plan_model import ClusterPlan, Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
-from hpcffn.core.stage_table import INFERENCE_PASSES, SPEC_STAGES, STAGE, STAGES, resource_stage
+from hpcffn.core.stage_table import (
+    INFERENCE_PASSES,
+    SPEC_STAGES,
+    STAGE,
+    STAGES,
+    resource_stage,
+)
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan import container as containers
