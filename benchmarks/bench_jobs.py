@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_plan import spec_copy  # noqa: E402
+from bench_plan import spec_copy
 
 # 500^3 tiles: z x y x x tile counts for each size.
 GRIDS = {10_000: (10, 20, 50), 100_000: (20, 50, 100), 512_000: (80, 80, 80)}
@@ -43,7 +43,8 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tu
                "import resource;u=resource.getrusage(resource.RUSAGE_CHILDREN);r=u.ru_maxrss;c=u.ru_utime+u.ru_stime;"
                "sys.stderr.write(e.decode()[-3000:]);"
                "print(json.dumps({'wall':w,'cpu':c,'rss':r*1024,'rc':p.returncode,'out':o.decode()[-2000:]}))")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, cwd=cwd, capture_output=True, text=True,
+                          check=False)  # the command's own exit code is in the record
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     if rec["rc"] != 0:
         raise SystemExit(f"{' '.join(cmd[:5])} failed (exit {rec['rc']}): {proc.stderr.strip()[-2000:]}")

@@ -45,8 +45,8 @@ def worker(kind: str, work: Path) -> dict:
     import scipy.ndimage  # noqa: F401
     import skimage.feature  # noqa: F401
 
-    from hpcffn.ffn.inference import peak_seeds
     from hpcffn.core.params import InferenceParams
+    from hpcffn.ffn.inference import peak_seeds
 
     image = (np.load(work / "image.npy").astype(np.float32) - 128.0) / 33.0  # what the network sees
     before = peak_mb()

@@ -25,9 +25,9 @@ from pathlib import Path
 def _train_rate(args, work: Path, eager: bool, xla: bool) -> tuple[float, int]:
     import tensorflow as tf
 
+    from hpcffn.core.params import ModelParams, TrainingParams
     from hpcffn.ffn.examples import PatchReader, TrainingVolume, make_dataset
     from hpcffn.ffn.training import Trainer
-    from hpcffn.core.params import ModelParams, TrainingParams
     from hpcffn.io.volumes import parse_location
 
     mp = ModelParams(depth=args.depth, fov_size=(args.fov,) * 3, deltas=(args.deltas,) * 3)
@@ -53,9 +53,9 @@ def _train_rate(args, work: Path, eager: bool, xla: bool) -> tuple[float, int]:
 def _infer_rate(args, image, eager: bool, batch: int, xla: bool) -> tuple[float, int]:
     import tensorflow as tf
 
+    from hpcffn.core.params import InferenceParams, ModelParams
     from hpcffn.ffn.inference import make_predict, segment_volume
     from hpcffn.ffn.model import build_model
-    from hpcffn.core.params import InferenceParams, ModelParams
 
     mp = ModelParams(depth=args.depth, fov_size=(args.fov,) * 3, deltas=(args.deltas,) * 3)
     model = build_model(mp, seed=0)

@@ -68,7 +68,15 @@ def _stage(ctx: typer.Context) -> None:
 
 
 def _register_all() -> None:
-    from hpcffn.commands import data_stages, jobs, model_stages, planning, reporting, stitch_steps, view
+    from hpcffn.commands import (
+        data_stages,
+        jobs,
+        model_stages,
+        planning,
+        reporting,
+        stitch_steps,
+        view,
+    )
 
     for module in (planning, jobs, reporting, data_stages, model_stages, stitch_steps, view):
         module.register(app, stage_app)

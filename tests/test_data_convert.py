@@ -8,8 +8,8 @@ import tifffile
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.io.labeling import foreground, label_volume
-from hpcffn.stages.convert import ConvertOptions, convert
 from hpcffn.io.tif import TifStack, open_volume
+from hpcffn.stages.convert import ConvertOptions, convert
 
 
 def same_partition(a, b):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.stages.coordinates import build_coordinates, parse_input
 from hpcffn.io.tfrecord import crc32c, masked_crc
+from hpcffn.stages.coordinates import build_coordinates, parse_input
 
 
 def _varint(buf, i):

@@ -10,7 +10,14 @@ from test_data_coordinates import read_records
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import CoordinateParams, FFNParams, PartitionParams
-from hpcffn.core.plan_model import Box, GroupPlan, Plan, TilePlan, VolumePlan, write_plan
+from hpcffn.core.plan_model import (
+    Box,
+    GroupPlan,
+    Plan,
+    TilePlan,
+    VolumePlan,
+    write_plan,
+)
 from hpcffn.stages import convert, coordinates, partitions
 from hpcffn.stages.partitions import compute_partitions
 

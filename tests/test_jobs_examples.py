@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import wait_finished
 
-from hpcffn.jobs import slurm as slurm_mod
 from hpcffn.core.plan_model import load_plan
-from hpcffn.stages.markers import mark_done
+from hpcffn.jobs import slurm as slurm_mod
 from hpcffn.jobs.status import collect
 from hpcffn.jobs.submit import submit
+from hpcffn.stages.markers import mark_done
 
 pytestmark = pytest.mark.slurm
 

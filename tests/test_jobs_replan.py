@@ -2,8 +2,8 @@
 
 import pytest
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
+from hpcffn.jobs import slurm
 from hpcffn.jobs.state import State, Submission, save_state
 from hpcffn.jobs.submit import check_replan
 

@@ -118,28 +118,31 @@ def test_pieces_keep_slurm_ids_below_the_limit():
     assert limits.export_option(0) == [] and limits.export_option(22) == ["--export=ALL,HPCFFN_ARRAY_OFFSET=22"]
 
 
-def test_limits_come_from_the_spec_then_slurm_then_the_profile(tmp_path, monkeypatch):
+def _limits_slurm(scontrol: str, sacctmgr: str) -> FakeSlurm:
+    """A scheduler whose scontrol and sacctmgr print these."""
+    return FakeSlurm(tools={"scontrol": (0, scontrol, ""), "sacctmgr": (0, sacctmgr, "")})
+
+
+def test_limits_come_from_the_spec_then_slurm_then_the_profile(tmp_path):
     plan, _ = _plan(tmp_path / "a")
-    monkeypatch.setattr(slurm, "array_limits", lambda: (11, 50))
-    got = limits.resolve(plan)
+    got = limits.resolve(plan, _limits_slurm("MaxArraySize = 11\n", "50\n"))
     assert (got.max_array_size, got.max_submit_jobs) == (11, 50) and "scontrol" in got.source
-    monkeypatch.setattr(slurm, "array_limits", lambda: (None, None))
-    assert limits.resolve(plan).max_array_size == 1001  # local profile sets none: SLURM's default
+    silent = _limits_slurm("", "")
+    assert limits.resolve(plan, silent).max_array_size == 1001  # local profile sets none: SLURM's default
     spec_plan, _ = _plan(tmp_path / "b", cluster={"max_array_size": 7})
-    monkeypatch.setattr(slurm, "array_limits", lambda: (11, None))
-    assert limits.resolve(spec_plan).max_array_size == 7  # the spec overrides what SLURM says
+    assert limits.resolve(spec_plan, _limits_slurm("MaxArraySize = 11\n", "")).max_array_size == 7  # the spec wins
+    both, _ = _plan(tmp_path / "c", cluster={"max_array_size": 7, "max_submit_jobs": 9})
+    asked = _limits_slurm("MaxArraySize = 11\n", "50\n")
+    assert (limits.resolve(both, asked).max_submit_jobs, asked.asked) == (9, [])  # the spec says all: SLURM not asked
 
 
-def test_scontrol_config_and_sacctmgr_are_parsed(tmp_path, monkeypatch):
+def test_scontrol_config_and_sacctmgr_are_parsed():
     text = "Configuration data as of x\nMaxArraySize            = 11\nMaxJobCount             = 10000\n"
     assert slurm.parse_config_value(text, "MaxArraySize") == 11 and slurm.parse_config_value(text, "Nope") is None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in (("scontrol", f"printf '{text}'"), ("sacctmgr", "printf '\\n40\\n25\\n'")):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    assert slurm.array_limits() == (11, 25)
+    scheduler = _limits_slurm(text, "\n40\n25\n")
+    assert scheduler.array_limits() == (11, 25)
+    assert [a[0] for a in scheduler.asked] == ["scontrol", "sacctmgr"]
+    assert FakeSlurm(tools={}).array_limits() == (None, None)  # neither tool installed
 
 
 def test_split_array_dry_run_offsets_and_dependencies(tmp_path):

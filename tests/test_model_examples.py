@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ModelParams
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.examples import (
     PatchReader,
@@ -13,7 +14,6 @@ from hpcffn.ffn.examples import (
     parse_volume_arg,
     soft_labels,
 )
-from hpcffn.core.params import ModelParams
 from hpcffn.io.volumes import parse_location
 
 MP = ModelParams(depth=2, fov_size=(5, 5, 5), deltas=(1, 1, 1), image_mean=100.0, image_stddev=10.0)

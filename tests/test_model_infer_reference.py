@@ -30,9 +30,9 @@ def _read(name: str, dataset: str) -> np.ndarray:
 
 def test_policy_peaks_finds_googles_2403_maxima():
     pytest.importorskip("skimage")
+    from hpcffn.core.params import InferenceParams, ModelParams
     from hpcffn.ffn.inference import peak_seeds
     from hpcffn.ffn.model import fov_zyx, normalize_image
-    from hpcffn.core.params import InferenceParams, ModelParams
 
     mp = ModelParams()
     seeds = peak_seeds(normalize_image(_read("ts1_box132_raw.h5", "raw"), mp), fov_zyx(mp), InferenceParams())
@@ -64,10 +64,10 @@ def test_first_segments_match_googles(tmp_path):
     from hpcffn.ffn.devices import use_onednn
 
     use_onednn()
+    from hpcffn.core.params import InferenceParams, ModelParams
     from hpcffn.ffn.inference import make_predict, segment_volume
     from hpcffn.ffn.model import build_model, fov_zyx
     from hpcffn.ffn.tf1_import import load_weights
-    from hpcffn.core.params import InferenceParams, ModelParams
 
     mp = ModelParams()
     model = build_model(mp)

@@ -10,9 +10,9 @@ pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 
 from hpcffn.core.errors import HpcffnError
+from hpcffn.core.params import ModelParams
 from hpcffn.ffn.model import build_model, layer_names
 from hpcffn.ffn.tf1_import import checkpoint_kind, load_weights
-from hpcffn.core.params import ModelParams
 
 SMALL = ModelParams(depth=2, features=8, fov_size=(9, 9, 9), deltas=(2, 2, 2))
 
@@ -160,8 +160,8 @@ def test_tf1_checkpoint_of_another_depth_names_the_fix(tmp_path):
 
 
 def test_resuming_with_other_settings_is_a_user_error(tmp_path):
-    from hpcffn.ffn.training import Trainer
     from hpcffn.core.params import TrainingParams
+    from hpcffn.ffn.training import Trainer
 
     Trainer(SMALL, TrainingParams(), tmp_path).save()
     with pytest.raises(HpcffnError, match="other model or optimizer settings"):
@@ -174,8 +174,8 @@ def test_resuming_with_other_settings_is_a_user_error(tmp_path):
 
 
 def test_training_starts_from_a_tf1_checkpoint_when_the_train_dir_is_empty(tmp_path):
-    from hpcffn.ffn.training import Trainer
     from hpcffn.core.params import TrainingParams
+    from hpcffn.ffn.training import Trainer
 
     x = _inputs(1, (9, 9, 9), seed=4)
     expected = _write_tf1_checkpoint(tmp_path / "ffn" / "model.ckpt-99", depth=2, features=8, x=x)

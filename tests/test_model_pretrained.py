@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from hpcffn.core.pretrained import PRETRAINED, check_fits, pretrained
 from hpcffn.core.params import FFNParams, InferenceParams, ModelParams, TrainingParams
+from hpcffn.core.pretrained import PRETRAINED, check_fits, pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 

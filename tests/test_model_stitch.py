@@ -15,13 +15,19 @@ import pytest
 from plan_helpers import spec_dict, write_spec
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.ffn import synthetic
 from hpcffn.core.params import StitchParams
+from hpcffn.ffn import synthetic
+from hpcffn.io.volumes import Location
 from hpcffn.plan.planner import make_plan
 from hpcffn.plan.render import write_workdir
 from hpcffn.stages.infer import write_segmentation
-from hpcffn.io.volumes import Location
-from hpcffn.stages.stitch import TileSegmentation, agreeing_pairs, grid_cores, owner_pairs, run_from_plan
+from hpcffn.stages.stitch import (
+    TileSegmentation,
+    agreeing_pairs,
+    grid_cores,
+    owner_pairs,
+    run_from_plan,
+)
 
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 

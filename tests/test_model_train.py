@@ -21,10 +21,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from hpcffn.core.layout import EXIT_REQUEUE
+from hpcffn.core.params import FFNParams, InferenceParams, ModelParams, TrainingParams
 from hpcffn.ffn import synthetic
 from hpcffn.ffn.examples import TrainingVolume
-from hpcffn.core.params import FFNParams, InferenceParams, ModelParams, TrainingParams
-from hpcffn.core.layout import EXIT_REQUEUE
 from hpcffn.io.volumes import parse_location
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from plan_helpers import spec_dict, write_spec
 
-from hpcffn.plan.container import argv, bind_list, shell_array
 from hpcffn.core.errors import HpcffnError
+from hpcffn.plan.container import argv, bind_list, shell_array
 from hpcffn.plan.planner import make_plan
 from hpcffn.plan.render import write_workdir
 from hpcffn.plan.spec import ContainerSpec

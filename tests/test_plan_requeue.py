@@ -139,8 +139,8 @@ def test_array_script_needs_task_id(rendered):
 
 
 @pytest.mark.parametrize("sig,says", [
-    (signal.SIGTERM, "stopped by SIGTERM (scancel or preemption): checkpoint saved, not requeueing; "
-                     "`hpcffn submit --resume` continues it"),
+    (signal.SIGTERM, ("stopped by SIGTERM (scancel or preemption): checkpoint saved, not requeueing; "
+                      "`hpcffn submit --resume` continues it")),
     (signal.SIGUSR1, "checkpoint saved, work remains: requeueing 77"),
 ])
 def test_the_log_tells_one_story_for_scancel_and_for_the_time_limit(rendered, sig, says):

@@ -4,7 +4,17 @@ templates, `hpcffn stage` commands, the spec's per-stage resources."""
 from __future__ import annotations
 
 from hpcffn.cli import stage_app
-from hpcffn.core.stage_table import CONSENSUS_STEPS, SPEC_STAGES, STAGE, STAGES, STITCH_STEPS, TABLE, expand_stages
+from hpcffn.core.stage_table import (
+    CONSENSUS_STEPS,
+    INFERENCE_PASSES,
+    PASS_STAGE,
+    SPEC_STAGES,
+    STAGE,
+    STAGES,
+    STITCH_STEPS,
+    TABLE,
+    expand_stages,
+)
 from hpcffn.plan.resources import templates_dir
 from hpcffn.plan.spec import ClusterSpec, ProfileSpec
 
@@ -34,6 +44,14 @@ def test_steps_and_their_expansion():
     assert CONSENSUS_STEPS == ("reverse", "consensus")
     assert expand_stages(["stitch", "infer", "convert"]) == [*STITCH_STEPS, "infer", *CONSENSUS_STEPS, "convert"]
     assert "stitch" in SPEC_STAGES and "stitch" not in STAGES  # runs as its steps
+
+
+def test_inference_passes_and_their_pass_names():
+    """The forward pass first (plan_jobs plans it alone without consensus); the template's --pass names it."""
+    assert INFERENCE_PASSES == ("infer", "reverse") and dict(PASS_STAGE) == {"forward": "infer", "reverse": "reverse"}
+    for name, stage in PASS_STAGE.items():
+        script = (templates_dir() / f"{stage}.sbatch.j2").read_text()
+        assert (f"--pass {name}" in script) == (name != "forward")  # forward is --pass's default
 
 
 def test_base_packages_are_base_dependencies():

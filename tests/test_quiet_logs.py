@@ -14,11 +14,11 @@ import pytest
 # What a TensorFlow import prints on a CPU node (TF 2.21), plus lines that must stay.
 CHATTER = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "I0000 00:00:1795976175.418348   13759 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
-    "GPU will not be used.",
+    ("I0000 00:00:1795976175.418348   13759 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+     "GPU will not be used."),
     "W0000 00:00:1795976175.5   13759 cpu_feature_guard.cc:227] This TensorFlow binary is optimized",
-    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
-    "appropriate compiler flags.",
+    ("To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
+     "appropriate compiler flags."),
 ]
 KEPT = ["E0000 00:00:1795976175.9   13759 something.cc:1] a real error", "plain text from C"]
 

@@ -62,9 +62,10 @@ def test_headless_chromium_shows_the_three_layers(stitched, tmp_path):  # noqa: 
 
 def test_cli_prints_the_url_and_the_tunnel_and_serves(stitched):  # noqa: F811
     # started with SIGINT ignored, as a shell starts a background job: Ctrl-C must stop it anyway
-    proc = subprocess.Popen([sys.executable, "-m", "hpcffn.cli", "view", str(stitched.layout.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # (sh's empty trap ignores it, and an ignored signal stays ignored across exec)
+    ignoring = ["sh", "-c", 'trap "" INT; exec "$0" "$@"']
+    proc = subprocess.Popen([*ignoring, sys.executable, "-m", "hpcffn.cli", "view", str(stitched.layout.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline() for _ in range(4)]
         url = lines[0].split("neuroglancer: ", 1)[1].strip()

@@ -15,6 +15,7 @@ from hpcffn.commands.options import field_options, int_list, refuse_existing, ta
 from hpcffn.commands.options import with_overrides as _params
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import load_plan as _load_plan
+from hpcffn.core.stage_table import PASS_STAGE
 
 
 def _triple(text: str | None, flag: str) -> tuple[int, int, int] | None:
@@ -161,7 +162,7 @@ def infer(
     if plan is not None:
         if tile is None or image or output or bbox or mask or origins:
             raise HpcffnError("with --plan give --tile T only (image, box, mask, origins and output come from the plan)")
-        if pass_name not in ("forward", "reverse"):
+        if pass_name not in PASS_STAGE:
             raise HpcffnError(f"--pass {pass_name!r}: give forward or reverse")
         from hpcffn.stages.infer import run_from_plan
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -34,8 +35,9 @@ def verify(plan_dir: Path = PLAN_DIR, spec: Path = SPEC) -> None:
 def report(
     plan_dir: Path = PLAN_DIR,
     spec: Path = SPEC,
-    output: Path = typer.Option(None, "--output", "-o", help="Folder for index.html and its PNGs; default: WORKDIR/report."),
-    tiles: int = typer.Option(3, "--tiles", min=0, help="How many tiles to show as slice overlays."),
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Folder for index.html and its PNGs; default: WORKDIR/report.")] = None,
+    tiles: Annotated[int, typer.Option("--tiles", min=0, help="How many tiles to show as slice overlays.")] = 3,
 ) -> None:
     """Write one HTML page with pictures of the experiment (tile states, training curves,
     evaluation, slice overlays, GPU-hours) and print the evaluation table."""

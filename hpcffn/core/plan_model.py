@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from hpcffn import PLAN_FORMAT
 from hpcffn.core.errors import HpcffnError
-from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
 from hpcffn.core.layout import Layout
+from hpcffn.core.params import ConvertSpec, FFNParams, SubvolumeSpec
+from hpcffn.core.stage_table import STAGE
 
 ZYX = tuple[int, int, int]
 
@@ -262,7 +263,7 @@ class Plan(_Model):
         "consensus" writes the tile's segmentation (what joins, stitch and evaluate read)."""
         if stage == "consensus" or not self.consensus:
             return self.layout.segmentation(tile)
-        return self.layout.pass_segmentation(tile, {"infer": "forward", "reverse": "reverse"}[stage])
+        return self.layout.pass_segmentation(tile, STAGE[stage].pass_name)
 
     def group_tiles(self, group: str) -> list[TilePlan]:
         names = set(self.group(group).tiles)

@@ -9,6 +9,7 @@ do): rich's Progress takes its own lock.
 from __future__ import annotations
 
 import sys
+from typing import Self
 
 
 class ProgressBar:
@@ -33,7 +34,7 @@ class ProgressBar:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), clock)
             self._task = self._bar.add_task(label, total=total)
 
-    def __enter__(self) -> ProgressBar:
+    def __enter__(self) -> Self:
         if self._bar:
             self._bar.start()
         return self

@@ -39,9 +39,10 @@ class Stage:
     needs_groundtruth: bool = False
     # Cuts training examples (FOV plus moves) out of tiles, so tiles must hold FOV + 2 x margin.
     cuts_examples: bool = False
-    # An inference pass: a task may segment several tiles (ffn.inference.tiles_per_task;
-    # core/bundles.py) and leaves a progress file beside each tile's output (`status` reads it).
-    inference_pass: bool = False
+    # An inference pass, by its `hpcffn stage infer --pass` name: a task may segment several tiles
+    # (ffn.inference.tiles_per_task; core/bundles.py) and leaves a progress file beside each tile's
+    # output (`status` reads it); with ffn.inference.consensus each pass writes its own file.
+    pass_name: str | None = None
     # Imports beyond the base install; `hpcffn check` probes them on the job's node.
     packages: tuple[str, ...] = ()
     # False: a command (`hpcffn stage stitch`) that runs no job of its own; its steps do.
@@ -55,6 +56,11 @@ class Stage:
     @property
     def resource_stage(self) -> str:
         return self.resources_of or self.spec_stage
+
+    @property
+    def inference_pass(self) -> bool:
+        """An inference pass: what pass_name says of a task (bundles, progress files)."""
+        return self.pass_name is not None
 
     @property
     def tensorflow(self) -> bool:
@@ -71,9 +77,9 @@ TABLE: tuple[Stage, ...] = (
           packages=("h5py",)),
     Stage("train", "group", after=("coordinates",), requeues=True, needs_groundtruth=True, cuts_examples=True,
           packages=("h5py", "tensorflow")),
-    Stage("infer", "tile", after=("train", "convert"), requeues=True, inference_pass=True, packages=_INFER_PACKAGES),
+    Stage("infer", "tile", after=("train", "convert"), requeues=True, pass_name="forward", packages=_INFER_PACKAGES),
     # The same group's forward array (plan_jobs); runs as `hpcffn stage infer --pass reverse`.
-    Stage("reverse", "tile", after=("infer",), part_of="infer", requeues=True, inference_pass=True,
+    Stage("reverse", "tile", after=("infer",), part_of="infer", requeues=True, pass_name="reverse",
           packages=_INFER_PACKAGES),
     # numpy over a tile's two segmentations: stitch's CPU resources, not the passes' GPUs.
     Stage("consensus", "tile", after=("reverse",), part_of="infer", resources_of="stitch", packages=("h5py",)),
@@ -100,6 +106,11 @@ def steps_of(spec_stage: str) -> tuple[str, ...]:
     """The job stages a spec stage runs as, in order (a stage without steps: itself)."""
     return tuple(s.name for s in TABLE if s.planned and s.spec_stage == spec_stage) or (spec_stage,)
 
+
+# The inference passes' job stages: the forward pass, then (ffn.inference.consensus) the reverse one.
+INFERENCE_PASSES: tuple[str, ...] = tuple(s.name for s in TABLE if s.inference_pass)
+# `hpcffn stage infer --pass` names and the job stage each runs as.
+PASS_STAGE: MappingProxyType[str, str] = MappingProxyType({s.pass_name: s.name for s in TABLE if s.pass_name})
 
 STITCH_STEPS = steps_of("stitch")
 # Spec stage infer with ffn.inference.consensus on: the forward pass (job stage "infer"), then these.

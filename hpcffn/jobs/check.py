@@ -15,9 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from hpcffn.jobs import slurm
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import JobPlan, Plan
+from hpcffn.jobs import slurm
 from hpcffn.stages.probe import CHECK_ENV
 
 CHECK_TIME = "00:15:00"  # the time limit of a check job (and of a local check run)

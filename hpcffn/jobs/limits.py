@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcffn.core.plan_model import Plan
-from hpcffn.jobs import slurm
+from hpcffn.jobs.slurm import Slurm
 
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 OFFSET_VAR = "HPCFFN_ARRAY_OFFSET"
@@ -30,12 +30,15 @@ _SOURCES = {"spec": "the spec's cluster.max_array_size", "slurm": "MaxArraySize 
             "profile": "the profile's max_array_size", None: "SLURM's default MaxArraySize"}
 
 
-def resolve(plan: Plan, ask_slurm: bool = True) -> Limits:
-    """The spec's cluster settings, else what SLURM says, else the profile's, else SLURM's default."""
+def resolve(plan: Plan, scheduler: Slurm) -> Limits:
+    """The spec's cluster settings, else what `scheduler` says, else the profile's, else SLURM's default.
+
+    The scheduler is asked only when the spec leaves a limit open (its tools are slow to answer).
+    """
     cluster = plan.spec.cluster
     asked_size = asked_submit = None
-    if ask_slurm and not (cluster.max_array_size and cluster.max_submit_jobs):
-        asked_size, asked_submit = slurm.array_limits()
+    if not (cluster.max_array_size and cluster.max_submit_jobs):
+        asked_size, asked_submit = scheduler.array_limits()
     size, submit, source = cluster.array_limits(asked_size, asked_submit)
     return Limits(size or SLURM_DEFAULT_MAX_ARRAY_SIZE, submit, _SOURCES[source])
 

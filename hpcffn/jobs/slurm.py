@@ -496,8 +496,3 @@ def _asked_only(found: dict[str, TaskInfo], ids: list[str], missing: list[str]) 
     for k in [k for k in found if k not in want]:  # records of jobs not asked about
         del found[k]
     return found
-
-
-def array_limits() -> tuple[int | None, int | None]:
-    """`Slurm.array_limits` of this machine's tools (for jobs/limits.py)."""
-    return Slurm().array_limits()

@@ -364,7 +364,7 @@ def submit(plan: Plan, resume: bool = False, stages: list[str] | None = None, gr
         views = observe(plan, state, query=scheduler.query)
         steps = plan_steps(plan, views, resume, stages, groups)
         check_scripts(plan, steps, views)
-        lim = limits.resolve(plan) if any(s.job.array for s in steps) else None
+        lim = limits.resolve(plan, scheduler) if any(s.job.array for s in steps) else None
         size = lim.max_array_size if lim else None
         total = sum(len(s.tasks) for s in steps)
         if lim and lim.max_submit_jobs and total > lim.max_submit_jobs:

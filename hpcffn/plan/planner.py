@@ -20,7 +20,13 @@ from hpcffn.core.layout import Layout
 from hpcffn.core.params import FFNParams
 from hpcffn.core.plan_model import ClusterPlan, Dependency, JobPlan, Plan, VolumePlan
 from hpcffn.core.pretrained import pretrained
-from hpcffn.core.stage_table import SPEC_STAGES, STAGE, STAGES, resource_stage
+from hpcffn.core.stage_table import (
+    INFERENCE_PASSES,
+    SPEC_STAGES,
+    STAGE,
+    STAGES,
+    resource_stage,
+)
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
 from hpcffn.plan import container as containers
@@ -327,7 +333,7 @@ def plan_jobs(stages: list[str], volumes, tiles, groups, tile_size=None, consens
             for t in tiles:  # one pass, not one per group
                 by_group.setdefault(t.group or None, []).append(t.name)
             rest = by_group.get(None, [])
-            for step in ("infer", "reverse") if consensus else ("infer",):
+            for step in INFERENCE_PASSES if consensus else INFERENCE_PASSES[:1]:
                 for g in groups:
                     add(f"{step}_{g.name}", step, True, _task_units(by_group.get(g.name, []), tiles_per_task), g.name)
                 if rest or not groups:

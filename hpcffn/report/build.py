@@ -15,6 +15,7 @@ import numpy as np
 
 from hpcffn.core.atomic import atomic_write_bytes, atomic_write_text
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import INFERENCE_PASSES, STAGE, TABLE
 from hpcffn.plan.cost import fov_rate, infer_costs
 from hpcffn.report import figures
 from hpcffn.report.accounting import stage_usage
@@ -27,7 +28,8 @@ from hpcffn.report.slices import (
     volume_slice,
 )
 
-TILE_STAGES = ("partitions", "infer", "reverse", "consensus")
+# The stages pictured tile by tile (core/stage_table.py): those whose task is a tile, less the stitch steps.
+TILE_STAGES = tuple(s.name for s in TABLE if s.planned and s.unit == "tile" and s.part_of != "stitch")
 MAX_PIXELS = 1024  # a stitched slice wider than this is shown every n-th voxel
 
 
@@ -50,7 +52,7 @@ class Page:
     overlays: list[Picture] = field(default_factory=list)
     evaluation: list[dict] | None = None
     usage: dict | None = None
-    status_rows: list = field(default_factory=list)  # jobs/status.py StatusRow
+    status_rows: list = field(default_factory=list)  # jobs/status.py StatusRow: the Jobs table of report.html.j2
     infer_costs: list = field(default_factory=list)  # plan/cost.py: expected FOVs, model calls, GPU-hours
     fov_rate: tuple = ()
     notes: list[str] = field(default_factory=list)
@@ -130,7 +132,8 @@ def overlay_pictures(plan: Plan, tiles_shown: int) -> list[Picture]:
         raw = volume_slice(volume.raw, z, ys, xs, "raw")
         gt = volume_slice(volume.groundtruth, z, ys, xs, "stack") if volume.groundtruth else None
         if plan.consensus:  # each pass beside the consensus they make
-            for stage, name in (("infer", "forward"), ("reverse", "reverse")):
+            for stage in INFERENCE_PASSES:
+                name = STAGE[stage].pass_name
                 one = tile_segmentation_slice(plan, tile, z, stage)
                 if one is not None:
                     out.append(Picture(f"tile_{tile.name}_{name}.png", f"tile {tile.name}, z {z}, {name} pass",

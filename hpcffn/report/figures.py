@@ -70,18 +70,19 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> by
     """Loss, precision/recall/F1 and examples/s against step, one line per group."""
     fig = _figure(12, 3.4)
     ax_loss, ax_pr, ax_speed = fig.subplots(1, 3)
+
+    def line(ax, tags, tag, colour, **kw):
+        points = tags.get(tag, [])
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=colour, **kw)
+
     for i, (group, tags) in enumerate(sorted(curves.items())):
         colour = f"C{i % 10}"  # one colour per group in every panel
-
-        def line(ax, tag, **kw):
-            points = tags.get(tag, [])
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, color=colour, **kw)
-        line(ax_loss, "loss", label=group)
+        line(ax_loss, tags, "loss", colour, label=group)
         for tag, style in (("precision", ":"), ("recall", "--"), ("f1", "-")):
-            line(ax_pr, tag, linestyle=style, label=f"{group} {tag}")
-        line(ax_speed, "examples_per_second", label=group)
+            line(ax_pr, tags, tag, colour, linestyle=style, label=f"{group} {tag}")
+        line(ax_speed, tags, "examples_per_second", colour, label=group)
     for ax, title in ((ax_loss, "loss (per FOV)"), (ax_pr, "precision / recall / F1"),
                       (ax_speed, "FOV examples per second")):
         ax.set_title(title, fontsize=10)

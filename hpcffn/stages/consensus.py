@@ -16,6 +16,7 @@ import numpy as np
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import INFERENCE_PASSES
 
 
 def _open(path: Path, what: str):
@@ -78,7 +79,7 @@ def run_from_plan(plan: Plan, tile_key: str, log=print) -> dict:
         raise HpcffnError(f"the plan of {plan.spec_file} has no ffn.inference.consensus: set it and re-plan")
     tile = plan.tile(plan.task_unit("consensus", tile_key))
     output = plan.infer_output("consensus", tile.name)
-    passes = [plan.infer_output(stage, tile.name) for stage in ("infer", "reverse")]
+    passes = [plan.infer_output(stage, tile.name) for stage in INFERENCE_PASSES]
     for path in passes:
         if not path.is_file():
             raise HpcffnError(f"consensus of tile {tile.name} needs {path}: run the tile's infer and reverse jobs "

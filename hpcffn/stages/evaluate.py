@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcffn.core.errors import HpcffnError
-from hpcffn.io.labeling import pair_counts
 from hpcffn.core.plan_model import Plan
+from hpcffn.io.labeling import pair_counts
 from hpcffn.io.volumes import (
     Location,
     dataset_offset,

@@ -20,6 +20,7 @@ from hpcffn.core.errors import HpcffnError
 from hpcffn.core.layout import EXIT_REQUEUE, infer_state_path
 from hpcffn.core.params import InferenceParams, ModelParams, TrainingParams
 from hpcffn.core.plan_model import Plan
+from hpcffn.core.stage_table import PASS_STAGE
 from hpcffn.io.volumes import dataset_shape, parse_location, read_box
 
 
@@ -239,7 +240,7 @@ def run_from_plan(plan: Plan, tile_key: str, model_params: ModelParams | None = 
     from hpcffn.core.bundles import first_and_count, is_bundle, members
     from hpcffn.stages.markers import hold_unit, mark_done
 
-    stage = {"forward": "infer", "reverse": "reverse"}[pass_name]
+    stage = PASS_STAGE[pass_name]
     if stage == "reverse" and not plan.consensus:
         raise HpcffnError(f"--pass reverse: the plan of {plan.spec_file} has no ffn.inference.consensus; "
                           "set it and re-plan")

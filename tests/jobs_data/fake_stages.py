@@ -54,8 +54,8 @@ if output is not None:
 marker = layout.marker(stage, unit)
 marker.parent.mkdir(parents=True, exist_ok=True)
 # The marker certifies the unit as `hpcffn plan` fingerprinted it (plan/fingerprints.py).
-from hpcffn.core.plan_model import load_plan as _load_plan  # noqa: E402
-from hpcffn.core.units import task_fingerprint  # noqa: E402
+from hpcffn.core.plan_model import load_plan as _load_plan
+from hpcffn.core.units import task_fingerprint
 
 marker.write_text(json.dumps({"fingerprint": task_fingerprint(_load_plan(plan), stage, unit)}) + "\n")
 record = {"stage": stage, "job": job, "unit": unit, "key": key, "start": start, "end": time.time(),
