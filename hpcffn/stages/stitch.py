@@ -128,7 +128,7 @@ def guest_pairs(guest: np.ndarray, owner: np.ndarray, params: StitchParams) -> n
     return np.stack([pg[keep], po[keep]], axis=1).astype(np.uint64)
 
 
-def owner_pairs(t: "TileSegmentation", u: "TileSegmentation", box, a: np.ndarray, b: np.ndarray,
+def owner_pairs(t: TileSegmentation, u: TileSegmentation, box, a: np.ndarray, b: np.ndarray,
                 params: StitchParams) -> np.ndarray:
     """`fraction_of: owner`: (t id, u id) pairs judged in the part of the shared region each tile owns.
 
