@@ -58,7 +58,7 @@ def test_every_rendered_script_passes_sbatch_test_only(slurm, job_tmp, example):
         script = plan.layout.root / job.script
         slurm_mod.make_log_dirs(script, plan.layout.root)
         array = slurm_mod.array_spec(list(range(len(job.units))), job.throttle) if job.array else None
-        ok, msg = slurm_mod.test_only(slurm_mod.sbatch_command(job.script, array), cwd=plan.layout.root)
+        ok, msg = slurm_mod.Slurm().test_only(slurm_mod.sbatch_command(job.script, array), cwd=plan.layout.root)
         assert ok, f"{job.script}: {msg}"
         assert "to start at" in msg
 

@@ -148,8 +148,8 @@ def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, job_tmp):
     wait_finished(plan, timeout=240)
     subs = load_state(plan.layout.state).submissions
     ids = [s.task_id(t) for s in subs for t in (s.tasks if s.tasks is not None else [None])]
-    squeue = slurm_mod.query(ids, sources=("squeue",))
-    scontrol = slurm_mod.query(ids, sources=("scontrol",))
+    squeue = slurm_mod.Slurm().query(ids, sources=("squeue",))
+    scontrol = slurm_mod.Slurm().query(ids, sources=("scontrol",))
     expect = {i: squeue[i].state for i in ids}
     assert expect[f"{subs[0].job_id}_2"] == "FAILED" and expect[f"{subs[0].job_id}_0"] == "COMPLETED"
     assert {i: v.state for i, v in scontrol.items()} == expect
@@ -159,7 +159,7 @@ def test_squeue_sacct_and_scontrol_agree_on_finished_work(slurm, job_tmp):
         pytest.skip(f"no SLURM accounting here (sacct: {probe.stderr.strip()}); squeue and scontrol checked")
     deadline = time.monotonic() + 30  # slurmdbd receives job records asynchronously
     while True:
-        sacct = slurm_mod.query(ids, sources=("sacct",))
+        sacct = slurm_mod.Slurm().query(ids, sources=("sacct",))
         if {i: v.state for i, v in sacct.items()} == expect or time.monotonic() > deadline:
             break
         time.sleep(1)
