@@ -242,26 +242,18 @@ def test_plan_mode_cli_as_the_stitch_array_task_calls_it(planned):
     assert bad.returncode == 2 and "ffn.stitch.min_overlap_fraction" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_join_rule_owner_by_default_and_older_plans_keep_larger(planned, tmp_path):
+def test_join_rule_in_plan_json_larger_left_out_others_written(tmp_path):
     import json
 
     from hpcffn.core.plan_model import load_plan
 
-    plan, _ = planned
-    assert plan.ffn.stitch.fraction_of == "owner"  # the spec left it out: the default
-    text = plan.layout.plan.read_text()
-    assert json.loads(text)["ffn"]["stitch"]["fraction_of"] == "owner"  # written, so its meaning is fixed
-    assert load_plan(plan.layout.plan).ffn.stitch.fraction_of == "owner"
-    # A plan.json made before the rule was a choice has no fraction_of: it was joined by `larger`,
-    # and a re-read must not change how its volumes are joined.
-    older = json.loads(text)
-    del older["ffn"]["stitch"]["fraction_of"]
-    (tmp_path / "older").mkdir()
-    (tmp_path / "older" / "plan.json").write_text(json.dumps(older))
-    assert load_plan(tmp_path / "older").ffn.stitch.fraction_of == "larger"
-    # `larger` chosen in a spec is left out of plan.json (those plans keep their bytes) and read back.
-    spec = write_spec(tmp_path / "again", spec_dict(stages=["infer", "stitch"], ffn={
-        **spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}, "stitch": {"fraction_of": "larger"}}))
-    again = make_plan(spec).plan
-    assert "fraction_of" not in again.model_dump(mode="json")["ffn"]["stitch"]
-    assert again.model_validate_json(again.model_dump_json()).ffn.stitch.fraction_of == "larger"
+    for rule in ("larger", "owner"):
+        ffn = {**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}}
+        if rule != "larger":
+            ffn["stitch"] = {"fraction_of": rule}
+        spec = write_spec(tmp_path / rule, spec_dict(stages=["infer", "stitch"], ffn=ffn))
+        p = make_plan(spec)
+        write_workdir(p.plan, p.scripts, p.resolved_yaml, force=False, dry_run=False)
+        written = json.loads(p.plan.layout.plan.read_text())["ffn"]["stitch"]
+        assert written.get("fraction_of") == (None if rule == "larger" else rule)  # default: plans keep their bytes
+        assert load_plan(p.plan.layout.plan).ffn.stitch.fraction_of == rule

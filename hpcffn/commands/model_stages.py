@@ -221,8 +221,8 @@ def stitch(
     output: Annotated[str | None, typer.Option("--output", help="Standalone: stitched volume out.h5[:seg].")] = None,
     shape: Annotated[str | None, typer.Option("--shape", help="Standalone: z,y,x volume shape (default: what the tiles reach).")] = None,
     min_overlap_voxels: Annotated[int | None, typer.Option(help="Voxels two tiles' segments must share to be joined.")] = None,
-    min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the segment --fraction-of names.")] = None,
-    fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="owner (default: where a tile owns the voxels it decides), larger (a tile's merge never spreads) or smaller (a tile's split pieces all join).")] = None,
+    min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger (--fraction-of) of the two there.")] = None,
+    fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (default: a tile's merge never spreads), smaller (a tile's split pieces all join) or owner (where a tile owns the voxels it decides).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
 ) -> None:
     """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""

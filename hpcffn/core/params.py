@@ -235,21 +235,20 @@ class StitchParams(_Strict):
     )
     min_overlap_fraction: float = Field(
         0.5, gt=0, le=1,
-        description="...and that share must be at least this fraction of the segment fraction_of names",
+        description="...and that share must be at least this fraction of the larger (or smaller, see fraction_of) "
+        "segment there",
     )
-    fraction_of: Literal["owner", "larger", "smaller"] = Field(
-        "owner", description="owner: in the voxels each tile owns, a neighbour's segment joins the owner's segment "
-        "it mostly lies in (the tile that owns the voxels decides: pieces a tile split off near its faces join, a "
-        "merge spreads only where the tile that made it owns the voxels); larger: of the larger of the two, so a merge "
-        "inside one tile never spreads but a body one tile split joins only through its largest piece; smaller: of "
-        "the smaller (every piece lying mostly inside the neighbour's segment joins; a tile's merge spreads) - "
-        "docs/real_data.md measures all three",
+    fraction_of: Literal["larger", "smaller", "owner"] = Field(
+        "larger", description="larger: a merge inside one tile never spreads into its neighbour, but a body one tile "
+        "split is joined only through its largest piece; smaller: every piece lying mostly inside the neighbour's "
+        "segment is joined (fewer splits at tile faces, a tile's merge spreads); owner: in the voxels each tile owns, "
+        "a neighbour's segment joins the owner's segment it mostly lies in (fewer splits; a tile's merge spreads "
+        "through the joins of every tile it touches) - docs/real_data.md measures all three",
     )
 
     @model_serializer(mode="wrap")
-    def _larger_left_out(self, handler):
-        # `larger` is left out of plan.json, as in plans made before the rule was a choice (they
-        # keep their bytes and fingerprints); core/plan_model.Plan reads a missing rule as larger.
+    def _without_default_rule(self, handler):
+        # Plans with the default rule keep their plan.json (and its fingerprints) byte for byte.
         out = handler(self)
         if out.get("fraction_of") == "larger":
             del out["fraction_of"]

@@ -14,14 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_serializer,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from hpcffn import PLAN_FORMAT
 from hpcffn.core.errors import HpcffnError
@@ -221,15 +214,6 @@ class Plan(_Model):
     tiles: list[TilePlan]
     groups: list[GroupPlan]
     jobs: list[JobPlan]
-
-    @field_validator("ffn", mode="before")
-    @classmethod
-    def _older_plans_joined_by_larger(cls, ffn):
-        # plan.json leaves ffn.stitch.fraction_of out when it is `larger`, the only rule of plans
-        # made before the rule became a choice; the spec's default (`owner`) is always written.
-        if isinstance(ffn, dict) and "fraction_of" not in (ffn.get("stitch") or {}):
-            ffn = {**ffn, "stitch": {**(ffn.get("stitch") or {}), "fraction_of": "larger"}}
-        return ffn
 
     # ----- lookups used by stages and submit -----
     @property
