@@ -305,7 +305,8 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
           f"{args.overlap} vs one untiled segmentation; scored on the inner {dz - 2 * CONTEXT}x{dy - 2 * CONTEXT}x"
           f"{dx - 2 * CONTEXT} (16 voxels of context kept out)")
     whole_spec = write_spec(tmp / "untiled", raw_tif, gt_tif, (dz, dy, dx), [args.overlap] * 3, infer_stages, ffn_infer)
-    whole = score(stitched(run_plan(whole_spec, "untiled")), truth)
+    untiled_plan = run_plan(whole_spec, "untiled")
+    whole = score(stitched(untiled_plan), truth)
     size = tuple(-(-n // t) for n, t in zip((dz, dy, dx), tiles))
     tiled_spec = write_spec(tmp / "tiled", raw_tif, gt_tif, size, [args.overlap] * 3, infer_stages, ffn_infer)
     tiled_plan = run_plan(tiled_spec, "tiled")
@@ -318,7 +319,34 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
     for rule, fraction in (("larger", 0.5), ("smaller", 0.9), ("owner", 0.5)):
         joined = score(rejoined(tiled_plan, rule, fraction, tmp / f"rejoin_{rule}.h5"), truth)
         print(f"    {rule:8s}{fraction:4.1f}: {fmt(joined)}  cost: {cost_text(whole, joined)}")
+    ideal = score(ideal_join(tiled_plan, stitched(untiled_plan)), truth)
+    print(f"    ideal join (each tile's piece joined as the untiled run labels it): {fmt(ideal)}  "
+          f"cost: {cost_text(whole, ideal)}")
     return whole
+
+
+def ideal_join(plan, untiled: np.ndarray) -> np.ndarray:
+    """The tiles' cores, each piece (segment of a tile inside the part it owns) given the untiled
+    run's id that covers most of it: what the best join rule could make of these tiles."""
+    from hpcffn.io.labeling import pair_counts
+    from hpcffn.stages.stitch import _read, plan_tiles
+
+    out = np.zeros(untiled.shape, np.uint64)
+    spare = int(untiled.max()) + 1  # pieces lying on the untiled run's background keep ids of their own
+    for t in plan_tiles(plan, "ts2"):
+        where = tuple(slice(c, c + n) for c, n in zip(t.core_start, t.core_size))
+        core, ref = _read(t, t.core_start, t.core_size).astype(np.uint64), untiled[where].astype(np.uint64)
+        pieces, refs, common = pair_counts(core.ravel(), ref.ravel())
+        order = np.lexsort((-common, pieces))  # per piece, the untiled id covering most of it first
+        first = order[np.r_[True, pieces[order][1:] != pieces[order][:-1]]]
+        lut = np.zeros(int(core.max()) + 1, np.uint64)
+        lut[pieces[first]] = refs[first]
+        lost = (lut == 0) & np.isin(np.arange(len(lut)), pieces[first])
+        lost[0] = False
+        lut[lost] = np.arange(spare, spare + lost.sum(), dtype=np.uint64)
+        spare += int(lost.sum())
+        out[where] = lut[core]
+    return out
 
 
 def cost_text(whole: dict, tiled: dict) -> str:
