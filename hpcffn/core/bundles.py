@@ -37,13 +37,9 @@ def first_and_count(unit: str) -> tuple[str, int]:
 
 def members(tiles: list, unit: str) -> list:
     """The TilePlans of task `unit` among `tiles` (the plan's, or a task plan's own): the first tile
-    and those that follow it in the same group, as the planner made the runs; [] if not found."""
-    first, count = first_and_count(unit)
-    at = next((i for i, t in enumerate(tiles) if t.name == first), None)
-    if at is None:
-        return []
-    group = tiles[at].group
-    return [t for t in tiles[at:] if t.group == group][:count]
+    and those that follow it in the same group, as the planner made the runs; [] if not found.
+    One task's lookup; for many, build `Runs` once."""
+    return Runs(tiles).members(unit)
 
 
 class Runs:
@@ -61,9 +57,17 @@ class Runs:
             run.append(t)
 
     def members(self, unit: str) -> list:
-        """`members(tiles, unit)`: the first tile and those that follow it in its group."""
+        """The first tile of `unit` and those that follow it in its group ([] if not found)."""
         first, count = first_and_count(unit)
         if first not in self.at:
             return []
         group, i = self.at[first]
         return self.by_group[group][i:i + count]
+
+    def holds(self, unit: str, tile: str) -> bool:
+        """Whether task `unit` segments `tile`, without listing its members."""
+        first, count = first_and_count(unit)
+        if first not in self.at or tile not in self.at:
+            return False
+        (group, i), (tile_group, j) = self.at[first], self.at[tile]
+        return group == tile_group and 0 <= j - i < count

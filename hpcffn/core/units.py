@@ -141,21 +141,11 @@ def task_fingerprint(plan: Plan, stage: str, unit: str) -> str | None:
 
 
 def _bundle_holding(plan: Plan, stage: str, tile: str) -> tuple[str, int] | None:
-    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan: the
-    bundle whose first tile is at most `count - 1` before it in its group (core/bundles.py). One
-    pass over the tiles and one over the units, not `members` per unit (tiles x units)."""
-    at = Runs(plan.tiles).at
-    if tile not in at:
-        return None
-    group, mine = at[tile]
-    for j in plan.jobs:
-        if j.stage != stage:
-            continue
-        for i, u in enumerate(j.units):
-            first, count = first_and_count(u)
-            if count > 1 and at.get(first, (None, -1))[0] == group and 0 <= mine - at[first][1] < count:
-                return j.name, i
-    return None
+    """(job, index) of the `stage` task of several tiles that holds `tile`, in a whole plan: one
+    pass over the tiles (bundles.Runs) and one over the units, not `members` per unit."""
+    runs = Runs(plan.tiles)
+    return next(((j.name, i) for j in plan.jobs if j.stage == stage for i, u in enumerate(j.units)
+                 if is_bundle(u) and runs.holds(u, tile)), None)
 
 
 _PLAN_ID = re.compile(rb'"plan_id": "([0-9a-f]*)"')
