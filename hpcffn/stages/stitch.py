@@ -14,7 +14,9 @@ the larger one keeps a merge error in one tile from spreading: a segment that wr
 objects agrees well with at most one of the neighbour's. But a body that one tile split in two
 is then joined only through its larger piece: the other stays split at the face.
 `fraction_of: smaller` joins every piece that lies mostly inside the neighbour's segment, and so
-also spreads a tile's merge (docs/real_data.md measures both on FIB-25).
+also spreads a tile's merge; `fraction_of: owner` lets the tile that owns each part of the shared
+region decide there (owner_pairs), which spreads merges too (docs/real_data.md measures all
+three on FIB-25; `larger` is the default).
 
 Memory stays bounded: tiles are read in z-slabs of SLAB_VOXELS, and only the shared regions
 (one pair at a time) are read whole for the comparison.
