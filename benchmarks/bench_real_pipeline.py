@@ -329,13 +329,13 @@ def ideal_join(plan, untiled: np.ndarray) -> np.ndarray:
     """The tiles' cores, each piece (segment of a tile inside the part it owns) given the untiled
     run's id that covers most of it: what the best join rule could make of these tiles."""
     from hpcffn.io.labeling import pair_counts
-    from hpcffn.stages.stitch import _read, plan_tiles
+    from hpcffn.stages.stitch import plan_tiles, read_box
 
     out = np.zeros(untiled.shape, np.uint64)
     spare = int(untiled.max()) + 1  # pieces lying on the untiled run's background keep ids of their own
     for t in plan_tiles(plan, "ts2"):
         where = tuple(slice(c, c + n) for c, n in zip(t.core_start, t.core_size))
-        core, ref = _read(t, t.core_start, t.core_size).astype(np.uint64), untiled[where].astype(np.uint64)
+        core, ref = read_box(t, t.core_start, t.core_size).astype(np.uint64), untiled[where].astype(np.uint64)
         pieces, refs, common = pair_counts(core.ravel(), ref.ravel())
         order = np.lexsort((-common, pieces))  # per piece, the untiled id covering most of it first
         first = order[np.r_[True, pieces[order][1:] != pieces[order][:-1]]]

@@ -84,11 +84,11 @@ class Candidates:
 
     def __init__(self, tiles, shape, fov_size):
         from hpcffn.core.params import StitchParams
-        from hpcffn.stages.stitch import _read, neighbour_pairs
+        from hpcffn.stages.stitch import neighbour_pairs, read_box
 
         self.tiles, self.shape = tiles, shape
         self.radius = [n // 2 for n in reversed(fov_size)]  # fov_size is x,y,z
-        self.segs = [_read(t, t.start, t.size).astype(np.uint64) for t in tiles]
+        self.segs = [read_box(t, t.start, t.size).astype(np.uint64) for t in tiles]
         rules = (StitchParams(fraction_of="larger"), StitchParams(fraction_of="smaller", min_overlap_fraction=0.9),
                  StitchParams(fraction_of="owner"))
         self.pairs: dict[tuple, set] = {}
@@ -115,10 +115,10 @@ class Candidates:
         from scipy import ndimage
 
         from hpcffn.ffn.canvas import INTERRUPTED, Canvas
-        from hpcffn.stages.stitch import _intersection
+        from hpcffn.stages.stitch import intersection
 
         i, j, a, b = key
-        start, size = _intersection(self.tiles[i], self.tiles[j])
+        start, size = intersection(self.tiles[i], self.tiles[j])
         lo, hi = list(start), [s + n for s, n in zip(start, size)]
         shared = self.segment(i, a, lo, hi) & self.segment(j, b, lo, hi)
         fits = np.zeros_like(shared)  # where a FOV centred there lies inside the volume

@@ -223,6 +223,7 @@ def stitch(
     min_overlap_voxels: Annotated[int | None, typer.Option(help="Voxels two tiles' segments must share to be joined.")] = None,
     min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger (--fraction-of) of the two there.")] = None,
     fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (default: a tile's merge never spreads), smaller (a tile's split pieces all join) or owner (where a tile owns the voxels it decides).")] = None,
+    resegment: Annotated[bool | None, typer.Option("--resegment/--no-resegment", help="With --plan: decide uncertain joins by one FFN fill where the two segments meet (ffn.stitch.resegment).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
 ) -> None:
     """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
@@ -238,7 +239,10 @@ def stitch(
             raise HpcffnError("--plan reads the tiles from the plan: drop --segmentation/--output/--shape")
         p = _load_plan(plan)
         params = _params(StitchParams, p.ffn.stitch, overrides, "ffn.stitch")
-        stage.run_from_plan(p, str(p.task_unit("stitch", volume)), params)
+        from hpcffn.stages.resegment import judge_of
+
+        unit = str(p.task_unit("stitch", volume))
+        stage.run_from_plan(p, unit, params, judge=judge_of(p, params, stage.plan_tiles(p, p.volume(unit).name)))
         return
     if not segmentation or not output:
         raise HpcffnError("give --plan P --volume V, or standalone --segmentation a.h5:seg [--segmentation ...] --output out.h5:seg")

@@ -246,13 +246,29 @@ class StitchParams(_Strict):
         "through the joins of every tile it touches) - docs/real_data.md measures all three",
     )
 
+    resegment: bool = Field(
+        False, description="decide the uncertain joins by FFN itself: one flood fill with the inference checkpoint "
+        "where the two segments meet joins them when it covers most of both (hpcffn/stages/resegment.py; pairs that "
+        "agree on nearly all their shared voxels join at once, and a fill FFN does not accept leaves the decision to "
+        "fraction_of). Costs FOVs in the joins tasks; docs/real_data.md measures it",
+    )
+    resegment_radius: int = Field(24, ge=4, description="half size (voxels) of the box each resegment fill runs in")
+    resegment_coverage: float = Field(
+        0.5, gt=0, le=1, description="share of each segment's voxels in the fill box the fill must cover to join them"
+    )
+
     @model_serializer(mode="wrap")
-    def _without_default_rule(self, handler):
-        # Plans with the default rule keep their plan.json (and its fingerprints) byte for byte.
+    def _without_defaults(self, handler):
+        # Plans that keep these defaults keep their plan.json (and its fingerprints) byte for byte.
         out = handler(self)
-        if out.get("fraction_of") == "larger":
-            del out["fraction_of"]
+        for name in _STITCH_WRITTEN_UNLESS_DEFAULT:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
         return out
+
+
+# StitchParams fields added after plans were first written: left out of plan.json at their default.
+_STITCH_WRITTEN_UNLESS_DEFAULT = ("fraction_of", "resegment", "resegment_radius", "resegment_coverage")
 
 
 class FFNParams(_Strict):

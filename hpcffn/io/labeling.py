@@ -196,6 +196,20 @@ ONE_REGION = 0.5  # share of a set's voxels in each slice's largest 2-D region
 THIN = 0.6  # share of object voxels with a 4-neighbour outside the objects
 
 
+def pair_counts_where_both(a: np.ndarray, b: np.ndarray):
+    """(a ids, b ids, common voxels, a's voxels, b's voxels) of the pairs that meet, all counted
+    where BOTH segmented; None when they share no segmented voxel."""
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return None
+    # A voxel one tile left unsegmented (near its faces a tile segments less: 17% against 6%
+    # untiled on FIB-25, docs/real_data.md) is no disagreement.
+    ua, ca = np.unique(a[both], return_counts=True)
+    ub, cb = np.unique(b[both], return_counts=True)
+    pa, pb, common = pair_counts(a[both], b[both])
+    return pa, pb, common, ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)]
+
+
 def sampled_planes(reader, samples: int = SAMPLES) -> list[np.ndarray]:
     """`samples` z slices of a reader (tif.VolumeReader), evenly spaced."""
     nz = reader.shape[0]

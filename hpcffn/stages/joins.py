@@ -16,6 +16,7 @@ import numpy as np
 
 from hpcffn.core.params import StitchParams
 from hpcffn.core.plan_model import Plan
+from hpcffn.stages.resegment import judge_of
 from hpcffn.stages.stitch import check_tile, neighbour_pairs, plan_tiles, tile_ids
 
 
@@ -41,9 +42,10 @@ def run_from_plan(plan: Plan, tile_key: str, params: StitchParams | None = None,
         check_tile(tile, volume.shape)
         biggest, owned = tile_ids(tile)
         names, pairs = [], []
+        judge = judge_of(plan, params, [tile], log) if others else None
         for u in others:
             check_tile(u, volume.shape)
-            found = neighbour_pairs(tile, u, params)
+            found = neighbour_pairs(tile, u, params, judge)
             if found is None:
                 continue
             pairs.append(np.column_stack([found, np.full(len(found), len(names), np.uint64)]))
@@ -52,5 +54,7 @@ def run_from_plan(plan: Plan, tile_key: str, params: StitchParams | None = None,
         save_npz(plan.layout.joins(me.name), biggest=np.int64(biggest), owned=owned,
                  neighbours=np.array(names, dtype=str), pairs=table.astype(np.uint64))
         log(f"hpcffn joins: tile {me.name}: {len(owned)} owned segments, {len(table)} joins with {len(names)} neighbours")
+        if judge is not None:
+            log(f"hpcffn joins: tile {me.name}: resegment: {judge.summary()}")
         mark_done(plan, "joins", me.name, joins=len(table))
     return {"tile": me.name, "segments": len(owned), "joins": len(table), "neighbours": names}

@@ -34,7 +34,7 @@ import numpy as np
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import StitchParams
 from hpcffn.core.plan_model import Plan
-from hpcffn.io.labeling import merge_ids, pair_counts
+from hpcffn.io.labeling import merge_ids, pair_counts_where_both
 from hpcffn.io.volumes import Location, open_dataset, parse_location, segmentation_box
 
 SLAB_VOXELS = 8 * 2**20  # voxels read at a time (64 MB of uint64 ids): 26 slices of a 564^2 tile
@@ -89,28 +89,15 @@ def _slabs(tile: TileSegmentation, start, size):
             yield z, ds[rel[0] + z:rel[0] + z1, rel[1]:rel[1] + size[1], rel[2]:rel[2] + size[2]]
 
 
-def _read(tile: TileSegmentation, start, size) -> np.ndarray:
+def read_box(tile: TileSegmentation, start, size) -> np.ndarray:
+    """The box (start, size; volume coordinates, inside the tile) of a tile's segmentation."""
     return np.concatenate([block for _, block in _slabs(tile, start, size)])
-
-
-def _pair_counts_where_both(a: np.ndarray, b: np.ndarray):
-    """(a ids, b ids, common voxels, a's voxels, b's voxels) of the pairs that meet, all counted
-    where BOTH segmented; None when they share no segmented voxel."""
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return None
-    # A voxel one tile left unsegmented (near its faces a tile segments less: 17% against 6%
-    # untiled on FIB-25, docs/real_data.md) is no disagreement.
-    ua, ca = np.unique(a[both], return_counts=True)
-    ub, cb = np.unique(b[both], return_counts=True)
-    pa, pb, common = pair_counts(a[both], b[both])
-    return pa, pb, common, ca[np.searchsorted(ua, pa)], cb[np.searchsorted(ub, pb)]
 
 
 def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.ndarray:
     """(k, 2) pairs of ids (a's, b's) that segment the same object in the shared region a/b
     under `fraction_of: larger | smaller` (the owner rule needs the tiles: owner_pairs)."""
-    found = _pair_counts_where_both(a, b)
+    found = pair_counts_where_both(a, b)
     if found is None:
         return np.zeros((0, 2), np.uint64)
     pa, pb, common, size_a, size_b = found
@@ -122,7 +109,7 @@ def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.nda
 def guest_pairs(guest: np.ndarray, owner: np.ndarray, params: StitchParams) -> np.ndarray:
     """(k, 2) pairs (guest id, owner id) where a guest segment lies mostly (min_overlap_fraction of
     its voxels where both segmented) inside one owner segment: the `owner` rule in voxels `owner` owns."""
-    found = _pair_counts_where_both(guest, owner)
+    found = pair_counts_where_both(guest, owner)
     if found is None:
         return np.zeros((0, 2), np.uint64)
     pg, po, common, size_g, _ = found
@@ -155,7 +142,7 @@ def owner_pairs(t: TileSegmentation, u: TileSegmentation, box, a: np.ndarray, b:
     return np.unique(np.concatenate(found), axis=0).astype(np.uint64)
 
 
-def _intersection(t: TileSegmentation, u: TileSegmentation):
+def intersection(t: TileSegmentation, u: TileSegmentation):
     start = tuple(max(a, b) for a, b in zip(t.start, u.start))
     stop = tuple(min(a, b) for a, b in zip(t.stop, u.stop))
     return (start, tuple(e - s for s, e in zip(start, stop))) if all(e > s for s, e in zip(start, stop)) else None
@@ -191,13 +178,16 @@ def global_ids(top: int, edges: list[np.ndarray], used: list[np.ndarray]) -> tup
     return final[lut], present
 
 
-def neighbour_pairs(t: TileSegmentation, u: TileSegmentation, params: StitchParams) -> np.ndarray | None:
-    """Agreeing (t id, u id) pairs where two tiles' infer boxes meet; None when they do not."""
-    box = _intersection(t, u)
+def neighbour_pairs(t: TileSegmentation, u: TileSegmentation, params: StitchParams, judge=None) -> np.ndarray | None:
+    """Agreeing (t id, u id) pairs where two tiles' infer boxes meet; None when they do not.
+
+    `judge` (stages/resegment.Judge, with ffn.stitch.resegment) decides the uncertain pairs by a fill."""
+    box = intersection(t, u)
     if box is None:
         return None
-    a, b = _read(t, *box), _read(u, *box)
-    return owner_pairs(t, u, box, a, b, params) if params.fraction_of == "owner" else agreeing_pairs(a, b, params)
+    a, b = read_box(t, *box), read_box(u, *box)
+    by_rule = owner_pairs(t, u, box, a, b, params) if params.fraction_of == "owner" else agreeing_pairs(a, b, params)
+    return by_rule if judge is None else judge.decide(t, u, box, a, b, by_rule)
 
 
 def check_tile(t: TileSegmentation, shape) -> None:
@@ -211,8 +201,10 @@ def check_tile(t: TileSegmentation, shape) -> None:
 
 
 def stitch(tiles: list[TileSegmentation], shape, output: Location, params: StitchParams,
-           log: Callable[[str], None] = print) -> dict:
-    """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically."""
+           log: Callable[[str], None] = print, judge=None) -> dict:
+    """Stitch `tiles` into `output` (a new uint64 dataset of `shape`), written atomically.
+
+    `judge`: decides uncertain joins by a fill (ffn.stitch.resegment; stages/resegment.py)."""
 
     from hpcffn.io.volumes import atomic_h5
 
@@ -229,7 +221,7 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
     edges, joins = [], 0
     for i, t in enumerate(tiles):
         for j in range(i + 1, len(tiles)):
-            pairs = neighbour_pairs(t, tiles[j], params)
+            pairs = neighbour_pairs(t, tiles[j], params, judge)
             if pairs is None:
                 continue
             pairs[:, 0] += np.uint64(bases[i])
@@ -262,6 +254,8 @@ def stitch_files(segmentations: list[str], output: str, params: StitchParams, sh
     """Standalone: stitch infer outputs ("seg.h5[:seg]", each with its `offset`) that form a grid."""
     if not segmentations:
         raise HpcffnError("give at least one --segmentation seg.h5[:seg]")
+    if params.resegment:
+        raise HpcffnError("resegment needs the plan's image and checkpoint: stitch with --plan, or leave resegment off")
     locs = [parse_location(s, "seg") for s in segmentations]
     boxes = [segmentation_box(loc) for loc in locs]
     names = [Path(loc.path).name for loc in locs]
@@ -292,18 +286,21 @@ def plan_tiles(plan: Plan, volume_name: str, names=None) -> list[TileSegmentatio
     return tiles
 
 
-def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
+def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print, judge=None) -> dict:
     """Single-task stitch of one volume of a plan into workdir/stitch/<volume>.h5:seg, and mark it done.
 
     The planned jobs stitch in parallel instead (joins, resolve, relabel, pyramid); this one
-    task is the reference they are tested against and suits small volumes.
+    task is the reference they are tested against and suits small volumes. `judge`: with
+    ffn.stitch.resegment, resegment.judge_of's (the caller makes it: stitch cannot import it).
     """
     from hpcffn.stages.markers import hold_unit, mark_done
 
     volume = plan.volume(volume_name)
     tiles = plan_tiles(plan, volume.name)
     out = plan.layout.stitched_hdf5(volume.name)
+    params = params or plan.ffn.stitch
     with hold_unit(plan, "stitch", volume.name, (out,)):
-        summary = stitch(tiles, volume.shape, Location(out, "seg"), params or plan.ffn.stitch, log=log)
+        summary = stitch(tiles, volume.shape, Location(out, "seg"), params, log=log, judge=judge)
         mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
     return summary
+
