@@ -7,6 +7,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from test_model_stitch import fake_inference, planned  # noqa: F401 (fixture)
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import InferenceParams, ModelParams, StitchParams
@@ -113,3 +114,45 @@ def test_standalone_stitch_refuses_resegment(tmp_path):
 def test_plan_json_keeps_its_bytes_at_the_defaults():
     assert StitchParams().model_dump() == {"min_overlap_voxels": 100, "min_overlap_fraction": 0.5}
     assert StitchParams(resegment=True).model_dump()["resegment"] is True
+
+
+def test_planned_joins_give_the_single_task_result_with_resegment(planned, tmp_path):  # noqa: F811
+    """The joins tasks build their judge from the plan (its image, its checkpoint) and decide as
+    the single-task stitch does; a body split in one tile makes uncertain pairs to fill."""
+    import tensorflow as tf
+    from test_model_stitch_volume import run_steps
+
+    from hpcffn.ffn.model import build_model
+    from hpcffn.io import ome_zarr
+    from hpcffn.stages import stitch as single
+    from hpcffn.stages.resegment import judge_of
+
+    plan, labels = planned
+    prefix = tf.train.Checkpoint(model=build_model(plan.ffn.model, seed=3), step=tf.Variable(1, dtype=tf.int64)).save(
+        str(tmp_path / "ckpt"))
+    ffn = plan.ffn.model_copy(update={"inference": plan.ffn.inference.model_copy(update={"checkpoint": prefix}),
+                                      "stitch": StitchParams(resegment=True, resegment_radius=8)})
+    plan = plan.model_copy(update={"ffn": ffn})
+    fake_inference(plan, labels)
+    tiles = single.plan_tiles(plan, "v1")
+    start, size = single.intersection(tiles[0], tiles[1])  # tile 1 splits its largest object there
+    path = plan.layout.segmentation(tiles[1].name)
+    with h5py.File(path) as f:
+        seg = f["seg"][...]
+    shared = tuple(slice(a - b, a - b + n) for a, b, n in zip(start, tiles[1].start, size))
+    ids, counts = np.unique(seg[shared][seg[shared] > 0], return_counts=True)
+    part = seg[shared]
+    axis = int(np.argmax(size))
+    part[(part == ids[np.argmax(counts)]) & (np.indices(part.shape)[axis] < size[axis] // 3)] = seg.max() + 1
+    write_segmentation(path, seg, tiles[1].start)
+    logs = []
+    single.run_from_plan(plan, "v1", ffn.stitch, log=logs.append, judge=judge_of(plan, ffn.stitch, tiles))
+    run_steps(plan, ffn.stitch, log=logs.append)
+    with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
+        expected = f["seg"][...]
+    assert np.array_equal(ome_zarr.open_array(plan.layout.stitched("v1"), "seg", mode="r")[...], expected)
+    def fills(line):  # "... N judged by a fill (F FOVs), M fills not accepted ..."
+        judged = int(line.split(" judged by a fill")[0].rsplit(" ", 1)[1])
+        return judged + int(line.split(" fills not accepted")[0].rsplit(" ", 1)[1])
+
+    assert sum(fills(line) for line in logs if "judged by a fill" in line) > 0  # the split's pairs got fills

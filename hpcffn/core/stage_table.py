@@ -122,6 +122,12 @@ def resource_stage(stage: str) -> str:
     return STAGE[stage].resource_stage if stage in STAGE else stage
 
 
+def runs_tensorflow(stage: str, resegment: bool) -> bool:
+    """Whether a stage's jobs run TensorFlow: its row says so, or it is joins with
+    ffn.stitch.resegment (its fills run the inference checkpoint; stages/resegment.py)."""
+    return STAGE[stage].tensorflow or (stage == "joins" and resegment)
+
+
 def packages(stage: str) -> tuple[str, ...]:
     """What `hpcffn stage <stage>` imports beyond the base install (none for a name not here)."""
     return STAGE[stage].packages if stage in STAGE else ()

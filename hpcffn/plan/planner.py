@@ -26,6 +26,7 @@ from hpcffn.core.stage_table import (
     STAGE,
     STAGES,
     resource_stage,
+    runs_tensorflow,
 )
 from hpcffn.io.ome_zarr import pyramid_units
 from hpcffn.io.sources import Source, classify, read_shape
@@ -456,7 +457,7 @@ def render_scripts(spec: Spec, jobs: list[JobPlan], resources: dict[str, StageRe
             "modules": res.modules or [],
             "setup": res.setup or [],
             "requeue": facts.requeues,
-            "tensorflow": facts.tensorflow,
+            "tensorflow": runs_tensorflow(job.stage, spec.ffn.stitch.resegment),
             "signal_grace": res.signal_grace or DEFAULT_SIGNAL_GRACE,
             "depends_on": [d.job for d in job.depends_on],
         }
