@@ -224,6 +224,7 @@ def stitch(
     min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger (--fraction-of) of the two there.")] = None,
     fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (default: a tile's merge never spreads), smaller (a tile's split pieces all join) or owner (where a tile owns the voxels it decides).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+    fill_gaps: Annotated[bool | None, typer.Option("--fill-gaps/--no-fill-gaps", help="Voxels a tile left unsegmented take the segment of a neighbour that covers and segmented them (default: on).")] = None,
 ) -> None:
     """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
     options = dict(locals())  # the flags, named after StitchParams' fields
