@@ -22,7 +22,14 @@ import numpy as np
 
 from hpcffn.core.params import StitchParams
 from hpcffn.core.plan_model import Plan
-from hpcffn.stages.stitch import check_tile, gap_fill_ids, meet, neighbour_pairs, plan_tiles, tile_ids
+from hpcffn.stages.stitch import (
+    check_tile,
+    gap_fill_ids,
+    meet,
+    neighbour_pairs,
+    plan_tiles,
+    tile_ids,
+)
 
 
 def save_npz(path, **arrays) -> None:
