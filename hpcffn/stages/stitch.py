@@ -204,7 +204,7 @@ def _inside(box, start) -> tuple[slice, ...]:
 
 
 def gap_fill_ids(t: TileSegmentation, neighbours: list[TileSegmentation]) -> list[np.ndarray]:
-    """For each of `neighbours` (plan order): the sorted ids of its that fill gaps in t's core.
+    """For each of `neighbours` (plan order): the sorted ids with which it fills gaps in t's core.
 
     One region (t's core inside the neighbour's infer box) at a time: the voxels t left 0 there,
     less those an earlier neighbour segmented (its part of the region read in turn), are the
