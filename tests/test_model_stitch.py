@@ -68,6 +68,44 @@ def fake_inference(plan, labels) -> None:
                            t.infer_box.start)
 
 
+def gappy_inference(plan, labels) -> tuple[np.ndarray, np.ndarray]:
+    """fake_inference, but the first tile left boxes of its core unsegmented (as FFN does near a
+    tile's faces) that its neighbours segmented, and the second one box filled from the first.
+
+    Returns the volumes expected with fill_gaps and without. In the first tile's core: `joined`
+    (the next tile holds the groundtruth there: filled with the joined objects), `new` (the next
+    tile holds a segment of its own there, joined to nothing: a new object) and, in the corner all
+    four infer boxes reach, `first` and `second`: the next tile holds another new segment on
+    `first` and 0 on `second`, the tile after it one more new segment on both. The first covering
+    neighbour that segmented a voxel fills it: `first` and `second` become two objects (32 and 64
+    voxels: below min_overlap_voxels, so none of these joins).
+    """
+    t0, t1, t2, _ = plan.tiles
+    assert (t1.box.start[1], t2.box.start[0]) == (64, 64)  # t1 beside t0 in y, t2 beside it in z
+    segs = [renumbered(labels[t.infer_box.slices], seed=i) for i, t in enumerate(plan.tiles)]
+    joined, new = ((10, 20), (58, 64), (10, 30)), ((30, 34), (60, 64), (40, 50))
+    first, second = ((58, 62), (58, 62), (60, 62)), ((58, 62), (58, 62), (62, 64))
+    earlier = ((40, 50), (64, 70), (5, 25))  # in t1's core, filled from t0 (before it in plan order)
+
+    def at(box, tile=None):  # the box in the tile's array (or the volume)
+        return tuple(slice(a - s, b - s) for (a, b), s in zip(box, tile.infer_box.start if tile else (0, 0, 0)))
+
+    fresh = [int(max(s.max() for s in segs)) + k for k in (1, 2, 3)]
+    for box in (joined, new, first, second):
+        segs[0][at(box, t0)] = 0
+    segs[1][at(earlier, t1)] = 0
+    segs[1][at(new, t1)], segs[1][at(first, t1)], segs[1][at(second, t1)] = fresh[0], fresh[1], 0
+    segs[2][at(first, t2)] = segs[2][at(second, t2)] = fresh[2]
+    for t, seg in zip(plan.tiles, segs):
+        write_segmentation(plan.layout.segmentation(t.name), seg, t.infer_box.start)
+    filled, unfilled = labels.astype(np.uint64), labels.astype(np.uint64)
+    for box, k in ((new, 1), (first, 2), (second, 3)):
+        filled[at(box)] = int(labels.max()) + k
+    for box in (joined, new, first, second, earlier):
+        unfilled[at(box)] = 0
+    return filled, unfilled
+
+
 def test_plan_has_the_stitch_steps_after_infer(planned):
     plan, _ = planned
     infers = [j.name for j in plan.jobs if j.stage == "infer"]  # one infer array per group
@@ -103,6 +141,19 @@ def test_stitched_tiles_give_back_the_objects(planned, monkeypatch, rule):
     assert summary["segments"] == objects == seg.max()  # numbered 1..K
     assert summary["joins"] > 0 and summary["tile_segments"] > objects  # objects did cross tiles
     assert plan.layout.marker("stitch", "v1").is_file()
+
+
+def test_a_tiles_gaps_take_the_segment_of_the_first_neighbour_that_segmented_them(planned):
+    plan, labels = planned
+    filled, unfilled = gappy_inference(plan, labels)
+    for params, expected in ((StitchParams(), filled), (StitchParams(fill_gaps=False), unfilled)):
+        summary = run_from_plan(plan, "v1", params, log=lambda s: None)
+        with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
+            seg = f["seg"][...]
+        assert same_objects(seg, expected)
+        # The new segments own voxels only through the fills, and are numbered: K stays exact.
+        assert summary["segments"] == len(np.unique(expected)) - 1 == seg.max()
+    assert len(np.unique(filled)) == len(np.unique(unfilled)) + 3
 
 
 def test_missing_or_foreign_tile_segmentation_is_one_clear_error(planned):
@@ -257,3 +308,48 @@ def test_join_rule_in_plan_json_larger_left_out_others_written(tmp_path):
         written = json.loads(p.plan.layout.plan.read_text())["ffn"]["stitch"]
         assert written.get("fraction_of") == (None if rule == "larger" else rule)  # default: plans keep their bytes
         assert load_plan(p.plan.layout.plan).ffn.stitch.fraction_of == rule
+
+
+def test_fill_gaps_off_is_written_and_changes_the_stitch_fingerprints_only(tmp_path):
+    import json
+
+    from hpcffn.core.plan_model import load_plan
+    from hpcffn.plan.fingerprints import unit_fingerprints
+
+    plans = {}
+    for fill in (True, False):  # the same spec file, so only ffn.stitch differs
+        ffn = {**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}}
+        if not fill:
+            ffn["stitch"] = {"fill_gaps": False}
+        spec = write_spec(tmp_path, spec_dict(stages=["infer", "stitch"], ffn=ffn), data=fill)  # one input file
+        plans[fill] = make_plan(spec)
+    p = plans[False]
+    write_workdir(p.plan, p.scripts, p.resolved_yaml, force=False, dry_run=False)
+    assert json.loads(p.plan.layout.plan.read_text())["ffn"]["stitch"]["fill_gaps"] is False
+    assert load_plan(p.plan.layout.plan).ffn.stitch.fill_gaps is False
+    assert "fill_gaps" not in plans[True].plan.model_dump(mode="json")["ffn"]["stitch"]  # default: plans keep their bytes
+    on, off = (unit_fingerprints(plans[f].plan) for f in (True, False))
+    assert on.keys() == off.keys()
+    for job in on:
+        stage = plans[True].plan.job(job).stage
+        assert (on[job] != off[job]) == (stage in ("joins", "resolve", "relabel", "pyramid", "evaluate")), job
+
+
+def test_standalone_stitch_fills_gaps_unless_told_not_to(tmp_path):
+    from hpcffn.stages.stitch import stitch_files
+
+    a = np.ones((4, 10, 40), np.uint64)
+    a[:, :, 30:] = 0  # a (x 0..40, owns x < 36) left x >= 30 unsegmented; b (x 32..72) covers x >= 32
+    write_segmentation(tmp_path / "a.h5", a, (0, 0, 0))
+    write_segmentation(tmp_path / "b.h5", np.full((4, 10, 40), 5, np.uint64), (0, 0, 32))
+    files = [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]
+    summary = stitch_files(files, str(tmp_path / "on.h5"), StitchParams(), log=lambda s: None)
+    assert summary["joins"] == 0 and summary["segments"] == 2  # nothing both segmented: no join
+    proc = subprocess.run([*HPCFFN, "stage", "stitch", "--segmentation", files[0], "--segmentation", files[1],
+                           "--output", str(tmp_path / "off.h5"), "--no-fill-gaps"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for name in ("on", "off"):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            rows[name] = f["seg"][0, 0, 28:40].tolist()
+    assert rows == {"on": [1, 1, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2], "off": [1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2]}

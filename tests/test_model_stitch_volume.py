@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from test_model_stitch import fake_inference, planned, same_objects  # noqa: F401 (fixture)
+from test_model_stitch import fake_inference, gappy_inference, planned, same_objects  # noqa: F401 (fixture)
 
 from hpcffn.core.errors import HpcffnError
 from hpcffn.core.params import StitchParams
@@ -60,6 +60,43 @@ def test_parallel_stitch_gives_the_single_task_result(planned, monkeypatch):  # 
     assert np.array_equal(zarr.open_array(str(store / "0"), mode="r")[...], raw)
     for t in plan.tiles:
         assert plan.layout.marker("relabel", t.name).is_file() and plan.layout.marker("joins", t.name).is_file()
+
+
+def test_gaps_are_filled_as_the_single_task_fills_them(planned, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(single, "SLAB_VOXELS", 5 * 74 * 70)  # tiles and neighbours read a few slices at a time
+    plan, labels = planned
+    filled, unfilled = gappy_inference(plan, labels)
+    t0, t1, t2, t3 = (t.name for t in plan.tiles)
+    for params, expected in ((StitchParams(), filled), (StitchParams(fill_gaps=False), unfilled)):
+        reference = single.run_from_plan(plan, "v1", params, log=lambda s: None)
+        run_steps(plan, params)
+        seg = zarr.open_array(str(plan.layout.stitched("v1") / "labels" / "seg" / "0"), mode="r")[...]
+        with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
+            assert np.array_equal(seg, f["seg"][...])  # id for id
+        assert same_objects(seg, expected) and seg.max() == reference["segments"] == len(np.unique(expected)) - 1
+        first, second = (np.load(plan.layout.joins(t)) for t in (t0, t1))
+        if params.fill_gaps:  # every neighbour whose infer box reaches into the core, earlier ones too
+            assert first["fill_neighbours"].tolist() == [t1, t2, t3] and second["fill_neighbours"].tolist() == [t0, t2, t3]
+            assert {0, 1} <= set(first["fills"][:, 0].tolist()) and set(second["fills"][:, 0].tolist()) == {0}
+        else:
+            assert first["fills"].shape == second["fills"].shape == (0, 2)
+
+
+def test_joins_files_from_before_fill_gaps_stitch_without_fills(planned):  # noqa: F811
+    """Default plans keep their fingerprints, so joins done before fill_gaps stay done: resolve
+    and relabel then fill nothing (and agree on it) instead of failing."""
+    plan, labels = planned
+    _, unfilled = gappy_inference(plan, labels)
+    run_steps(plan)
+    for t in plan.tiles:
+        with np.load(plan.layout.joins(t.name)) as f:
+            old = {k: f[k] for k in ("biggest", "owned", "neighbours", "pairs")}
+        joins.save_npz(plan.layout.joins(t.name), **old)
+    resolve.run_from_plan(plan, "v1", log=lambda s: None)
+    for t in plan.tiles:
+        relabel.run_from_plan(plan, t.name, log=lambda s: None)
+    seg = zarr.open_array(str(plan.layout.stitched("v1") / "labels" / "seg" / "0"), mode="r")[...]
+    assert same_objects(seg, unfilled) and seg.max() == len(np.unique(unfilled)) - 1
 
 
 def test_store_is_ome_zarr_with_a_pyramid(planned):  # noqa: F811

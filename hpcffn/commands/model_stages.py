@@ -225,6 +225,7 @@ def stitch(
     fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (default: a tile's merge never spreads), smaller (a tile's split pieces all join) or owner (where a tile owns the voxels it decides).")] = None,
     resegment: Annotated[bool | None, typer.Option("--resegment/--no-resegment", help="With --plan: decide uncertain joins by one FFN fill where the two segments meet (ffn.stitch.resegment).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
+    fill_gaps: Annotated[bool | None, typer.Option("--fill-gaps/--no-fill-gaps", help="Voxels a tile left unsegmented take the segment of a neighbour that covers and segmented them (default: on).")] = None,
 ) -> None:
     """Join the tiles' segmentations of a volume into one, merging segments that agree in the overlaps."""
     options = dict(locals())  # the flags, named after StitchParams' fields

@@ -2,8 +2,9 @@
 
 Reads only the joins files (never a voxel): tile i's ids get the range after tile i-1's, the
 agreeing pairs become edges, connected components (union-find) merge them, and the objects that
-own voxels are numbered 1..K exactly as the single-task stitch numbers them (stitch.global_ids),
-so both give the same ids. Writes
+own voxels (a tile's own ids in its core, and the neighbours' ids that fill its gaps) are
+numbered 1..K exactly as the single-task stitch numbers them (stitch.global_ids), so both give
+the same ids. Writes
 
     stitch/<volume>.lut.npy      final id of every offset tile id (smallest unsigned dtype)
     stitch/<volume>.tiles.json   per tile: [id base, largest id], for each relabel task's slice
@@ -40,13 +41,20 @@ def resolve(names: list[str], joins: list[dict]) -> tuple[np.ndarray, list[int],
         bases.append(top)
         used.append(j["owned"].astype(np.uint64) + np.uint64(top))
         top += int(j["biggest"])
+
+    def offset(ids, tiles, which) -> np.ndarray:
+        """Neighbours' ids plus their tile's id base (`which`: each id's index in `tiles`, names)."""
+        other = np.array([bases[index[str(n)]] for n in tiles], np.uint64)
+        return ids.astype(np.uint64) + other[which.astype(np.int64)]
+
     edges = []
     for i, j in enumerate(joins):
         pairs = j["pairs"].astype(np.uint64)
-        if not len(pairs):
-            continue
-        other = np.array([bases[index[str(n)]] for n in j["neighbours"]], np.uint64)
-        edges.append(np.column_stack([pairs[:, 0] + np.uint64(bases[i]), pairs[:, 1] + other[pairs[:, 2].astype(np.int64)]]))
+        if len(pairs):
+            edges.append(np.column_stack([pairs[:, 0] + np.uint64(bases[i]), offset(pairs[:, 1], j["neighbours"], pairs[:, 2])]))
+        fills = j.get("fills")  # absent in joins files written before fill_gaps
+        if fills is not None and len(fills):
+            used.append(offset(fills[:, 1], j["fill_neighbours"], fills[:, 0]))
     lut, present = global_ids(top, edges, used)
     return lut, bases, len(present), int(sum(len(e) for e in edges))
 

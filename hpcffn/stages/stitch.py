@@ -18,6 +18,10 @@ also spreads a tile's merge; `fraction_of: owner` lets the tile that owns each p
 region decide there (owner_pairs), which spreads merges too (docs/real_data.md measures all
 three on FIB-25; `larger` is the default).
 
+With `fill_gaps` (the default) a voxel a tile left unsegmented in the part it owns takes the
+segment of the first neighbour (plan order) whose infer box covers it and that segmented it:
+near its faces a tile sees less image and leaves more unsegmented (see gap_fill_ids).
+
 Memory stays bounded: tiles are read in z-slabs of SLAB_VOXELS, and only the shared regions
 (one pair at a time) are read whole for the comparison.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
@@ -142,10 +147,15 @@ def owner_pairs(t: TileSegmentation, u: TileSegmentation, box, a: np.ndarray, b:
     return np.unique(np.concatenate(found), axis=0).astype(np.uint64)
 
 
+def meet(start, size, other_start, other_size):
+    """The box (start, size) two boxes share; None when they do not meet."""
+    lo = tuple(max(a, b) for a, b in zip(start, other_start))
+    hi = tuple(min(a + n, b + m) for a, n, b, m in zip(start, size, other_start, other_size))
+    return (lo, tuple(h - a for a, h in zip(lo, hi))) if all(h > a for a, h in zip(lo, hi)) else None
+
+
 def intersection(t: TileSegmentation, u: TileSegmentation):
-    start = tuple(max(a, b) for a, b in zip(t.start, u.start))
-    stop = tuple(min(a, b) for a, b in zip(t.stop, u.stop))
-    return (start, tuple(e - s for s, e in zip(start, stop))) if all(e > s for s, e in zip(start, stop)) else None
+    return meet(t.start, t.size, u.start, u.size)
 
 
 def tile_ids(t: TileSegmentation) -> tuple[int, np.ndarray]:
@@ -159,6 +169,63 @@ def tile_ids(t: TileSegmentation) -> tuple[int, np.ndarray]:
             core = block[z0:z1, rel[1]:rel[1] + t.core_size[1], rel[2]:rel[2] + t.core_size[2]]
             own.append(np.unique(core[core > 0]))
     return biggest, (np.unique(np.concatenate(own)).astype(np.uint64) if own else np.zeros(0, np.uint64))
+
+
+# Gap filling (StitchParams.fill_gaps). FFN leaves voxels near a tile's faces unsegmented much
+# more often than deep inside (it sees less image there), and the neighbour whose infer box
+# reaches over them often segmented them. So each 0 voxel of a tile's core takes the id of the
+# first neighbour, in plan tile order, that covers it and segmented it, mapped through the lookup
+# table like any id of that neighbour. gap_fill_ids finds those ids before the numbering (they own
+# voxels: global_ids must number them, and only them); fill_gaps writes them. The single task and
+# the joins/resolve/relabel steps both use these two, so their volumes agree voxel for voxel.
+
+
+def fill_neighbours(t: TileSegmentation, tiles: list[TileSegmentation]) -> list[int]:
+    """Indices of the `tiles` (plan order) other than t whose infer box reaches into t's core."""
+    return [k for k, u in enumerate(tiles) if u.name != t.name and meet(t.core_start, t.core_size, u.start, u.size)]
+
+
+def _inside(box, start) -> tuple[slice, ...]:
+    """Where `box` (volume coordinates) lies in an array that starts at `start`."""
+    return tuple(slice(a - o, a - o + n) for a, n, o in zip(box[0], box[1], start))
+
+
+def gap_fill_ids(t: TileSegmentation, neighbours: list[TileSegmentation]) -> list[np.ndarray]:
+    """For each of `neighbours` (plan order): the sorted ids with which it fills gaps in t's core.
+
+    One region (t's core inside the neighbour's infer box) at a time: the voxels t left 0 there,
+    less those an earlier neighbour segmented (its part of the region read in turn), are the
+    neighbour's to fill. Memory: one region and a mask of it.
+    """
+    found = []
+    for k, u in enumerate(neighbours):
+        box = meet(t.core_start, t.core_size, u.start, u.size)
+        gaps = read_box(t, *box) == 0 if box is not None else np.zeros(0, bool)
+        for v in neighbours[:k]:
+            part = meet(*box, v.start, v.size) if gaps.any() else None
+            if part is not None:
+                gaps[_inside(part, box[0])] &= read_box(v, *part) == 0
+        ids = read_box(u, *box)[gaps] if gaps.any() else np.zeros(0, np.uint64)
+        found.append(np.unique(ids[ids > 0]).astype(np.uint64))
+    return found
+
+
+def fill_gaps(out: np.ndarray, start, neighbours: list[tuple[TileSegmentation, Callable]]) -> None:
+    """Fill the 0 voxels of `out` (a block of final ids at volume `start`) in place from
+    `neighbours`: (tile, its ids -> final ids), in plan order, each where it covers and segmented."""
+    for u, final in neighbours:
+        box = meet(start, out.shape, u.start, u.size)
+        if box is None:
+            continue
+        part = out[_inside(box, start)]  # a view
+        gaps = part == 0
+        if gaps.any():
+            part[gaps] = final(read_box(u, *box)[gaps])
+
+
+def _final(lut: np.ndarray, base: int, block: np.ndarray) -> np.ndarray:
+    """Final ids of a tile's ids (0 stays 0): single-task stitch, tile id range from `base`."""
+    return lut[np.where(block > 0, block.astype(np.uint64) + np.uint64(base), 0)]
 
 
 def global_ids(top: int, edges: list[np.ndarray], used: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -217,6 +284,10 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
         bases.append(top)
         used.append(own + np.uint64(top))
         top += biggest
+    # The neighbours' ids that fill each tile's gaps own voxels too.
+    near = [fill_neighbours(t, tiles) if params.fill_gaps else [] for t in tiles]
+    fills = [ids + np.uint64(bases[k]) for t, ks in zip(tiles, near)
+             for k, ids in zip(ks, gap_fill_ids(t, [tiles[k] for k in ks]))]
     # Join segments that agree where neighbouring tiles overlap.
     edges, joins = [], 0
     for i, t in enumerate(tiles):
@@ -228,17 +299,19 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
             pairs[:, 1] += np.uint64(bases[j])
             edges.append(pairs)
             joins += len(pairs)
-    lut, present = global_ids(top, edges, used)
-    # Pass 2: write what each tile owns.
+    lut, present = global_ids(top, edges, used + fills)
+    # Pass 2: write what each tile owns, its gaps filled from its neighbours.
     with atomic_h5(output.path) as f:
         chunks = tuple(min(64, s) for s in shape) if all(shape) else None
         ds = f.create_dataset(output.dataset, shape=tuple(shape), dtype=np.uint64, chunks=chunks,
                               compression="gzip", compression_opts=1, fillvalue=0)
-        for t, base in zip(tiles, bases):
+        for t, base, ks in zip(tiles, bases, near):
+            others = [(tiles[k], partial(_final, lut, bases[k])) for k in ks]
             for z, block in _slabs(t, t.core_start, t.core_size):
-                ids = np.where(block > 0, block.astype(np.uint64) + np.uint64(base), 0)
                 c = t.core_start
-                ds[c[0] + z:c[0] + z + len(block), c[1]:c[1] + block.shape[1], c[2]:c[2] + block.shape[2]] = lut[ids]
+                ids = _final(lut, base, block)
+                fill_gaps(ids, (c[0] + z, c[1], c[2]), others)
+                ds[c[0] + z:c[0] + z + len(block), c[1]:c[1] + block.shape[1], c[2]:c[2] + block.shape[2]] = ids
             log(f"hpcffn stitch: wrote tile {t.name}")
         f.attrs["offset"] = ds.attrs["offset"] = np.zeros(3, np.int64)
         f.attrs["tiles"] = len(tiles)
