@@ -20,7 +20,8 @@ and its peak memory read from the kernel (wait4). Prints, with targets:
    fib25`, overlap --overlap) against one untiled segmentation of the box with the same weights,
    both scored against `stack` on the box's inner region (16 voxels of context kept out on every
    side). Target: stitching costs <= 2% VI and <= 0.005 adapted Rand error. The same tile
-   segmentations are then joined again under each `ffn.stitch.fraction_of` rule (no new inference);
+   segmentations are then joined again under each `ffn.stitch.fraction_of` rule, without
+   fill_gaps, and with resegment (its fills are the only new inference);
 3. training on real data: FFN's training metrics (precision, recall, accuracy over the FOV, the
    counts FFN's trainer logs) on hpcffn's own training examples of --train-box, for the fib25
    weights, a model trained from scratch for --steps steps, and a fine-tune from fib25 of --steps
@@ -315,10 +316,19 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
     print(f"  stitched: {fmt(tiled)}  ({len(tiled_plan.tiles)} tiles of {size}, join rule "
           f"{tiled_plan.ffn.stitch.fraction_of})")
     print(f"  stitching cost: {cost_text(whole, tiled)}")
-    print("  the same tiles joined under each rule (ffn.stitch.fraction_of, min_overlap_fraction):")
-    for rule, fraction in (("larger", 0.5), ("smaller", 0.9), ("owner", 0.5)):
-        joined = score(rejoined(tiled_plan, rule, fraction, tmp / f"rejoin_{rule}.h5"), truth)
-        print(f"    {rule:8s}{fraction:4.1f}: {fmt(joined)}  cost: {cost_text(whole, joined)}")
+    print("  the same tiles joined again under each rule (ffn.stitch: fraction_of min_overlap_fraction, fill_gaps, "
+          "resegment):")
+    from hpcffn.stages.resegment import judge_of
+    from hpcffn.stages.stitch import plan_tiles
+
+    base = tiled_plan.ffn.stitch.model_copy(update={"resegment": False})
+    for label, update in REJOIN_RULES:
+        params = base.model_copy(update=update)
+        judge = judge_of(tiled_plan, params, plan_tiles(tiled_plan, "ts2"), log=lambda s: None)
+        joined = score(rejoined(tiled_plan, params, tmp / "rejoin.h5", judge), truth)
+        print(f"    {label:32s}: {fmt(joined)}  cost: {cost_text(whole, joined)}")
+        if judge is not None:
+            print(f"    {'':32s}  ({judge.summary()})")
     ideal = score(ideal_join(tiled_plan, stitched(untiled_plan)), truth)
     print(f"    ideal join (each tile's piece joined as the untiled run labels it): {fmt(ideal)}  "
           f"cost: {cost_text(whole, ideal)}")
@@ -358,17 +368,26 @@ def cost_text(whole: dict, tiled: dict) -> str:
             f"ARE {are_cost:+.4f} (target <= {TARGET_ARE_COST}: {'ok' if are_cost <= TARGET_ARE_COST else 'MISSED'})")
 
 
-def rejoined(plan, rule: str, fraction: float, out: Path) -> np.ndarray:
-    """The plan's tile segmentations stitched again (single-task stitch) under another join rule."""
+# (label, ffn.stitch fields) of the joins the benchmark tries on the same tiles.
+REJOIN_RULES = (
+    ("larger 0.5, no fill_gaps", {"fraction_of": "larger", "min_overlap_fraction": 0.5, "fill_gaps": False}),
+    ("larger 0.5", {"fraction_of": "larger", "min_overlap_fraction": 0.5}),
+    ("smaller 0.9", {"fraction_of": "smaller", "min_overlap_fraction": 0.9}),
+    ("owner 0.5", {"fraction_of": "owner", "min_overlap_fraction": 0.5}),
+    ("resegment (larger 0.5 decides the rest)", {"fraction_of": "larger", "min_overlap_fraction": 0.5,
+                                                  "resegment": True}),
+)
+
+
+def rejoined(plan, params, out: Path, judge=None) -> np.ndarray:
+    """The plan's tile segmentations stitched again (single-task stitch) under other ffn.stitch params."""
     import h5py
 
-    from hpcffn.core.params import StitchParams
     from hpcffn.io.volumes import Location
     from hpcffn.stages.stitch import plan_tiles, stitch
 
-    params = StitchParams(min_overlap_voxels=plan.ffn.stitch.min_overlap_voxels, min_overlap_fraction=fraction,
-                          fraction_of=rule)
-    stitch(plan_tiles(plan, "ts2"), plan.volume("ts2").shape, Location(out, "seg"), params, log=lambda s: None)
+    stitch(plan_tiles(plan, "ts2"), plan.volume("ts2").shape, Location(out, "seg"), params, log=lambda s: None,
+           judge=judge)
     with h5py.File(out) as f:
         return f["seg"][...]
 
