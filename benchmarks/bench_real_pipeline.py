@@ -8,6 +8,7 @@ see its README). The true body ids (`ts2_dev.h5:stack`) are only used to score.
     python benchmarks/bench_real_pipeline.py [--data ../shared/fib25/ts2_dev]
         [--box Z0,Y0,X0,DZ,DY,DX] [--train-box Z0,Y0,X0,DZ,DY,DX] [--tiles 2,2,2] [--overlap 32]
         [--steps 100] [--eval-steps 50] [--workdir DIR] [--skip-convert] [--skip-stitch] [--skip-train]
+        [--rejoin]
 
 Every stage runs through the project's own CLI on plans made from specs (`hpcffn plan`, then
 `hpcffn stage <stage> --plan ...` per task, the commands the job scripts run), each task timed
@@ -91,7 +92,15 @@ def run_plan(spec: Path, label: str) -> object:
     run_measured(f"{label} plan", ["plan", spec])
     workdir = spec.parent / "work"
     plan = Plan.model_validate_json((workdir / "plan.json").read_text())
+    run_jobs(plan, workdir, label)
+    return plan
+
+
+def run_jobs(plan, workdir: Path, label: str, stages=None) -> None:
+    """Every task of the plan's jobs (or of those of `stages`) in plan order, as the job scripts would."""
     for job in plan.jobs:
+        if stages is not None and job.stage not in stages:
+            continue
         for i, unit in enumerate(job.units):
             s = job.stage
             args = ["stage", s, "--plan", workdir]
@@ -106,7 +115,6 @@ def run_plan(spec: Path, label: str) -> object:
             elif s == "pyramid":
                 args += ["--job", job.name, "--block", i]
             run_measured(f"{label} {s} {unit}", args)
-    return plan
 
 
 def write_spec(folder: Path, raw: Path, gt: Path, size, overlap, stages, ffn) -> Path:
@@ -254,7 +262,12 @@ def main() -> int:
     ap.add_argument("--skip-convert", action="store_true", help="leave out part 1")
     ap.add_argument("--skip-train", action="store_true", help="leave out part 3")
     ap.add_argument("--skip-stitch", action="store_true", help="leave out part 2")
+    ap.add_argument("--rejoin", action="store_true",
+                    help="part 2 from an earlier run's segmentations in --workdir (same --box, --tiles): no inference; "
+                    "the tiled plan's stitch steps and the re-joins run again with this code")
     args = ap.parse_args()
+    if args.rejoin and not args.workdir:
+        ap.error("--rejoin needs --workdir (an earlier run's, with tiled/ and untiled/)")
     data = Path(args.data)
     if not (data / "ts2_dev.h5").is_file():
         print(f"bench_real_pipeline: skipped: {data}/ts2_dev.h5 not found (FIB-25 ts2_dev lives in ../shared/fib25)")
@@ -305,12 +318,20 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
     print(f"\n== 2. tiling and stitching: fib25 weights, {tiles[0]}x{tiles[1]}x{tiles[2]} tiles + overlap "
           f"{args.overlap} vs one untiled segmentation; scored on the inner {dz - 2 * CONTEXT}x{dy - 2 * CONTEXT}x"
           f"{dx - 2 * CONTEXT} (16 voxels of context kept out)")
-    whole_spec = write_spec(tmp / "untiled", raw_tif, gt_tif, (dz, dy, dx), [args.overlap] * 3, infer_stages, ffn_infer)
-    untiled_plan = run_plan(whole_spec, "untiled")
-    whole = score(stitched(untiled_plan), truth)
     size = tuple(-(-n // t) for n, t in zip((dz, dy, dx), tiles))
-    tiled_spec = write_spec(tmp / "tiled", raw_tif, gt_tif, size, [args.overlap] * 3, infer_stages, ffn_infer)
-    tiled_plan = run_plan(tiled_spec, "tiled")
+    if args.rejoin:  # an earlier run's segmentations; only the tiled plan's stitch steps run again
+        from hpcffn.core.plan_model import load_plan
+        from hpcffn.core.stage_table import STITCH_STEPS
+
+        untiled_plan, tiled_plan = load_plan(tmp / "untiled" / "work"), load_plan(tmp / "tiled" / "work")
+        run_jobs(tiled_plan, tmp / "tiled" / "work", "tiled", STITCH_STEPS)
+    else:
+        whole_spec = write_spec(tmp / "untiled", raw_tif, gt_tif, (dz, dy, dx), [args.overlap] * 3, infer_stages,
+                                ffn_infer)
+        untiled_plan = run_plan(whole_spec, "untiled")
+        tiled_spec = write_spec(tmp / "tiled", raw_tif, gt_tif, size, [args.overlap] * 3, infer_stages, ffn_infer)
+        tiled_plan = run_plan(tiled_spec, "tiled")
+    whole = score(stitched(untiled_plan), truth)
     tiled = score(stitched(tiled_plan), truth)
     print(f"  untiled : {fmt(whole)}")
     print(f"  stitched: {fmt(tiled)}  ({len(tiled_plan.tiles)} tiles of {size}, join rule "
@@ -326,9 +347,9 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
         params = base.model_copy(update=update)
         judge = judge_of(tiled_plan, params, plan_tiles(tiled_plan, "ts2"), log=lambda s: None)
         joined = score(rejoined(tiled_plan, params, tmp / "rejoin.h5", judge), truth)
-        print(f"    {label:32s}: {fmt(joined)}  cost: {cost_text(whole, joined)}")
+        print(f"    {label:44s}: {fmt(joined)}  cost: {cost_text(whole, joined)}", flush=True)
         if judge is not None:
-            print(f"    {'':32s}  ({judge.summary()})")
+            print(f"    {'':44s}  ({judge.summary()})", flush=True)
     ideal = score(ideal_join(tiled_plan, stitched(untiled_plan)), truth)
     print(f"    ideal join (each tile's piece joined as the untiled run labels it): {fmt(ideal)}  "
           f"cost: {cost_text(whole, ideal)}")
@@ -374,8 +395,10 @@ REJOIN_RULES = (
     ("larger 0.5", {"fraction_of": "larger", "min_overlap_fraction": 0.5}),
     ("smaller 0.9", {"fraction_of": "smaller", "min_overlap_fraction": 0.9}),
     ("owner 0.5", {"fraction_of": "owner", "min_overlap_fraction": 0.5}),
-    ("resegment (larger 0.5 decides the rest)", {"fraction_of": "larger", "min_overlap_fraction": 0.5,
-                                                  "resegment": True}),
+    ("resegment r24 (larger 0.5 decides the rest)", {"fraction_of": "larger", "min_overlap_fraction": 0.5,
+                                                      "resegment": True, "resegment_radius": 24}),
+    ("resegment r40 (larger 0.5 decides the rest)", {"fraction_of": "larger", "min_overlap_fraction": 0.5,
+                                                      "resegment": True, "resegment_radius": 40}),
 )
 
 
