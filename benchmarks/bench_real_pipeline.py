@@ -334,8 +334,9 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
     whole = score(stitched(untiled_plan), truth)
     tiled = score(stitched(tiled_plan), truth)
     print(f"  untiled : {fmt(whole)}")
-    print(f"  stitched: {fmt(tiled)}  ({len(tiled_plan.tiles)} tiles of {size}, join rule "
-          f"{tiled_plan.ffn.stitch.fraction_of})")
+    rule = tiled_plan.ffn.stitch
+    print(f"  stitched: {fmt(tiled)}  ({len(tiled_plan.tiles)} tiles of {size}, join rule {rule.fraction_of}"
+          f"{f', resegment r{rule.resegment_radius}' if rule.resegment else ''})")
     print(f"  stitching cost: {cost_text(whole, tiled)}")
     print("  the same tiles joined again under each rule (ffn.stitch: fraction_of min_overlap_fraction, fill_gaps, "
           "resegment):")

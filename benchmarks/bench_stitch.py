@@ -132,7 +132,7 @@ def worker(kind: str, work: Path) -> dict:
         from hpcffn.core.params import StitchParams
         from hpcffn.stages.stitch import stitch_files
 
-        stitch_files([str(p) for p in paths], str(out), StitchParams(), log=lambda s: None)
+        stitch_files([str(p) for p in paths], str(out), StitchParams(resegment=False), log=lambda s: None)
     else:
         baseline_stitch(paths, out)
     wall, cpu, peak = time.perf_counter() - t, cpu_seconds() - c, peak_mb()

@@ -11,7 +11,7 @@ from itertools import repeat
 
 import pytest
 from fake_slurm import FakeSlurm
-from plan_helpers import write_spec
+from plan_helpers import spec_dict, write_spec
 
 from hpcffn.plan.planner import make_plan
 from hpcffn.plan.render import write_workdir
@@ -19,8 +19,8 @@ from hpcffn.plan.render import write_workdir
 HPCFFN = [sys.executable, "-m", "hpcffn.cli"]
 
 
-def _planned(folder):
-    planned = make_plan(write_spec(folder))
+def _planned(folder, spec=None):
+    planned = make_plan(write_spec(folder, spec))
     write_workdir(planned.plan, planned.scripts, planned.resolved_yaml, force=False, dry_run=False)
     return planned.plan
 
@@ -45,6 +45,16 @@ def test_local_check_runs_every_script_in_probe_mode(job_tmp):
     # --collect prints the same table from the reports, running nothing.
     again = _check(root, "--collect")
     assert again.returncode == 0 and "train_g0" in again.stdout and "submitted" not in again.stdout
+
+
+def test_the_joins_probe_asks_for_tensorflow_only_with_resegment(job_tmp):
+    for resegment in (True, False):
+        ffn = {**spec_dict()["ffn"], "stitch": {"resegment": resegment}}
+        plan = _planned(job_tmp / str(resegment), spec_dict(ffn=ffn))
+        proc = _check(plan.layout.root, "--local", "--stage", "joins")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads((plan.layout.root / "checks" / "joins.json").read_text())
+        assert ("tensorflow" in report["packages"]) == ("gpus" in report) == resegment
 
 
 def test_local_check_names_unreadable_inputs_and_exits_1(job_tmp):

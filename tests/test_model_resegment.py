@@ -76,7 +76,7 @@ def half(ids: list, x0: int, x1: int) -> np.ndarray:
 def test_a_body_one_tile_split_is_joined_whole(tmp_path):
     # Tile u split body A at x 33: 9 of the overlap's 12 columns in piece 7, 3 in piece 8.
     tiles = tiles_of(tmp_path, half([(A, 2), (B, 3)], 0, 36), half([(A, (33, 7, 8)), (B, 9)], 24, 60))
-    counts, _ = stitched(tmp_path, tiles, StitchParams())
+    counts, _ = stitched(tmp_path, tiles, StitchParams(resegment=False))
     assert len(np.unique(counts[2:18, A])) == 2  # larger: piece 8 stays split at the face
     judged, judge = stitched(tmp_path, tiles, StitchParams(resegment=True, resegment_radius=8))
     assert len(np.unique(judged[2:18, A])) == 1 and len(np.unique(judged[2:18, B])) == 1
@@ -89,7 +89,7 @@ def test_a_merge_in_one_tile_does_not_spread(tmp_path):
     # Each shares half of t's segment where both tiles segmented: `larger` joins both, and u's A
     # and B become one object.
     tiles = tiles_of(tmp_path, half([(slice(2, 17), 1)], 0, 36), half([(A, 5), (B, 6)], 24, 60))
-    counts, _ = stitched(tmp_path, tiles, StitchParams())
+    counts, _ = stitched(tmp_path, tiles, StitchParams(resegment=False))
     assert counts[5, 5, 50] == counts[5, 13, 50]
     # Each fill covers about half of t's segment in its box (0.45 and 0.51 here).
     params = StitchParams(resegment=True, resegment_radius=8, resegment_coverage=0.6)
@@ -100,7 +100,7 @@ def test_a_merge_in_one_tile_does_not_spread(tmp_path):
 
 def test_a_fill_ffn_does_not_accept_leaves_the_decision_to_the_rule(tmp_path):
     tiles = tiles_of(tmp_path, half([(A, 2), (B, 3)], 0, 36), half([(A, (33, 7, 8)), (B, 9)], 24, 60))
-    counts, _ = stitched(tmp_path, tiles, StitchParams())
+    counts, _ = stitched(tmp_path, tiles, StitchParams(resegment=False))
     judged, judge = stitched(tmp_path, tiles, StitchParams(resegment=True, resegment_radius=8), model=dark_model)
     assert np.array_equal(judged, counts)
     assert judge.counts["not_accepted"] >= 2 and judge.counts["filled"] == 0
@@ -112,8 +112,11 @@ def test_standalone_stitch_refuses_resegment(tmp_path):
 
 
 def test_plan_json_keeps_its_bytes_at_the_defaults():
+    """resegment (on, radius 40) is the default: default plans write none of it, turning it off is written."""
+    assert StitchParams().resegment is True and StitchParams().resegment_radius == 40
     assert StitchParams().model_dump() == {"min_overlap_voxels": 100, "min_overlap_fraction": 0.5}
-    assert StitchParams(resegment=True).model_dump()["resegment"] is True
+    assert StitchParams(resegment=False).model_dump()["resegment"] is False
+    assert StitchParams(resegment_radius=24).model_dump()["resegment_radius"] == 24
 
 
 def test_planned_joins_give_the_single_task_result_with_resegment(planned, tmp_path):  # noqa: F811

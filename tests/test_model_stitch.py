@@ -50,9 +50,12 @@ def same_objects(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.fixture
 def planned(tmp_path):
-    """A real plan (100 x 130 x 70, tiles 64^3 + 8 overlap: 4 tiles of 4 sizes) over labelled balls."""
-    spec = write_spec(tmp_path, spec_dict(stages=["infer", "stitch"],
-                                          ffn={**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}}))
+    """A real plan (100 x 130 x 70, tiles 64^3 + 8 overlap: 4 tiles of 4 sizes) over labelled balls.
+
+    Its checkpoint does not exist (inference is faked), so it joins by the overlap's counts alone
+    (resegment off); test_model_resegment.py gives it a checkpoint to fill with."""
+    ffn = {**spec_dict()["ffn"], "inference": {"checkpoint": "model/ckpt-1"}, "stitch": {"resegment": False}}
+    spec = write_spec(tmp_path, spec_dict(stages=["infer", "stitch"], ffn=ffn))
     _, labels = synthetic.balls_volume((100, 130, 70), radius=(8, 16), gap=2, seed=5)
     with h5py.File(tmp_path / "data" / "v1.h5", "a") as f:
         del f["stack"]
@@ -131,7 +134,7 @@ def test_stitched_tiles_give_back_the_objects(planned, monkeypatch, rule):
     plan, labels = planned
     assert len(plan.tiles) == 4 and len({t.box.size for t in plan.tiles}) == 4  # a 2 x 2 grid in z, y
     fake_inference(plan, labels)
-    summary = run_from_plan(plan, "v1", StitchParams(fraction_of=rule), log=lambda s: None)
+    summary = run_from_plan(plan, "v1", StitchParams(fraction_of=rule, resegment=False), log=lambda s: None)
     with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
         seg = f["seg"][...]
         assert tuple(f["seg"].attrs["offset"]) == (0, 0, 0)
@@ -146,7 +149,8 @@ def test_stitched_tiles_give_back_the_objects(planned, monkeypatch, rule):
 def test_a_tiles_gaps_take_the_segment_of_the_first_neighbour_that_segmented_them(planned):
     plan, labels = planned
     filled, unfilled = gappy_inference(plan, labels)
-    for params, expected in ((StitchParams(), filled), (StitchParams(fill_gaps=False), unfilled)):
+    for params, expected in ((StitchParams(resegment=False), filled),
+                             (StitchParams(resegment=False, fill_gaps=False), unfilled)):
         summary = run_from_plan(plan, "v1", params, log=lambda s: None)
         with h5py.File(plan.layout.stitched_hdf5("v1")) as f:
             seg = f["seg"][...]
@@ -343,7 +347,7 @@ def test_standalone_stitch_fills_gaps_unless_told_not_to(tmp_path):
     write_segmentation(tmp_path / "a.h5", a, (0, 0, 0))
     write_segmentation(tmp_path / "b.h5", np.full((4, 10, 40), 5, np.uint64), (0, 0, 32))
     files = [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]
-    summary = stitch_files(files, str(tmp_path / "on.h5"), StitchParams(), log=lambda s: None)
+    summary = stitch_files(files, str(tmp_path / "on.h5"), StitchParams(resegment=False), log=lambda s: None)
     assert summary["joins"] == 0 and summary["segments"] == 2  # nothing both segmented: no join
     proc = subprocess.run([*HPCFFN, "stage", "stitch", "--segmentation", files[0], "--segmentation", files[1],
                            "--output", str(tmp_path / "off.h5"), "--no-fill-gaps"], capture_output=True, text=True, check=False)

@@ -67,7 +67,8 @@ def test_gaps_are_filled_as_the_single_task_fills_them(planned, monkeypatch):  #
     plan, labels = planned
     filled, unfilled = gappy_inference(plan, labels)
     t0, t1, t2, t3 = (t.name for t in plan.tiles)
-    for params, expected in ((StitchParams(), filled), (StitchParams(fill_gaps=False), unfilled)):
+    for params, expected in ((StitchParams(resegment=False), filled),
+                             (StitchParams(resegment=False, fill_gaps=False), unfilled)):
         reference = single.run_from_plan(plan, "v1", params, log=lambda s: None)
         run_steps(plan, params)
         seg = zarr.open_array(str(plan.layout.stitched("v1") / "labels" / "seg" / "0"), mode="r")[...]
@@ -170,7 +171,7 @@ def test_evaluate_compares_the_stitched_volume_as_a_whole(planned, monkeypatch):
     fake_inference(plan, labels)
     # Without joins every object crossing a tile border stays split: only the whole-volume
     # figures see that; per tile, each tile is perfect.
-    run_steps(plan, StitchParams(min_overlap_voxels=10**9))
+    run_steps(plan, StitchParams(min_overlap_voxels=10**9, resegment=False))
     report = evaluate(plan, log=lambda s: None)
     assert report["overall"]["adapted_rand_error"] == pytest.approx(0.0)
     split = report["stitched"]["v1"]

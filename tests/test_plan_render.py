@@ -49,13 +49,15 @@ def test_all_scripts_pass_bash_n_and_shellcheck(tmp_path):
         planned, _ = do_plan(spec_path)
         scripts += [planned.plan.layout.root / rel for rel in planned.scripts]
     assert len(scripts) == 13 + 14  # one infer array per group; stitch: joins, resolve, relabel, pyramid_s1..2; the apptainer spec also converts
+    joins = next(text for rel, text in planned.scripts.items() if "joins" in rel)
+    assert "ffn.stitch.resegment is on" in joins and "HPCFFN_TF_LOGS" in joins  # default: its fills run TensorFlow
     consensus = spec_dict(ffn={"coordinates": {"margin": [6, 6, 6]}, "model": {"depth": 2, "fov_size": [9, 9, 9], "deltas": [2, 2, 2]},
-                               "inference": {"consensus": {"split_min_size": 10}}, "stitch": {"resegment": True}})
+                               "inference": {"consensus": {"split_min_size": 10}}, "stitch": {"resegment": False}})
     planned, _ = do_plan(write_spec(tmp_path / "c", consensus))
     names = [rel for rel in planned.scripts if "reverse" in rel or "consensus" in rel or "joins" in rel]
     assert any("reverse" in n for n in names) and any("consensus" in n for n in names)  # its own templates
     joins = next(text for rel, text in planned.scripts.items() if "joins" in rel)
-    assert "ffn.stitch.resegment is on" in joins and "HPCFFN_TF_LOGS" in joins  # its fills run TensorFlow
+    assert "ffn.stitch.resegment" not in joins and "HPCFFN_TF_LOGS" not in joins  # resegment off: no TensorFlow
     scripts += [planned.plan.layout.root / rel for rel in names]
     for path in scripts:
         subprocess.run(["bash", "-n", str(path)], check=True)

@@ -14,6 +14,8 @@ from hpcffn.core.stage_table import (
     STITCH_STEPS,
     TABLE,
     expand_stages,
+    packages,
+    runs_tensorflow,
 )
 from hpcffn.plan.resources import templates_dir
 from hpcffn.plan.spec import ClusterSpec, ProfileSpec
@@ -68,3 +70,12 @@ def test_the_starter_spec_lists_the_spec_stages():
     from hpcffn.plan.starter import STARTER
 
     assert f"# stages: [{', '.join(SPEC_STAGES)}]" in STARTER
+
+
+def test_joins_run_tensorflow_only_with_resegment():
+    """ffn.stitch.resegment (default on) fills with the checkpoint; off, joins need no TensorFlow:
+    neither its script's TensorFlow lines nor `check`'s probe for it."""
+    assert runs_tensorflow("joins", True) and not runs_tensorflow("joins", False)
+    assert "tensorflow" in packages("joins") and "tensorflow" not in packages("joins", resegment=False)
+    assert runs_tensorflow("infer", False) and packages("infer", resegment=False) == STAGE["infer"].packages
+    assert not any(runs_tensorflow(s, True) for s in ("resolve", "relabel", "pyramid", "consensus"))

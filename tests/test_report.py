@@ -156,10 +156,13 @@ def _run_stages_around_a_made_up_segmentation(workdir: Path) -> None:
         mark_done(plan, "coordinates", group.name)
         mark_done(plan, "train", group.name)
     steps = {"joins": joins, "resolve": resolve, "relabel": relabel, "pyramid": pyramid}
+    # No network was trained: the joins decide by the overlap's counts alone (resegment off).
+    counts_only = {"params": plan.ffn.stitch.model_copy(update={"resegment": False})}
     for job in plan.jobs:  # the planned stitch jobs, as submit would run them
         if job.stage in steps:
             for unit in job.units:
-                steps[job.stage].run_from_plan(plan, unit, log=lambda *_: None)
+                steps[job.stage].run_from_plan(plan, unit, log=lambda *_: None,
+                                               **(counts_only if job.stage == "joins" else {}))
     evaluate.run_from_plan(plan, log=lambda *_: None)
 
 

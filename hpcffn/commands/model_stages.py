@@ -223,7 +223,7 @@ def stitch(
     min_overlap_voxels: Annotated[int | None, typer.Option(help="Voxels two tiles' segments must share to be joined.")] = None,
     min_overlap_fraction: Annotated[float | None, typer.Option(help="...as a fraction of the larger (--fraction-of) of the two there.")] = None,
     fraction_of: Annotated[str | None, typer.Option("--fraction-of", help="larger (default: a tile's merge never spreads), smaller (a tile's split pieces all join) or owner (where a tile owns the voxels it decides).")] = None,
-    resegment: Annotated[bool | None, typer.Option("--resegment/--no-resegment", help="With --plan: decide uncertain joins by one FFN fill where the two segments meet (ffn.stitch.resegment).")] = None,
+    resegment: Annotated[bool | None, typer.Option("--resegment/--no-resegment", help="With --plan: decide uncertain joins by one FFN fill where the two segments meet (ffn.stitch.resegment, default on; standalone: off).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Standalone: replace an existing --output.")] = False,
     fill_gaps: Annotated[bool | None, typer.Option("--fill-gaps/--no-fill-gaps", help="Voxels a tile left unsegmented take the segment of a neighbour that covers and segmented them (default: on).")] = None,
 ) -> None:
@@ -251,7 +251,10 @@ def stitch(
 
     refuse_existing(parse_location(output, "seg").path, overwrite)
     size = int_list(shape, "--shape", 3, "500") if shape else None
-    stage.stitch_files(segmentation, output, _params(StitchParams, None, overrides, "stitch"), shape=size)
+    # No plan, so no image or checkpoint to fill with: standalone joins by --fraction-of alone
+    # unless --resegment asks (stitch_files refuses it).
+    params = _params(StitchParams, StitchParams(resegment=False), overrides, "stitch")
+    stage.stitch_files(segmentation, output, params, shape=size)
 
 
 def evaluate(

@@ -251,12 +251,13 @@ class StitchParams(_Strict):
         "through the joins of every tile it touches) - docs/real_data.md measures all three",
     )
     resegment: bool = Field(
-        False, description="decide the uncertain joins by FFN itself: one flood fill with the inference checkpoint "
-        "where the two segments meet joins them when it covers most of both (hpcffn/stages/resegment.py; pairs that "
-        "agree on nearly all their shared voxels join at once, and a fill FFN does not accept leaves the decision to "
-        "fraction_of). Costs FOVs in the joins tasks; docs/real_data.md measures it",
+        True, description="default on: decide the uncertain joins by FFN itself: one flood fill with the inference "
+        "checkpoint where the two segments meet joins them when it covers most of both (hpcffn/stages/resegment.py; "
+        "pairs that agree on nearly all their shared voxels join at once, and a fill FFN does not accept leaves the "
+        "decision to fraction_of). Costs FOVs in the joins tasks, which load the checkpoint; docs/real_data.md "
+        "measures it. false: join by fraction_of alone, no checkpoint (nor TensorFlow) in the joins tasks",
     )
-    resegment_radius: int = Field(24, ge=4, description="half size (voxels) of the box each resegment fill runs in")
+    resegment_radius: int = Field(40, ge=4, description="half size (voxels) of the box each resegment fill runs in")
     resegment_coverage: float = Field(
         0.5, gt=0, le=1, description="share of each segment's voxels in the fill box the fill must cover to join them"
     )

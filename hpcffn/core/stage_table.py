@@ -64,7 +64,8 @@ class Stage:
 
     @property
     def tensorflow(self) -> bool:
-        """Runs TensorFlow: its script keeps TF's start-up notices out of the log, its probe checks GPUs."""
+        """Its row lists TensorFlow; whether a plan's jobs run it is runs_tensorflow's (joins: only
+        with ffn.stitch.resegment)."""
         return "tensorflow" in self.packages
 
 
@@ -83,7 +84,8 @@ TABLE: tuple[Stage, ...] = (
           packages=_INFER_PACKAGES),
     # numpy over a tile's two segmentations: stitch's CPU resources, not the passes' GPUs.
     Stage("consensus", "tile", after=("reverse",), part_of="infer", resources_of="stitch", packages=("h5py",)),
-    Stage("joins", "tile", after=("consensus",), part_of="stitch", packages=("h5py", "scipy")),
+    # TensorFlow for ffn.stitch.resegment's fills (on by default); resegment: false needs none (runs_tensorflow).
+    Stage("joins", "tile", after=("consensus",), part_of="stitch", packages=("h5py", "scipy", "tensorflow")),
     Stage("resolve", "volume", after=("joins",), part_of="stitch", packages=("h5py", "scipy", "zarr")),
     Stage("relabel", "tile", after=("resolve",), part_of="stitch", packages=("h5py", "zarr")),
     # pyramid_s<k> waits for pyramid_s<k-1> instead, past the first level (plan_jobs).
@@ -123,14 +125,18 @@ def resource_stage(stage: str) -> str:
 
 
 def runs_tensorflow(stage: str, resegment: bool) -> bool:
-    """Whether a stage's jobs run TensorFlow: its row says so, or it is joins with
-    ffn.stitch.resegment (its fills run the inference checkpoint; stages/resegment.py)."""
-    return STAGE[stage].tensorflow or (stage == "joins" and resegment)
+    """Whether a plan's jobs of `stage` run TensorFlow (their script keeps TF's start-up notices out
+    of the log, their probe checks GPUs): its row lists it, except joins with ffn.stitch.resegment
+    off, which join by the overlap's counts alone and load no checkpoint (stages/resegment.py)."""
+    return STAGE[stage].tensorflow and (stage != "joins" or resegment)
 
 
-def packages(stage: str) -> tuple[str, ...]:
-    """What `hpcffn stage <stage>` imports beyond the base install (none for a name not here)."""
-    return STAGE[stage].packages if stage in STAGE else ()
+def packages(stage: str, resegment: bool = True) -> tuple[str, ...]:
+    """What `hpcffn stage <stage>` imports beyond the base install (none for a name not here);
+    TensorFlow only where runs_tensorflow says a plan with this ffn.stitch.resegment runs it."""
+    if stage not in STAGE:
+        return ()
+    return tuple(p for p in STAGE[stage].packages if p != "tensorflow" or runs_tensorflow(stage, resegment))
 
 
 # The stages' packages that the base install (pyproject's dependencies) brings: a login node has them.

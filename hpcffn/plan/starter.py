@@ -66,6 +66,8 @@ ffn:                           # everything here has FFN's usual default; a few 
   # stitch:                    # joining tiles: segments agreeing in the overlaps become one
   #   min_overlap_voxels: 100
   #   min_overlap_fraction: 0.5
+  #   resegment: false         # default true: uncertain joins are decided by one FFN fill each (the
+  #                            # joins jobs load the checkpoint); false: by the overlap's counts alone
 
 cluster:
   profile: generic             # generic, local, ibex, or the path of your own profile .yaml

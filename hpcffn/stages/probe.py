@@ -35,9 +35,9 @@ def _flag(argv: list[str], name: str) -> str | None:
     return None
 
 
-def _versions(stage: str, problems: list[str]) -> dict:
+def _versions(stage: str, resegment: bool, problems: list[str]) -> dict:
     out = {}
-    for name in packages(stage):
+    for name in packages(stage, resegment):
         try:
             module = importlib.import_module(name)
             out[name] = getattr(module, "__version__", "?")
@@ -123,7 +123,7 @@ def run_probe(job: str, stage: str, argv: list[str]) -> Path:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hpcffn": __version__, "planned_with": plan.hpcffn_version, "python": platform.python_version(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "packages": _versions(stage, problems),
+        "packages": _versions(stage, plan.ffn.stitch.resegment, problems),
     }
     if plan.hpcffn_version != __version__:
         problems.append(f"hpcffn {__version__} runs here but {plan.hpcffn_version} planned: "

@@ -324,11 +324,12 @@ def stitch(tiles: list[TileSegmentation], shape, output: Location, params: Stitc
 
 
 def stitch_files(segmentations: list[str], output: str, params: StitchParams, shape=None, log=print) -> dict:
-    """Standalone: stitch infer outputs ("seg.h5[:seg]", each with its `offset`) that form a grid."""
+    """Standalone: stitch infer outputs ("seg.h5[:seg]", each with its `offset`) that form a grid;
+    `params.resegment` must be off (no plan: no image or checkpoint to fill with)."""
     if not segmentations:
         raise HpcffnError("give at least one --segmentation seg.h5[:seg]")
     if params.resegment:
-        raise HpcffnError("resegment needs the plan's image and checkpoint: stitch with --plan, or leave resegment off")
+        raise HpcffnError("resegment needs the plan's image and checkpoint: stitch with --plan, or turn resegment off")
     locs = [parse_location(s, "seg") for s in segmentations]
     boxes = [segmentation_box(loc) for loc in locs]
     names = [Path(loc.path).name for loc in locs]
