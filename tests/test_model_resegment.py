@@ -112,11 +112,11 @@ def test_standalone_stitch_refuses_resegment(tmp_path):
 
 
 def test_plan_json_keeps_its_bytes_at_the_defaults():
-    """resegment (on, radius 40) is the default: default plans write none of it, turning it off is written."""
-    assert StitchParams().resegment is True and StitchParams().resegment_radius == 40
+    """resegment (on, radius 24) is the default: default plans write none of it, turning it off is written."""
+    assert StitchParams().resegment is True and StitchParams().resegment_radius == 24
     assert StitchParams().model_dump() == {"min_overlap_voxels": 100, "min_overlap_fraction": 0.5}
     assert StitchParams(resegment=False).model_dump()["resegment"] is False
-    assert StitchParams(resegment_radius=24).model_dump()["resegment_radius"] == 24
+    assert StitchParams(resegment_radius=40).model_dump()["resegment_radius"] == 40
 
 
 def test_planned_joins_give_the_single_task_result_with_resegment(planned, tmp_path):  # noqa: F811

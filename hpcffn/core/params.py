@@ -257,7 +257,7 @@ class StitchParams(_Strict):
         "decision to fraction_of). Costs FOVs in the joins tasks, which load the checkpoint; docs/real_data.md "
         "measures it. false: join by fraction_of alone, no checkpoint (nor TensorFlow) in the joins tasks",
     )
-    resegment_radius: int = Field(40, ge=4, description="half size (voxels) of the box each resegment fill runs in")
+    resegment_radius: int = Field(24, ge=4, description="half size (voxels) of the box each resegment fill runs in")
     resegment_coverage: float = Field(
         0.5, gt=0, le=1, description="share of each segment's voxels in the fill box the fill must cover to join them"
     )
