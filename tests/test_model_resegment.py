@@ -54,7 +54,7 @@ def image_file(tmp_path) -> Location:
 def stitched(tmp_path, tiles, params: StitchParams, model=bright_model) -> tuple[np.ndarray, Judge | None]:
     judge = None
     if params.resegment:
-        judge = Judge(image_file(tmp_path), SHAPE, model, MP, InferenceParams(min_segment_size=1), params)
+        judge = Judge(image_file(tmp_path), SHAPE, lambda tile: model, MP, InferenceParams(min_segment_size=1), params)
     out = Location(tmp_path / f"out-{params.resegment}-{model.__name__}.h5", "seg")
     stitch(tiles, SHAPE, out, params, log=lambda s: None, judge=judge)
     with h5py.File(out.path) as f:
@@ -159,3 +159,19 @@ def test_planned_joins_give_the_single_task_result_with_resegment(planned, tmp_p
         return judged + int(line.split(" fills not accepted")[0].rsplit(" ", 1)[1])
 
     assert sum(fills(line) for line in logs if "judged by a fill" in line) > 0  # the split's pairs got fills
+
+
+def test_a_pair_is_filled_with_its_earlier_tiles_checkpoint(tmp_path):
+    """Groups may train checkpoints of their own: a pair is judged by the model of the tile whose
+    joins task compares it (the earlier in plan order), in the planned steps and the single task."""
+    asked = []
+
+    def predict_for(name):
+        asked.append(name)
+        return bright_model
+
+    tiles = tiles_of(tmp_path, half([(A, 2), (B, 3)], 0, 36), half([(A, (33, 7, 8)), (B, 9)], 24, 60))
+    params = StitchParams(resegment=True, resegment_radius=8)
+    judge = Judge(image_file(tmp_path), SHAPE, predict_for, MP, InferenceParams(min_segment_size=1), params)
+    stitch(tiles, SHAPE, Location(tmp_path / "o.h5", "seg"), params, log=lambda s: None, judge=judge)
+    assert asked and set(asked) == {"t"}

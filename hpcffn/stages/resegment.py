@@ -16,6 +16,7 @@ below min_segment_size) the `fraction_of` rule decides as it would without reseg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,9 @@ class Judge:
 
     raw: Location
     shape: tuple[int, int, int]
-    predict: object
+    # The model call for a pair, by the name of its earlier tile (the one whose joins task judges
+    # it): that tile's checkpoint, as it segmented it. Groups may train checkpoints of their own.
+    predict_for: Callable[[str], object]
     model: ModelParams
     inference: InferenceParams
     params: StitchParams
@@ -47,14 +50,22 @@ class Judge:
 
     @classmethod
     def from_plan(cls, plan: Plan, tile, params: StitchParams, log=print) -> Judge:
-        """The judge of a plan's volume: its image, and the checkpoint its tiles were segmented with."""
+        """The judge of a plan's volume: its image, and the checkpoints its tiles were segmented
+        with, each loaded at its first fill (a task with no uncertain pair never loads one)."""
         from hpcffn.stages.infer import load_predict, plan_checkpoint
 
+        loaded: dict[str, object] = {}
+
+        def predict_for(name: str):
+            checkpoint = str(plan_checkpoint(plan, plan.tile(name)))
+            if checkpoint not in loaded:
+                loaded[checkpoint], prefix, _ = load_predict(checkpoint, plan.ffn.model, plan.ffn.inference,
+                                                             plan.ffn.training.xla, log)
+                log(f"hpcffn joins: resegment: uncertain joins decided by fills with {prefix}")
+            return loaded[checkpoint]
+
         volume = plan.volume(tile.volume)
-        checkpoint = plan_checkpoint(plan, tile)
-        predict, prefix, _ = load_predict(checkpoint, plan.ffn.model, plan.ffn.inference, plan.ffn.training.xla, log)
-        log(f"hpcffn joins: resegment: uncertain joins decided by fills with {prefix}")
-        return cls(volume.raw, tuple(volume.shape), predict, plan.ffn.model, plan.ffn.inference, params)
+        return cls(volume.raw, tuple(volume.shape), predict_for, plan.ffn.model, plan.ffn.inference, params)
 
     def decide(self, t, u, box, a: np.ndarray, b: np.ndarray,
                by_rule: np.ndarray) -> np.ndarray:
@@ -106,7 +117,7 @@ class Judge:
         hi = [min(n, c + r + 1) for c, n in zip(point, self.shape)]
         with open_dataset(self.raw, "raw") as raw:
             image = raw[tuple(slice(s, e) for s, e in zip(lo, hi))]
-        canvas = Canvas(image, self.predict, self.model, self.inference)
+        canvas = Canvas(image, self.predict_for(t.name), self.model, self.inference)
         mask, where = canvas.segment_at(tuple(c - s for c, s in zip(point, lo)))
         self.counts["fovs"] += canvas.evaluations
         if mask is None:
