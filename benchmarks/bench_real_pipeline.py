@@ -341,12 +341,11 @@ def tiling(args, tmp, raw_tif, gt_tif, truth, shape, tiles, infer_stages, ffn_in
     print("  the same tiles joined again under each rule (ffn.stitch: fraction_of min_overlap_fraction, fill_gaps, "
           "resegment):")
     from hpcffn.stages.resegment import judge_of
-    from hpcffn.stages.stitch import plan_tiles
 
     base = tiled_plan.ffn.stitch.model_copy(update={"resegment": False})
     for label, update in REJOIN_RULES:
         params = base.model_copy(update=update)
-        judge = judge_of(tiled_plan, params, plan_tiles(tiled_plan, "ts2"), log=lambda s: None)
+        judge = judge_of(tiled_plan, params, "ts2", log=lambda s: None)
         joined = score(rejoined(tiled_plan, params, tmp / "rejoin.h5", judge), truth)
         print(f"    {label:44s}: {fmt(joined)}  cost: {cost_text(whole, joined)}", flush=True)
         if judge is not None:

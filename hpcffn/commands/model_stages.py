@@ -240,10 +240,7 @@ def stitch(
             raise HpcffnError("--plan reads the tiles from the plan: drop --segmentation/--output/--shape")
         p = _load_plan(plan)
         params = _params(StitchParams, p.ffn.stitch, overrides, "ffn.stitch")
-        from hpcffn.stages.resegment import judge_of
-
-        unit = str(p.task_unit("stitch", volume))
-        stage.run_from_plan(p, unit, params, judge=judge_of(p, params, stage.plan_tiles(p, p.volume(unit).name)))
+        stage.run_from_plan(p, str(p.task_unit("stitch", volume)), params)
         return
     if not segmentation or not output:
         raise HpcffnError("give --plan P --volume V, or standalone --segmentation a.h5:seg [--segmentation ...] --output out.h5:seg")

@@ -48,8 +48,7 @@ def run_from_plan(plan: Plan, tile_key: str, params: StitchParams | None = None,
     me = plan.tile(tile_key)
     volume = plan.volume(me.volume)
     later = [t.name for t in plan.tiles[plan.tiles.index(me) + 1:] if t.volume == me.volume
-             and all(a < c + n and c < a + m for a, m, c, n in
-                     zip(me.infer_box.start, me.infer_box.size, t.infer_box.start, t.infer_box.size))]
+             and meet(me.infer_box.start, me.infer_box.size, t.infer_box.start, t.infer_box.size)]
     near = [t.name for t in plan.tiles if t.volume == me.volume and t.name != me.name and params.fill_gaps
             and meet(me.box.start, me.box.size, t.infer_box.start, t.infer_box.size)]
     with hold_unit(plan, "joins", me.name):
@@ -57,7 +56,7 @@ def run_from_plan(plan: Plan, tile_key: str, params: StitchParams | None = None,
         check_tile(tile, volume.shape)
         biggest, owned = tile_ids(tile)
         names, pairs = [], []
-        judge = judge_of(plan, params, [tile], log) if others else None
+        judge = judge_of(plan, params, volume.name, log) if others else None
         for u in others:
             check_tile(u, volume.shape)
             found = neighbour_pairs(tile, u, params, judge)

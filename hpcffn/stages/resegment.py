@@ -23,7 +23,6 @@ import numpy as np
 
 from hpcffn.core.params import InferenceParams, ModelParams, StitchParams
 from hpcffn.core.plan_model import Plan
-from hpcffn.io.labeling import pair_counts_where_both
 from hpcffn.io.volumes import Location, open_dataset
 
 # Pairs whose shared voxels are at least this share of each segment's there: one object, no fill.
@@ -49,7 +48,7 @@ class Judge:
                                                    "fovs": 0})
 
     @classmethod
-    def from_plan(cls, plan: Plan, tile, params: StitchParams, log=print) -> Judge:
+    def from_plan(cls, plan: Plan, volume_name: str, params: StitchParams, log=print) -> Judge:
         """The judge of a plan's volume: its image, and the checkpoints its tiles were segmented
         with, each loaded at its first fill (a task with no uncertain pair never loads one)."""
         from hpcffn.stages.infer import load_predict, plan_checkpoint
@@ -64,13 +63,12 @@ class Judge:
                 log(f"hpcffn joins: resegment: uncertain joins decided by fills with {prefix}")
             return loaded[checkpoint]
 
-        volume = plan.volume(tile.volume)
+        volume = plan.volume(volume_name)
         return cls(volume.raw, tuple(volume.shape), predict_for, plan.ffn.model, plan.ffn.inference, params)
 
-    def decide(self, t, u, box, a: np.ndarray, b: np.ndarray,
-               by_rule: np.ndarray) -> np.ndarray:
-        """(k, 2) pairs (t id, u id) to join, from the shared region a (t's) / b (u's) at `box`."""
-        found = pair_counts_where_both(a, b)
+    def decide(self, t, u, box, a: np.ndarray, b: np.ndarray, found, by_rule: np.ndarray) -> np.ndarray:
+        """(k, 2) pairs (t id, u id) to join, from the shared region a (t's) / b (u's) at `box`,
+        its pair counts `found` (io/labeling.pair_counts_where_both) and the rule's pairs."""
         if found is None:
             return by_rule
         fallback = {tuple(p) for p in by_rule.tolist()}
@@ -149,8 +147,6 @@ def segment_in(tile, ident: int, lo, hi) -> np.ndarray:
     return out
 
 
-def judge_of(plan: Plan, params: StitchParams, tiles, log=print):
-    """The fill judge of uncertain joins (stages/resegment.py) when params.resegment, else None."""
-    if not params.resegment or not tiles:
-        return None
-    return Judge.from_plan(plan, plan.tile(tiles[0].name), params, log)
+def judge_of(plan: Plan, params: StitchParams, volume_name: str, log=print) -> Judge | None:
+    """The fill judge of a volume's uncertain joins when params.resegment, else None."""
+    return Judge.from_plan(plan, volume_name, params, log) if params.resegment else None

@@ -102,7 +102,11 @@ def read_box(tile: TileSegmentation, start, size) -> np.ndarray:
 def agreeing_pairs(a: np.ndarray, b: np.ndarray, params: StitchParams) -> np.ndarray:
     """(k, 2) pairs of ids (a's, b's) that segment the same object in the shared region a/b
     under `fraction_of: larger | smaller` (the owner rule needs the tiles: owner_pairs)."""
-    found = pair_counts_where_both(a, b)
+    return _agreeing(pair_counts_where_both(a, b), params)
+
+
+def _agreeing(found, params: StitchParams) -> np.ndarray:
+    """agreeing_pairs from the region's pair counts (pair_counts_where_both; None: no pair)."""
     if found is None:
         return np.zeros((0, 2), np.uint64)
     pa, pb, common, size_a, size_b = found
@@ -253,8 +257,9 @@ def neighbour_pairs(t: TileSegmentation, u: TileSegmentation, params: StitchPara
     if box is None:
         return None
     a, b = read_box(t, *box), read_box(u, *box)
-    by_rule = owner_pairs(t, u, box, a, b, params) if params.fraction_of == "owner" else agreeing_pairs(a, b, params)
-    return by_rule if judge is None else judge.decide(t, u, box, a, b, by_rule)
+    found = pair_counts_where_both(a, b)  # counted once, for the rule and the judge
+    by_rule = owner_pairs(t, u, box, a, b, params) if params.fraction_of == "owner" else _agreeing(found, params)
+    return by_rule if judge is None else judge.decide(t, u, box, a, b, found, by_rule)
 
 
 def check_tile(t: TileSegmentation, shape) -> None:
@@ -360,20 +365,22 @@ def plan_tiles(plan: Plan, volume_name: str, names=None) -> list[TileSegmentatio
     return tiles
 
 
-def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print, judge=None) -> dict:
+def run_from_plan(plan: Plan, volume_name: str, params: StitchParams | None = None, log=print) -> dict:
     """Single-task stitch of one volume of a plan into workdir/stitch/<volume>.h5:seg, and mark it done.
 
     The planned jobs stitch in parallel instead (joins, resolve, relabel, pyramid); this one
-    task is the reference they are tested against and suits small volumes. `judge`: with
-    ffn.stitch.resegment, resegment.judge_of's (the caller makes it: stitch cannot import it).
+    task is the reference they are tested against and suits small volumes. With
+    ffn.stitch.resegment it decides uncertain joins by fills, as the joins tasks do.
     """
     from hpcffn.stages.markers import hold_unit, mark_done
+    from hpcffn.stages.resegment import judge_of
 
     volume = plan.volume(volume_name)
     tiles = plan_tiles(plan, volume.name)
     out = plan.layout.stitched_hdf5(volume.name)
     params = params or plan.ffn.stitch
     with hold_unit(plan, "stitch", volume.name, (out,)):
+        judge = judge_of(plan, params, volume.name, log)
         summary = stitch(tiles, volume.shape, Location(out, "seg"), params, log=log, judge=judge)
         mark_done(plan, "stitch", volume.name, segments=summary["segments"], joins=summary["joins"])
     return summary
